@@ -1,0 +1,73 @@
+"""Lip-sync engines behind one interface: avatar frames + 16 kHz speech -> full frames at 25 fps.
+
+Registry: engine name -> class. ``viseme_warp`` is the CPU default (no weights); ``wav2lip96`` and
+``wav2lip256`` are the neural engines (``engines.lipsync.wav2lip``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from engines.tts import Phoneme
+
+FPS = 25
+SAMPLE_RATE = 16000
+
+
+@dataclass
+class AvatarFrames:
+    """What an engine needs of an avatar; sequences may load lazily."""
+
+    frames: Sequence[np.ndarray]  # full frames, BGR uint8, all the same size
+    coords: list[tuple[int, int, int, int]]  # face box per frame, (y1, y2, x1, x2)
+    face_crops: Sequence[np.ndarray] | None = None  # img_size x img_size BGR crops, when stored
+    landmarks: np.ndarray | None = None  # (frames, 68, 2) float32 full-frame pixels, when stored
+    fps: float = FPS
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+
+@dataclass
+class DrivingAudio:
+    samples: np.ndarray  # float32 mono at SAMPLE_RATE
+    phonemes: list[Phoneme] | None = None  # known when the speech came from text
+
+    @property
+    def num_frames(self) -> int:
+        """Frame i covers audio [i/25, (i+1)/25): ceil of the duration in frames."""
+        return max(1, -(-len(self.samples) * FPS // SAMPLE_RATE))
+
+
+def pingpong_index(i: int, n: int) -> int:
+    """Avatar frame for output frame i: forward then backward so long audio never jumps."""
+    if n <= 1:
+        return 0
+    period = 2 * n - 2
+    k = i % period
+    return k if k < n else period - k
+
+
+class LipSyncEngine(Protocol):
+    name: str
+    version: str
+
+    def render(self, avatar: AvatarFrames, audio: DrivingAudio) -> Iterator[np.ndarray]:
+        """Yield ``audio.num_frames`` full BGR frames, streamed (memory independent of length)."""
+        ...
+
+
+LIPSYNC_ENGINES: dict[str, type] = {}
+
+
+def register(name: str):
+    def wrap(cls: type) -> type:
+        LIPSYNC_ENGINES[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap

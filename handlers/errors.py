@@ -1,0 +1,10 @@
+"""Errors raised by task handlers; ``handlers.dispatch`` maps them to ``{"error", "error_code"}``."""
+
+
+class TaskError(Exception):
+    """Bad input or an unmet precondition, with a stable snake_case ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

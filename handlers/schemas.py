@@ -1,0 +1,211 @@
+"""The task contract: the one typed definition every caller (RunPod, Modal, orchestrator, tests) uses.
+
+Defaults, bounds and cross-field rules live here and nowhere else. Unknown fields are refused.
+"""
+
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_TEXT_CHARS = 5000
+URI_SCHEMES = ("s3://", "gs://", "file://", "https://", "http://", "data:")
+
+Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+"""Avatar, user, video and render ids: letters, digits, `_` and `-`, 1 to 64 characters."""
+
+
+def _check_uri(value: str) -> str:
+    if not value.startswith(URI_SCHEMES):
+        allowed = ", ".join(URI_SCHEMES)
+        raise ValueError(f"unsupported URI {value[:80]!r}: use one of {allowed}")
+    return value
+
+
+class TaskName(str, Enum):
+    preprocess_avatar = "preprocess_avatar"
+    generate_video = "generate_video"
+    render_emotion = "render_emotion"
+    health = "health"
+
+
+class LipSyncEngineName(str, Enum):
+    auto = "auto"
+    wav2lip96 = "wav2lip96"
+    wav2lip256 = "wav2lip256"
+    viseme_warp = "viseme_warp"
+
+
+class Emotion(str, Enum):
+    neutral = "neutral"
+    happy = "happy"
+    sad = "sad"
+    surprised = "surprised"
+    angry = "angry"
+    disgusted = "disgusted"
+    fearful = "fearful"
+
+
+class ImageFormat(str, Enum):
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+
+class TaskRequest(_Strict):
+    """Fields every task accepts."""
+
+    task: TaskName
+    store: str | None = Field(
+        None, description="Root URI of the object store; None means env AVATAR_STORE_URI, else file://./var/store."
+    )
+
+    @model_validator(mode="after")
+    def _store_uri(self) -> "TaskRequest":
+        if self.store is not None and not self.store.startswith(("s3://", "gs://", "file://")):
+            raise ValueError("`store` must be an s3://, gs:// or file:// root URI")
+        return self
+
+
+class PreprocessAvatarRequest(TaskRequest):
+    task: Literal[TaskName.preprocess_avatar] = TaskName.preprocess_avatar
+    avatar_id: Identifier
+    user_id: Identifier
+    video: str = Field(description="URI of the training video (s3://, gs://, file://, https://).")
+    img_size: Literal[96, 256] = 256
+    pads: tuple[int, int, int, int] = Field(
+        (0, 10, 0, 0), description="Box padding [top, bottom, left, right] in pixels."
+    )
+    face_det_batch_size: int = Field(16, ge=1, le=256)
+    nosmooth: bool = False
+
+    @model_validator(mode="after")
+    def _video_uri(self) -> "PreprocessAvatarRequest":
+        _check_uri(self.video)
+        if any(abs(p) > 512 for p in self.pads):
+            raise ValueError("`pads` values must be within -512..512 pixels")
+        return self
+
+
+class Voice(_Strict):
+    provider: Literal["espeak", "fish", "openai"] = "espeak"
+    name: str | None = Field(None, max_length=64, description="Voice name (eSpeak: e.g. en-us; OpenAI: alloy).")
+    rate: int | None = Field(None, ge=80, le=450, description="Words per minute (eSpeak).")
+    pitch: int | None = Field(None, ge=0, le=100, description="Pitch 0..100 (eSpeak).")
+    ref_id: str | None = Field(None, max_length=128, description="Fish Audio voice reference id (the seeds' ref_file).")
+
+
+class GenerateVideoRequest(TaskRequest):
+    task: Literal[TaskName.generate_video] = TaskName.generate_video
+    user_id: Identifier
+    avatar_id: Identifier | None = None
+    image: str | None = Field(None, description="Portrait URI, used instead of an avatar.")
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    audio: str | None = Field(None, description="Speech audio URI (wav, mp3, m4a, ogg), used instead of text.")
+    voice: Voice = Field(default_factory=Voice)
+    engine: LipSyncEngineName = LipSyncEngineName.auto
+    video_id: Identifier | None = Field(None, description="Output id; generated when absent.")
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> "GenerateVideoRequest":
+        if (self.avatar_id is None) == (self.image is None):
+            raise ValueError("give exactly one of `avatar_id` or `image`")
+        if (self.text is None) == (self.audio is None):
+            raise ValueError("give exactly one of `text` or `audio`")
+        if self.text is not None and not self.text.strip():
+            raise ValueError("`text` is empty: give the sentence to speak")
+        for uri in (self.image, self.audio):
+            if uri is not None:
+                _check_uri(uri)
+        return self
+
+
+class RenderEmotionRequest(TaskRequest):
+    task: Literal[TaskName.render_emotion] = TaskName.render_emotion
+    user_id: Identifier
+    image: str = Field(description="Portrait URI or data: base64 URI.")
+    emotion: Emotion | None = None
+    emotions: list[Emotion] | None = Field(None, min_length=1, max_length=7)
+    intensity: float = Field(0.7, ge=0.0, le=1.0)
+    output_format: ImageFormat = ImageFormat.png
+    render_id: Identifier | None = Field(None, description="Output id prefix; generated when absent.")
+
+    @model_validator(mode="after")
+    def _one_emotion_field(self) -> "RenderEmotionRequest":
+        if (self.emotion is None) == (self.emotions is None):
+            raise ValueError("give exactly one of `emotion` or `emotions`")
+        _check_uri(self.image)
+        return self
+
+    @property
+    def emotion_list(self) -> list[str]:
+        return [self.emotion] if self.emotion is not None else list(dict.fromkeys(self.emotions or []))
+
+
+class HealthRequest(TaskRequest):
+    task: Literal[TaskName.health] = TaskName.health
+
+
+REQUEST_MODELS: dict[str, type[TaskRequest]] = {
+    TaskName.preprocess_avatar.value: PreprocessAvatarRequest,
+    TaskName.generate_video.value: GenerateVideoRequest,
+    TaskName.render_emotion.value: RenderEmotionRequest,
+    TaskName.health.value: HealthRequest,
+}
+
+
+# ---- results -------------------------------------------------------------------------------
+
+
+class StoredObject(BaseModel):
+    uri: str
+    url: str | None = Field(description="Signed or public URL; null when the store cannot sign (reason logged).")
+    bytes: int
+    sha256: str
+
+
+class PreprocessAvatarResult(BaseModel):
+    avatar: StoredObject
+    num_frames: int
+    fps: float
+    img_size: int
+    timings_ms: dict[str, float]
+    engine: dict[str, Any]
+
+
+class GenerateVideoResult(BaseModel):
+    video: StoredObject
+    video_id: str
+    num_frames: int
+    duration_s: float
+    fps: float
+    width: int
+    height: int
+    timings_ms: dict[str, float]
+    engine: dict[str, Any]
+
+
+class EmotionRender(BaseModel):
+    emotion: str
+    intensity: float
+    uri: str
+    url: str | None
+    width: int
+    height: int
+    latency_ms: float
+
+
+class RenderEmotionResult(BaseModel):
+    renders: list[EmotionRender]
+    engine: dict[str, Any]
+    gpu_used: bool
+
+
+class ErrorResult(BaseModel):
+    error: str
+    error_code: str

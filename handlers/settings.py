@@ -1,0 +1,54 @@
+"""One settings object for the handlers, built from the environment at start-up and passed in."""
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from storage.config import StorageSettings
+
+
+class Settings(BaseSettings):
+    """Where things live and the limits every task enforces."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    avatar_store_uri: str = Field("file://./var/store", validation_alias=AliasChoices("AVATAR_STORE_URI"))
+    avatar_local_path: Path = Field(Path("./var/avatars"), validation_alias=AliasChoices("AVATAR_LOCAL_PATH"))
+    weights_dir: Path = Field(Path("./var/weights"), validation_alias=AliasChoices("WEIGHTS_DIR"))
+    wav2lip96_checkpoint: Path | None = Field(None, validation_alias=AliasChoices("WAV2LIP96_CHECKPOINT"))
+    wav2lip256_checkpoint: Path | None = Field(None, validation_alias=AliasChoices("WAV2LIP256_CHECKPOINT"))
+
+    # Training-video limits (preprocess_avatar).
+    max_video_bytes: int = Field(1024 * 1024 * 1024, validation_alias=AliasChoices("MAX_VIDEO_BYTES"))
+    max_video_seconds: float = Field(300.0, validation_alias=AliasChoices("MAX_VIDEO_SECONDS"))
+    max_video_side: int = Field(2160, validation_alias=AliasChoices("MAX_VIDEO_SIDE"))
+    max_face_gap_frames: int = Field(12, validation_alias=AliasChoices("MAX_FACE_GAP_FRAMES"))
+
+    # Generation limits and quality.
+    max_audio_seconds: float = Field(600.0, validation_alias=AliasChoices("MAX_AUDIO_SECONDS"))
+    video_crf: int = Field(18, validation_alias=AliasChoices("VIDEO_CRF"))
+    video_preset: str = Field("veryfast", validation_alias=AliasChoices("VIDEO_PRESET"))
+
+    # Emotion stills.
+    max_image_bytes: int = Field(20 * 1024 * 1024, validation_alias=AliasChoices("MAX_IMAGE_BYTES"))
+    max_image_pixels: int = Field(40_000_000, validation_alias=AliasChoices("MAX_IMAGE_PIXELS"))
+    emotion_max_side: int = Field(2048, validation_alias=AliasChoices("EMOTION_MAX_SIDE"))
+
+    # Speech providers over HTTP.
+    fish_api_key: str | None = Field(None, validation_alias=AliasChoices("FISH_API_KEY", "FISH_AUDIO_API_KEY"))
+    fish_base_url: str = Field("https://api.fish.audio", validation_alias=AliasChoices("FISH_BASE_URL"))
+    openai_api_key: str | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY"))
+    openai_base_url: str = Field("https://api.openai.com", validation_alias=AliasChoices("OPENAI_BASE_URL"))
+    openai_tts_model: str = Field("gpt-4o-mini-tts", validation_alias=AliasChoices("OPENAI_TTS_MODEL"))
+
+    # Tasks this process serves and loads engines for (RunPod: one image, several endpoints).
+    worker_tasks: str = Field(
+        "preprocess_avatar,generate_video,render_emotion", validation_alias=AliasChoices("WORKER_TASKS")
+    )
+
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+
+    @property
+    def served_tasks(self) -> list[str]:
+        return [t.strip() for t in self.worker_tasks.split(",") if t.strip()]

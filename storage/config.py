@@ -1,0 +1,37 @@
+"""Storage configuration, read from the environment once and passed in."""
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StorageSettings(BaseSettings):
+    """Credentials, endpoints and limits for every object store scheme."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    # s3:// (AWS, MinIO, R2, moto). The seeds' S3_AWS_* names win over the usual AWS ones.
+    s3_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("S3_ENDPOINT_URL"))
+    s3_region: str | None = Field(
+        None, validation_alias=AliasChoices("S3_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    s3_access_key_id: str | None = Field(
+        None, validation_alias=AliasChoices("S3_AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
+    )
+    s3_secret_access_key: str | None = Field(
+        None, validation_alias=AliasChoices("S3_AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
+    )
+
+    # gs:// (google-cloud-storage; STORAGE_EMULATOR_HOST is honoured by the client itself).
+    gcs_project: str | None = Field(None, validation_alias=AliasChoices("GCS_PROJECT", "GOOGLE_CLOUD_PROJECT"))
+    gcs_credentials_file: str | None = Field(
+        None, validation_alias=AliasChoices("GCS_CREDENTIALS_FILE", "GOOGLE_APPLICATION_CREDENTIALS")
+    )
+    gcs_public: bool = Field(False, validation_alias=AliasChoices("GCS_PUBLIC"))
+
+    # Signed URLs returned in task results.
+    signed_url_ttl_s: int = Field(86400, validation_alias=AliasChoices("SIGNED_URL_TTL", "GCS_SIGNED_URL_TTL"))
+
+    # https:// reads.
+    allow_private_urls: bool = Field(False, validation_alias=AliasChoices("ALLOW_PRIVATE_URLS"))
+    http_max_bytes: int = Field(512 * 1024 * 1024, validation_alias=AliasChoices("HTTP_MAX_BYTES"))
+    http_timeout_s: float = Field(60.0, validation_alias=AliasChoices("HTTP_TIMEOUT_S"))

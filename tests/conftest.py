@@ -1,0 +1,86 @@
+"""Shared fixtures: real S3 (moto's server) and GCS (gcp-storage-emulator) on 127.0.0.1, temp stores."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from handlers.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server over real HTTP on 127.0.0.1."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Environment that points every S3 client at the moto server."""
+    monkeypatch.setenv("S3_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return s3_endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_env: str) -> str:
+    """A fresh, empty bucket; returns its root URI ``s3://<bucket>``."""
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_env, region_name="us-east-1").create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[str]:
+    """gcp-storage-emulator over real HTTP on 127.0.0.1; returns host:port."""
+    from gcp_storage_emulator.server import create_server
+
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the emulator; returns ``gs://<bucket>``."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{gcs_emulator}")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    gcs.Client(project="test-project", credentials=AnonymousCredentials()).create_bucket(name)
+    return f"gs://{name}"
+
+
+@pytest.fixture
+def local_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings with a file:// store and an avatar cache under tmp_path."""
+    store = tmp_path / "store"
+    store.mkdir()
+    monkeypatch.setenv("AVATAR_STORE_URI", store.as_uri())
+    monkeypatch.setenv("AVATAR_LOCAL_PATH", str(tmp_path / "avatars"))
+    monkeypatch.setenv("WEIGHTS_DIR", str(tmp_path / "weights"))
+    return Settings()

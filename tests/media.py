@@ -1,0 +1,64 @@
+"""Media fixtures generated on the fly: a real face photo (skimage's astronaut) moved and encoded."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from skimage import data
+
+
+def astronaut_bgr(size: int = 512) -> np.ndarray:
+    img = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    return img if img.shape[0] == size else cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def coffee_bgr() -> np.ndarray:
+    """A photo with no face in it."""
+    return cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR)
+
+
+# The astronaut's face centre in the 512x512 photo (between the eyes and the mouth).
+ASTRONAUT_FACE_CENTER = (224.0, 127.0)
+
+
+def head_motion(n: int, fps: float, size: int = 512) -> tuple[list[np.ndarray], list[tuple[float, float]]]:
+    """Frames of the astronaut with small head motion (shift, scale, rotation) and the true face centres."""
+    base = astronaut_bgr(size)
+    cx, cy = ASTRONAUT_FACE_CENTER[0] * size / 512, ASTRONAUT_FACE_CENTER[1] * size / 512
+    frames, centres = [], []
+    for i in range(n):
+        t = i / fps
+        angle = 3.0 * math.sin(2 * math.pi * 0.4 * t)
+        scale = 1.0 + 0.03 * math.sin(2 * math.pi * 0.3 * t)
+        dx, dy = 8.0 * math.sin(2 * math.pi * 0.5 * t), 5.0 * math.cos(2 * math.pi * 0.35 * t)
+        m = cv2.getRotationMatrix2D((cx, cy), angle, scale)
+        m[:, 2] += (dx, dy)
+        frames.append(cv2.warpAffine(base, m, (size, size), borderMode=cv2.BORDER_REFLECT))
+        centres.append((cx + dx, cy + dy))
+    return frames, centres
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float, codec: str = "libx264") -> Path:
+    """Encode BGR frames (mp4/H.264, mov, or webm/VP9 by extension and codec)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        h, w = frames[0].shape[:2]
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "18", "preset": "veryfast"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def tone(seconds: float, sample_rate: int = 16000, freq: float = 220.0) -> np.ndarray:
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)

@@ -1,0 +1,62 @@
+"""The contract's boundary: bad input returns an error dict naming the problem and writes nothing."""
+
+import handlers
+
+
+def test_health_reports_device_and_tasks(local_settings):
+    result = handlers.dispatch({"task": "health"}, local_settings)
+    assert result["status"] == "ok"
+    assert result["device"]["type"] in ("cpu", "cuda")
+    assert set(result["tasks"]) == {"preprocess_avatar", "generate_video", "render_emotion"}
+
+
+def test_unknown_task_is_named():
+    result = handlers.dispatch({"task": "nope"})
+    assert result["error_code"] == "unknown_task"
+    assert "'nope'" in result["error"]
+
+
+def test_missing_task_and_non_object():
+    assert handlers.dispatch({})["error_code"] == "missing_task"
+    assert handlers.dispatch([1, 2])["error_code"] == "invalid_input"
+
+
+def test_unknown_field_is_named():
+    result = handlers.dispatch({"task": "health", "colour": "blue"})
+    assert result["error_code"] == "invalid_input"
+    assert "`colour`" in result["error"]
+
+
+def test_bad_ids_are_refused(local_settings):
+    payload = {"task": "preprocess_avatar", "avatar_id": "../etc", "user_id": "u1", "video": "file:///x.mp4"}
+    result = handlers.dispatch(payload, local_settings)
+    assert result["error_code"] == "invalid_input"
+    assert "`avatar_id`" in result["error"]
+
+
+def test_exactly_one_source_for_generate(local_settings):
+    result = handlers.dispatch({"task": "generate_video", "user_id": "u", "avatar_id": "a"}, local_settings)
+    assert result["error_code"] == "invalid_input"
+    assert "`text` or `audio`" in result["error"]
+    both = {"task": "generate_video", "user_id": "u", "avatar_id": "a", "image": "file:///p.png", "text": "hi"}
+    assert "`avatar_id` or `image`" in handlers.dispatch(both, local_settings)["error"]
+
+
+def test_empty_text_and_text_cap(local_settings):
+    base = {"task": "generate_video", "user_id": "u", "avatar_id": "a"}
+    assert handlers.dispatch({**base, "text": "   "}, local_settings)["error_code"] == "invalid_input"
+    long = handlers.dispatch({**base, "text": "a" * 6000}, local_settings)
+    assert long["error_code"] == "invalid_input" and "`text`" in long["error"]
+
+
+def test_unsupported_uri_scheme(local_settings):
+    payload = {"task": "render_emotion", "user_id": "u", "image": "ftp://x/y.png", "emotion": "happy"}
+    result = handlers.dispatch(payload, local_settings)
+    assert result["error_code"] == "invalid_input" and "unsupported URI" in result["error"]
+
+
+def test_task_not_served(local_settings, monkeypatch):
+    monkeypatch.setenv("WORKER_TASKS", "render_emotion")
+    payload = {"task": "generate_video", "user_id": "u", "avatar_id": "a", "text": "hi"}
+    result = handlers.dispatch(payload, handlers.Settings())
+    assert result["error_code"] == "task_not_served"
