@@ -5,10 +5,22 @@ Registry: provider name -> class (``espeak`` offline default; ``fish`` and ``ope
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+
+from engines.errors import EngineError
+
+# Where each provider registers itself; imported on demand so httpx or the eSpeak library load only when used.
+PROVIDER_MODULES = {
+    "espeak": "engines.tts.espeak",
+    "fish": "engines.tts.http_providers",
+    "openai": "engines.tts.http_providers",
+}
 
 
 @dataclass(frozen=True)
@@ -53,3 +65,46 @@ def register(name: str):
         return cls
 
     return wrap
+
+
+def load_synthesizer(provider: str, **config: Any) -> SpeechSynthesizer:
+    """The synthesizer registered as ``provider``, built with ``config`` (HTTP providers: api_key, base_url...)."""
+    module = PROVIDER_MODULES.get(provider)
+    if module is not None:
+        importlib.import_module(module)
+    if provider not in TTS_PROVIDERS:
+        known = sorted(set(PROVIDER_MODULES) | set(TTS_PROVIDERS))
+        raise EngineError("unknown_tts_provider", f"`voice.provider` {provider!r} is not one of {known}")
+    synthesizer_class = TTS_PROVIDERS[provider]
+    try:
+        inspect.signature(synthesizer_class).bind(**config)
+    except TypeError as exc:
+        raise EngineError("tts_not_configured", f"speech provider {provider!r} configuration: {exc}") from exc
+    return synthesizer_class(**config)
+
+
+def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+    """``samples`` (time on axis 0) from ``src_rate`` to ``dst_rate`` Hz with a polyphase filter, as float32."""
+    if src_rate <= 0 or dst_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {src_rate} -> {dst_rate}")
+    audio = np.asarray(samples, dtype=np.float32)
+    if src_rate == dst_rate or len(audio) == 0:
+        return audio
+    from scipy.signal import resample_poly
+
+    common = math.gcd(src_rate, dst_rate)
+    out = resample_poly(audio, dst_rate // common, src_rate // common, axis=0)
+    return out.astype(np.float32, copy=False)
+
+
+__all__ = [
+    "Phoneme",
+    "Speech",
+    "VoiceParams",
+    "SpeechSynthesizer",
+    "TTS_PROVIDERS",
+    "PROVIDER_MODULES",
+    "register",
+    "load_synthesizer",
+    "resample",
+]

@@ -1,0 +1,1 @@
+"""Media codecs: audio decoding and video/audio encoding with PyAV."""
