@@ -27,6 +27,7 @@ class StorageSettings(BaseSettings):
         None, validation_alias=AliasChoices("GCS_CREDENTIALS_FILE", "GOOGLE_APPLICATION_CREDENTIALS")
     )
     gcs_public: bool = Field(False, validation_alias=AliasChoices("GCS_PUBLIC"))
+    gcs_emulator_host: str | None = Field(None, validation_alias=AliasChoices("STORAGE_EMULATOR_HOST"))
 
     # Signed URLs returned in task results.
     signed_url_ttl_s: int = Field(86400, validation_alias=AliasChoices("SIGNED_URL_TTL", "GCS_SIGNED_URL_TTL"))
