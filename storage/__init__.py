@@ -44,6 +44,10 @@ def fetch(uri: str, dest: Path, settings: StorageSettings | None = None, max_byt
             raise StorageError("invalid_uri", f"{uri!r} names a bucket, not an object")
         return _bucket_store(scheme, bucket, "", settings).get(key, dest, max_bytes=max_bytes)
     if scheme == "file":
+        if not settings.allow_file_uris:
+            raise StorageError(
+                "url_refused", f"file:// inputs are disabled on this worker ({_short(uri)!r}); set ALLOW_FILE_URIS=1"
+            )
         from storage.local import fetch_file
 
         return fetch_file(uri, dest, max_bytes)

@@ -33,6 +33,8 @@ class StorageSettings(BaseSettings):
     signed_url_ttl_s: int = Field(86400, validation_alias=AliasChoices("SIGNED_URL_TTL", "GCS_SIGNED_URL_TTL"))
 
     # https:// reads.
+    # file:// inputs read the worker's own disk: fine in-process, off in the container images.
+    allow_file_uris: bool = Field(True, validation_alias=AliasChoices("ALLOW_FILE_URIS"))
     allow_private_urls: bool = Field(False, validation_alias=AliasChoices("ALLOW_PRIVATE_URLS"))
     http_max_bytes: int = Field(512 * 1024 * 1024, validation_alias=AliasChoices("HTTP_MAX_BYTES"))
     http_timeout_s: float = Field(60.0, validation_alias=AliasChoices("HTTP_TIMEOUT_S"))

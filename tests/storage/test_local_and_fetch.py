@@ -259,3 +259,18 @@ def test_import_storage_is_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(storage.__file__).parents[1]
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_file_inputs_can_be_disabled(tmp_path):
+    from storage import StorageError, StorageSettings, fetch
+
+    src = tmp_path / "secret.txt"
+    src.write_text("x")
+    settings = StorageSettings(ALLOW_FILE_URIS=False)
+    try:
+        fetch(src.as_uri(), tmp_path / "out.txt", settings)
+    except StorageError as exc:
+        assert exc.code == "url_refused" and "ALLOW_FILE_URIS" in exc.message
+    else:
+        raise AssertionError("file:// fetch was not refused")
+    assert not (tmp_path / "out.txt").exists()
