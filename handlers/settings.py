@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     max_audio_seconds: float = Field(600.0, validation_alias=AliasChoices("MAX_AUDIO_SECONDS"))
     video_crf: int = Field(18, validation_alias=AliasChoices("VIDEO_CRF"))
     video_preset: str = Field("veryfast", validation_alias=AliasChoices("VIDEO_PRESET"))
+    # Decoded avatar frames kept in memory between requests (per process), in MiB.
+    avatar_frame_cache_mb: int = Field(512, ge=0, validation_alias=AliasChoices("AVATAR_FRAME_CACHE_MB"))
 
     # Emotion stills.
     max_image_bytes: int = Field(20 * 1024 * 1024, validation_alias=AliasChoices("MAX_IMAGE_BYTES"))

@@ -1,0 +1,132 @@
+"""The CPU lip-sync engine: viseme mouth shapes rendered by a landmark-driven lower-face warp.
+
+Per 25-fps frame a mouth shape comes from the phoneme timeline (text) or the audio (loudness and
+spectral shape); the avatar frame (ping-pong order) gets its jaw, chin and lips moved by a
+piecewise-affine warp and the opened mouth painted in (``engines.lipsync.warp``). Silent frames are
+the avatar's own frames, untouched. Nothing above the nose is ever modified.
+
+Per avatar frame precomputations (triangulation, basis fields, masks, colours) are cached across
+requests in a byte-bounded LRU keyed by the avatar's landmarks, so warm requests only warp. Avatars
+stored without landmarks.npy get landmarks from the face analyzer inside each frame's stored box,
+computed for a frame the first time it is warped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from engines.errors import EngineError
+from engines.lipsync import AvatarFrames, DrivingAudio, pingpong_index, register
+from engines.lipsync.visemes import mouth_track_from_audio, mouth_track_from_phonemes
+from engines.lipsync.warp import MouthWarp, prepare_mouth_warp, render_mouth
+
+logger = logging.getLogger(__name__)
+
+VERSION = "1.0"
+WARP_CACHE_BYTES = 256 * 1024 * 1024
+MIN_SHAPE = 1e-3  # below this on every component the frame is shown as is
+
+
+class WarpCache:
+    """Byte-bounded, thread-safe LRU of per-avatar-frame warp precomputations."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, int], MouthWarp] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int], make: Callable[[], MouthWarp]) -> MouthWarp:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+                return item
+        item = make()  # outside the lock: concurrent requests for other avatars do not wait
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = item
+                self._bytes += item.nbytes
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= evicted.nbytes
+        return item
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def mouth_track(audio: DrivingAudio) -> np.ndarray:
+    """(frames, 3) open/spread/round for every output frame."""
+    if audio.phonemes:
+        return mouth_track_from_phonemes(audio.phonemes, audio.samples, audio.num_frames)
+    return mouth_track_from_audio(audio.samples, audio.num_frames)
+
+
+def avatar_key(avatar: AvatarFrames, landmarks: np.ndarray | None) -> str:
+    """A digest naming the avatar: frame size and landmarks, else frame size, face boxes and first frame."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr(avatar.frames[0].shape).encode())
+    if landmarks is not None:
+        digest.update(np.ascontiguousarray(landmarks, dtype=np.float32).tobytes())
+    else:
+        digest.update(np.asarray(avatar.coords, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(avatar.frames[0]).tobytes())
+    return digest.hexdigest()
+
+
+@register("viseme_warp")
+class VisemeWarpEngine:
+    """CPU lip-sync without weights; frames are yielded one by one (memory independent of length)."""
+
+    name = "viseme_warp"
+    version = VERSION
+
+    def __init__(self, cache_bytes: int = WARP_CACHE_BYTES) -> None:
+        self._warps = WarpCache(cache_bytes)
+
+    @classmethod
+    def load(cls) -> VisemeWarpEngine:
+        """A ready engine; imports the triangulation code now so the first request does not pay for it."""
+        import scipy.spatial  # noqa: F401
+
+        return cls()
+
+    def render(self, avatar: AvatarFrames, audio: DrivingAudio) -> Iterator[np.ndarray]:
+        if len(avatar) == 0 or len(avatar.frames) != len(avatar):
+            raise EngineError("invalid_avatar", f"the avatar has {len(avatar.frames)} frames for {len(avatar)} boxes")
+        if avatar.landmarks is not None and avatar.landmarks.shape != (len(avatar), 68, 2):
+            shape = avatar.landmarks.shape
+            raise EngineError("invalid_avatar", f"landmarks of shape {shape} do not fit {len(avatar)} frames")
+        track = mouth_track(audio)
+        frame_key = avatar_key(avatar, avatar.landmarks)
+        for i, shape in enumerate(track):
+            k = pingpong_index(i, len(avatar))
+            frame = avatar.frames[k]
+            if float(shape.max()) < MIN_SHAPE:
+                yield frame
+                continue
+            warp = self._warps.get((frame_key, k), lambda f=frame, k=k: self._prepare(avatar, k, f))
+            yield render_mouth(frame, warp, shape)
+
+    def _prepare(self, avatar: AvatarFrames, index: int, frame: np.ndarray) -> MouthWarp:
+        if avatar.landmarks is not None:
+            return prepare_mouth_warp(frame, avatar.landmarks[index])
+        return prepare_mouth_warp(frame, frame_landmarks(frame, avatar.coords[index]))
+
+
+def frame_landmarks(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """68 landmarks inside a stored (y1, y2, x1, x2) face box, for avatars made without landmarks.npy."""
+    from engines.face import FaceBox, load_face_analyzer
+
+    y1, y2, x1, x2 = (int(v) for v in box)
+    return load_face_analyzer().landmarks(frame, FaceBox(x1, y1, x2, y2))
+
+
+__all__ = ["VisemeWarpEngine", "WarpCache", "mouth_track", "frame_landmarks"]

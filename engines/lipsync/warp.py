@@ -1,0 +1,460 @@
+"""Landmark-driven warps: a piecewise-affine displacement field over a Delaunay triangulation.
+
+The 68 iBUG landmarks of a face plus fixed anchor points on the border of a crop are triangulated
+once per avatar frame. A mouth shape (open, spread, round) moves the jaw, chin and lip landmarks by
+a displacement that is linear in the shape, so the dense displacement field over the crop is too:
+it is precomputed as three basis fields on a coarse grid (the field is piecewise linear, so linear
+upsampling loses little) and a frame costs one weighted sum, one resize and one ``cv2.remap``.
+
+The forward field d (source point p moves to p + d(p)) is inverted to first order: the pixel at q
+samples the source at q - d(q). That is exact where d is locally constant (the lower lip and chin move
+as a block) and only wrong inside the opened lip gap, which is repainted with the mouth interior.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# iBUG 300-W landmark indices.
+JAW = tuple(range(2, 15))
+NOSE = (30, 31, 32, 33, 34, 35)
+MOUTH = tuple(range(48, 68))
+UPPER_OUTER = (49, 50, 51, 52, 53)
+LOWER_OUTER = (55, 56, 57, 58, 59)
+UPPER_INNER = (61, 62, 63)
+LOWER_INNER = (67, 66, 65)  # paired with UPPER_INNER left to right
+CORNERS = (48, 54, 60, 64)
+INNER_LIP = tuple(range(60, 68))  # polygon order around the lip gap
+LEFT_EYE, RIGHT_EYE = tuple(range(36, 42)), tuple(range(42, 48))
+LEFT_BROW, RIGHT_BROW = tuple(range(17, 22)), tuple(range(22, 27))
+
+# Mouth geometry, in mouth widths (distance between the outer lip corners).
+MAX_JAW_DROP = 0.4  # chin travel at open = 1
+JAW_DROP_WEIGHTS = dict(zip(JAW, (0.05, 0.2, 0.4, 0.6, 0.8, 0.95, 1.0, 0.95, 0.8, 0.6, 0.4, 0.2, 0.05), strict=True))
+LOWER_LIP_FOLLOW = {55: 0.7, 56: 0.88, 57: 0.92, 58: 0.88, 59: 0.7, 65: 0.85, 66: 0.92, 67: 0.85}
+CORNER_DROP, CORNER_INWARD = 0.4, 0.08
+UPPER_LIP_RISE = {"outer": 0.04, "inner": 0.08}  # fractions of the jaw drop
+SPREAD_STRETCH, SPREAD_CORNER_RISE, SPREAD_THIN = 0.25, 0.03, 0.015
+ROUND_SQUEEZE, ROUND_CHIN = 0.32, 0.06
+ROUND_LIP_PUSH = {"upper_outer": 0.04, "lower_outer": 0.05, "upper_inner": 0.03, "lower_inner": 0.07}
+
+CROP_SIDE_MARGIN = 0.3  # mouth widths beyond the jaw line
+CROP_BOTTOM_MARGIN = 0.4  # mouth widths below the lowest jaw point after the full drop
+ANCHOR_SPACING = 0.5  # mouth widths between fixed anchor points on the crop border
+GRID_CELLS_PER_MOUTH = 24  # coarse grid resolution of the basis fields
+FEATHER = 0.12  # fraction of the crop over which the blend mask ramps up at its sides and bottom
+MIN_POINT_DISTANCE = 0.75  # px; coincident landmarks (closed lips) are nudged apart for the triangulation
+BARY_EPS = 1e-6  # barycentric tolerance for "inside a triangle"
+SPLIT_GAP = 1.0  # px between the two sides of the line where the lips part
+
+# Mouth interior.
+MIN_GAP_PX = 0.75  # newly opened gap below which nothing is painted
+INTERIOR_FADE_IN = 0.08  # mouth widths of extra opening over which the interior fades in
+CAVITY_FROM_LIPS = np.array([0.3, 0.32, 0.5], dtype=np.float32)  # BGR: a deeper red than the lips ...
+CAVITY_SHADE = (0.6, 0.8)  # ... times 0.6 behind the teeth, rising by 0.8 toward the tongue at the bottom
+TEETH_BGR = np.array([200.0, 212.0, 222.0], dtype=np.float32)
+TEETH_FRACTION, TEETH_MAX = 0.32, 0.11  # teeth height: fraction of the gap, capped in mouth widths
+
+
+@dataclass
+class MouthWarp:
+    """Everything one avatar frame needs to render any mouth shape (crop coordinates are local)."""
+
+    crop: tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels
+    fields: np.ndarray  # (3, gh, gw, 2) float32 basis displacement fields on the coarse grid
+    ramp_y: np.ndarray  # (ch,) float32 blend mask rows: 0 at the nose, 1 below it
+    ramp_x: np.ndarray  # (cw,) float32 blend mask columns
+    inner_lip: np.ndarray  # (8, 2) float32 split polygon (see split_line), crop coordinates
+    inner_bases: np.ndarray  # (3, 8, 2) float32 its displacement per unit of each shape component
+    down: np.ndarray  # (2,) unit vector from the eyes to the chin
+    mouth_width: float
+    source_gap: float  # px between the two sides of the split line in the source
+    lip_gap: float  # px between the inner lips in the source (teeth may show there)
+    cavity_bgr: np.ndarray  # (3,) float32
+    teeth_bgr: np.ndarray  # (3,) float32
+
+    @property
+    def nbytes(self) -> int:
+        return self.fields.nbytes + self.ramp_x.nbytes + self.ramp_y.nbytes + 512
+
+
+def face_axes(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(down, right, mouth centre, mouth width): the face's own frame, so head roll is followed."""
+    eyes = landmarks[36:48].mean(axis=0)
+    down = landmarks[8] - eyes
+    down = down / max(float(np.linalg.norm(down)), 1e-6)
+    right = np.array([down[1], -down[0]], dtype=np.float32)
+    centre = (landmarks[48] + landmarks[54]) / 2.0
+    width = float(np.linalg.norm(landmarks[54] - landmarks[48]))
+    jaw_width = float(np.linalg.norm(landmarks[14] - landmarks[2]))
+    return down.astype(np.float32), right, centre, max(width, 0.3 * jaw_width, 4.0)
+
+
+def shape_bases(landmarks: np.ndarray) -> np.ndarray:
+    """(3, 68, 2) displacement of every landmark per unit of open, spread and round."""
+    down, right, centre, width = face_axes(landmarks)
+    drop = MAX_JAW_DROP * width
+    bases = np.zeros((3, 68, 2), dtype=np.float32)
+    for k, weight in JAW_DROP_WEIGHTS.items():
+        bases[0, k] = down * drop * weight
+        bases[2, k] = down * ROUND_CHIN * width * weight
+    for k, follow in LOWER_LIP_FOLLOW.items():
+        bases[0, k] = down * drop * follow
+    for k in UPPER_OUTER:
+        bases[0, k] = -down * drop * UPPER_LIP_RISE["outer"]
+    for k in UPPER_INNER:
+        bases[0, k] = -down * drop * UPPER_LIP_RISE["inner"]
+    for k in MOUTH:
+        across = float(np.dot(landmarks[k] - centre, right))
+        bases[1, k] = right * across * SPREAD_STRETCH
+        bases[2, k] = right * across * -ROUND_SQUEEZE
+    for k in CORNERS:
+        across = float(np.dot(landmarks[k] - centre, right))
+        bases[0, k] = down * drop * CORNER_DROP - right * across * CORNER_INWARD
+        bases[1, k] += -down * SPREAD_CORNER_RISE * width
+    for group, sign, spread, push in (
+        (UPPER_OUTER, 1.0, SPREAD_THIN, -ROUND_LIP_PUSH["upper_outer"]),
+        (LOWER_OUTER, -1.0, SPREAD_THIN, ROUND_LIP_PUSH["lower_outer"]),
+        (UPPER_INNER, 0.0, 0.0, -ROUND_LIP_PUSH["upper_inner"]),
+        (LOWER_INNER, 0.0, 0.0, ROUND_LIP_PUSH["lower_inner"]),
+    ):
+        for k in group:
+            bases[1, k] += down * sign * spread * width
+            bases[2, k] += down * push * width
+    return bases
+
+
+def separate_points(points: np.ndarray, min_distance: float = MIN_POINT_DISTANCE) -> np.ndarray:
+    """Nudge points that (nearly) coincide apart, so every one is a vertex of the triangulation."""
+    out = points.astype(np.float64).copy()
+    gaps = np.linalg.norm(out[:, None] - out[None], axis=2)
+    crowded = np.flatnonzero((np.tril(gaps < min_distance, k=-1)).any(axis=1))
+    for i in crowded:  # usually a handful: the inner lip points of a closed mouth
+        for _ in range(8):
+            if np.linalg.norm(out[:i] - out[i], axis=1).min() >= min_distance:
+                break
+            out[i, 1] += min_distance  # deterministic: push the later point down a little
+    return out
+
+
+def split_line(landmarks: np.ndarray, bases: np.ndarray, down: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Where the mouth opens: (8 polygon points, their (3, 8, 2) bases, inner-lip landmarks kept as controls).
+
+    The split runs through the middle of the source's lip gap, so whatever shows between the lips
+    (teeth of a smiling avatar) moves with its lip; the polygon 60, upper split x3, 64, lower split x3
+    encloses only the newly opened gap. Inner-lip landmarks closer than the split to each other are
+    dropped from the controls (they would coincide with the split points).
+    """
+    polygon = np.zeros((8, 2), dtype=np.float32)
+    polygon_bases = np.zeros((3, 8, 2), dtype=np.float32)
+    polygon[0], polygon[4] = landmarks[60], landmarks[64]
+    polygon_bases[:, 0], polygon_bases[:, 4] = bases[:, 60], bases[:, 64]
+    kept = [60, 64]
+    for i, (upper, lower) in enumerate(zip(UPPER_INNER, LOWER_INNER, strict=True)):
+        mid = (landmarks[upper] + landmarks[lower]) / 2.0
+        polygon[1 + i] = mid - down * (SPLIT_GAP / 2.0)
+        polygon[7 - i] = mid + down * (SPLIT_GAP / 2.0)
+        polygon_bases[:, 1 + i], polygon_bases[:, 7 - i] = bases[:, upper], bases[:, lower]
+        if float(np.dot(landmarks[lower] - landmarks[upper], down)) >= 2.0 * SPLIT_GAP:
+            kept += [upper, lower]
+    return polygon, polygon_bases, sorted(kept)
+
+
+def lip_gap(polygon: np.ndarray, down: np.ndarray) -> float:
+    """Mean distance between the lower and upper halves of a split polygon, along ``down``."""
+    return float(np.mean((polygon[[7, 6, 5]] - polygon[[1, 2, 3]]) @ down))
+
+
+def border_anchors(width: int, height: int, spacing: float) -> np.ndarray:
+    """Fixed points on a rectangle just outside a (width x height) crop, corners included."""
+    left, top, right, bottom = -1.0, -1.0, float(width), float(height)
+    nx = max(2, int(math.ceil((right - left) / spacing)) + 1)
+    ny = max(2, int(math.ceil((bottom - top) / spacing)) + 1)
+    xs, ys = np.linspace(left, right, nx), np.linspace(top, bottom, ny)
+    edges = [
+        np.stack([xs, np.full(nx, top)], 1),
+        np.stack([xs, np.full(nx, bottom)], 1),
+        np.stack([np.full(ny - 2, left), ys[1:-1]], 1),
+        np.stack([np.full(ny - 2, right), ys[1:-1]], 1),
+    ]
+    return np.concatenate(edges).astype(np.float64)
+
+
+def displacement_fields(
+    points: np.ndarray, displacements: np.ndarray, size: tuple[int, int], grid: tuple[int, int]
+) -> np.ndarray:
+    """(K, gh, gw, 2) piecewise-linear interpolation of K displacement sets over the points' triangulation.
+
+    ``points`` (V, 2) in crop coordinates must enclose the crop (include border anchors); the grid
+    samples sit where ``cv2.resize(..., (width, height), INTER_LINEAR)`` expects them.
+    """
+    from scipy.spatial import Delaunay
+
+    width, height = size
+    gw, gh = grid
+    tri = Delaunay(points)
+    gx = (np.arange(gw) + 0.5) * width / gw - 0.5
+    gy = (np.arange(gh) + 0.5) * height / gh - 0.5
+    samples = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)
+    owner, bary = locate(points[tri.simplices], tri.neighbors, samples, (gw / width, gh / height), (gh, gw))
+    k = displacements.shape[0]
+    flat = displacements.transpose(1, 0, 2).reshape(len(points), k * 2)  # (V, K*2)
+    values = np.einsum("nj,njc->nc", bary, flat[tri.simplices[owner]])
+    return np.ascontiguousarray(values.astype(np.float32).reshape(gh, gw, k, 2).transpose(2, 0, 1, 3))
+
+
+def locate(
+    triangles: np.ndarray,
+    neighbors: np.ndarray,
+    samples: np.ndarray,
+    scale: tuple[float, float],
+    shape: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(triangle index, barycentric coordinates (n, 3)) of grid samples: the triangle that contains each.
+
+    A first guess comes from rasterising the triangles onto the grid (``cv2.fillConvexPoly``), right
+    away from edges; a sample its guess does not contain is tried in the guess's neighbours, then in
+    every triangle. (scipy's ``find_simplex`` needs ``Delaunay.transform``, which is slow to build.)
+    """
+    inverse, origin, valid = barycentric_transforms(triangles)
+    guess = np.full(shape, -1, dtype=np.int32)
+    fixed_point = np.round((np.asarray(scale) * (triangles + 0.5) - 0.5) * 16).astype(np.int32)  # 4 fraction bits
+    for index in np.flatnonzero(valid):
+        cv2.fillConvexPoly(guess, fixed_point[index], int(index), cv2.LINE_8, shift=4)
+    owner = guess.reshape(-1).copy()
+    bary = np.zeros((len(samples), 3))
+    wrong = owner >= 0
+    bary[wrong] = _barycentric(inverse[owner[wrong]], samples[wrong] - origin[owner[wrong]])
+    wrong = (owner < 0) | (bary.min(axis=1) < -BARY_EPS)
+    near = np.flatnonzero(wrong & (owner >= 0))
+    if near.size:
+        candidates = neighbors[owner[near]]  # (m, 3), -1 where the edge is on the hull
+        _settle(near, candidates, samples, inverse, origin, valid, owner, bary)
+        wrong[near] = bary[near].min(axis=1) < -BARY_EPS
+    rest = np.flatnonzero(wrong)
+    if rest.size:
+        every = np.broadcast_to(np.arange(len(triangles)), (rest.size, len(triangles)))
+        _settle(rest, every, samples, inverse, origin, valid, owner, bary)
+    return owner, bary
+
+
+def _settle(
+    which: np.ndarray,
+    candidates: np.ndarray,
+    samples: np.ndarray,
+    inverse: np.ndarray,
+    origin: np.ndarray,
+    valid: np.ndarray,
+    owner: np.ndarray,
+    bary: np.ndarray,
+) -> None:
+    """For samples ``which``, adopt the candidate triangle that contains them best (in place)."""
+    safe = np.maximum(candidates, 0)
+    trial = _barycentric(inverse[safe], samples[which][:, None, :] - origin[safe])  # (m, c, 3)
+    score = np.where((candidates >= 0) & valid[safe], trial.min(axis=2), -np.inf)
+    best = np.argmax(score, axis=1)
+    rows = np.arange(len(which))
+    improves = score[rows, best] > np.where(owner[which] >= 0, bary[which].min(axis=1), -np.inf)
+    owner[which[improves]] = safe[rows, best][improves]
+    bary[which[improves]] = trial[rows, best][improves]
+
+
+def _barycentric(inverse: np.ndarray, relative: np.ndarray) -> np.ndarray:
+    rx, ry = relative[..., 0], relative[..., 1]
+    first = inverse[..., 0, 0] * rx + inverse[..., 0, 1] * ry
+    second = inverse[..., 1, 0] * rx + inverse[..., 1, 1] * ry
+    return np.stack([first, second, 1.0 - first - second], axis=-1)
+
+
+def barycentric_transforms(triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per triangle (T, 3, 2): inverse (T, 2, 2) and origin (T, 2) such that inverse @ (p - origin) are
+    the first two barycentric coordinates of p, and whether the triangle is non-degenerate."""
+    origin = triangles[:, 2]
+    edges = np.stack([triangles[:, 0] - origin, triangles[:, 1] - origin], axis=2)  # columns: two edges
+    det = edges[:, 0, 0] * edges[:, 1, 1] - edges[:, 0, 1] * edges[:, 1, 0]
+    valid = np.abs(det) > 1e-9
+    safe = np.where(valid, det, np.inf)
+    inverse = np.empty_like(edges)
+    inverse[:, 0, 0], inverse[:, 1, 1] = edges[:, 1, 1] / safe, edges[:, 0, 0] / safe
+    inverse[:, 0, 1], inverse[:, 1, 0] = -edges[:, 0, 1] / safe, -edges[:, 1, 0] / safe
+    return inverse, origin, valid
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return (x * x * (3.0 - 2.0 * x)).astype(np.float32)
+
+
+def _feather(length: int, start_ramp: float, end_ramp: float) -> np.ndarray:
+    """1-D blend weights over ``length`` px: 0 -> 1 over the first ``start_ramp`` px, 1 -> 0 over the last."""
+    pos = np.arange(length, dtype=np.float32)
+    rise = _smoothstep(pos / max(start_ramp, 1.0))
+    fall = _smoothstep((length - 1 - pos) / max(end_ramp, 1.0))
+    return rise * fall
+
+
+def _crop_rect(landmarks: np.ndarray, width: float, frame_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    frame_w, frame_h = frame_size
+    jaw = landmarks[list(JAW)]
+    margin = CROP_SIDE_MARGIN * width
+    x0 = max(0, int(math.floor(jaw[:, 0].min() - margin)))
+    x1 = min(frame_w, int(math.ceil(jaw[:, 0].max() + margin)))
+    nose_top = min(float(landmarks[30, 1]), float(landmarks[31:36, 1].min()) - 3.0)
+    y0 = max(0, int(math.floor(nose_top)))
+    y1 = min(frame_h, int(math.ceil(jaw[:, 1].max() + (MAX_JAW_DROP + CROP_BOTTOM_MARGIN) * width)))
+    return x0, y0, x1, y1
+
+
+def _lip_colours(frame: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cavity, teeth) BGR colours matched to this face's lips and lighting."""
+    h, w = frame.shape[:2]
+    lower_lip = (landmarks[[56, 57, 58]] + landmarks[[65, 66, 67]]) / 2.0  # the lower lip's middle
+    xs = np.clip(np.round(lower_lip[:, 0]).astype(int), 0, w - 1)
+    ys = np.clip(np.round(lower_lip[:, 1]).astype(int), 0, h - 1)
+    lips = np.median(frame[ys, xs].astype(np.float32), axis=0)
+    x0, y0 = np.clip(landmarks[[2, 29]].min(axis=0).astype(int), 0, None)
+    x1, y1 = landmarks[[14, 8]].max(axis=0).astype(int)
+    skin = frame[y0 : max(y0 + 1, y1), x0 : max(x0 + 1, x1)].reshape(-1, 3).mean(axis=0)
+    brightness = float(np.clip(skin.mean() / 150.0, 0.55, 1.1))
+    return lips * CAVITY_FROM_LIPS, TEETH_BGR * brightness
+
+
+def prepare_mouth_warp(frame: np.ndarray, landmarks: np.ndarray) -> MouthWarp:
+    """Precompute the warp of one avatar frame (BGR) with its 68 landmarks (full-frame pixels)."""
+    landmarks = np.asarray(landmarks, dtype=np.float32)
+    down, _, _, width = face_axes(landmarks)
+    x0, y0, x1, y1 = _crop_rect(landmarks, width, (frame.shape[1], frame.shape[0]))
+    cw, ch = x1 - x0, y1 - y0
+    local = landmarks - np.array([x0, y0], dtype=np.float32)
+    bases = shape_bases(landmarks)
+    polygon, polygon_bases, inner_kept = split_line(local, bases, down)
+    controls = [*JAW, *NOSE, *range(48, 60), *inner_kept]
+    anchors = border_anchors(cw, ch, ANCHOR_SPACING * width)
+    points = separate_points(np.concatenate([local[controls], polygon[[1, 2, 3, 5, 6, 7]], anchors]))
+    moves = np.concatenate(
+        [bases[:, controls], polygon_bases[:, [1, 2, 3, 5, 6, 7]], np.zeros((3, len(anchors), 2), np.float32)], axis=1
+    )
+    step = max(1.0, width / GRID_CELLS_PER_MOUTH)
+    grid = (max(2, int(math.ceil(cw / step))), max(2, int(math.ceil(ch / step))))
+    fields = displacement_fields(points, moves, (cw, ch), grid)
+    nose_base = float(landmarks[33, 1]) - y0
+    cavity, teeth = _lip_colours(frame, landmarks)
+    return MouthWarp(
+        crop=(x0, y0, x1, y1),
+        fields=fields,
+        ramp_y=_feather(ch, nose_base + 2.0, FEATHER * ch),
+        ramp_x=_feather(cw, FEATHER * cw, FEATHER * cw),
+        inner_lip=polygon,
+        inner_bases=polygon_bases,
+        down=down,
+        mouth_width=width,
+        source_gap=lip_gap(polygon, down),
+        lip_gap=max(0.0, lip_gap(local[list(INNER_LIP)], down)),
+        cavity_bgr=cavity.astype(np.float32),
+        teeth_bgr=teeth.astype(np.float32),
+    )
+
+
+class _GridCache:
+    """An (h, w, 2) array of pixel coordinates, grown on demand and sliced for smaller crops."""
+
+    def __init__(self) -> None:
+        self._grid = np.zeros((0, 0, 2), dtype=np.float32)
+        self._lock = threading.Lock()
+
+    def get(self, height: int, width: int) -> np.ndarray:
+        grid = self._grid
+        if grid.shape[0] < height or grid.shape[1] < width:
+            with self._lock:
+                h, w = max(height, self._grid.shape[0]), max(width, self._grid.shape[1])
+                xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+                self._grid = grid = np.stack([xs, ys], axis=-1)
+        return grid[:height, :width]
+
+
+_GRID = _GridCache()
+
+
+def warp_region(image: np.ndarray, field: np.ndarray) -> np.ndarray:
+    """``image`` resampled so the pixel at q shows the source at q - field(q) (field upsampled to the image)."""
+    h, w = image.shape[:2]
+    if field.shape[:2] != (h, w):
+        field = cv2.resize(field, (w, h), interpolation=cv2.INTER_LINEAR)
+    mapping = _GRID.get(h, w) - field
+    return cv2.remap(image, mapping, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def render_mouth(frame: np.ndarray, warp: MouthWarp, shape: np.ndarray) -> np.ndarray:
+    """A new full frame with the lower face warped to ``shape`` (open, spread, round); the input is not modified."""
+    x0, y0, x1, y1 = warp.crop
+    crop = frame[y0:y1, x0:x1]
+    field = np.tensordot(shape.astype(np.float32), warp.fields, axes=1)
+    warped = warp_region(crop, field)
+    paint_mouth_interior(warped, warp, shape)
+    mask = np.outer(warp.ramp_y, warp.ramp_x)
+    out = frame.copy()
+    out[y0:y1, x0:x1] = cv2.blendLinear(warped, crop, mask, 1.0 - mask)
+    return out
+
+
+def paint_mouth_interior(warped: np.ndarray, warp: MouthWarp, shape: np.ndarray) -> None:
+    """Fill the newly opened part of the mouth with a dark cavity and a hint of upper teeth (in place)."""
+    polygon = warp.inner_lip + np.tensordot(shape.astype(np.float32), warp.inner_bases, axes=1)
+    gap = lip_gap(polygon, warp.down)
+    extra = gap - warp.source_gap
+    if extra < MIN_GAP_PX:
+        return
+    h, w = warped.shape[:2]
+    lo = np.clip(np.floor(polygon.min(axis=0)).astype(int) - 1, 0, [w - 1, h - 1])
+    hi = np.clip(np.ceil(polygon.max(axis=0)).astype(int) + 2, lo + 1, [w, h])
+    roi = warped[lo[1] : hi[1], lo[0] : hi[0]]
+    local = smooth_polygon(polygon - lo)
+    coverage = np.zeros(roi.shape[:2], dtype=np.uint8)
+    cv2.fillPoly(coverage, [np.round(local * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
+    strength = min(1.0, extra / (INTERIOR_FADE_IN * warp.mouth_width))
+    alpha = coverage.astype(np.float32) * (strength / 255.0)
+    interior = _interior(roi.shape[:2], polygon - lo, extra, warp)
+    roi[:] = cv2.blendLinear(interior, roi, alpha, 1.0 - alpha)
+
+
+def smooth_polygon(polygon: np.ndarray, iterations: int = 2) -> np.ndarray:
+    """Chaikin corner cutting of a closed polygon: lip outlines are curves, not zigzags."""
+    points = polygon
+    for _ in range(iterations):
+        following = np.roll(points, -1, axis=0)
+        points = np.stack([0.75 * points + 0.25 * following, 0.25 * points + 0.75 * following], axis=1)
+        points = points.reshape(-1, 2)
+    return points
+
+
+def _edge(poly: np.ndarray, order: list[int], xs: np.ndarray) -> np.ndarray:
+    pts = poly[order]
+    pts = pts[np.argsort(pts[:, 0], kind="stable")]
+    return np.interp(xs, pts[:, 0], pts[:, 1])
+
+
+def _interior(size: tuple[int, int], poly: np.ndarray, opening: float, warp: MouthWarp) -> np.ndarray:
+    """Cavity (darkest behind the teeth, lighter toward the tongue) and upper teeth below the split."""
+    h, w = size
+    xs = np.arange(w, dtype=np.float32)
+    upper = _edge(poly, [0, 1, 2, 3, 4], xs)[None, :]
+    lower = _edge(poly, [0, 7, 6, 5, 4], xs)[None, :]
+    ys = np.arange(h, dtype=np.float32)[:, None]
+    depth = np.clip((ys - upper) / np.maximum(lower - upper, 1.0), 0.0, 1.0)
+    shade = CAVITY_SHADE[0] + CAVITY_SHADE[1] * np.clip((depth - 0.5) / 0.5, 0.0, 1.0) ** 1.5
+    shown = warp.lip_gap / 2.0  # upper teeth the source already shows above the split
+    wanted = min(TEETH_FRACTION * (opening + warp.lip_gap), TEETH_MAX * warp.mouth_width)
+    teeth_height = max(0.0, wanted - shown)
+    teeth_weight = np.clip((teeth_height - (ys - upper)) / 1.5, 0.0, 1.0)
+    half = max((poly[4, 0] - poly[0, 0]) / 2.0, 1.0)
+    across = (xs - (poly[0, 0] + poly[4, 0]) / 2.0) / half
+    teeth_shade = np.clip(1.0 - 0.5 * across**2, 0.4, 1.0)[None, :]
+    cavity = shade[..., None] * warp.cavity_bgr
+    teeth = teeth_shade[..., None] * warp.teeth_bgr
+    image = cavity + teeth_weight[..., None] * (teeth - cavity)
+    return np.clip(image, 0, 255).astype(np.uint8)

@@ -1,0 +1,262 @@
+"""`generate_video`: an avatar (or one portrait) + text or speech audio -> a lip-synced mp4 in the store.
+
+Stages: fetch (avatar from the cache or the store, or the portrait image; the audio file) -> tts
+(synthesis or decoding, to 16 kHz mono) -> render (the lip-sync engine streams frames) -> encode
+(H.264 + AAC in a background thread, overlapping the render) -> upload to
+``generated-videos/{user_id}/{video_id}.mp4``. Everything is built in a temporary directory; nothing
+is uploaded unless the whole video was made.
+
+``timings_ms``: ``features`` is the time until the engine's first frame (engines analyse the whole
+audio before they render), ``render`` the rest of the time spent inside the engine, ``encode`` the
+encoder thread's busy time (it runs in parallel with ``render``, so the stages overlap).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import storage
+from engines.codecs.video_out import EncodeStats, Mp4Writer
+from engines.errors import EngineError
+from engines.face import load_face_analyzer
+from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames, DrivingAudio, LipSyncEngine
+from engines.lipsync.frame_cache import FrameCache, LazyFrames
+from engines.tts import SpeechSynthesizer, VoiceParams, load_synthesizer, resample
+from handlers import Progress, engine_choice
+from handlers.errors import TaskError
+from handlers.outputs import new_id, resolve_store, upload
+from handlers.schemas import GenerateVideoRequest, GenerateVideoResult, Voice
+from handlers.settings import Settings
+from storage import avatar_archive
+from storage.keys import video_key
+
+log = logging.getLogger(__name__)
+
+VIDEO_CONTENT_TYPE = "video/mp4"
+PORTRAIT_MAX_SIDE = 1280  # larger portraits are scaled down: the video is made at this size at most
+AUDIO_BYTES_PER_SECOND = 384_000  # fetch cap for audio files: 48 kHz stereo 32-bit PCM, the largest usual wav
+PROGRESS_EVERY_FRAMES = 25
+STAGE_START = {"fetch": 0.0, "tts": 0.1, "render": 0.2, "upload": 0.95}
+
+_FRAMES = FrameCache(512 * 1024 * 1024)
+
+
+def load(settings: Settings) -> None:
+    """Load what the first request would: face analyzer, eSpeak, the lip-sync engine."""
+    _FRAMES.resize(settings.avatar_frame_cache_mb * 1024 * 1024)
+    load_face_analyzer()
+    _synthesizer("espeak", settings)
+    engine_choice.lipsync_engine("auto", settings)
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    return engine_choice.describe(settings)
+
+
+def run(request: GenerateVideoRequest, settings: Settings, progress: Progress) -> GenerateVideoResult:
+    _FRAMES.resize(settings.avatar_frame_cache_mb * 1024 * 1024)
+    timings: dict[str, float] = {}
+    store = resolve_store(request.store, settings)
+    video_id = request.video_id or new_id()
+    with tempfile.TemporaryDirectory(prefix="generate-video-") as tmp:
+        work = Path(tmp)
+        progress("fetch", STAGE_START["fetch"])
+        with _timed(timings, "fetch"):
+            avatar = _avatar(request, store, settings, work)
+            audio_path = _fetch_audio(request.audio, settings, work) if request.audio else None
+        progress("tts", STAGE_START["tts"])
+        with _timed(timings, "tts"):
+            audio = _speech(request, audio_path, settings)
+        engine, engine_info = engine_choice.lipsync_engine(request.engine, settings)
+        output = work / f"{video_id}.mp4"
+        stats = _render(engine, avatar, audio, output, settings, progress, timings)
+        progress("upload", STAGE_START["upload"])
+        with _timed(timings, "upload"):
+            stored = upload(store, output, video_key(request.user_id, video_id), settings, VIDEO_CONTENT_TYPE)
+    progress("done", 1.0)
+    return GenerateVideoResult(
+        video=stored,
+        video_id=video_id,
+        num_frames=stats.num_frames,
+        duration_s=round(stats.duration_s, 3),
+        fps=float(stats.fps),
+        width=stats.width,
+        height=stats.height,
+        timings_ms={k: round(v * 1000.0, 1) for k, v in timings.items()},
+        engine=engine_info,
+    )
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
+
+
+# ---- avatar ----------------------------------------------------------------------------------
+
+
+def _avatar(request: GenerateVideoRequest, store: storage.ObjectStore, settings: Settings, work: Path) -> AvatarFrames:
+    if request.image is not None:  # the schema allows exactly one of avatar_id / image
+        return _portrait_avatar(request.image, settings, work)
+    avatar_id = request.avatar_id or ""
+    path = avatar_archive.ensure_avatar_local(store, request.user_id, avatar_id, settings.avatar_local_path)
+    return stored_avatar(avatar_archive.load_avatar(path))
+
+
+def stored_avatar(loaded: avatar_archive.LoadedAvatar) -> AvatarFrames:
+    """A stored avatar as engine input, its frames decoded lazily through the process-wide frame cache."""
+    return AvatarFrames(
+        frames=LazyFrames(loaded.full_frame_paths, _FRAMES),
+        coords=[tuple(int(v) for v in box) for box in loaded.coords],
+        face_crops=LazyFrames(loaded.face_crop_paths, _FRAMES) if loaded.face_crop_paths else None,
+        landmarks=None if loaded.landmarks is None else np.asarray(loaded.landmarks, dtype=np.float32),
+        fps=FPS,
+    )
+
+
+def _portrait_avatar(uri: str, settings: Settings, work: Path) -> AvatarFrames:
+    from engines.lipsync.portrait_avatar import build_portrait_avatar
+
+    path = storage.fetch(uri, work / "portrait", settings.storage, max_bytes=settings.max_image_bytes)
+    image = read_portrait(path, settings.max_image_pixels)
+    return build_portrait_avatar(image, load_face_analyzer())
+
+
+def read_portrait(path: Path, max_pixels: int) -> np.ndarray:
+    """The portrait as BGR, scaled to PORTRAIT_MAX_SIDE at most; TaskError for non-images and huge ones."""
+    import cv2
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as probe:  # reads the header only: refuse a pixel bomb before decoding it
+            width, height = probe.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise TaskError("unsupported_image", f"`image` is not a readable image ({exc})") from None
+    if width * height > max_pixels:
+        raise TaskError(
+            "image_too_large", f"`image` is {width}x{height} pixels; the limit is {max_pixels} (MAX_IMAGE_PIXELS)"
+        )
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise TaskError("unsupported_image", "`image` could not be decoded (use PNG, JPEG or WebP)")
+    scale = PORTRAIT_MAX_SIDE / max(image.shape[:2])
+    if scale < 1.0:
+        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return image
+
+
+# ---- speech ----------------------------------------------------------------------------------
+
+
+def _fetch_audio(uri: str, settings: Settings, work: Path) -> Path:
+    max_bytes = int(settings.max_audio_seconds * AUDIO_BYTES_PER_SECOND)
+    return storage.fetch(uri, work / "speech-audio", settings.storage, max_bytes=max_bytes)
+
+
+def _speech(request: GenerateVideoRequest, audio_path: Path | None, settings: Settings) -> DrivingAudio:
+    from engines.codecs.audio import decode_audio
+
+    if audio_path is not None:
+        samples = decode_audio(audio_path, sample_rate=SAMPLE_RATE, max_seconds=settings.max_audio_seconds)
+        if len(samples) == 0:
+            raise TaskError("empty_audio", "`audio` decodes to no samples: give a file with speech in it")
+        return DrivingAudio(samples=samples)
+    text = request.text or ""  # the schema allows exactly one of text / audio, and no empty text
+    speech = _synthesizer(request.voice.provider, settings).synthesize(text, _voice_params(request.voice))
+    samples = resample(speech.samples, speech.sample_rate, SAMPLE_RATE)
+    if len(samples) == 0:
+        raise TaskError("empty_speech", "the speech synthesizer returned no audio for `text`")
+    seconds = len(samples) / SAMPLE_RATE
+    if seconds > settings.max_audio_seconds:
+        raise TaskError(
+            "audio_too_long",
+            f"`text` makes {seconds:.1f} s of speech; the limit is {settings.max_audio_seconds:g} s",
+        )
+    return DrivingAudio(samples=samples, phonemes=speech.phonemes or None)
+
+
+def _voice_params(voice: Voice) -> VoiceParams:
+    return VoiceParams(name=voice.name, rate=voice.rate, pitch=voice.pitch, ref_id=voice.ref_id)
+
+
+def _synthesizer(provider: str, settings: Settings) -> SpeechSynthesizer:
+    if provider == "fish":
+        return _cached_synthesizer(provider, api_key=settings.fish_api_key, base_url=settings.fish_base_url)
+    if provider == "openai":
+        return _cached_synthesizer(
+            provider,
+            api_key=settings.openai_api_key,
+            base_url=settings.openai_base_url,
+            model=settings.openai_tts_model,
+        )
+    return _cached_synthesizer(provider)
+
+
+@cache
+def _cached_synthesizer(provider: str, **config: Any) -> SpeechSynthesizer:
+    return load_synthesizer(provider, **config)
+
+
+# ---- render + encode -------------------------------------------------------------------------
+
+
+def _render(
+    engine: LipSyncEngine,
+    avatar: AvatarFrames,
+    audio: DrivingAudio,
+    output: Path,
+    settings: Settings,
+    progress: Progress,
+    timings: dict[str, float],
+) -> EncodeStats:
+    """Stream the engine's frames into the mp4 writer; fills the features/render/encode timings."""
+    height, width = avatar.frames[0].shape[:2]
+    writer = Mp4Writer(
+        output,
+        width,
+        height,
+        fps=FPS,
+        crf=settings.video_crf,
+        preset=settings.video_preset,
+        audio=audio.samples,
+        sample_rate=SAMPLE_RATE,
+    )
+    with writer:
+        features_s, engine_s = _stream(engine.render(avatar, audio), writer, audio.num_frames, progress)
+    stats = writer.close()
+    timings.update(features=features_s, render=engine_s - features_s, encode=stats.encode_s)
+    name = getattr(engine, "name", type(engine).__name__)
+    log.info("%s: %d frames, engine %.2f s, encoder %.2f s", name, stats.num_frames, engine_s, stats.encode_s)
+    return stats
+
+
+def _stream(frames: Iterator[np.ndarray], writer: Mp4Writer, total: int, progress: Progress) -> tuple[float, float]:
+    """Write ``total`` frames; returns (seconds until the first frame, seconds spent inside the engine)."""
+    first_s = engine_s = 0.0
+    span = STAGE_START["upload"] - STAGE_START["render"]
+    for i in range(total):
+        started = time.perf_counter()
+        frame = next(frames, None)
+        engine_s += time.perf_counter() - started
+        if i == 0:
+            first_s = engine_s
+        if frame is None:
+            raise EngineError("render_failed", f"the lip-sync engine stopped after {i} of {total} frames")
+        writer.write(frame)
+        if i % PROGRESS_EVERY_FRAMES == 0:
+            progress("render", STAGE_START["render"] + span * i / total)
+    return first_s, engine_s
