@@ -1,6 +1,7 @@
 """One settings object for the handlers, built from the environment at start-up and passed in."""
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +19,10 @@ class Settings(BaseSettings):
     weights_dir: Path = Field(Path("./var/weights"), validation_alias=AliasChoices("WEIGHTS_DIR"))
     wav2lip96_checkpoint: Path | None = Field(None, validation_alias=AliasChoices("WAV2LIP96_CHECKPOINT"))
     wav2lip256_checkpoint: Path | None = Field(None, validation_alias=AliasChoices("WAV2LIP256_CHECKPOINT"))
+    # auto: fp16 on CUDA, bf16 on CPUs with native bf16 (2.6-2.9x faster, <= ~1 grey level off fp32), else fp32.
+    wav2lip_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", validation_alias=AliasChoices("WAV2LIP_PRECISION")
+    )
 
     # Training-video limits (preprocess_avatar).
     max_video_bytes: int = Field(1024 * 1024 * 1024, validation_alias=AliasChoices("MAX_VIDEO_BYTES"))

@@ -1,0 +1,360 @@
+"""Model weights: the manifest, the resolver the serving path uses, and the ``fetch-weights`` build-time tool.
+
+The serving path never downloads: ``resolve`` looks in the weights directories and verifies the file's
+checksum (once per process per path, size and mtime); a missing file is an error naming the
+``fetch-weights`` command. ``fetch-weights`` (run at image build time or into a Modal/RunPod volume)
+downloads with resume (HTTP Range on a ``.part`` file), checks the checksum and renames atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engines.errors import EngineError
+
+if TYPE_CHECKING:
+    import httpx
+    from rich.progress import Progress
+
+log = logging.getLogger(__name__)
+
+MODAL_VOLUME = Path("/weights")
+RUNPOD_VOLUME = Path("/runpod-volume")
+MOUNT_DIRS = (MODAL_VOLUME, RUNPOD_VOLUME / "weights", RUNPOD_VOLUME)
+CHECKSUM_SUFFIX = ".sha256"  # sidecar written by fetch-weights: pins unpinned manifest entries
+PART_SUFFIX = ".part"
+CHUNK_BYTES = 1 << 20
+FETCH_ATTEMPTS = 4
+CONNECT_TIMEOUT_S = 30.0
+READ_TIMEOUT_S = 120.0
+
+NON_COMMERCIAL = (
+    "Non-commercial: research/academic/personal use only (Rudrabha/Wav2Lip README: trained on LRS2, "
+    "any form of commercial use is strictly prohibited)."
+)
+WAV2LIP_SOURCE = "https://github.com/Rudrabha/Wav2Lip#getting-the-weights"
+# The official links are SharePoint pages (no direct download); this Hugging Face mirror serves the same
+# bytes: the checksums below are the ones published for those files by several independent projects.
+WAV2LIP_MIRROR = "https://huggingface.co/camenduru/Wav2Lip/resolve/main/checkpoints"
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """One downloadable weights file."""
+
+    name: str  # what fetch-weights is given
+    filename: str  # its name in a weights directory
+    variant: str  # the Wav2Lip variant it loads as
+    sha256: str | None  # None: not published; pinned at fetch time (sidecar) by the image build
+    size: int | None  # bytes, when published
+    licence: str
+    commercial_use: bool
+    source: str  # where the publisher lists it
+    url: str  # direct download used by fetch-weights (override with --url / --base-url)
+
+
+MANIFEST: tuple[WeightsFile, ...] = (
+    WeightsFile(
+        name="wav2lip96_gan",
+        filename="wav2lip_gan.pth",
+        variant="wav2lip96",
+        sha256="ca9ab7b7b812c0e80a6e70a5977c545a1e8a365a6c49d5e533023c034d7ac3d8",
+        size=435_801_865,
+        licence=NON_COMMERCIAL,
+        commercial_use=False,
+        source=WAV2LIP_SOURCE,
+        url=f"{WAV2LIP_MIRROR}/wav2lip_gan.pth",
+    ),
+    WeightsFile(
+        name="wav2lip96",
+        filename="wav2lip.pth",
+        variant="wav2lip96",
+        sha256="b78b681b68ad9fe6c6fb1debc6ff43ad05834a8af8a62ffc4167b7b34ef63c37",
+        size=435_807_851,
+        licence=NON_COMMERCIAL,
+        commercial_use=False,
+        source=WAV2LIP_SOURCE,
+        url=f"{WAV2LIP_MIRROR}/wav2lip.pth",
+    ),
+    WeightsFile(
+        # Published by LiveTalking as `wav2lip256.pth` in a Google Drive folder and on Quark, with no
+        # checksum and no licence of its own (the repository's code is Apache-2.0; the model follows
+        # Wav2Lip's architecture). LiveTalking renames it to `wav2lip.pth`; we keep the published name
+        # so it cannot be mistaken for the official 96-px file.
+        name="wav2lip256",
+        filename="wav2lip256.pth",
+        variant="wav2lip256",
+        sha256=None,
+        size=None,
+        licence=(
+            "Not stated for the weights: published by lipku/LiveTalking (code Apache-2.0), trained on "
+            "Wav2Lip's design; confirm the terms with the publisher before commercial use."
+        ),
+        commercial_use=False,
+        source="https://github.com/lipku/LiveTalking#2-quick-start",
+        # The Drive file id of wav2lip256.pth in that folder, as users' install guides give it.
+        url="https://drive.usercontent.google.com/download?id=1wu6XujFL9rF-0P2l44G6kpeapeY0cME7&export=download&confirm=t",
+    ),
+)
+BY_NAME = {w.name: w for w in MANIFEST}
+# Which manifest entries serve each engine, in order of preference.
+ENGINE_WEIGHTS = {"wav2lip96": ("wav2lip96_gan", "wav2lip96"), "wav2lip256": ("wav2lip256",)}
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    entry: WeightsFile
+    path: Path
+    verified: bool  # checksum matched (manifest or fetch-time sidecar); False when nothing pins it
+
+
+def weights_entry(name: str) -> WeightsFile:
+    if name not in BY_NAME:
+        raise EngineError("unknown_weights", f"Unknown weights {name!r}: use one of {', '.join(BY_NAME)}.")
+    return BY_NAME[name]
+
+
+def search_dirs(weights_dir: Path | None) -> list[Path]:
+    """Where weights are looked for: the configured dir, then the Modal and RunPod volume mounts."""
+    dirs = [Path(weights_dir)] if weights_dir else []
+    return list(dict.fromkeys([*dirs, *MOUNT_DIRS]))
+
+
+def fetch_command(names: Iterable[str], weights_dir: Path | None) -> str:
+    dest = f" --dest {weights_dir}" if weights_dir else ""
+    return f"fetch-weights {' '.join(names)}{dest}"
+
+
+def locate(entry: WeightsFile, dirs: Sequence[Path]) -> Path | None:
+    """The first existing file for ``entry`` in ``dirs`` (no hashing)."""
+    return next((d / entry.filename for d in dirs if (d / entry.filename).is_file()), None)
+
+
+def find_for_engine(engine: str, weights_dir: Path | None) -> tuple[WeightsFile, Path] | None:
+    """The preferred weights file present for ``engine`` (``wav2lip96`` / ``wav2lip256``), if any."""
+    dirs = search_dirs(weights_dir)
+    for name in ENGINE_WEIGHTS.get(engine, ()):
+        path = locate(BY_NAME[name], dirs)
+        if path is not None:
+            return BY_NAME[name], path
+    return None
+
+
+def resolve(name: str, weights_dir: Path | None, verify: bool = True) -> ResolvedWeights:
+    """The verified file for manifest entry ``name``; ``weights_missing`` / ``checksum_mismatch`` otherwise."""
+    entry = weights_entry(name)
+    dirs = search_dirs(weights_dir)
+    path = locate(entry, dirs)
+    if path is None:
+        raise EngineError(
+            "weights_missing",
+            f"Weights `{entry.filename}` ({name}) not found in {', '.join(str(d) for d in dirs)}; "
+            f"fetch them at build time with `{fetch_command([name], weights_dir)}`.",
+        )
+    return ResolvedWeights(entry, path, verify_file(entry, path) if verify else False)
+
+
+# ---- checksums -------------------------------------------------------------------------------
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256: hash once per process
+
+
+def _stat_key(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
+def _hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256, computed once per process for an unchanged file (path, size, mtime)."""
+    key = _stat_key(path)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _hash(path)
+    return _DIGESTS[key]
+
+
+def cached_sha256(path: Path) -> str | None:
+    """The digest if this process already computed it for the unchanged file, without hashing."""
+    try:
+        return _DIGESTS.get(_stat_key(path))
+    except OSError:
+        return None
+
+
+def pinned_sha256(entry: WeightsFile, path: Path) -> str | None:
+    """The manifest checksum, else the one fetch-weights recorded beside the file."""
+    if entry.sha256:
+        return entry.sha256
+    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
+    if sidecar.is_file():
+        return sidecar.read_text().split()[0].strip().lower() or None
+    return None
+
+
+def verify_file(entry: WeightsFile, path: Path) -> bool:
+    """True when the file matches its pinned checksum, False when none is pinned; raises on a mismatch."""
+    size = path.stat().st_size
+    if entry.size is not None and size != entry.size:
+        raise EngineError(
+            "checksum_mismatch",
+            f"`{path}` is {size} bytes, expected {entry.size} for {entry.filename}: a partial or different "
+            f"file; fetch it again with `{fetch_command([entry.name], path.parent)}`.",
+        )
+    expected = pinned_sha256(entry, path)
+    if expected is None:
+        log.warning("%s has no pinned checksum: loaded unverified (pin it with fetch-weights --sha256)", path)
+        return False
+    actual = sha256_file(path)
+    if actual != expected:
+        raise EngineError(
+            "checksum_mismatch",
+            f"`{path}` has sha256 {actual}, expected {expected} for {entry.filename}; "
+            f"fetch it again with `{fetch_command([entry.name], path.parent)}`.",
+        )
+    return True
+
+
+# ---- fetching (build time only) ---------------------------------------------------------------
+
+
+def _stream_to_part(client: httpx.Client, url: str, part: Path, progress: Progress) -> None:
+    """Append the remaining bytes of ``url`` to ``part`` (HTTP Range from its current size)."""
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with client.stream("GET", url, headers=headers) as response:
+        if response.status_code == 416 and have:  # nothing left to send: the part is complete
+            return
+        response.raise_for_status()
+        if response.headers.get("content-type", "").startswith("text/html"):
+            raise EngineError(
+                "download_failed",
+                f"{url} answered with a web page, not the file (a sign-in or confirmation page?): "
+                "download it by hand and pass --url/--sha256, or use --base-url with a mirror.",
+            )
+        resumed = response.status_code == 206
+        if have and not resumed:
+            log.info("server ignored the range request: restarting %s", part.name)
+            have = 0
+        length = response.headers.get("content-length")
+        total = have + int(length) if length else None
+        task = progress.add_task(part.name.removesuffix(PART_SUFFIX), total=total, completed=have)
+        with part.open("ab" if resumed else "wb") as f:
+            for chunk in response.iter_bytes():  # as received: an interrupted stream keeps every byte
+                f.write(chunk)
+                progress.advance(task, len(chunk))
+
+
+def download(url: str, dest: Path, sha256: str | None, show_progress: bool = True) -> Path:
+    """Download ``url`` to ``dest`` with resume and retries; check ``sha256``; rename atomically."""
+    import httpx
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + PART_SUFFIX)
+    timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with (
+        httpx.Client(follow_redirects=True, timeout=timeout) as client,
+        Progress(*columns, disable=not show_progress, transient=True) as progress,
+    ):
+        for attempt in range(1, FETCH_ATTEMPTS + 1):
+            try:
+                _stream_to_part(client, url, part, progress)
+                break
+            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                status = getattr(getattr(exc, "response", None), "status_code", 0)
+                if attempt == FETCH_ATTEMPTS or 400 <= status < 500:
+                    raise EngineError("download_failed", f"Downloading {url} failed: {exc}") from None
+                log.warning("download of %s interrupted (%s); resuming (attempt %d)", dest.name, exc, attempt + 1)
+    return _finish(part, dest, sha256)
+
+
+def _finish(part: Path, dest: Path, sha256: str | None) -> Path:
+    actual = _hash(part)
+    if sha256 and actual != sha256.lower():
+        part.unlink()  # a wrong file cannot be resumed into the right one
+        raise EngineError("checksum_mismatch", f"{dest.name}: downloaded sha256 {actual}, expected {sha256}.")
+    os.replace(part, dest)
+    dest.with_name(dest.name + CHECKSUM_SUFFIX).write_text(f"{actual}  {dest.name}\n")
+    log.info("fetched %s (sha256 %s)", dest, actual)
+    return dest
+
+
+def fetch_weights(
+    names: Sequence[str],
+    dest: Path,
+    base_url: str | None = None,
+    url: str | None = None,
+    sha256: str | None = None,
+    show_progress: bool = True,
+) -> list[Path]:
+    """Fetch manifest entries into ``dest`` (skipping files already there and verified)."""
+    entries = [weights_entry(n) for n in names]
+    if (url or sha256) and len(entries) != 1:
+        raise EngineError("invalid_arguments", "`--url` and `--sha256` apply to exactly one weights name.")
+    paths = []
+    for entry in entries:
+        target = Path(dest) / entry.filename
+        expected = (sha256 or "").lower() or pinned_sha256(entry, target)
+        if target.is_file() and expected and sha256_file(target) == expected:
+            log.info("%s already present and verified", target)
+        else:
+            if expected is None:
+                log.warning("%s has no published checksum: the one computed now is recorded beside it", entry.name)
+            source = url or (f"{base_url.rstrip('/')}/{entry.filename}" if base_url else entry.url)
+            download(source, target, expected, show_progress)
+        paths.append(target)
+    return paths
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fetch-weights",
+        description="Download model weights into a weights directory (build time / volume fill).",
+        epilog="\n".join(f"{w.name}: {w.filename} — {w.licence}" for w in MANIFEST),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("names", nargs="*", help=f"weights to fetch: {', '.join(BY_NAME)}")
+    parser.add_argument("--dest", type=Path, default=os.environ.get("WEIGHTS_DIR"), help="directory (env WEIGHTS_DIR)")
+    parser.add_argument("--base-url", help="mirror holding the files under their file names")
+    parser.add_argument("--url", help="exact URL (one name only)")
+    parser.add_argument("--sha256", help="expected sha256 (one name only); pins entries the manifest leaves open")
+    parser.add_argument("--list", action="store_true", help="list the manifest and exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def fetch_weights_cli(argv: Sequence[str] | None = None) -> int:
+    """Console script ``fetch-weights``: exit status 0 on success, 1 on failure, 2 on bad arguments."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        for w in MANIFEST:
+            print(f"{w.name:15} {w.filename:16} sha256={w.sha256 or 'unpinned'}  {w.licence}")
+        return 0
+    if not args.names or args.dest is None:
+        parser.error("give one or more weights names and --dest (or WEIGHTS_DIR)")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        paths = fetch_weights(args.names, args.dest, args.base_url, args.url, args.sha256, not args.quiet)
+    except EngineError as exc:
+        print(f"fetch-weights: {exc.message} ({exc.code})", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(path)
+    return 0
