@@ -1,0 +1,100 @@
+"""Orchestrator settings: where jobs are stored, which backend runs each task, limits and secrets.
+
+Built from the environment once (``OrchestratorSettings()``) and passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BACKEND_KINDS = ("local", "runpod", "modal")
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A parsed backend spec: ``local``, ``runpod:<endpoint_id>`` or ``modal:<app>/<Class>``."""
+
+    kind: str
+    target: str = ""
+
+    def __str__(self) -> str:
+        return self.kind if self.kind == "local" else f"{self.kind}:{self.target}"
+
+
+def parse_backend_spec(spec: str) -> BackendSpec:
+    """Parse a backend spec; ValueError naming the accepted forms when it is malformed."""
+    kind, _, target = spec.strip().partition(":")
+    forms = "`local`, `runpod:<endpoint_id>` or `modal:<app>/<Class>`"
+    if kind == "local" and not target:
+        return BackendSpec("local")
+    if kind == "runpod" and target and "/" not in target:
+        return BackendSpec("runpod", target)
+    if kind == "modal":
+        app, _, cls = target.partition("/")
+        if app and cls and "/" not in cls:
+            return BackendSpec("modal", target)
+    raise ValueError(f"backend {spec!r} is not valid: use {forms}")
+
+
+class OrchestratorSettings(BaseSettings):
+    """Everything the job service, its backends and the HTTP API read from the environment."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    database_url: str = Field("sqlite:///./var/jobs.db", validation_alias=AliasChoices("DATABASE_URL"))
+
+    # Which backend runs each task: `local`, `runpod:<endpoint_id>` or `modal:<app>/<Class>`.
+    backend_preprocess_avatar: str = Field("local", validation_alias=AliasChoices("BACKEND_PREPROCESS_AVATAR"))
+    backend_generate_video: str = Field("local", validation_alias=AliasChoices("BACKEND_GENERATE_VIDEO"))
+    backend_render_emotion: str = Field("local", validation_alias=AliasChoices("BACKEND_RENDER_EMOTION"))
+    backend_health: str = Field("local", validation_alias=AliasChoices("BACKEND_HEALTH"))
+
+    runpod_api_key: str | None = Field(None, validation_alias=AliasChoices("RUNPOD_API_KEY"))
+    runpod_base_url: str = Field("https://api.runpod.ai/v2", validation_alias=AliasChoices("RUNPOD_BASE_URL"))
+
+    # Execution time limits per task (the seeds' LIVETALKING_* names are accepted).
+    avatar_timeout_s: float = Field(
+        1800.0, gt=0, validation_alias=AliasChoices("AVATAR_TIMEOUT_S", "LIVETALKING_AVATAR_TIMEOUT")
+    )
+    video_timeout_s: float = Field(
+        600.0, gt=0, validation_alias=AliasChoices("VIDEO_TIMEOUT_S", "LIVETALKING_VIDEO_TIMEOUT")
+    )
+    emotion_timeout_s: float = Field(300.0, gt=0, validation_alias=AliasChoices("EMOTION_TIMEOUT_S"))
+    health_timeout_s: float = Field(60.0, gt=0, validation_alias=AliasChoices("HEALTH_TIMEOUT_S"))
+    # How long a job may wait for a worker before it starts (on top of its execution limit).
+    queue_timeout_s: float = Field(3600.0, ge=0, validation_alias=AliasChoices("QUEUE_TIMEOUT_S"))
+
+    api_token: str | None = Field(None, validation_alias=AliasChoices("API_TOKEN"))
+    webhook_secret: str | None = Field(None, validation_alias=AliasChoices("WEBHOOK_SECRET"))
+    public_base_url: str | None = Field(None, validation_alias=AliasChoices("PUBLIC_BASE_URL"))
+
+    poll_interval_s: float = Field(1.0, gt=0, validation_alias=AliasChoices("POLL_INTERVAL_S"))
+    poll_max_interval_s: float = Field(15.0, gt=0, validation_alias=AliasChoices("POLL_MAX_INTERVAL_S"))
+    local_workers: int = Field(2, ge=1, le=64, validation_alias=AliasChoices("LOCAL_WORKERS"))
+    # Tries of one remote call on transient errors, and runs of a local job across restarts.
+    max_attempts: int = Field(3, ge=1, le=20, validation_alias=AliasChoices("MAX_ATTEMPTS"))
+
+    @field_validator("backend_preprocess_avatar", "backend_generate_video", "backend_render_emotion", "backend_health")
+    @classmethod
+    def _valid_backend(cls, value: str) -> str:
+        return str(parse_backend_spec(value))
+
+    @field_validator("runpod_base_url", "public_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    def backend_spec(self, task: str) -> BackendSpec:
+        """The backend configured for ``task``."""
+        return parse_backend_spec(getattr(self, f"backend_{task}"))
+
+    def timeout_for(self, task: str) -> float:
+        """The execution time limit of ``task`` in seconds."""
+        return {
+            "preprocess_avatar": self.avatar_timeout_s,
+            "generate_video": self.video_timeout_s,
+            "render_emotion": self.emotion_timeout_s,
+        }.get(task, self.health_timeout_s)
