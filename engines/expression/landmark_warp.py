@@ -1,0 +1,106 @@
+"""The CPU expression engine: FACS-based landmark motion, a thin-plate-spline warp of the face ROI and a
+painted mouth interior. No weights; only the face analyzer's landmark model."""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+import cv2
+import numpy as np
+
+from engines.errors import EngineError
+from engines.expression import FaceAnalysis, check_render_args, geometry, mouth, presets, register
+from engines.expression.warp import backward_maps
+from engines.face import FaceAnalyzer, FaceBox, load_face_analyzer
+
+log = logging.getLogger(__name__)
+
+VERSION = "1.0.0"
+DETECT_MAX_SIDE = 640  # faces are found on a copy at most this large; landmarks use the full image
+MIN_RELATIVE_SCORE = 0.5  # faces scoring under half the best detection are ignored
+NO_FACE_MESSAGE = "No face detected in image"
+
+
+def main_face(boxes: list[FaceBox]) -> FaceBox:
+    """The largest face among the confident ones: the detector also reports faint, sometimes larger, false hits."""
+    best = max(b.score for b in boxes)
+    return max((b for b in boxes if b.score >= MIN_RELATIVE_SCORE * best), key=lambda b: b.area)
+
+
+@register("landmark_warp")
+class LandmarkWarpEngine:
+    name = "landmark_warp"
+    version = VERSION
+    gpu = False
+
+    def __init__(self, faces: FaceAnalyzer) -> None:
+        self._faces = faces
+
+    @classmethod
+    @cache
+    def shared(cls) -> LandmarkWarpEngine:
+        return cls(load_face_analyzer())
+
+    def _find_face(self, image_bgr: np.ndarray) -> FaceBox:
+        h, w = image_bgr.shape[:2]
+        scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
+        small = image_bgr
+        if scale < 1.0:
+            small = cv2.resize(image_bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        boxes = self._faces.detect(small) or self._faces.detect(small, upsample=1)
+        if not boxes:
+            raise EngineError("no_face", NO_FACE_MESSAGE)
+        b = main_face(boxes)
+        if scale == 1.0:
+            return b
+        return FaceBox(round(b.x1 / scale), round(b.y1 / scale), round(b.x2 / scale), round(b.y2 / scale), b.score)
+
+    def analyze(self, image_bgr: np.ndarray) -> FaceAnalysis:
+        if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
+            raise EngineError("invalid_image", "Expected a BGR uint8 image.")
+        box = self._find_face(image_bgr)
+        landmarks = self._faces.landmarks(image_bgr, box)
+        frame = geometry.face_frame(landmarks)
+        moving = geometry.moving_points(landmarks, frame)
+        local = frame.to_local(moving)
+        anchors = [geometry.hairline_anchors(landmarks, frame), geometry.anchor_ring(local, frame)]
+        points = np.concatenate([moving, *anchors])
+        roi = geometry.roi_rect(points, frame, image_bgr.shape)
+        log.debug("face %s, inter-ocular %.1f px, warp ROI %s", box, frame.iod, roi)
+        return FaceAnalysis(
+            image=image_bgr,
+            box=box,
+            landmarks=landmarks,
+            frame=frame,
+            points=points,
+            num_moving=len(moving),
+            local=local,
+            roi=roi,
+            grid=geometry.coarse_grid(roi),
+            feather=geometry.feather_weights(roi, image_bgr.shape, geometry.ROI_MARGIN * frame.iod),
+            mouth_colors=mouth.mouth_colors(image_bgr, landmarks),
+        )
+
+    def moved_points(self, analysis: FaceAnalysis, emotion: str, intensity: float) -> np.ndarray:
+        """All control points after the preset's motion (anchors unchanged), in image pixels."""
+        local_motion = presets.displacements(analysis.local, emotion, intensity)
+        dst = analysis.points.copy()
+        dst[: analysis.num_moving] += analysis.frame.vectors_to_image(local_motion)
+        return dst
+
+    def render(self, analysis: FaceAnalysis, emotion: str, intensity: float) -> np.ndarray:
+        check_render_args(emotion, intensity)
+        dst = self.moved_points(analysis, emotion, intensity)
+        x1, y1, x2, y2 = analysis.roi
+        map_x, map_y = backward_maps(
+            analysis.points, dst, analysis.grid, analysis.roi, analysis.feather, analysis.frame.iod
+        )
+        face = cv2.remap(analysis.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        out = analysis.image.copy()
+        out[y1:y2, x1:x2] = face
+        inner = mouth.INNER_LIP
+        mouth.render_interior(
+            analysis.image, out, analysis.points[inner], dst[inner], analysis.frame, analysis.mouth_colors
+        )
+        return out

@@ -1,0 +1,163 @@
+"""`render_emotion`: one portrait -> a still per requested emotion, in the store at
+``emotions/{user_id}/{render_id}_{emotion}.{ext}``.
+
+Stages: fetch (any storage URI or a data: URI, capped at MAX_IMAGE_BYTES) -> decode (the header is
+checked against MAX_IMAGE_PIXELS before decoding; larger sides are scaled down to EMOTION_MAX_SIDE, so
+outputs have the size of the scaled input) -> analyse the face once -> render and encode every emotion
+-> upload. Nothing is uploaded until every still is made; a failed upload removes the ones it wrote.
+
+``latency_ms`` of a render is the time to render and encode that still; the first render's figure
+also includes the face analysis that the whole batch shares (so a single-emotion request reports all
+of its compute). Fetching, decoding and uploading are not counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import storage
+from engines.expression import DEFAULT_ENGINE, ExpressionEngine, encode_image, fit_max_side, load_expression_engine
+from handlers import Progress
+from handlers.errors import TaskError
+from handlers.outputs import new_id, resolve_store, upload
+from handlers.schemas import EmotionRender, ImageFormat, RenderEmotionRequest, RenderEmotionResult
+from handlers.settings import Settings
+from storage import ObjectStore, StorageError
+from storage.keys import emotion_key
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+STAGE_START = {"fetch": 0.0, "analyze": 0.1, "render": 0.2, "upload": 0.9}
+ENGINE_REASON = "CPU landmark warp; no GPU expression engine in this build"
+
+
+def load(settings: Settings) -> None:
+    load_expression_engine(DEFAULT_ENGINE)
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    return {"engine": DEFAULT_ENGINE, "reason": ENGINE_REASON}
+
+
+def run(request: RenderEmotionRequest, settings: Settings, progress: Progress) -> RenderEmotionResult:
+    store = resolve_store(request.store, settings)
+    render_id = request.render_id or new_id()
+    engine = load_expression_engine(DEFAULT_ENGINE)
+    with tempfile.TemporaryDirectory(prefix="render-emotion-") as tmp:
+        work = Path(tmp)
+        progress("fetch", STAGE_START["fetch"])
+        image = read_image(fetch_image(request.image, settings, work), settings)
+        progress("analyze", STAGE_START["analyze"])
+        stills = _render_all(engine, image, request, work, progress)
+        progress("upload", STAGE_START["upload"])
+        renders = _upload_all(store, stills, request, render_id, settings)
+    progress("done", 1.0)
+    return RenderEmotionResult(
+        renders=renders, engine={"name": engine.name, "version": engine.version}, gpu_used=engine.gpu
+    )
+
+
+def fetch_image(uri: str, settings: Settings, work: Path) -> Path:
+    try:
+        return storage.fetch(uri, work / "source-image", settings.storage, max_bytes=settings.max_image_bytes)
+    except StorageError as exc:
+        if exc.code == "too_large":
+            raise TaskError(
+                "image_too_large",
+                f"`image` is over the limit of {settings.max_image_bytes} bytes (MAX_IMAGE_BYTES).",
+            ) from None
+        raise
+
+
+def read_image(path: Path, settings: Settings) -> np.ndarray:
+    """BGR uint8, at most EMOTION_MAX_SIDE on its longer side; TaskError for non-images and pixel bombs."""
+    import cv2
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as probe:  # reads the header only: refuse a pixel bomb before decoding it
+            width, height = probe.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise TaskError("invalid_image", f"`image` is not a readable image ({exc}); use PNG, JPEG or WebP.") from None
+    if width * height > settings.max_image_pixels:
+        raise TaskError(
+            "image_too_large",
+            f"`image` is {width}x{height} pixels; the limit is {settings.max_image_pixels} (MAX_IMAGE_PIXELS).",
+        )
+    image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise TaskError("invalid_image", "`image` could not be decoded; use PNG, JPEG or WebP.")
+    return fit_max_side(image, settings.emotion_max_side)
+
+
+def output_format(request: RenderEmotionRequest) -> str:
+    # The schema's default is the enum member itself (use_enum_values converts given values only).
+    return ImageFormat(request.output_format).value
+
+
+def _render_all(
+    engine: ExpressionEngine, image: np.ndarray, request: RenderEmotionRequest, work: Path, progress: Progress
+) -> list[tuple[str, Path, int, int, float]]:
+    """(emotion, encoded file, width, height, latency ms) per emotion, all written under ``work``."""
+    started = time.perf_counter()
+    analysis = engine.analyze(image)
+    emotions = request.emotion_list
+    stills = []
+    for i, emotion in enumerate(emotions):
+        rendered = engine.render(analysis, emotion, request.intensity)
+        path = work / f"{emotion}.{output_format(request)}"
+        path.write_bytes(encode_image(rendered, output_format(request)))
+        finished = time.perf_counter()
+        stills.append((emotion, path, rendered.shape[1], rendered.shape[0], (finished - started) * 1000.0))
+        started = finished
+        span = STAGE_START["upload"] - STAGE_START["render"]
+        progress("render", STAGE_START["render"] + span * (i + 1) / len(emotions))
+    return stills
+
+
+def _upload_all(
+    store: ObjectStore,
+    stills: list[tuple[str, Path, int, int, float]],
+    request: RenderEmotionRequest,
+    render_id: str,
+    settings: Settings,
+) -> list[EmotionRender]:
+    fmt = output_format(request)
+    written: list[str] = []
+    renders = []
+    try:
+        for emotion, path, width, height, latency_ms in stills:
+            key = emotion_key(request.user_id, render_id, emotion, fmt)
+            stored = upload(store, path, key, settings, CONTENT_TYPES[fmt])
+            written.append(key)
+            renders.append(
+                EmotionRender(
+                    emotion=emotion,
+                    intensity=request.intensity,
+                    uri=stored.uri,
+                    url=stored.url,
+                    width=width,
+                    height=height,
+                    latency_ms=round(latency_ms, 2),
+                )
+            )
+    except Exception:
+        _remove(store, written)
+        raise
+    return renders
+
+
+def _remove(store: ObjectStore, keys: list[str]) -> None:
+    """Best effort: a batch is all or nothing, so stills already uploaded go when a later one fails."""
+    for key in keys:
+        try:
+            store.delete(key)
+        except Exception:
+            log.warning("could not remove %s after a failed batch upload", store.uri(key), exc_info=True)
