@@ -144,14 +144,14 @@ def read_portrait(path: Path, max_pixels: int) -> np.ndarray:
         with Image.open(path) as probe:  # reads the header only: refuse a pixel bomb before decoding it
             width, height = probe.size
     except (UnidentifiedImageError, OSError) as exc:
-        raise TaskError("unsupported_image", f"`image` is not a readable image ({exc})") from None
+        raise TaskError("invalid_image", f"`image` is not a readable image ({exc})") from None
     if width * height > max_pixels:
         raise TaskError(
             "image_too_large", f"`image` is {width}x{height} pixels; the limit is {max_pixels} (MAX_IMAGE_PIXELS)"
         )
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise TaskError("unsupported_image", "`image` could not be decoded (use PNG, JPEG or WebP)")
+        raise TaskError("invalid_image", "`image` could not be decoded (use PNG, JPEG or WebP)")
     scale = PORTRAIT_MAX_SIDE / max(image.shape[:2])
     if scale < 1.0:
         size = (round(image.shape[1] * scale), round(image.shape[0] * scale))

@@ -26,7 +26,7 @@ from engines.expression import DEFAULT_ENGINE, ExpressionEngine, encode_image, f
 from handlers import Progress
 from handlers.errors import TaskError
 from handlers.outputs import new_id, resolve_store, upload
-from handlers.schemas import EmotionRender, ImageFormat, RenderEmotionRequest, RenderEmotionResult
+from handlers.schemas import EmotionRender, RenderEmotionRequest, RenderEmotionResult
 from handlers.settings import Settings
 from storage import ObjectStore, StorageError
 from storage.keys import emotion_key
@@ -98,8 +98,7 @@ def read_image(path: Path, settings: Settings) -> np.ndarray:
 
 
 def output_format(request: RenderEmotionRequest) -> str:
-    # The schema's default is the enum member itself (use_enum_values converts given values only).
-    return ImageFormat(request.output_format).value
+    return str(request.output_format)
 
 
 def _render_all(

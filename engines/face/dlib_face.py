@@ -14,6 +14,9 @@ from engines.errors import EngineError
 from engines.face import FaceBox, register
 
 SHAPE_PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
+# HOG also reports near-zero-score boxes (e.g. on re-encoded or noisy photos) that can be larger than
+# the real face; detections below this share of the best score are dropped before sorting by size.
+MIN_RELATIVE_SCORE = 0.3
 
 
 def model_dir() -> Path:
@@ -60,7 +63,9 @@ class DlibFaceAnalyzer:
             FaceBox(max(0, r.left()), max(0, r.top()), min(w, r.right() + 1), min(h, r.bottom() + 1), float(s))
             for r, s in zip(rects, scores, strict=False)
         ]
-        return sorted((b for b in boxes if b.area > 0), key=lambda b: b.area, reverse=True)
+        best = max((b.score for b in boxes), default=0.0)
+        kept = [b for b in boxes if b.area > 0 and b.score >= MIN_RELATIVE_SCORE * best]
+        return sorted(kept, key=lambda b: b.area, reverse=True)
 
     def landmarks(self, image_bgr: np.ndarray, box: FaceBox) -> np.ndarray:
         gray = self._gray(image_bgr)

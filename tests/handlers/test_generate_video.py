@@ -267,7 +267,7 @@ def test_bad_audio_is_refused_and_nothing_is_uploaded(
     [
         ({"image": "wall.png", "text": "Hello there."}, {}, "no_face"),
         ({"image": "wall.png", "text": "Hello there."}, {"max_image_pixels": 10_000}, "image_too_large"),
-        ({"image": "notes.png", "text": "Hello there."}, {}, "unsupported_image"),
+        ({"image": "notes.png", "text": "Hello there."}, {}, "invalid_image"),
         ({"avatar_id": AVATAR, "text": "..."}, {}, "empty_text"),
     ],
 )
