@@ -76,18 +76,21 @@ def _resend_is_safe(exc: BaseException) -> bool:
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
 
 
-def _error_message(raw: Any) -> str | None:
-    """RunPod's ``error``: a message, or the SDK's JSON of a handler exception."""
+def _error_message(raw: Any) -> tuple[str | None, str | None]:
+    """RunPod's ``error`` as (message, code): our worker's JSON ``{"error", "error_code"}``, the SDK's JSON of a
+    handler exception, or a plain message."""
     if isinstance(raw, str) and raw.lstrip().startswith("{"):
         try:
             raw = json.loads(raw)
         except ValueError:
-            return raw
+            return raw, None
     if isinstance(raw, dict):
+        if "error_code" in raw and "error" in raw:
+            return str(raw["error"]), str(raw["error_code"])
         message = raw.get("error_message") or raw.get("message") or json.dumps(raw)[:500]
         kind = str(raw.get("error_type", "")).removeprefix("<class '").removesuffix("'>")
-        return f"Worker exception {kind}: {message}" if kind else str(message)
-    return str(raw) if raw else None
+        return (f"Worker exception {kind}: {message}" if kind else str(message)), None
+    return (str(raw) if raw else None), None
 
 
 def _progress(output: Any) -> dict[str, Any] | float | None:
@@ -114,8 +117,9 @@ def parse_job(body: dict[str, Any]) -> RemoteStatus:
             return RemoteStatus(RemoteState.failed, error=str(output["error"]), error_code=code or "task_failed")
         return RemoteStatus(state, output=output, progress={"stage": "done", "fraction": 1.0})
     if state is RemoteState.failed:
-        message = _error_message(body.get("error")) or "The RunPod job failed without a message."
-        return RemoteStatus(state, error=message, error_code=code or "remote_failed")
+        message, worker_code = _error_message(body.get("error"))
+        message = message or "The RunPod job failed without a message."
+        return RemoteStatus(state, error=message, error_code=code or worker_code or "remote_failed")
     if state is RemoteState.timed_out:
         return RemoteStatus(state, error="RunPod stopped the job at its execution timeout.", error_code="timeout")
     return RemoteStatus(state, error="The job was cancelled on RunPod.", error_code="cancelled")

@@ -132,3 +132,15 @@ def test_modal_backend_without_a_token_refuses_clearly(monkeypatch):
         modal_backend.submit("health", {"task": "health"}, job_id="j", webhook_url=None, timeout_s=10)
     assert refused.value.code == "modal_rejected" and "Token" in refused.value.message
     assert modal_backend.health()["ok"] is False
+
+
+def test_failed_job_from_our_worker_keeps_its_error_code(local_settings, monkeypatch):
+    """RunPod passes only a FAILED job's `error` string on: our worker's code must survive that trip."""
+    import runpod_handler
+
+    monkeypatch.setenv("WORKER_TASKS", "render_emotion")
+    monkeypatch.setattr(runpod_handler, "_state", None)  # a fresh worker for this test, restored after
+    result = runpod_handler.handler({"id": "j-bad", "input": {"task": "render_emotion", "user_id": "u"}})
+    failed = parse_job({"id": "j-bad", "status": "FAILED", "error": result["error"]})
+    assert failed.state is RemoteState.failed
+    assert failed.error_code == "invalid_input" and "`image`" in failed.error

@@ -1,0 +1,235 @@
+"""Modal app: the three tasks and health as methods of one GPU worker class, a weights Volume, a CLI.
+
+    modal deploy modal_app.py                      # the orchestrator then calls modal:talking-head/Worker
+    modal run modal_app.py::fill_weights --names wav2lip256
+    modal run modal_app.py --task generate_video --avatar-id a1 --text "Hello" --store s3://bucket
+
+Every method calls ``handlers.dispatch`` with the task contract's fields and returns its result dict
+(``{"error", "error_code"}`` for refused input). Configuration is read once below from
+``MODAL_WORKER_*`` variables on the deploying machine and copied into the image's environment, so
+the container rebuilds the same app definition; the tasks' own settings (AVATAR_STORE_URI, S3_* /
+GCS_* credentials, WORKER_TASKS) come from the Modal Secrets named in MODAL_WORKER_SECRETS.
+Importing this module loads no engine and needs no Modal token; ``Worker().health.local()`` runs a
+task in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import modal
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+import handlers
+from handlers.schemas import URI_SCHEMES, TaskName
+from handlers.settings import Settings
+from storage import StorageError, keys, open_store
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+PROJECT_PACKAGES = ("handlers", "engines", "storage")
+SOURCE_IGNORE = ["**/__pycache__/**", "**/*.pyc"]  # keep non-Python files (engine data tables) in the image
+PYTHON_VERSION = "3.11"
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+WEIGHTS_MOUNT = "/weights"
+UPLOADS_PREFIX = "uploads/"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+ENV_PREFIX = "MODAL_WORKER_"
+# Load statuses that are not failures: a task whose module is not built answers not_implemented itself.
+LOAD_OK = frozenset({"ok", "not_implemented"})
+# Downloading hundreds of MB of checkpoints (with resumed retries) can take a while on a slow mirror.
+FILL_WEIGHTS_TIMEOUT_S = 3600
+
+
+class ModalConfig(BaseSettings):
+    """Deployment settings of the Modal worker (env ``MODAL_WORKER_<FIELD>``)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    # The orchestrator addresses the worker as `modal:<app_name>/Worker`.
+    app_name: str = "talking-head"
+    # L4 (24 GB): room for the Wav2Lip engines' batches at a low hourly price; "" runs the CPU engines only.
+    gpu: str = "L4"
+    # One call may preprocess a 5-minute training video (MAX_VIDEO_SECONDS) from a cold cache.
+    timeout_s: int = Field(1800, ge=10)
+    # Engine loading (weights read from the Volume on a fresh container) gets its own budget, not the call's.
+    startup_timeout_s: int = Field(600, ge=10)
+    # Keeps a container warm across one user's avatar -> video -> emotions burst without paying idle hours.
+    scaledown_window_s: int = Field(300, ge=2)
+    # Restoring loaded engines from a snapshot skips imports and loading; off until a deployment has checked
+    # that its engines restore correctly (GPU memory goes through Modal's GPU snapshot, still experimental).
+    memory_snapshot: bool = False
+    # Weights are fetched once into this Volume by `fill_weights`, never on the serving path.
+    weights_volume: str = "talking-head-weights"
+    # Modal Secrets (comma list) holding AVATAR_STORE_URI and the S3_* / GCS_* credentials the tasks need.
+    secrets: str = ""
+    # The torch build baked into the image: CUDA wheels with a GPU, the far smaller CPU wheels without.
+    torch_version: str = "2.13.0"
+    cuda_torch_index: str = "https://download.pytorch.org/whl/cu128"
+
+    @property
+    def torch_index(self) -> str:
+        return self.cuda_torch_index if self.gpu else CPU_TORCH_INDEX
+
+    def as_env(self) -> dict[str, str]:
+        """This config as environment variables, so the container reads back the same values."""
+        return {f"{ENV_PREFIX}{name.upper()}": str(value) for name, value in self.model_dump().items()}
+
+
+CONFIG = ModalConfig()
+
+app = modal.App(CONFIG.app_name)
+
+worker_image = (
+    modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    # No apt packages: OpenCV (headless), PyAV (FFmpeg), dlib and eSpeak NG all ship their native code in wheels.
+    .pip_install(f"torch=={CONFIG.torch_version}", index_url=CONFIG.torch_index)
+    .pip_install_from_pyproject(str(PROJECT_ROOT / "pyproject.toml"))
+    .env({"WEIGHTS_DIR": WEIGHTS_MOUNT, **CONFIG.as_env()})
+    .add_local_python_source(*PROJECT_PACKAGES, ignore=SOURCE_IGNORE)
+)
+
+weights_volume = modal.Volume.from_name(CONFIG.weights_volume, create_if_missing=True)
+worker_secrets = [modal.Secret.from_name(name.strip()) for name in CONFIG.secrets.split(",") if name.strip()]
+# GPU memory is only captured in a snapshot through Modal's (experimental) GPU snapshot option.
+snapshot_options = {"enable_gpu_snapshot": True} if CONFIG.memory_snapshot and CONFIG.gpu else {}
+
+
+@app.cls(
+    image=worker_image,
+    gpu=CONFIG.gpu or None,
+    volumes={WEIGHTS_MOUNT: weights_volume},
+    secrets=worker_secrets,
+    timeout=CONFIG.timeout_s,
+    startup_timeout=CONFIG.startup_timeout_s,
+    scaledown_window=CONFIG.scaledown_window_s,
+    enable_memory_snapshot=CONFIG.memory_snapshot,
+    experimental_options=snapshot_options,
+)
+class Worker:
+    """One container: engines loaded once in `load`, then one method call per task."""
+
+    @modal.enter(snap=CONFIG.memory_snapshot)
+    def load(self) -> None:
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+        self.settings = Settings()
+        status = handlers.load_engines(self.settings, self.settings.served_tasks)
+        self.load_errors = {task: s for task, s in status.items() if s not in LOAD_OK}
+        if self.load_errors:
+            log.error("worker unhealthy, engines failed to load: %s", self.load_errors)
+
+    def _run(self, task: TaskName, fields: dict[str, Any]) -> dict[str, Any]:
+        if self.load_errors:
+            return self._unhealthy()
+        return handlers.dispatch({**fields, "task": task.value}, self.settings)
+
+    def _unhealthy(self) -> dict[str, Any]:
+        """Refuse the call and, in a Modal container, take no more inputs so a fresh container replaces this one."""
+        if not modal.is_local():
+            modal.experimental.stop_fetching_inputs()
+        details = "; ".join(f"{task}: {error}" for task, error in self.load_errors.items())
+        message = f"This worker failed to load its engines ({details}); it will be replaced."
+        return {"error": message, "error_code": "worker_unhealthy"}
+
+    @modal.method()
+    def preprocess_avatar(self, **fields: Any) -> dict[str, Any]:
+        return self._run(TaskName.preprocess_avatar, fields)
+
+    @modal.method()
+    def generate_video(self, **fields: Any) -> dict[str, Any]:
+        return self._run(TaskName.generate_video, fields)
+
+    @modal.method()
+    def render_emotion(self, **fields: Any) -> dict[str, Any]:
+        return self._run(TaskName.render_emotion, fields)
+
+    @modal.method()
+    def health(self, **fields: Any) -> dict[str, Any]:
+        return self._run(TaskName.health, fields)
+
+
+@app.function(image=worker_image, volumes={WEIGHTS_MOUNT: weights_volume}, timeout=FILL_WEIGHTS_TIMEOUT_S)
+def fill_weights(names: str = "wav2lip256", base_url: str = "") -> None:
+    """Download weights (comma list of `fetch-weights` names) into the Volume, checksums verified.
+
+    Files already in the Volume and verified are kept; `base_url` points at a mirror holding the files.
+    """
+    from engines.weights import fetch_weights  # engines are imported only inside Modal containers
+
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    for path in fetch_weights(wanted, Path(WEIGHTS_MOUNT), base_url=base_url or None, show_progress=False):
+        log.info("weights ready: %s", path)
+    weights_volume.commit()
+
+
+# ---- the local command line: `modal run modal_app.py --task ...` ------------------------------
+
+
+class InputError(ValueError):
+    """A command-line input that is neither a URI nor an existing local file, or a file with nowhere to go."""
+
+
+def task_fields(task: str, user_id: str, **inputs: str) -> dict[str, Any]:
+    """The contract fields given on the command line (empty ones left out; health takes no user)."""
+    fields: dict[str, Any] = {name: value for name, value in inputs.items() if value}
+    if task != TaskName.health.value:
+        fields["user_id"] = user_id
+    return fields
+
+
+def upload_key(field: str, user_id: str, path: Path) -> str:
+    upload_id = uuid.uuid4().hex
+    if field == "video":
+        return keys.training_video_key(user_id, upload_id, path.suffix.lstrip(".").lower() or "mp4")
+    return f"{UPLOADS_PREFIX}{user_id}/{upload_id}{path.suffix.lower()}"
+
+
+def stage_local_files(fields: dict[str, Any], store_uri: str, user_id: str) -> dict[str, Any]:
+    """Upload the inputs given as local files to the store and replace them by their URIs."""
+    staged = dict(fields)
+    for field in ("video", "image", "audio"):
+        value = fields.get(field)
+        if not value or value.startswith(URI_SCHEMES):
+            continue
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise InputError(f"`--{field}` {value!r} is neither a URI ({', '.join(URI_SCHEMES)}) nor a file.")
+        if not store_uri.startswith(("s3://", "gs://")):
+            raise InputError(f"`--{field}` is a local file: give `--store s3://...` or `gs://...` the worker can read.")
+        put = open_store(store_uri).put(path, upload_key(field, user_id, path))
+        log.info("uploaded %s to %s (%d bytes)", path, put.uri, put.bytes)
+        staged[field] = put.uri
+    return staged
+
+
+@app.local_entrypoint()
+def main(
+    task: str,
+    avatar_id: str = "",
+    text: str = "",
+    video: str = "",
+    image: str = "",
+    audio: str = "",
+    emotion: str = "",
+    user_id: str = "demo",
+    store: str = "",
+) -> None:
+    """Run one task on the deployed worker and print its result as JSON."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    inputs = {"avatar_id": avatar_id, "text": text, "video": video, "image": image, "audio": audio}
+    fields = task_fields(task, user_id, emotion=emotion, store=store, **inputs)
+    try:
+        fields = stage_local_files(fields, store, user_id)
+        handlers.parse({"task": task, **fields})  # refuse bad input here, before starting a container
+    except (InputError, StorageError, handlers.TaskError) as exc:
+        raise SystemExit(f"error ({getattr(exc, 'code', 'invalid_input')}): {exc}") from None
+    result = getattr(Worker(), task).remote(**fields)
+    print(json.dumps(result, indent=2))
+    if "error_code" in result:
+        raise SystemExit(1)

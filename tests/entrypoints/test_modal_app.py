@@ -1,0 +1,144 @@
+"""The Modal app offline: no token, tasks run in-process through `Worker().<task>.local(...)`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import handlers
+import modal_app
+from handlers.settings import Settings
+from tests.entrypoints.conftest import PYTHON, REPO_ROOT, child_env, media_summary, s3_download
+
+pytestmark = pytest.mark.filterwarnings("ignore:The Worker.*executing locally:UserWarning")
+
+IMPORT_PROBE = """
+import json, sys, time
+started = time.perf_counter()
+import modal_app
+seconds = time.perf_counter() - started
+heavy = sorted(m for m in ("torch", "dlib", "cv2", "av") if m in sys.modules)
+tasks = modal_app.handlers.WORK_TASKS
+task_modules = sorted(m for m in sys.modules if m.startswith("handlers.") and m.split(".")[1] in tasks)
+print(json.dumps({"seconds": seconds, "heavy": heavy, "task_modules": task_modules, "app": modal_app.app.name}))
+"""
+
+
+def test_import_defines_the_app_without_loading_engines() -> None:
+    env = child_env(MODAL_TOKEN_ID="", MODAL_TOKEN_SECRET="")
+    probe = subprocess.run([PYTHON, "-c", IMPORT_PROBE], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    facts = json.loads(probe.stdout)
+    assert facts["heavy"] == [] and facts["task_modules"] == []
+    assert facts["app"] == "talking-head"
+    assert facts["seconds"] < 3.0
+
+
+def modal_help(target: str) -> str:
+    modal_cli = Path(PYTHON).with_name("modal")
+    done = subprocess.run([str(modal_cli), "run", target, "--help"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_modal_cli_sees_the_entrypoint_and_fill_weights_options() -> None:
+    help_text = modal_help("modal_app.py")
+    for option in ("--task", "--avatar-id", "--text", "--video", "--image", "--audio", "--emotion", "--user-id"):
+        assert option in help_text
+    assert "--names" in modal_help("modal_app.py::fill_weights")
+
+
+def test_config_from_env_reaches_the_container_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODAL_WORKER_GPU", "")
+    monkeypatch.setenv("MODAL_WORKER_TIMEOUT_S", "900")
+    config = modal_app.ModalConfig()
+    assert config.gpu == "" and config.torch_index == modal_app.CPU_TORCH_INDEX
+    for name, value in config.as_env().items():
+        monkeypatch.setenv(name, value)
+    assert modal_app.ModalConfig() == config and config.timeout_s == 900
+    assert modal_app.ModalConfig(gpu="L4").torch_index.endswith("/cu128")
+
+
+def test_health(local_settings: Settings) -> None:
+    result = modal_app.Worker().health.local()
+    assert result["status"] == "ok"
+    assert set(result["tasks"]) == set(handlers.WORK_TASKS)
+
+
+def test_refused_input_returns_the_contract_error(local_settings: Settings) -> None:
+    result = modal_app.Worker().generate_video.local(user_id="u", avatar_id="a", text="   ")
+    assert result["error_code"] == "invalid_input" and "`text`" in result["error"]
+
+
+def test_render_emotion(local_settings: Settings, face_data_uri: str, tmp_path: Path) -> None:
+    store = tmp_path / "own-store"
+    result = modal_app.Worker().render_emotion.local(
+        user_id="m-user", image=face_data_uri, emotion="surprised", store=store.as_uri(), render_id="r1"
+    )
+    assert "error" not in result, result
+    [render] = result["renders"]
+    assert render["uri"] == f"{store.as_uri()}/emotions/m-user/r1_surprised.png"
+    assert (store / "emotions" / "m-user" / "r1_surprised.png").stat().st_size > 1000
+
+
+def test_avatar_then_video(local_settings: Settings, training_video: Path, tmp_path: Path) -> None:
+    worker = modal_app.Worker()
+    made = worker.preprocess_avatar.local(user_id="m-user", avatar_id="m-avatar", video=training_video.as_uri())
+    assert "error" not in made, made
+    assert made["avatar"]["uri"].endswith("/avatars/m-user/m-avatar.tar")
+
+    result = worker.generate_video.local(user_id="m-user", avatar_id="m-avatar", text="Hi.", video_id="m-video")
+    assert "error" not in result, result
+    path = Path(local_settings.avatar_store_uri.removeprefix("file://")) / "generated-videos/m-user/m-video.mp4"
+    facts = media_summary(path)
+    assert facts["frames"] == result["num_frames"] and facts["audio"]
+
+
+def test_worker_whose_engines_failed_refuses_calls(local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = handlers.task_module("preprocess_avatar")
+
+    def broken_load(settings: Settings) -> None:
+        raise OSError("predictor file unreadable")
+
+    monkeypatch.setattr(module, "load", broken_load)
+    monkeypatch.setenv("WORKER_TASKS", "preprocess_avatar")
+    result = modal_app.Worker().health.local()
+    assert result["error_code"] == "worker_unhealthy"
+    assert "preprocess_avatar: OSError: predictor file unreadable" in result["error"]
+
+
+# ---- the local command line's input staging ---------------------------------------------------
+
+
+def test_local_files_are_uploaded_and_uris_kept(
+    s3_env: str, s3_bucket: str, training_video: Path, tmp_path: Path
+) -> None:
+    fields = modal_app.task_fields(
+        "preprocess_avatar", "m-user", avatar_id="a1", video=str(training_video), image="", text=""
+    )
+    assert fields == {"avatar_id": "a1", "video": str(training_video), "user_id": "m-user"}
+    staged = modal_app.stage_local_files(fields, s3_bucket, "m-user")
+    assert staged["video"].startswith(f"{s3_bucket}/training-videos/m-user/") and staged["video"].endswith(".mp4")
+    copy = s3_download(s3_env, staged["video"], tmp_path / "copy.mp4")
+    assert copy.read_bytes() == training_video.read_bytes()
+
+    uri_fields = {"image": "https://example.com/p.png", "user_id": "m-user"}
+    assert modal_app.stage_local_files(uri_fields, "", "m-user") == uri_fields
+    assert modal_app.task_fields("health", "m-user", avatar_id="") == {}
+
+
+def test_local_file_inputs_that_cannot_work_are_refused(training_video: Path) -> None:
+    with pytest.raises(modal_app.InputError, match="neither a URI"):
+        modal_app.stage_local_files({"image": "missing.png"}, "s3://bucket", "u")
+    with pytest.raises(modal_app.InputError, match="--store"):
+        modal_app.stage_local_files({"video": str(training_video)}, "file:///tmp/store", "u")
+
+
+def test_entrypoint_refuses_bad_input_before_calling_modal() -> None:
+    run_main = modal_app.main.info.raw_f
+    with pytest.raises(SystemExit, match=r"error \(unknown_task\): Unknown task .dance."):
+        run_main(task="dance")
+    with pytest.raises(SystemExit, match="`text`"):
+        run_main(task="generate_video", avatar_id="a1", text=" ")
