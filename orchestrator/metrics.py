@@ -1,0 +1,126 @@
+"""Prometheus metrics of the HTTP API, each app with its own ``CollectorRegistry``.
+
+- ``avatarctl_http_requests_total{method, route, status}``: requests answered;
+- ``avatarctl_http_request_duration_seconds{method, route}``: latency histogram;
+- ``avatarctl_http_errors_total{route, error_code}``: answers with status >= 400, by error code;
+- ``avatarctl_submissions_total{task, backend}``: job submissions accepted (idempotent replays included);
+- ``avatarctl_jobs{task, status}``: jobs in the database, read at scrape time.
+
+``route`` is the route template (``/v1/jobs/{job_id}``), never the raw path, so ids do not explode
+the label space; requests that match no route count as ``unmatched``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from handlers.schemas import TaskName
+from orchestrator.models import JobStatus
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+UNMATCHED_ROUTE = "unmatched"
+JOB_LABELS = ["task", "status"]
+ERROR_CODE_STATE = "avatarctl_error_code"  # key in the ASGI scope's state where error handlers leave their code
+
+JobCounts = Callable[[], dict[tuple[str, str], int]]
+
+
+class JobsCollector(Collector):
+    """``avatarctl_jobs{task, status}`` from the job store at scrape time (zeros included)."""
+
+    def __init__(self, counts: JobCounts) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("avatarctl_jobs", "Jobs in the database by task and status.", labels=JOB_LABELS)
+        try:
+            counts = self._counts()
+        except Exception as exc:  # a scrape must not fail because the database is down
+            log.warning("job counts unavailable for /metrics: %s", exc)
+            return
+        tasks = sorted({t.value for t in TaskName} | {task for task, _ in counts})
+        for task in tasks:
+            for status in JobStatus:
+                gauge.add_metric([task, status.value], counts.get((task, status.value), 0))
+        yield gauge
+
+
+class ApiMetrics:
+    """The metrics of one API app (recorded by ``MetricsMiddleware``)."""
+
+    def __init__(self, job_counts: JobCounts | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "avatarctl_http_requests_total",
+            "HTTP requests answered.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "avatarctl_http_request_duration_seconds",
+            "HTTP request latency.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "avatarctl_http_errors_total",
+            "HTTP answers with status >= 400, by error code.",
+            ["route", "error_code"],
+            registry=self.registry,
+        )
+        self.submitted = Counter(
+            "avatarctl_submissions_total",
+            "Job submissions accepted through the API (idempotent replays included).",
+            ["task", "backend"],
+            registry=self.registry,
+        )
+        if job_counts is not None:
+            self.registry.register(JobsCollector(job_counts))
+
+    def observe(self, method: str, route: str, status: int, seconds: float, error_code: str | None) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+        if status >= 400:
+            self.errors.labels(route, error_code or f"http_{status}").inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware that times and counts every HTTP request into an ``ApiMetrics``."""
+
+    def __init__(self, app: Any, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # an exception escaping the app is answered 500 by the server error middleware
+
+        async def send_recording(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recording)
+        finally:
+            route = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
+            error_code = (scope.get("state") or {}).get(ERROR_CODE_STATE)
+            self.metrics.observe(scope["method"], route, status, time.perf_counter() - started, error_code)
