@@ -17,7 +17,6 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from engines.lipsync.frame_cache import FrameCache, LazyFrames
 from engines.tts import SpeechSynthesizer, VoiceParams, load_synthesizer, resample
 from handlers import Progress, engine_choice
 from handlers.errors import TaskError
+from handlers.inputs import fetch_image, read_image, timed
 from handlers.outputs import new_id, resolve_store, upload
 from handlers.schemas import GenerateVideoRequest, GenerateVideoResult, Voice
 from handlers.settings import Settings
@@ -70,17 +70,17 @@ def run(request: GenerateVideoRequest, settings: Settings, progress: Progress) -
     with tempfile.TemporaryDirectory(prefix="generate-video-") as tmp:
         work = Path(tmp)
         progress("fetch", STAGE_START["fetch"])
-        with _timed(timings, "fetch"):
+        with timed(timings, "fetch"):
             avatar = _avatar(request, store, settings, work)
             audio_path = _fetch_audio(request.audio, settings, work) if request.audio else None
         progress("tts", STAGE_START["tts"])
-        with _timed(timings, "tts"):
+        with timed(timings, "tts"):
             audio = _speech(request, audio_path, settings)
         engine, engine_info = engine_choice.lipsync_engine(request.engine, settings)
         output = work / f"{video_id}.mp4"
         stats = _render(engine, avatar, audio, output, settings, progress, timings)
         progress("upload", STAGE_START["upload"])
-        with _timed(timings, "upload"):
+        with timed(timings, "upload"):
             stored = upload(store, output, video_key(request.user_id, video_id), settings, VIDEO_CONTENT_TYPE)
     progress("done", 1.0)
     return GenerateVideoResult(
@@ -91,18 +91,9 @@ def run(request: GenerateVideoRequest, settings: Settings, progress: Progress) -
         fps=float(stats.fps),
         width=stats.width,
         height=stats.height,
-        timings_ms={k: round(v * 1000.0, 1) for k, v in timings.items()},
+        timings_ms=timings,
         engine=engine_info,
     )
-
-
-@contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
 
 
 # ---- avatar ----------------------------------------------------------------------------------
@@ -130,33 +121,8 @@ def stored_avatar(loaded: avatar_archive.LoadedAvatar) -> AvatarFrames:
 def _portrait_avatar(uri: str, settings: Settings, work: Path) -> AvatarFrames:
     from engines.lipsync.portrait_avatar import build_portrait_avatar
 
-    path = storage.fetch(uri, work / "portrait", settings.storage, max_bytes=settings.max_image_bytes)
-    image = read_portrait(path, settings.max_image_pixels)
+    image = read_image(fetch_image(uri, settings, work), settings, PORTRAIT_MAX_SIDE)
     return build_portrait_avatar(image, load_face_analyzer())
-
-
-def read_portrait(path: Path, max_pixels: int) -> np.ndarray:
-    """The portrait as BGR, scaled to PORTRAIT_MAX_SIDE at most; TaskError for non-images and huge ones."""
-    import cv2
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as probe:  # reads the header only: refuse a pixel bomb before decoding it
-            width, height = probe.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise TaskError("invalid_image", f"`image` is not a readable image ({exc})") from None
-    if width * height > max_pixels:
-        raise TaskError(
-            "image_too_large", f"`image` is {width}x{height} pixels; the limit is {max_pixels} (MAX_IMAGE_PIXELS)"
-        )
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise TaskError("invalid_image", "`image` could not be decoded (use PNG, JPEG or WebP)")
-    scale = PORTRAIT_MAX_SIDE / max(image.shape[:2])
-    if scale < 1.0:
-        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return image
 
 
 # ---- speech ----------------------------------------------------------------------------------
@@ -238,7 +204,11 @@ def _render(
     with writer:
         features_s, engine_s = _stream(engine.render(avatar, audio), writer, audio.num_frames, progress)
     stats = writer.close()
-    timings.update(features=features_s, render=engine_s - features_s, encode=stats.encode_s)
+    timings.update(
+        features=round(features_s * 1000, 1),
+        render=round((engine_s - features_s) * 1000, 1),
+        encode=round(stats.encode_s * 1000, 1),
+    )
     name = getattr(engine, "name", type(engine).__name__)
     log.info("%s: %d frames, engine %.2f s, encoder %.2f s", name, stats.num_frames, engine_s, stats.encode_s)
     return stats

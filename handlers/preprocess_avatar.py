@@ -42,6 +42,7 @@ from engines.face import FaceAnalyzer, load_face_analyzer
 from engines.face.boxes import AvatarFrame, FaceBoxStream, FaceGapError, NoFaceError
 from engines.face.tracker import FaceTracker
 from handlers.errors import TaskError
+from handlers.inputs import timed
 from handlers.outputs import resolve_store, upload
 from handlers.schemas import PreprocessAvatarRequest, PreprocessAvatarResult
 from handlers.settings import Settings
@@ -88,25 +89,25 @@ def run(request: PreprocessAvatarRequest, settings: Settings, progress: Progress
     with tempfile.TemporaryDirectory(prefix="preprocess-avatar-") as tmp:
         work = Path(tmp)
         progress("fetch", STAGE_START["fetch"])
-        with _timed(timings, "fetch"):
+        with timed(timings, "fetch"):
             video = _fetch(request.video, work, settings)
         progress("probe", STAGE_START["probe"])
-        with _timed(timings, "probe"):
+        with timed(timings, "probe"):
             info = _probe(video, settings)
         avatar_dir = work / request.avatar_id
         frames = _make_frames(video, info, avatar_dir, request, settings, analyzer, progress, timings)
-        with _timed(timings, "tables"):
+        with timed(timings, "tables"):
             _write_tables(avatar_dir, frames, request, info, video.stat().st_size)
         key = avatar_key(request.user_id, request.avatar_id)
         progress("tar", STAGE_START["tar"])
         tar_path = work / f"{request.avatar_id}.tar"
-        with _timed(timings, "tar"):
+        with timed(timings, "tar"):
             avatar_archive.pack_avatar(avatar_dir, tar_path)
         progress("upload", STAGE_START["upload"])
-        with _timed(timings, "upload"):
+        with timed(timings, "upload"):
             stored = upload(store, tar_path, key, settings, TAR_CONTENT_TYPE)
         progress("install", STAGE_START["install"])
-        with _timed(timings, "install"):
+        with timed(timings, "install"):
             _install(avatar_dir, request.avatar_id, settings, store, key)
     timings["total"] = round((time.perf_counter() - started) * 1000, 1)
     progress("done", 1.0)
@@ -134,15 +135,6 @@ class _Frames:
     def add(self, frame: AvatarFrame) -> None:
         self.coords.append(frame.coords)
         self.landmarks.append(frame.landmarks)
-
-
-@contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[stage] = round(timings.get(stage, 0.0) + (time.perf_counter() - started) * 1000, 1)
 
 
 # ---- fetch and probe ---------------------------------------------------------------------------
@@ -200,7 +192,7 @@ def _make_frames(
     max_frames = math.ceil(settings.max_video_seconds * FPS)
     progress("frames", STAGE_START["frames"])
     with ExitStack() as stack:
-        stack.enter_context(_timed(timings, "frames"))
+        stack.enter_context(timed(timings, "frames"))
         stack.enter_context(_face_errors(settings))
         writer = stack.enter_context(_PngWriter(avatar_dir, request.img_size))
         result, stream = _Frames(detector=analyzer.name, policy=tracker.policy), None
@@ -209,7 +201,7 @@ def _make_frames(
         for index, frame in enumerate(_timed_iter(decoded, timings, "decode")):
             if stream is None:
                 stream = _box_stream(frame, request, settings)
-            with _timed(timings, "track"):
+            with timed(timings, "track"):
                 track = tracker.update(frame)
             if stream.failed:  # this video will be refused: stop keeping frames, keep tracking to name the gap
                 held.clear()
@@ -285,7 +277,7 @@ def _face_errors(settings: Settings) -> Iterator[None]:
 def _timed_iter(frames: Iterator[np.ndarray], timings: dict[str, float], stage: str) -> Iterator[np.ndarray]:
     """``frames`` with the time spent producing them added to ``timings[stage]``."""
     while True:
-        with _timed(timings, stage):
+        with timed(timings, stage):
             frame = next(frames, None)
         if frame is None:
             return

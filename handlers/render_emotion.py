@@ -21,14 +21,13 @@ from typing import Any
 
 import numpy as np
 
-import storage
-from engines.expression import DEFAULT_ENGINE, ExpressionEngine, encode_image, fit_max_side, load_expression_engine
+from engines.expression import DEFAULT_ENGINE, ExpressionEngine, encode_image, load_expression_engine
 from handlers import Progress
-from handlers.errors import TaskError
+from handlers.inputs import fetch_image, read_image
 from handlers.outputs import new_id, resolve_store, upload
 from handlers.schemas import EmotionRender, RenderEmotionRequest, RenderEmotionResult
 from handlers.settings import Settings
-from storage import ObjectStore, StorageError
+from storage import ObjectStore
 from storage.keys import emotion_key
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ def run(request: RenderEmotionRequest, settings: Settings, progress: Progress) -
     with tempfile.TemporaryDirectory(prefix="render-emotion-") as tmp:
         work = Path(tmp)
         progress("fetch", STAGE_START["fetch"])
-        image = read_image(fetch_image(request.image, settings, work), settings)
+        image = read_image(fetch_image(request.image, settings, work), settings, settings.emotion_max_side)
         progress("analyze", STAGE_START["analyze"])
         stills = _render_all(engine, image, request, work, progress)
         progress("upload", STAGE_START["upload"])
@@ -62,39 +61,6 @@ def run(request: RenderEmotionRequest, settings: Settings, progress: Progress) -
     return RenderEmotionResult(
         renders=renders, engine={"name": engine.name, "version": engine.version}, gpu_used=engine.gpu
     )
-
-
-def fetch_image(uri: str, settings: Settings, work: Path) -> Path:
-    try:
-        return storage.fetch(uri, work / "source-image", settings.storage, max_bytes=settings.max_image_bytes)
-    except StorageError as exc:
-        if exc.code == "too_large":
-            raise TaskError(
-                "image_too_large",
-                f"`image` is over the limit of {settings.max_image_bytes} bytes (MAX_IMAGE_BYTES).",
-            ) from None
-        raise
-
-
-def read_image(path: Path, settings: Settings) -> np.ndarray:
-    """BGR uint8, at most EMOTION_MAX_SIDE on its longer side; TaskError for non-images and pixel bombs."""
-    import cv2
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as probe:  # reads the header only: refuse a pixel bomb before decoding it
-            width, height = probe.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise TaskError("invalid_image", f"`image` is not a readable image ({exc}); use PNG, JPEG or WebP.") from None
-    if width * height > settings.max_image_pixels:
-        raise TaskError(
-            "image_too_large",
-            f"`image` is {width}x{height} pixels; the limit is {settings.max_image_pixels} (MAX_IMAGE_PIXELS).",
-        )
-    image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise TaskError("invalid_image", "`image` could not be decoded; use PNG, JPEG or WebP.")
-    return fit_max_side(image, settings.emotion_max_side)
 
 
 def output_format(request: RenderEmotionRequest) -> str:
