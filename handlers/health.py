@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 from typing import Any
 
@@ -20,15 +21,25 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _cpu() -> dict[str, Any]:
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return {"type": "cpu", "cuda": False, "name": name, "cores": os.cpu_count()}
+
+
 def device() -> dict[str, Any]:
     """CUDA when torch sees it, else CPU. Importing torch is skipped when it is not installed."""
     try:
         import torch
     except ImportError:
-        return {"type": "cpu", "cuda": False, "name": platform.processor() or platform.machine()}
+        return _cpu()
     if torch.cuda.is_available():
         return {"type": "cuda", "cuda": True, "name": torch.cuda.get_device_name(0), "cuda_version": torch.version.cuda}
-    return {"type": "cpu", "cuda": False, "name": platform.processor() or platform.machine()}
+    return _cpu()
 
 
 def load(settings: Settings) -> None:
