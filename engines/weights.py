@@ -202,7 +202,8 @@ def pinned_sha256(entry: WeightsFile, path: Path) -> str | None:
         return entry.sha256
     sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
     if sidecar.is_file():
-        return sidecar.read_text().split()[0].strip().lower() or None
+        fields = sidecar.read_text().split()  # empty when a fetch died while writing it: treated as unpinned
+        return fields[0].lower() if fields else None
     return None
 
 

@@ -110,6 +110,26 @@ def test_batchnorm_folding_keeps_outputs(variant: str, batch: int) -> None:
     assert float((output - reference).abs().max()) <= 1e-4
 
 
+class _OpensAFile:
+    """Unpickling this calls ``open(path, "w")``: what a hostile checkpoint does with arbitrary code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return open, (str(self.path), "w")
+
+
+def test_a_checkpoint_that_runs_code_is_refused_unrun(tmp_path: Path) -> None:
+    marker = tmp_path / "ran.txt"
+    state = random_model("wav2lip96").state_dict()
+    torch.save({"state_dict": state, "optimizer": _OpensAFile(marker)}, tmp_path / "hostile.pth")
+    with pytest.raises(EngineError) as err:
+        load_wav2lip(tmp_path / "hostile.pth", "wav2lip96")
+    assert err.value.code == "invalid_checkpoint"
+    assert not marker.exists()  # weights_only: the pickled call was never made
+
+
 # ---- audio features -----------------------------------------------------------------------------
 
 

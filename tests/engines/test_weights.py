@@ -228,3 +228,13 @@ def test_search_order_prefers_the_configured_dir(tmp_path: Path) -> None:
     (tmp_path / "wav2lip_gan.pth").write_bytes(b"2")
     entry, path = weights.find_for_engine("wav2lip96", tmp_path)
     assert entry.name == "wav2lip96_gan" and path.name == "wav2lip_gan.pth"
+
+
+def test_an_empty_sidecar_counts_as_unpinned(server: RangeServer, tmp_path: Path) -> None:
+    path = tmp_path / "wav2lip256.pth"
+    path.write_bytes(PAYLOAD[:1000])  # a different file: an interrupted fetch left its sidecar empty
+    (tmp_path / "wav2lip256.pth.sha256").write_text("")
+    assert weights.resolve("wav2lip256", tmp_path).verified is False
+    [fetched] = weights.fetch_weights(["wav2lip256"], tmp_path, url=url_of(server), show_progress=False)
+    assert fetched.read_bytes() == PAYLOAD and server.requests == [("/wav2lip256.pth", None)]
+    assert (tmp_path / "wav2lip256.pth.sha256").read_text().split()[0] == PAYLOAD_SHA
