@@ -47,12 +47,14 @@ AUDIO_BYTES_PER_SECOND = 384_000  # fetch cap for audio files: 48 kHz stereo 32-
 PROGRESS_EVERY_FRAMES = 25
 STAGE_START = {"fetch": 0.0, "tts": 0.1, "render": 0.2, "upload": 0.95}
 
-_FRAMES = FrameCache(512 * 1024 * 1024)
+MIB = 1024 * 1024
+# Sized from the settings by load() and run(); until then, the settings' default.
+_FRAMES = FrameCache(Settings.model_fields["avatar_frame_cache_mb"].default * MIB)
 
 
 def load(settings: Settings) -> None:
     """Load what the first request would: face analyzer, eSpeak, the lip-sync engine."""
-    _FRAMES.resize(settings.avatar_frame_cache_mb * 1024 * 1024)
+    _FRAMES.resize(settings.avatar_frame_cache_mb * MIB)
     load_face_analyzer()
     _synthesizer("espeak", settings)
     engine_choice.lipsync_engine("auto", settings)
@@ -63,7 +65,7 @@ def describe(settings: Settings) -> dict[str, Any]:
 
 
 def run(request: GenerateVideoRequest, settings: Settings, progress: Progress) -> GenerateVideoResult:
-    _FRAMES.resize(settings.avatar_frame_cache_mb * 1024 * 1024)
+    _FRAMES.resize(settings.avatar_frame_cache_mb * MIB)
     timings: dict[str, float] = {}
     store = resolve_store(request.store, settings)
     video_id = request.video_id or new_id()

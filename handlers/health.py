@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import platform
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import handlers
 from handlers.schemas import HealthRequest
 from handlers.settings import Settings
+
+log = logging.getLogger(__name__)
 
 PACKAGES = ("serverless-talking-head", "torch", "av", "numpy", "opencv-python-headless", "dlib-bin", "runpod", "modal")
 
@@ -50,16 +53,22 @@ def describe(settings: Settings) -> dict[str, Any]:
     return {"engine": "none"}
 
 
-def run(request: HealthRequest, settings: Settings, progress: handlers.Progress) -> dict[str, Any]:
-    tasks: dict[str, Any] = {}
-    for task in handlers.WORK_TASKS:
+def _task_status(task: str, settings: Settings) -> dict[str, Any]:
+    """One task's entry; a task that fails to import or describe itself is reported, not fatal to health."""
+    try:
         module = handlers.task_module(task)
         if module is None:
-            tasks[task] = {"status": "not_implemented"}
-        elif task not in settings.served_tasks:
-            tasks[task] = {"status": "not_served"}
-        else:
-            tasks[task] = {"status": "ok", **module.describe(settings)}
+            return {"status": "not_implemented"}
+        if task not in settings.served_tasks:
+            return {"status": "not_served"}
+        return {"status": "ok", **module.describe(settings)}
+    except Exception as exc:
+        log.exception("health: task %s cannot describe itself", task)
+        return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+
+
+def run(request: HealthRequest, settings: Settings, progress: handlers.Progress) -> dict[str, Any]:
+    tasks = {task: _task_status(task, settings) for task in handlers.WORK_TASKS}
     return {
         "status": "ok",
         "device": device(),

@@ -46,6 +46,11 @@ def read_image(path: Path, settings: Settings, max_side: int) -> np.ndarray:
     try:
         with Image.open(path) as probe:  # reads the header only: refuse a pixel bomb before decoding it
             width, height = probe.size
+    except Image.DecompressionBombError as exc:  # Pillow's own cap (2x its MAX_IMAGE_PIXELS) trips in open()
+        raise TaskError(
+            "image_too_large",
+            f"`image` is too large ({exc}); the limit is {settings.max_image_pixels} (MAX_IMAGE_PIXELS).",
+        ) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise TaskError("invalid_image", f"`image` is not a readable image ({exc}); use PNG, JPEG or WebP.") from None
     if width * height > settings.max_image_pixels:

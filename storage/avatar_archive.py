@@ -45,7 +45,8 @@ LANDMARKS = "landmarks.npy"
 META = "meta.json"
 FRAME_DIRS = (FULL_IMGS, FACE_IMGS)
 TOP_FILES = (COORDS, LANDMARKS, META)
-FRAME_NAME_RE = re.compile(r"^(\d{8})\.(png|jpg)$")
+# ASCII digits only, and \Z: "$" would also accept a name ending in a newline.
+FRAME_NAME_RE = re.compile(r"^([0-9]{8})\.(png|jpg)\Z")
 LANDMARK_POINTS = 68
 
 ARCHIVE_MTIME = 1_577_836_800  # 2020-01-01: a fixed stamp keeps packed archives byte-identical
@@ -217,7 +218,10 @@ def _jpeg_size(fh: BinaryIO, path: Path) -> tuple[int, int]:
         if length < 2:
             raise StorageError("invalid_avatar", f"{path}: corrupt JPEG segment length")
         if marker[1] in sof_markers:
-            _precision, height, width = struct.unpack(">BHH", fh.read(5))
+            header = fh.read(5)
+            if len(header) < 5:
+                raise StorageError("invalid_avatar", f"{path}: truncated JPEG")
+            _precision, height, width = struct.unpack(">BHH", header)
             return width, height
         fh.seek(length - 2, os.SEEK_CUR)
 

@@ -60,3 +60,19 @@ def test_task_not_served(local_settings, monkeypatch):
     payload = {"task": "generate_video", "user_id": "u", "avatar_id": "a", "text": "hi"}
     result = handlers.dispatch(payload, handlers.Settings())
     assert result["error_code"] == "task_not_served"
+
+
+def test_health_survives_a_task_that_cannot_describe_itself(local_settings, monkeypatch):
+    from handlers import render_emotion
+
+    def broken(settings):
+        raise RuntimeError("weights directory unreadable")
+
+    monkeypatch.setattr(render_emotion, "describe", broken)
+    result = handlers.dispatch({"task": "health"}, local_settings)
+    assert result["status"] == "ok", result
+    assert result["tasks"]["render_emotion"] == {
+        "status": "error",
+        "error": "RuntimeError: weights directory unreadable",
+    }
+    assert result["tasks"]["generate_video"]["status"] == "ok"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -166,3 +168,22 @@ def test_health_describes_the_engine(local_settings) -> None:
     render_emotion.load(local_settings)
     health = handlers.dispatch({"task": "health"}, local_settings)
     assert health["tasks"]["render_emotion"]["engine"] == "landmark_warp"
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_image_over_pillows_own_bomb_cap(local_settings) -> None:
+    # A 20000x20000 (400 Mpx) PNG header: Pillow refuses it inside Image.open, before our own pixel check.
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    header = (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b""))
+        + png_chunk(b"IEND", b"")
+    )
+    bomb = "data:image/png;base64," + base64.b64encode(header).decode()
+    result = handlers.dispatch(payload(bomb, emotion="happy"), local_settings)
+    assert result["error_code"] == "image_too_large" and "MAX_IMAGE_PIXELS" in result["error"], result
+    assert stored_files(local_settings) == []

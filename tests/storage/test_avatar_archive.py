@@ -185,11 +185,25 @@ def _evil_cases(outside: Path) -> dict:
         "device": (lambda t: add_bytes(t, "av/full_imgs/00000009.png", b"", **device), "device"),
         "outside_layout": (lambda t: add_bytes(t, "av/run.sh", b"#!/bin/sh"), "outside the avatar layout"),
         "second_top_folder": (lambda t: add_bytes(t, "other/coords.pkl", b"x"), "top folder"),
+        "newline_in_name": (lambda t: add_bytes(t, "av/full_imgs/00000002.png\n", b"x"), "outside the avatar layout"),
+        # Arabic-Indic zeros: int() reads them as 0, so they would alias frame 00000000.
+        "non_ascii_digits": (lambda t: add_bytes(t, "av/face_imgs/" + "\u0660" * 8 + ".png", b"x"), "avatar layout"),
     }
 
 
 @pytest.mark.parametrize(
-    "case", ["traversal", "absolute", "symlink", "hardlink", "device", "outside_layout", "second_top_folder"]
+    "case",
+    [
+        "traversal",
+        "absolute",
+        "symlink",
+        "hardlink",
+        "device",
+        "outside_layout",
+        "second_top_folder",
+        "newline_in_name",
+        "non_ascii_digits",
+    ],
 )
 def test_refuses_unsafe_entries(tmp_path: Path, case: str) -> None:
     outside, cache = tmp_path / "outside", tmp_path / "cache"
@@ -232,3 +246,11 @@ def test_refuses_unsafe_avatar_ids(tmp_path: Path, avatar_id: str) -> None:
     with pytest.raises(StorageError) as err:
         unpack_avatar(livetalking_tar(tmp_path / "lt.tar"), tmp_path / "cache", avatar_id)
     assert err.value.code == "invalid_avatar_id"
+
+
+@pytest.mark.parametrize("data", [b"\xff\xd8\xff\xc0\x00\x11\x08\x00", b"\xff\xd8\xff\xe0\x00", b"\xff\xd8"])
+def test_truncated_jpeg_is_an_invalid_avatar(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / "frame.jpg").write_bytes(data)
+    with pytest.raises(StorageError) as err:
+        avatar_archive.image_size(tmp_path / "frame.jpg")
+    assert err.value.code == "invalid_avatar" and "JPEG" in err.value.message
