@@ -387,7 +387,7 @@ def _package_version() -> str | None:
 def _install(avatar_dir: Path, avatar_id: str, settings: Settings, store: storage.ObjectStore, key: str) -> None:
     """Install into the local cache; on failure remove the just-uploaded TAR so no half result remains."""
     try:
-        avatar_archive.install_avatar(avatar_dir, settings.avatar_local_path, avatar_id)
+        avatar_archive.install_avatar(avatar_dir, settings.avatar_local_path, avatar_id, owner=store.uri(key))
     except Exception:
         log.exception("installing avatar %s failed; removing %s from the store", avatar_id, key)
         try:

@@ -459,8 +459,13 @@ def _extract(tar_path: Path, dest: Path, limits: ArchiveLimits) -> None:
         raise StorageError("invalid_archive", f"archive {tar_path.name} is not a readable TAR: {exc}") from exc
 
 
-def unpack_avatar(tar_path: Path, cache_root: Path, avatar_id: str, limits: ArchiveLimits | None = None) -> Path:
-    """Safely extract an avatar TAR (ours or LiveTalking's) into ``cache_root/avatar_id``, replacing it atomically."""
+def unpack_avatar(
+    tar_path: Path, cache_root: Path, avatar_id: str, limits: ArchiveLimits | None = None, owner: str | None = None
+) -> Path:
+    """Safely extract an avatar TAR (ours or LiveTalking's) into ``cache_root/avatar_id``, replacing it atomically.
+
+    ``owner`` (the TAR's URI in the store) is recorded beside the directory: see ``ensure_avatar_local``.
+    """
     target = cache_root / _check_avatar_id(avatar_id)
     cache_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=cache_root, prefix=f".{avatar_id}.unpack-"))
@@ -469,7 +474,7 @@ def unpack_avatar(tar_path: Path, cache_root: Path, avatar_id: str, limits: Arch
         unpacked.mkdir()
         _extract(tar_path, unpacked, limits or ArchiveLimits())
         info = validate_avatar_dir(unpacked)
-        _replace_dir(unpacked, target)
+        _install_owned(unpacked, target, owner)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("unpacked avatar %s (%d frames) into %s", avatar_id, info.num_frames, target)
@@ -510,8 +515,11 @@ def _replace_dir(new: Path, target: Path) -> None:
         new.unlink()
 
 
-def install_avatar(src_dir: Path, cache_root: Path, avatar_id: str) -> Path:
-    """Move a freshly built avatar directory into ``cache_root/avatar_id`` atomically (copying across filesystems)."""
+def install_avatar(src_dir: Path, cache_root: Path, avatar_id: str, owner: str | None = None) -> Path:
+    """Move a freshly built avatar directory into ``cache_root/avatar_id`` atomically (copying across filesystems).
+
+    ``owner`` (the TAR's URI in the store) is recorded beside the directory: see ``ensure_avatar_local``.
+    """
     target = cache_root / _check_avatar_id(avatar_id)
     validate_avatar_dir(src_dir)
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -525,10 +533,38 @@ def install_avatar(src_dir: Path, cache_root: Path, avatar_id: str) -> Path:
                 raise
             shutil.copytree(src_dir, moved)
             shutil.rmtree(src_dir)
-        _replace_dir(moved, target)
+        _install_owned(moved, target, owner)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _owner_file(cache_root: Path, avatar_id: str) -> Path:
+    return cache_root / f".{avatar_id}.owner"
+
+
+def _install_owned(new: Path, target: Path, owner: str | None) -> None:
+    """Swap ``new`` in as ``target`` and record its owner; the stale record goes first, so no reader pairs
+    the new directory with the previous owner (a missing record reads as a hand-placed avatar)."""
+    owner_file = _owner_file(target.parent, target.name)
+    owner_file.unlink(missing_ok=True)
+    _replace_dir(new, target)
+    if owner is not None:
+        staged = owner_file.with_name(f"{owner_file.name}.tmp")
+        staged.write_text(owner)
+        os.replace(staged, owner_file)
+
+
+def _owned_by(cache_root: Path, avatar_id: str, owner: str) -> bool:
+    """Whether the cached avatar came from ``owner``; avatars placed by hand (no record) are trusted."""
+    try:
+        recorded = _owner_file(cache_root, avatar_id).read_text()
+    except FileNotFoundError:
+        return True
+    if recorded != owner:
+        log.info("cached avatar %s came from %s, not %s: fetching it", avatar_id, recorded, owner)
+        return False
+    return True
 
 
 _thread_locks: dict[tuple[str, str], threading.Lock] = {}
@@ -559,13 +595,19 @@ def _cached(target: Path) -> bool:
 def ensure_avatar_local(
     store: ObjectStore, user_id: str, avatar_id: str, cache_root: Path, limits: ArchiveLimits | None = None
 ) -> Path:
-    """The avatar's cache directory, downloading and unpacking its TAR from ``store`` once if needed."""
+    """The avatar's cache directory, downloading and unpacking its TAR from ``store`` once if needed.
+
+    The cache keeps LiveTalking's ``{cache_root}/{avatar_id}`` layout, so a cached avatar is only used when
+    it came from this user's TAR in this store (recorded in ``.{avatar_id}.owner``); another user's avatar of
+    the same id is replaced by this one. Avatars placed by hand (no record) are used as they are.
+    """
     target = cache_root / _check_avatar_id(avatar_id)
-    if _cached(target):
+    owner = store.uri(keys.avatar_key(user_id, avatar_id))
+    if _cached(target) and _owned_by(cache_root, avatar_id, owner):
         return target
     cache_root.mkdir(parents=True, exist_ok=True)
     with _avatar_lock(cache_root, avatar_id):
-        if _cached(target):  # another thread or process fetched it while we waited
+        if _cached(target) and _owned_by(cache_root, avatar_id, owner):  # fetched while we waited
             return target
         return _download(store, user_id, avatar_id, cache_root, limits or ArchiveLimits())
 
@@ -587,6 +629,6 @@ def _download(store: ObjectStore, user_id: str, avatar_id: str, cache_root: Path
                 f"nor in the store ({store.uri(key)})",
             ) from exc
         log.info("downloaded %s (%d bytes)", store.uri(key), tar_path.stat().st_size)
-        return unpack_avatar(tar_path, cache_root, avatar_id, limits)
+        return unpack_avatar(tar_path, cache_root, avatar_id, limits, owner=store.uri(key))
     finally:
         tar_path.unlink(missing_ok=True)

@@ -74,7 +74,7 @@ def test_downloads_from_s3_once(s3_bucket: str, tmp_path: Path) -> None:
     assert load_avatar(path).info.num_frames == 3
     assert ensure_avatar_local(store, "u1", "av", cache) == path
     assert store.gets == 1
-    assert sorted(os.listdir(cache)) == [".av.lock", "av"]
+    assert sorted(os.listdir(cache)) == [".av.lock", ".av.owner", "av"]  # no temp files left behind
 
 
 def test_broken_cache_is_replaced(s3_bucket: str, tmp_path: Path) -> None:
@@ -126,3 +126,32 @@ def test_concurrent_processes_download_once(tmp_path: Path) -> None:
     assert [proc.exitcode for proc in procs] == [0, 0, 0]
     assert len(count_file.read_text().splitlines()) == 1
     assert load_avatar(cache / "av").info.num_frames == 3
+
+
+def test_same_avatar_id_of_another_user_is_not_served_from_the_cache(tmp_path):
+    """The cache keeps LiveTalking's {root}/{avatar_id} layout; ownership decides whether a hit counts."""
+    from storage import open_store
+    from storage.avatar_archive import ensure_avatar_local, load_avatar, pack_avatar
+    from storage.errors import StorageError
+    from storage.keys import avatar_key
+    from tests.storage.avatar_factory import make_avatar_dir
+
+    store_root = tmp_path / "store"
+    store_root.mkdir()
+    store = open_store(store_root.as_uri())
+    cache = tmp_path / "cache"
+    for user, frames in (("u1", 3), ("u2", 5)):
+        built = make_avatar_dir(tmp_path / user, avatar_id="av", frames=frames)
+        tar = tmp_path / f"{user}.tar"
+        pack_avatar(built, tar)
+        store.put(tar, avatar_key(user, "av"))
+
+    assert load_avatar(ensure_avatar_local(store, "u1", "av", cache)).info.num_frames == 3
+    assert load_avatar(ensure_avatar_local(store, "u2", "av", cache)).info.num_frames == 5
+    assert load_avatar(ensure_avatar_local(store, "u1", "av", cache)).info.num_frames == 3
+    try:
+        ensure_avatar_local(store, "u3", "av", cache)
+    except StorageError as exc:
+        assert exc.code == "avatar_not_found"
+    else:
+        raise AssertionError("u3 was served another user's cached avatar")
