@@ -385,13 +385,10 @@ def _package_version() -> str | None:
 
 
 def _install(avatar_dir: Path, avatar_id: str, settings: Settings, store: storage.ObjectStore, key: str) -> None:
-    """Install into the local cache; on failure remove the just-uploaded TAR so no half result remains."""
+    """Keep the avatar in the local cache too. The TAR in the store is the result: when the cache cannot take
+    it (disk full, bad AVATAR_LOCAL_PATH) the task still succeeds and generate_video fetches the TAR later;
+    deleting the upload instead would also lose the avatar this one replaced."""
     try:
         avatar_archive.install_avatar(avatar_dir, settings.avatar_local_path, avatar_id, owner=store.uri(key))
     except Exception:
-        log.exception("installing avatar %s failed; removing %s from the store", avatar_id, key)
-        try:
-            store.delete(key)
-        except Exception:
-            log.exception("could not remove %s after the failed install", key)
-        raise
+        log.warning("avatar %s is in the store (%s) but not in the local cache", avatar_id, key, exc_info=True)

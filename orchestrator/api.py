@@ -69,7 +69,7 @@ from handlers.schemas import (
 from orchestrator.config import OrchestratorSettings
 from orchestrator.metrics import ERROR_CODE_STATE, ApiMetrics, MetricsMiddleware
 from orchestrator.models import JobNotFound, JobStatus, JobView, OrchestratorError
-from orchestrator.service import JobService
+from orchestrator.service import MAX_IDEMPOTENCY_KEY_CHARS, JobService
 from storage import ObjectStore, StorageError, open_store
 from storage.keys import emotion_key, training_video_key
 
@@ -433,7 +433,10 @@ class ApiContext:
 
 
 def _submit_endpoint(ctx: ApiContext, task: str, body_model: type[BaseModel]) -> Any:
-    def submit(body: body_model, idempotency_key: str | None = Header(None, max_length=255)) -> JobView:  # type: ignore[valid-type]
+    def submit(
+        body: body_model,  # type: ignore[valid-type]
+        idempotency_key: str | None = Header(None, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
+    ) -> JobView:
         return ctx.submit(task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
 
     return submit
@@ -456,7 +459,7 @@ def _add_submit_routes(router: APIRouter, ctx: ApiContext) -> None:
     @router.post("/v1/jobs", status_code=202, response_model=JobView, tags=["jobs"], summary="Submit any task")
     def submit_any(
         body: Annotated[AnyTaskRequest, Body()],
-        idempotency_key: str | None = Header(None, max_length=255),
+        idempotency_key: str | None = Header(None, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
     ) -> JobView:
         return ctx.submit(body.task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
 

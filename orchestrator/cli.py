@@ -491,7 +491,8 @@ def recover_avatars_command(
     as_json: JsonOption = False,
 ) -> None:
     """Restore avatars from the store's avatars/{user_id}/{avatar_id}.tar into the local avatar cache."""
-    settings = handlers.Settings()
+    with handled_errors():
+        settings = handlers.Settings()
     store_uri = store or settings.avatar_store_uri
     output = output_dir or settings.avatar_local_path
     if not as_json:

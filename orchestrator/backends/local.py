@@ -141,7 +141,8 @@ class LocalBackend:
                 log.exception("on_change callback failed")
 
     def _evict_finished(self) -> None:
-        finished = [job_id for job_id, run in self._runs.items() if run.result is not None]
+        # a run cancelled before it started has no result, but its future is done: it is finished too
+        finished = [job_id for job_id, run in self._runs.items() if run.result is not None or _done(run)]
         for job_id in finished[: max(0, len(finished) - MAX_FINISHED_RUNS)]:
             del self._runs[job_id]
 
@@ -192,6 +193,10 @@ class LocalBackend:
         for run in list(self._runs.values()):
             run.cancel.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _done(run: _Run) -> bool:
+    return run.future is not None and run.future.done()
 
 
 def _result_status(result: dict[str, Any]) -> RemoteStatus:

@@ -16,11 +16,22 @@ from orchestrator.backends import BackendUnavailable, RemoteState, RemoteStatus,
 
 log = logging.getLogger(__name__)
 
+# Client-side failures of a status call (network, Modal's control plane, rate limits): the call may still run,
+# so the poll is retried later instead of failing the job. Looked up by name: not every modal 1.x has them all.
+TRANSIENT_MODAL_ERRORS = ("AuthError", "ConnectionError", "InternalError", "ServiceError", "ResourceExhaustedError")
+
 
 def _modal() -> Any:
     import modal
 
     return modal
+
+
+def _transient_errors(modal: Any) -> tuple[type[BaseException], ...]:
+    from grpclib.exceptions import StreamTerminatedError
+
+    named = (getattr(modal.exception, name, None) for name in TRANSIENT_MODAL_ERRORS)
+    return (OSError, StreamTerminatedError, *(c for c in named if isinstance(c, type)))
 
 
 class ModalBackend:
@@ -63,6 +74,7 @@ class ModalBackend:
 
     def status(self, remote_id: str) -> RemoteStatus:
         modal = _modal()
+        transient = _transient_errors(modal)
         try:
             result = modal.FunctionCall.from_id(remote_id).get(timeout=0)
         except modal.exception.OutputExpiredError:
@@ -77,8 +89,8 @@ class ModalBackend:
             return RemoteStatus(RemoteState.running)
         except modal.exception.InputCancellation:
             return RemoteStatus(RemoteState.cancelled, error="The call was cancelled on Modal.", error_code="cancelled")
-        except (modal.exception.AuthError, modal.exception.ConnectionError) as exc:
-            raise BackendUnavailable("modal_unavailable", f"Modal status of {remote_id} failed: {exc}") from None
+        except transient as exc:
+            raise BackendUnavailable("modal_unavailable", f"Modal status of {remote_id} failed: {exc!r}") from None
         except Exception as exc:  # the remote function raised: its exception is re-raised here
             return RemoteStatus(
                 RemoteState.failed, error=f"Modal call failed: {type(exc).__name__}: {exc}", error_code="remote_failed"

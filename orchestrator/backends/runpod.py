@@ -7,7 +7,8 @@ Retry rule (tenacity; MAX_ATTEMPTS tries, exponential backoff with jitter, Retry
 - ``submit`` (POST ``/run``) is never duplicated. RunPod's ``/run`` takes no idempotency key, so it is
   resent only when the previous try certainly created no job:
 
-  * the connection was never established (refused, DNS failure, connect timeout): nothing was sent;
+  * the request never left: no connection (refused, DNS failure, connect or pool timeout) or a URL
+    without http(s)://; nothing was sent;
   * the API itself answered 429 (rate limited before queueing), 500 or 503: RunPod queues a job only
     when it answers 200 with the job's id.
 
@@ -70,10 +71,14 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, (_RetryableStatus, httpx.TransportError))
 
 
+# Failures raised before any byte of the request left: nothing can have been queued.
+NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
 def _resend_is_safe(exc: BaseException) -> bool:
     if isinstance(exc, _RetryableStatus):
         return exc.status_code in RESEND_SAFE_STATUSES
-    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+    return isinstance(exc, NOT_SENT_ERRORS)
 
 
 def _error_message(raw: Any) -> tuple[str | None, str | None]:
@@ -200,7 +205,7 @@ class RunpodBackend:
             raise SubmitUncertain(
                 "submit_uncertain", f"A gateway answered HTTP {exc.status_code}: RunPod may have queued the job."
             ) from None
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except NOT_SENT_ERRORS as exc:
             raise SubmitRejected("runpod_unreachable", f"Cannot connect to {self.base_url}: {exc}.") from None
         except httpx.HTTPError as exc:
             raise SubmitUncertain(
@@ -237,7 +242,13 @@ class RunpodBackend:
             )
         if response.status_code >= 400:
             raise BackendUnavailable("runpod_unavailable", f"RunPod status answered HTTP {response.status_code}.")
-        return parse_job(response.json())
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):  # a proxy's HTML page, say: not an answer about the job
+            raise BackendUnavailable("runpod_unavailable", f"RunPod status answered no job JSON: {response.text[:200]}")
+        return parse_job(body)
 
     def cancel(self, remote_id: str) -> None:
         try:

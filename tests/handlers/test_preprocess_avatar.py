@@ -128,7 +128,9 @@ def test_short_face_gap_is_filled(cutaway, monkeypatch, local_settings, scratch,
         assert y1 < cy < y2 and x1 < cx < x2
 
 
-def test_failed_install_takes_the_upload_back(cutaway, monkeypatch, local_settings, scratch, tmp_path, caplog):
+def test_cache_install_failure_keeps_the_uploaded_avatar(
+    cutaway, monkeypatch, local_settings, scratch, tmp_path, caplog
+):
     video, _ = cutaway
     monkeypatch.setenv("MAX_FACE_GAP_FRAMES", "8")
     blocker = tmp_path / "not-a-dir"
@@ -137,9 +139,9 @@ def test_failed_install_takes_the_upload_back(cutaway, monkeypatch, local_settin
 
     result = handlers.dispatch(payload(video), Settings())
 
-    assert result["error_code"] == "internal_error"
-    assert "removing avatars/u1/a1.tar from the store" in caplog.text  # it had been uploaded
-    assert store_files(local_settings) == [] and list(scratch.iterdir()) == []
+    assert "error" not in result, result  # the TAR in the store is the result; the cache is a cache
+    assert "is in the store (avatars/u1/a1.tar) but not in the local cache" in caplog.text
+    assert [p.name for p in store_files(local_settings)] == ["a1.tar"] and list(scratch.iterdir()) == []
 
 
 def test_long_face_gap_names_the_frames(cutaway, monkeypatch, local_settings, scratch):

@@ -8,9 +8,11 @@ from pathlib import Path
 import cv2
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 
 import handlers
-from orchestrator.backends import RemoteState, SubmitRejected
+from orchestrator.backends import BackendUnavailable, RemoteState, SubmitRejected
 from orchestrator.backends.modal import ModalBackend
 from orchestrator.backends.runpod import RunpodBackend, parse_job
 from orchestrator.emulator import BackgroundServer, create_emulator_app
@@ -87,6 +89,32 @@ def test_unreachable_endpoint_is_a_certain_refusal():
     assert refused.value.code == "runpod_unreachable"
 
 
+def test_a_base_url_without_scheme_is_a_certain_refusal():
+    rp = RunpodBackend(ENDPOINT_ID, base_url="127.0.0.1:9/v2", retry_wait_s=0.01)
+    with pytest.raises(SubmitRejected) as refused:
+        rp.submit("health", {}, job_id="j", webhook_url=None, timeout_s=10)
+    assert refused.value.code == "runpod_unreachable"
+
+
+def test_a_status_answer_that_is_not_job_json_is_unavailable_not_a_crash():
+    proxy = FastAPI()
+
+    @proxy.get("/v2/{endpoint_id}/status/html")
+    def html() -> HTMLResponse:
+        return HTMLResponse("<html>gateway login</html>")
+
+    @proxy.get("/v2/{endpoint_id}/status/list")
+    def listed() -> list:
+        return ["not", "a", "job"]
+
+    with BackgroundServer(proxy) as server:
+        rp = RunpodBackend(ENDPOINT_ID, base_url=f"{server.url}/v2", retry_wait_s=0.01)
+        for remote_id in ("html", "list"):
+            with pytest.raises(BackendUnavailable) as unavailable:
+                rp.status(remote_id)
+            assert unavailable.value.code == "runpod_unavailable" and "no job JSON" in unavailable.value.message
+
+
 def test_runsync_returns_the_finished_job(emulator):
     body = {"input": {"task": "health"}}
     answer = httpx.post(f"{emulator.base_url}/{ENDPOINT_ID}/runsync", json=body, timeout=30).json()
@@ -132,6 +160,37 @@ def test_modal_backend_without_a_token_refuses_clearly(monkeypatch):
         modal_backend.submit("health", {"task": "health"}, job_id="j", webhook_url=None, timeout_s=10)
     assert refused.value.code == "modal_rejected" and "Token" in refused.value.message
     assert modal_backend.health()["ok"] is False
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (ConnectionResetError("reset by peer"), "unavailable"),
+        ("ServiceError", "unavailable"),
+        ("ResourceExhaustedError", "unavailable"),
+        (TimeoutError(), RemoteState.running),
+        (RuntimeError("the worker blew up"), RemoteState.failed),
+    ],
+)
+def test_modal_status_retries_client_errors_instead_of_failing_the_job(monkeypatch, raised, expected):
+    """A network or control-plane blip while polling must not fail a call that still runs on Modal."""
+    import modal
+
+    if isinstance(raised, str):
+        raised = getattr(modal.exception, raised)("Modal is having a moment")
+
+    class Call:
+        def get(self, timeout: float) -> None:
+            raise raised
+
+    monkeypatch.setattr(modal.FunctionCall, "from_id", staticmethod(lambda remote_id: Call()))
+    modal_backend = ModalBackend("talking-head", "Worker")
+    if expected == "unavailable":
+        with pytest.raises(BackendUnavailable) as unavailable:
+            modal_backend.status("fc-1")
+        assert unavailable.value.code == "modal_unavailable"
+    else:
+        assert modal_backend.status("fc-1").state is expected
 
 
 def test_failed_job_from_our_worker_keeps_its_error_code(local_settings, monkeypatch):

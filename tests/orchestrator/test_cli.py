@@ -131,6 +131,12 @@ def test_recover_avatars_against_s3(cli_env: Settings, s3_bucket: str, tmp_path:
     assert bad.exit_code == 2 and "invalid_input" in bad.stderr
 
 
+def test_recover_avatars_with_bad_settings_is_one_line_not_a_traceback(cli_env, monkeypatch) -> None:
+    monkeypatch.setenv("MAX_VIDEO_BYTES", "lots")
+    result = invoke("recover-avatars", "--list-only")
+    assert result.exit_code == 2 and "invalid_settings" in result.stderr and "MAX_VIDEO_BYTES" in result.stderr
+
+
 def test_demo_makes_an_avatar_a_video_and_seven_stills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AVATAR_STORE_URI", "s3://not-used-by-the-demo")
     result = invoke("demo", "--root", str(tmp_path / "var"))

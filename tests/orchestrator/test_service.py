@@ -248,3 +248,22 @@ def test_render_emotion_locally_reports_progress_and_pins_the_render_id(service,
     assert done.status == "completed", done.error
     assert done.input["render_id"] == job.id and job.id in done.output["renders"][0]["uri"]
     assert done.progress == {"stage": "done", "fraction": 1.0} and len(seen) >= 2
+
+
+def test_local_runs_cancelled_before_they_start_are_evicted_like_finished_ones(local_settings, monkeypatch):
+    import orchestrator.backends.local as local_module
+
+    monkeypatch.setattr(local_module, "MAX_FINISHED_RUNS", 0)
+    backend = LocalBackend(workers=1, settings=local_settings)
+    release = threading.Event()
+    try:
+        backend._executor.submit(release.wait, 10)  # the only worker is busy: the next run stays queued
+        backend.submit("health", {}, job_id="never-started")
+        backend.cancel("never-started")
+        assert backend.status("never-started").state.value == "cancelled"
+        release.set()
+        backend.submit("health", {}, job_id="next")
+        assert "never-started" not in backend._runs
+    finally:
+        release.set()
+        backend.close()
