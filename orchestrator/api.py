@@ -72,6 +72,7 @@ from orchestrator.models import JobNotFound, JobStatus, JobView, OrchestratorErr
 from orchestrator.service import MAX_IDEMPOTENCY_KEY_CHARS, JobService
 from storage import ObjectStore, StorageError, open_store
 from storage.keys import emotion_key, training_video_key
+from storage.local import path_from_file_uri
 
 log = logging.getLogger(__name__)
 
@@ -390,6 +391,7 @@ class ApiContext:
         return self._stores[uri]
 
     def submit(self, task: str, payload: dict[str, Any], idempotency_key: str | None = None) -> JobView:
+        refuse_foreign_files(payload, self.handler_settings.avatar_store_uri)
         job = self.service.submit(task, payload, idempotency_key=idempotency_key)
         self.metrics.submitted.labels(task, job.backend).inc()
         return job
@@ -430,6 +432,36 @@ class ApiContext:
 
 
 # ---- /v1 routes ----------------------------------------------------------------------------
+
+
+LOCAL_URI_FIELDS = ("video", "image", "audio")
+
+
+def refuse_foreign_files(payload: dict[str, Any], store_uri: str) -> None:
+    """HTTP clients may not make the workers read or write this host's disk: ``file://`` inputs must lie in the
+    configured file store, and a ``store`` override may not be another ``file://`` root."""
+    store = payload.get("store")
+    if isinstance(store, str) and store.startswith("file:") and _file_root(store) != _file_root(store_uri):
+        raise TaskError("url_refused", "`store` may not name a file:// root other than the configured store.")
+    root = _file_root(store_uri)
+    for name in LOCAL_URI_FIELDS:
+        uri = payload.get(name)
+        if not (isinstance(uri, str) and uri.startswith("file:")):
+            continue
+        path = _file_root(uri)
+        if root is None or path is None or not path.is_relative_to(root):
+            raise TaskError(
+                "url_refused",
+                f"`{name}`: file:// inputs must lie in the configured store; upload the file with POST /v1/uploads.",
+            )
+
+
+def _file_root(uri: str) -> Path | None:
+    """The resolved local path of a file:// URI, or None for any other URI."""
+    try:
+        return path_from_file_uri(uri).resolve()
+    except StorageError:
+        return None
 
 
 def _submit_endpoint(ctx: ApiContext, task: str, body_model: type[BaseModel]) -> Any:

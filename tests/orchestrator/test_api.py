@@ -257,3 +257,23 @@ def test_health_metrics_and_openapi(api: Api) -> None:
     assert spec["paths"]["/v1/emotions"]["post"]["responses"]["202"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/JobView"
     }
+
+
+def test_clients_cannot_point_workers_at_this_hosts_files(api: Api, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(PORTRAIT)
+    elsewhere = tmp_path / "elsewhere"
+    cases = [
+        {"user_id": "u1", "image": secret.as_uri(), "emotion": "happy"},
+        {"user_id": "u1", "image": (api.store_root / ".." / "secret.png").as_uri(), "emotion": "happy"},
+        {"user_id": "u1", "image": "s3://b/k.png", "emotion": "happy", "store": elsewhere.as_uri()},
+    ]
+    for body in cases:
+        answer = api.client.post("/v1/emotions", json=body)
+        assert answer.status_code == 422 and answer.json()["error_code"] == "url_refused", answer.json()
+    assert api.client.get("/v1/jobs").json() == [] and not elsewhere.exists()
+    inside = api.store_root / "uploads" / "u1" / "face.png"
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes(PORTRAIT)
+    job = api.client.post("/v1/emotions", json={"user_id": "u1", "image": inside.as_uri(), "emotion": "happy"})
+    assert job.status_code == 202 and api.wait_finished(job.json()["id"])["status"] == "completed"
