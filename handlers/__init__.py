@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from engines.errors import EngineError
-from handlers.errors import TaskError
+from handlers.errors import TaskCancelled, TaskError
 from handlers.schemas import REQUEST_MODELS, TaskName
 from handlers.settings import Settings
 from storage.errors import StorageError
@@ -94,6 +94,9 @@ def dispatch(
     except (TaskError, EngineError, StorageError) as exc:
         log.info("task refused: %s (%s)", exc.message, exc.code)
         return error(exc.code, exc.message)
+    except TaskCancelled as exc:
+        log.info("task stopped: %s", exc)
+        return error("cancelled", f"The task was stopped before it finished ({exc}).")
     except Exception as exc:  # the error boundary: never leak a traceback to the caller
         log.exception("task failed")
         return error("internal_error", f"Internal error ({type(exc).__name__}); see the worker logs.")

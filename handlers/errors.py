@@ -8,3 +8,7 @@ class TaskError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class TaskCancelled(Exception):
+    """Raised by a progress callback to stop a task at its next stage (a cancelled or timed-out job)."""

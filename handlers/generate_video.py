@@ -69,6 +69,8 @@ def run(request: GenerateVideoRequest, settings: Settings, progress: Progress) -
     timings: dict[str, float] = {}
     store = resolve_store(request.store, settings)
     video_id = request.video_id or new_id()
+    # first: a named engine without its weights is refused before anything is downloaded or spoken
+    engine, engine_info = engine_choice.lipsync_engine(request.engine, settings)
     with tempfile.TemporaryDirectory(prefix="generate-video-") as tmp:
         work = Path(tmp)
         progress("fetch", STAGE_START["fetch"])
@@ -78,7 +80,6 @@ def run(request: GenerateVideoRequest, settings: Settings, progress: Progress) -
         progress("tts", STAGE_START["tts"])
         with timed(timings, "tts"):
             audio = _speech(request, audio_path, settings)
-        engine, engine_info = engine_choice.lipsync_engine(request.engine, settings)
         output = work / f"{video_id}.mp4"
         stats = _render(engine, avatar, audio, output, settings, progress, timings)
         progress("upload", STAGE_START["upload"])

@@ -378,6 +378,15 @@ class ApiContext:
     sync_wait_s: float
     owns_service: bool = False
     _stores: dict[str, ObjectStore] = field(default_factory=dict)
+    _health: tuple[float, dict[str, Any]] | None = None
+
+    def health(self) -> dict[str, Any]:
+        """The service's health, reused for HEALTH_CACHE_S: the route is public and each report calls the
+        backends' own health endpoints (RunPod counts those calls) and probes the store."""
+        now = time.monotonic()
+        if self._health is None or now - self._health[0] > HEALTH_CACHE_S:
+            self._health = (now, self.service.health())
+        return self._health[1]
 
     @property
     def handler_settings(self) -> handlers.Settings:
@@ -435,6 +444,7 @@ class ApiContext:
 
 
 LOCAL_URI_FIELDS = ("video", "image", "audio")
+HEALTH_CACHE_S = 5.0
 
 
 def refuse_foreign_files(payload: dict[str, Any], store_uri: str) -> None:
@@ -538,7 +548,7 @@ def _add_public_routes(router: APIRouter, ctx: ApiContext) -> None:
         return WebhookAck(id=job.id, status=job.status)
 
     def health_report(ok_word: str) -> JSONResponse:
-        report = ctx.service.health()
+        report = ctx.health()
         ok = report.get("status") == "ok"
         body = {**report, "status": ok_word if ok else "degraded", "ok": ok}
         # Only a dead database makes the API unusable; a degraded backend still takes other tasks.

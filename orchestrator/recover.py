@@ -106,7 +106,7 @@ def _download(store: ObjectStore, entry: AvatarEntry, cache_root: Path) -> int:
         raise StorageError("invalid_avatar", f"Avatar id {entry.avatar_id!r} in {entry.key} is not a safe name.")
     with tempfile.TemporaryDirectory(dir=cache_root, prefix=".recover-") as tmp:
         tar_path = store.get(entry.key, Path(tmp) / "avatar.tar")
-        path = unpack_avatar(tar_path, cache_root, entry.avatar_id)
+        path = unpack_avatar(tar_path, cache_root, entry.avatar_id, owner=store.uri(entry.key))
     return validate_avatar_dir(path).num_frames
 
 

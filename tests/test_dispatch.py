@@ -76,3 +76,18 @@ def test_health_survives_a_task_that_cannot_describe_itself(local_settings, monk
         "error": "RuntimeError: weights directory unreadable",
     }
     assert result["tasks"]["generate_video"]["status"] == "ok"
+
+
+def test_a_progress_callback_can_stop_a_task_cleanly(local_settings, caplog):
+    from handlers.errors import TaskCancelled
+
+    def stop(stage: str, fraction: float) -> None:
+        raise TaskCancelled("job j1 was cancelled")
+
+    payload = {"task": "render_emotion", "user_id": "u", "image": "data:image/png;base64,AAAA", "emotion": "happy"}
+    result = handlers.dispatch(payload, local_settings, stop)
+    assert result == {
+        "error_code": "cancelled",
+        "error": "The task was stopped before it finished (job j1 was cancelled).",
+    }
+    assert "Traceback" not in caplog.text

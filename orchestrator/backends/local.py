@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import handlers
+from handlers.errors import TaskCancelled
 from orchestrator.backends import RemoteState, RemoteStatus, SubmitRejected
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ _live_runners: set[str] = set()
 _live_lock = threading.Lock()
 
 
-class LocalJobAborted(Exception):
+class LocalJobAborted(TaskCancelled):
     """Raised from the progress callback to stop a cancelled or timed-out job at its next stage."""
 
 

@@ -33,6 +33,11 @@ def store(s3_bucket: str, tmp_path: Path) -> storage.ObjectStore:
     return store
 
 
+def cache_entries(cache: Path) -> list[str]:
+    """What the cache holds besides the owner records written beside each avatar."""
+    return sorted(p.name for p in cache.iterdir() if not p.name.endswith(".owner"))
+
+
 def test_list_only_finds_every_avatar_and_writes_nothing(store, tmp_path):
     events = []
     summary = recover_avatars(store, tmp_path / "cache", list_only=True, on_event=events.append)
@@ -51,7 +56,7 @@ def test_dry_run_plans_without_downloading(store, tmp_path):
     recover_avatars(store, cache, avatar_id="a1")
     summary = recover_avatars(store, cache, dry_run=True)
     assert (summary.skipped, summary.would_download, summary.downloaded, summary.total) == (1, 3, 0, 4)
-    assert sorted(p.name for p in cache.iterdir()) == ["a1"]
+    assert cache_entries(cache) == ["a1"]
 
 
 def test_recovery_downloads_skips_and_counts_failures(store, tmp_path):
@@ -65,14 +70,14 @@ def test_recovery_downloads_skips_and_counts_failures(store, tmp_path):
     frames = {e.avatar.avatar_id: e.num_frames for e in events if e.action == "downloaded"}
     assert frames == {"a2": 3, "b1": 2}
     assert [e.message for e in events if e.action == "skipped"] == ["already exists locally"]
-    assert sorted(p.name for p in cache.iterdir()) == ["a1", "a2", "b1"]  # no temp dirs, nothing for `bad`
+    assert cache_entries(cache) == ["a1", "a2", "b1"]  # no temp dirs, nothing for `bad`
     assert validate_avatar_dir(cache / "a2").num_frames == 3
 
 
 def test_user_and_avatar_filters(store, tmp_path):
     by_user = recover_avatars(store, tmp_path / "c1", user_id="u2")
     assert (by_user.total, by_user.downloaded, by_user.failed) == (2, 1, 1)
-    assert sorted(p.name for p in (tmp_path / "c1").iterdir()) == ["b1"]
+    assert cache_entries(tmp_path / "c1") == ["b1"]
     one = recover_avatars(store, tmp_path / "c2", user_id="u1", avatar_id="a2")
     assert (one.total, one.downloaded) == (1, 1)
     assert recover_avatars(store, tmp_path / "c3", user_id="nobody").total == 0
