@@ -38,7 +38,6 @@ SOURCE_IGNORE = ["**/__pycache__/**", "**/*.pyc"]  # keep non-Python files (engi
 PYTHON_VERSION = "3.11"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 WEIGHTS_MOUNT = "/weights"
-UPLOADS_PREFIX = "uploads/"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ENV_PREFIX = "MODAL_WORKER_"
 # Load statuses that are not failures: a task whose module is not built answers not_implemented itself.
@@ -187,7 +186,7 @@ def upload_key(field: str, user_id: str, path: Path) -> str:
     upload_id = uuid.uuid4().hex
     if field == "video":
         return keys.training_video_key(user_id, upload_id, path.suffix.lstrip(".").lower() or "mp4")
-    return f"{UPLOADS_PREFIX}{user_id}/{upload_id}{path.suffix.lower()}"
+    return keys.upload_key(user_id, upload_id, path.suffix.lstrip(".").lower() or "bin")
 
 
 def stage_local_files(fields: dict[str, Any], store_uri: str, user_id: str) -> dict[str, Any]:

@@ -290,8 +290,12 @@ def _finish(part: Path, dest: Path, sha256: str | None) -> Path:
     if sha256 and actual != sha256.lower():
         part.unlink()  # a wrong file cannot be resumed into the right one
         raise EngineError("checksum_mismatch", f"{dest.name}: downloaded sha256 {actual}, expected {sha256}.")
+    # the checksum record lands (atomically) before the file it pins, so a crash never leaves an unpinned file
+    sidecar = dest.with_name(dest.name + CHECKSUM_SUFFIX)
+    staged = sidecar.with_name(sidecar.name + ".tmp")
+    staged.write_text(f"{actual}  {dest.name}\n")
+    os.replace(staged, sidecar)
     os.replace(part, dest)
-    dest.with_name(dest.name + CHECKSUM_SUFFIX).write_text(f"{actual}  {dest.name}\n")
     log.info("fetched %s (sha256 %s)", dest, actual)
     return dest
 

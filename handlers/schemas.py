@@ -81,7 +81,12 @@ class PreprocessAvatarRequest(TaskRequest):
     pads: tuple[int, int, int, int] = Field(
         (0, 10, 0, 0), description="Box padding [top, bottom, left, right] in pixels."
     )
-    face_det_batch_size: int = Field(16, ge=1, le=256)
+    face_det_batch_size: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="LiveTalking's S3FD batch size, kept for compatibility; the CPU tracker detects frame by frame.",
+    )
     nosmooth: bool = False
 
     @model_validator(mode="after")

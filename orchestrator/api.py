@@ -72,13 +72,13 @@ from orchestrator.models import JobNotFound, JobStatus, JobView, OrchestratorErr
 from orchestrator.service import MAX_IDEMPOTENCY_KEY_CHARS, JobService
 from storage import ObjectStore, StorageError, open_store
 from storage.keys import emotion_key, training_video_key
+from storage.keys import upload_key as storage_upload_key
 from storage.local import path_from_file_uri
 
 log = logging.getLogger(__name__)
 
 API_TITLE = "avatarctl API"
 DEFAULT_USER_ID = "default"  # the seed routes carry no user: their jobs and files go under this id
-UPLOADS_PREFIX = "uploads/"
 DEFAULT_SYNC_WAIT_S = 120.0
 UPLOAD_CHUNK_BYTES = 1024 * 1024
 MAX_AUDIO_UPLOAD_BYTES = 200 * 1024 * 1024
@@ -255,7 +255,7 @@ def upload_key(kind: UploadKind, user_id: str, ext: str) -> str:
     upload_id = uuid.uuid4().hex
     if kind is UploadKind.training_video:
         return training_video_key(user_id, upload_id, ext)
-    return f"{UPLOADS_PREFIX}{user_id}/{upload_id}.{ext}"
+    return storage_upload_key(user_id, upload_id, ext)
 
 
 def _check_user_id(user_id: str) -> None:

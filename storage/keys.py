@@ -6,6 +6,7 @@ AVATARS_PREFIX = "avatars/"
 VIDEOS_PREFIX = "generated-videos/"
 EMOTIONS_PREFIX = "emotions/"
 TRAINING_VIDEOS_PREFIX = "training-videos/"
+UPLOADS_PREFIX = "uploads/"
 
 
 def avatar_key(user_id: str, avatar_id: str) -> str:
@@ -22,6 +23,11 @@ def emotion_key(user_id: str, render_id: str, emotion: str, ext: str) -> str:
 
 def training_video_key(user_id: str, upload_id: str, ext: str = "mp4") -> str:
     return f"{TRAINING_VIDEOS_PREFIX}{user_id}/{upload_id}.{ext}"
+
+
+def upload_key(user_id: str, upload_id: str, ext: str) -> str:
+    """Inputs uploaded by the API, the CLI or `modal run` before a job names them (``ext`` without a dot)."""
+    return f"{UPLOADS_PREFIX}{user_id}/{upload_id}.{ext}"
 
 
 def parse_avatar_key(key: str) -> tuple[str, str] | None:
