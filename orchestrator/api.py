@@ -420,6 +420,14 @@ class ApiContext:
                     self.store().delete(upload.key)
             raise
 
+    def token_ok(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` header carries API_TOKEN (always true when none is configured)."""
+        expected = self.settings.api_token
+        if not expected:
+            return True
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        return hmac.compare_digest(given.encode(), expected.encode())
+
     def require_token(self) -> Any:
         """The bearer-token dependency (a no-op when API_TOKEN is not set)."""
         bearer = HTTPBearer(auto_error=False, description="The API_TOKEN configured on the orchestrator.")
@@ -547,20 +555,22 @@ def _add_public_routes(router: APIRouter, ctx: ApiContext) -> None:
         job = ctx.service.handle_webhook(job_id, token, body)
         return WebhookAck(id=job.id, status=job.status)
 
-    def health_report(ok_word: str) -> JSONResponse:
+    def health_report(ok_word: str, authorization: str | None) -> JSONResponse:
         report = ctx.health()
         ok = report.get("status") == "ok"
         body = {**report, "status": ok_word if ok else "degraded", "ok": ok}
+        if not ctx.token_ok(authorization):  # public: the verdict only; endpoints and store URIs need the token
+            body = {"status": body["status"], "ok": ok, "db": {"ok": bool(report["db"].get("ok"))}}
         # Only a dead database makes the API unusable; a degraded backend still takes other tasks.
         return JSONResponse(body, status_code=200 if report["db"].get("ok") else 503)
 
     @router.get("/healthz", tags=["health"], summary="Database, store and backends")
-    def healthz() -> JSONResponse:
-        return health_report("ok")
+    def healthz(authorization: str | None = Header(None, include_in_schema=False)) -> JSONResponse:
+        return health_report("ok", authorization)
 
     @router.get("/health", tags=["health"], summary="The same report, seed 004's `healthy` wording")
-    def health() -> JSONResponse:
-        return health_report("healthy")
+    def health(authorization: str | None = Header(None, include_in_schema=False)) -> JSONResponse:
+        return health_report("healthy", authorization)
 
     @router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
     def metrics() -> Response:
