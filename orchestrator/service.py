@@ -61,6 +61,7 @@ STORE_PROBE_KEY = ".healthz"
 # only cleans up when no orchestrator is left to do it.
 REMOTE_TTL_GRACE_S = 60.0
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+MAX_ERROR_CODE_CHARS = 64  # the jobs.error_code column
 UNCLAIMED_PICKUP_S = 5.0  # a new job is left this long to the submit() that created it before a poller takes it
 
 Progress = Callable[[JobView], None]
@@ -309,7 +310,8 @@ class JobService:
         }
         status, default_code = final[state]
         error = remote.error or f"The job ended as {state.value} on {job.backend}."
-        return self._finish(job, status, error=error, error_code=remote.error_code or default_code)
+        code = (remote.error_code or default_code)[:MAX_ERROR_CODE_CHARS]  # a worker's code, stored in String(64)
+        return self._finish(job, status, error=error, error_code=code)
 
     def _time_out(self, job: JobView) -> JobView:
         limit = self.settings.timeout_for(job.task)
