@@ -13,6 +13,7 @@ import numpy as np
 
 from engines.errors import EngineError
 from engines.face import FaceBox
+from engines.registry import registrar
 
 EMOTIONS = ("neutral", "happy", "sad", "surprised", "angry", "disgusted", "fearful")
 DEFAULT_ENGINE = "landmark_warp"
@@ -86,15 +87,7 @@ class ExpressionEngine(Protocol):
 
 
 EXPRESSION_ENGINES: dict[str, type] = {}
-
-
-def register(name: str):
-    def wrap(cls: type) -> type:
-        EXPRESSION_ENGINES[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
+register = registrar(EXPRESSION_ENGINES)
 
 
 def load_expression_engine(name: str = DEFAULT_ENGINE) -> ExpressionEngine:

@@ -11,6 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
+from engines.registry import registrar
+
 
 @dataclass(frozen=True)
 class FaceBox:
@@ -44,15 +46,7 @@ class FaceAnalyzer(Protocol):
 
 
 FACE_ANALYZERS: dict[str, type] = {}
-
-
-def register(name: str):
-    def wrap(cls: type) -> type:
-        FACE_ANALYZERS[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
+register = registrar(FACE_ANALYZERS)
 
 
 def load_face_analyzer(name: str = "dlib_hog") -> FaceAnalyzer:

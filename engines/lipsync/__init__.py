@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from engines.registry import registrar
 from engines.tts import Phoneme
 
 FPS = 25
@@ -62,12 +63,4 @@ class LipSyncEngine(Protocol):
 
 
 LIPSYNC_ENGINES: dict[str, type] = {}
-
-
-def register(name: str):
-    def wrap(cls: type) -> type:
-        LIPSYNC_ENGINES[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
+register = registrar(LIPSYNC_ENGINES)

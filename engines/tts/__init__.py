@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from engines.errors import EngineError
+from engines.registry import registrar
 
 # Where each provider registers itself; imported on demand so httpx or the eSpeak library load only when used.
 PROVIDER_MODULES = {
@@ -56,15 +57,7 @@ class SpeechSynthesizer(Protocol):
 
 
 TTS_PROVIDERS: dict[str, type] = {}
-
-
-def register(name: str):
-    def wrap(cls: type) -> type:
-        TTS_PROVIDERS[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
+register = registrar(TTS_PROVIDERS)
 
 
 def load_synthesizer(provider: str, **config: Any) -> SpeechSynthesizer:
