@@ -84,3 +84,14 @@ def local_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("AVATAR_LOCAL_PATH", str(tmp_path / "avatars"))
     monkeypatch.setenv("WEIGHTS_DIR", str(tmp_path / "weights"))
     return Settings()
+
+
+@pytest.fixture
+def task_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The folder tasks make their temp files in, so a test can check they leave nothing behind."""
+    import tempfile
+
+    folder = tmp_path / "task-tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder

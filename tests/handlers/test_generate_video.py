@@ -7,7 +7,6 @@ opening on the decoded output frames, and it must follow the speech's loudness.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,22 +121,13 @@ def store_root(local_settings: Settings, test_avatar: BuiltAvatar) -> Path:
     return root
 
 
-@pytest.fixture
-def clean_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private temp folder for the task, to check it leaves nothing behind."""
-    folder = tmp_path / "task-tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
-
-
 def output_path(store_root: Path, result: dict) -> Path:
     assert "error" not in result, result
     return store_root / "generated-videos" / USER / f"{result['video_id']}.mp4"
 
 
 def test_text_to_mp4_moves_the_lips_with_the_speech(
-    local_settings: Settings, store_root: Path, test_avatar: BuiltAvatar, analyzer: FaceAnalyzer, clean_tmp: Path
+    local_settings: Settings, store_root: Path, test_avatar: BuiltAvatar, analyzer: FaceAnalyzer, task_tmp: Path
 ) -> None:
     settings = local_settings.model_copy(update={"video_crf": PSNR_CRF})
     payload = {"task": "generate_video", "user_id": USER, "avatar_id": AVATAR, "text": SENTENCE, "video_id": "v1"}
@@ -147,7 +137,7 @@ def test_text_to_mp4_moves_the_lips_with_the_speech(
     assert result["video"]["uri"].endswith(f"generated-videos/{USER}/v1.mp4") and path.is_file()
     assert result["engine"]["name"] == "viseme_warp"
     assert set(result["timings_ms"]) >= {"fetch", "tts", "features", "render", "encode", "upload"}
-    assert list(clean_tmp.iterdir()) == []
+    assert list(task_tmp.iterdir()) == []
     assert [s for s, _ in stages][:2] == ["fetch", "tts"] and stages[-1] == ("done", 1.0)
     assert [d for _, d in stages] == sorted(d for _, d in stages) and "render" in dict(stages)
 
@@ -173,7 +163,7 @@ def test_text_to_mp4_moves_the_lips_with_the_speech(
 
     # Above the nose nothing changes: compared with the avatar frames through the same encoder (CRF 18
     # yuv420p alone costs ~37 dB on this detailed photo), and, more loosely, with the raw frames.
-    reference_path = clean_tmp.parent / "reference.mp4"
+    reference_path = task_tmp.parent / "reference.mp4"
     with Mp4Writer(reference_path, 256, 256, crf=PSNR_CRF) as ref:
         for k in index:
             ref.write(test_avatar.frames[k])
@@ -226,7 +216,7 @@ def test_portrait_and_audio_blink_and_talk(
 
 
 def test_unknown_avatar_is_not_found_and_nothing_is_uploaded(
-    local_settings: Settings, store_root: Path, clean_tmp: Path
+    local_settings: Settings, store_root: Path, task_tmp: Path
 ) -> None:
     payload = {"task": "generate_video", "user_id": USER, "avatar_id": "nobody", "text": "Hello"}
     result = dispatch(payload, local_settings)
@@ -234,7 +224,7 @@ def test_unknown_avatar_is_not_found_and_nothing_is_uploaded(
     assert str(local_settings.avatar_local_path / "nobody") in result["error"]
     assert f"avatars/{USER}/nobody.tar" in result["error"]
     assert not (store_root / "generated-videos").exists()
-    assert list(clean_tmp.iterdir()) == []
+    assert list(task_tmp.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -244,7 +234,7 @@ def test_unknown_avatar_is_not_found_and_nothing_is_uploaded(
 def test_bad_audio_is_refused_and_nothing_is_uploaded(
     local_settings: Settings,
     store_root: Path,
-    clean_tmp: Path,
+    task_tmp: Path,
     tmp_path: Path,
     audio_bytes: bytes | None,
     code: str,
@@ -259,7 +249,7 @@ def test_bad_audio_is_refused_and_nothing_is_uploaded(
     result = dispatch(payload, settings)
     assert result["error_code"] == code, result
     assert not (store_root / "generated-videos").exists()
-    assert list(clean_tmp.iterdir()) == []
+    assert list(task_tmp.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -34,15 +33,6 @@ def cutaway(tmp_path_factory) -> tuple[Path, list[tuple[float, float]]]:
     return write_video(tmp_path_factory.mktemp("video") / "cutaway.mp4", frames, FPS), centres
 
 
-@pytest.fixture
-def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The task's temp directory, so a test can check it is left empty."""
-    path = tmp_path / "scratch"
-    path.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(path))
-    return path
-
-
 def payload(video: Path | str, **extra) -> dict:
     uri = video.as_uri() if isinstance(video, Path) else video
     return {"task": "preprocess_avatar", "user_id": "u1", "avatar_id": "a1", "video": uri, **extra}
@@ -53,13 +43,13 @@ def store_files(settings: Settings) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
 
 
-def assert_nothing_written(settings: Settings, scratch: Path) -> None:
+def assert_nothing_written(settings: Settings, task_tmp: Path) -> None:
     assert store_files(settings) == []
     assert not (settings.avatar_local_path / "a1").exists()
-    assert list(scratch.iterdir()) == []
+    assert list(task_tmp.iterdir()) == []
 
 
-def test_training_video_becomes_a_livetalking_avatar(talking_head, local_settings, scratch, tmp_path):
+def test_training_video_becomes_a_livetalking_avatar(talking_head, local_settings, task_tmp, tmp_path):
     video, source_frames, centres = talking_head
     events: list[tuple[str, float]] = []
 
@@ -98,20 +88,20 @@ def test_training_video_becomes_a_livetalking_avatar(talking_head, local_setting
     assert meta["source_video"]["codec"] == "h264" and meta["nosmooth"] is False
     cached = validate_avatar_dir(local_settings.avatar_local_path / "a1")
     assert cached.num_frames == 75 and cached.img_size == 256
-    assert list(scratch.iterdir()) == []
+    assert list(task_tmp.iterdir()) == []
 
 
-def test_no_face_is_refused_and_nothing_is_written(tmp_path, local_settings, scratch):
+def test_no_face_is_refused_and_nothing_is_written(tmp_path, local_settings, task_tmp):
     coffee = cv2.resize(coffee_bgr(), (320, 216))
     video = write_video(tmp_path / "coffee.mp4", [coffee] * 25, FPS)
 
     result = handlers.dispatch(payload(video), local_settings)
 
     assert result == {"error": "No face detected in video", "error_code": "no_face"}
-    assert_nothing_written(local_settings, scratch)
+    assert_nothing_written(local_settings, task_tmp)
 
 
-def test_short_face_gap_is_filled(cutaway, monkeypatch, local_settings, scratch, tmp_path):
+def test_short_face_gap_is_filled(cutaway, monkeypatch, local_settings, task_tmp, tmp_path):
     video, centres = cutaway
     monkeypatch.setenv("MAX_FACE_GAP_FRAMES", "8")
 
@@ -129,7 +119,7 @@ def test_short_face_gap_is_filled(cutaway, monkeypatch, local_settings, scratch,
 
 
 def test_cache_install_failure_keeps_the_uploaded_avatar(
-    cutaway, monkeypatch, local_settings, scratch, tmp_path, caplog
+    cutaway, monkeypatch, local_settings, task_tmp, tmp_path, caplog
 ):
     video, _ = cutaway
     monkeypatch.setenv("MAX_FACE_GAP_FRAMES", "8")
@@ -141,10 +131,10 @@ def test_cache_install_failure_keeps_the_uploaded_avatar(
 
     assert "error" not in result, result  # the TAR in the store is the result; the cache is a cache
     assert "is in the store (avatars/u1/a1.tar) but not in the local cache" in caplog.text
-    assert [p.name for p in store_files(local_settings)] == ["a1.tar"] and list(scratch.iterdir()) == []
+    assert [p.name for p in store_files(local_settings)] == ["a1.tar"] and list(task_tmp.iterdir()) == []
 
 
-def test_long_face_gap_names_the_frames(cutaway, monkeypatch, local_settings, scratch):
+def test_long_face_gap_names_the_frames(cutaway, monkeypatch, local_settings, task_tmp):
     video, _ = cutaway
     monkeypatch.setenv("MAX_FACE_GAP_FRAMES", "4")
 
@@ -152,10 +142,10 @@ def test_long_face_gap_names_the_frames(cutaway, monkeypatch, local_settings, sc
 
     assert result["error_code"] == "face_lost"
     assert "No face in frames 20-24" in result["error"] and "MAX_FACE_GAP_FRAMES" in result["error"]
-    assert_nothing_written(local_settings, scratch)
+    assert_nothing_written(local_settings, task_tmp)
 
 
-def test_limits_refuse_before_decoding(tmp_path, monkeypatch, local_settings, scratch):
+def test_limits_refuse_before_decoding(tmp_path, monkeypatch, local_settings, task_tmp):
     frames, _ = head_motion(50, FPS, 64)
     video = write_video(tmp_path / "small.mp4", frames, FPS)  # 2 s, 64x64
 
@@ -171,10 +161,10 @@ def test_limits_refuse_before_decoding(tmp_path, monkeypatch, local_settings, sc
     monkeypatch.setenv("MAX_VIDEO_BYTES", "1000")
     too_heavy = handlers.dispatch(payload(video), Settings())
     assert too_heavy["error_code"] == "video_too_large" and "MAX_VIDEO_BYTES" in too_heavy["error"]
-    assert_nothing_written(local_settings, scratch)
+    assert_nothing_written(local_settings, task_tmp)
 
 
-def test_undecodable_video_and_bad_pads(talking_head, tmp_path, local_settings, scratch):
+def test_undecodable_video_and_bad_pads(talking_head, tmp_path, local_settings, task_tmp):
     bogus = tmp_path / "bogus.mp4"
     bogus.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 200)
     assert handlers.dispatch(payload(bogus), local_settings)["error_code"] == "invalid_video"
@@ -182,10 +172,10 @@ def test_undecodable_video_and_bad_pads(talking_head, tmp_path, local_settings, 
     video, _, _ = talking_head
     squeezed = handlers.dispatch(payload(video, pads=[-200, -200, 0, 0]), local_settings)
     assert squeezed["error_code"] == "invalid_pads" and "frame 0" in squeezed["error"]
-    assert_nothing_written(local_settings, scratch)
+    assert_nothing_written(local_settings, task_tmp)
 
 
-def test_30fps_video_from_s3(s3_bucket, tmp_path, local_settings, scratch):
+def test_30fps_video_from_s3(s3_bucket, tmp_path, local_settings, task_tmp):
     import boto3
 
     from storage import open_store
