@@ -74,8 +74,8 @@ def test_espeak_rate_changes_duration_and_does_not_leak() -> None:
     assert fast.phonemes[-1].end < slow.phonemes[-1].end
     synth(text, rate=450, pitch=90)
     again = synth(text)  # the previous call's rate and pitch must not carry over
-    # eSpeak varies a few samples between identical calls, so compare durations, not bits.
-    assert abs(again.duration_s - default.duration_s) < 0.01 * default.duration_s
+    # eSpeak varies by up to ~2% between identical calls; a leaked rate of 450 would be over 40% shorter.
+    assert abs(again.duration_s - default.duration_s) < 0.05 * default.duration_s
     assert abs(median_f0(again.samples) - median_f0(default.samples)) < 5.0
 
 
@@ -130,7 +130,9 @@ def test_espeak_is_safe_across_threads() -> None:
         parallel = list(pool.map(synth, texts))
     for a, b in zip(sequential, parallel, strict=True):
         assert [p.symbol for p in a.phonemes] == [p.symbol for p in b.phonemes]
-        assert abs(a.duration_s - b.duration_s) < 0.01 * a.duration_s
+        # eSpeak itself varies by up to ~2% between identical sequential calls (measured: 30 runs of
+        # "One two three." span 0.781-0.795 s); these texts differ from each other by far more than 5%.
+        assert abs(a.duration_s - b.duration_s) < 0.05 * a.duration_s
 
 
 # ---------------------------------------------------------------- registry and resampling
