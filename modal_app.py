@@ -26,7 +26,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import handlers
-from handlers.schemas import URI_SCHEMES, TaskName
+from handlers.logs import configure_logging
+from handlers.schemas import DEFAULT_USER_ID, URI_SCHEMES, TaskName
 from handlers.settings import Settings
 from storage import StorageError, keys, open_store
 
@@ -38,7 +39,6 @@ SOURCE_IGNORE = ["**/__pycache__/**", "**/*.pyc"]  # keep non-Python files (engi
 PYTHON_VERSION = "3.11"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 WEIGHTS_MOUNT = "/weights"
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ENV_PREFIX = "MODAL_WORKER_"
 # Load statuses that are not failures: a task whose module is not built answers not_implemented itself.
 LOAD_OK = frozenset({"ok", "not_implemented"})
@@ -116,7 +116,7 @@ class Worker:
 
     @modal.enter(snap=CONFIG.memory_snapshot)
     def load(self) -> None:
-        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+        configure_logging()
         self.settings = Settings()
         status = handlers.load_engines(self.settings, self.settings.served_tasks)
         self.load_errors = {task: s for task, s in status.items() if s not in LOAD_OK}
@@ -216,11 +216,11 @@ def main(
     image: str = "",
     audio: str = "",
     emotion: str = "",
-    user_id: str = "demo",
+    user_id: str = DEFAULT_USER_ID,
     store: str = "",
 ) -> None:
     """Run one task on the deployed worker and print its result as JSON."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    configure_logging()
     inputs = {"avatar_id": avatar_id, "text": text, "video": video, "image": image, "audio": audio}
     fields = task_fields(task, user_id, emotion=emotion, store=store, **inputs)
     try:

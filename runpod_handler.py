@@ -30,11 +30,11 @@ from types import ModuleType
 from typing import Any
 
 import handlers
+from handlers.logs import configure_logging
 from handlers.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Load statuses that are not failures: a task whose module is not built answers not_implemented itself.
 LOAD_OK = frozenset({"ok", "not_implemented"})
 # Progress posts between two stages are throttled to this step of the fraction done.
@@ -177,7 +177,7 @@ def main() -> None:
         serverless.parser.print_help()  # the SDK's runtime arguments, answered before loading engines
         return
     # force: the SDK configures the root logger itself when imported (runpod.serverless.utils.rp_upload).
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format=LOG_FORMAT, force=True)
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO").upper(), force=True)
     init_worker()
     serverless.start({"handler": handler})
 

@@ -30,7 +30,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-FPS = 25
+from engines.constants import FPS  # noqa: E402  (after the path insert)
+
 AVATAR_SECONDS = 5.0
 TARGET_WARM_RTF = 5.0
 TARGET_PEAK_RSS_MB = 1536

@@ -28,7 +28,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-FPS = 25
+from engines.constants import FPS  # noqa: E402  (after the path insert)
+
 TARGET_FPS = 50.0
 STAGES = (
     "fetch", "probe", "frames", "decode", "track", "detect", "landmarks", "crop_write", "crop_write_cpu", "write_wait",

@@ -38,6 +38,7 @@ import numpy as np
 
 import storage
 from engines.codecs.video_in import VideoInfo, probe_video, read_frames
+from engines.constants import FPS
 from engines.face import FaceAnalyzer, load_face_analyzer
 from engines.face.boxes import AvatarFrame, FaceBoxStream, FaceGapError, NoFaceError
 from engines.face.tracker import FaceTracker
@@ -51,7 +52,6 @@ from storage.keys import avatar_key
 
 log = logging.getLogger(__name__)
 
-FPS = 25
 PACKAGE = "serverless-talking-head"
 TAR_CONTENT_TYPE = "application/x-tar"
 # zlib level 1 with the RLE strategy and the AVG row filter: measured on 512x512 photos, about twice as fast

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.constants import IMAGE_CONTENT_TYPES
 from engines.expression import DEFAULT_ENGINE, ExpressionEngine, encode_image, load_expression_engine
 from handlers import Progress
 from handlers.inputs import fetch_image, read_image
@@ -32,7 +33,6 @@ from storage.keys import emotion_key
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
 STAGE_START = {"fetch": 0.0, "analyze": 0.1, "render": 0.2, "upload": 0.9}
 ENGINE_REASON = "CPU landmark warp; no GPU expression engine in this build"
 
@@ -100,7 +100,7 @@ def _upload_all(
     try:
         for emotion, path, width, height, latency_ms in stills:
             key = emotion_key(request.user_id, render_id, emotion, fmt)
-            stored = upload(store, path, key, settings, CONTENT_TYPES[fmt])
+            stored = upload(store, path, key, settings, IMAGE_CONTENT_TYPES[fmt])
             written.append(key)
             renders.append(
                 EmotionRender(

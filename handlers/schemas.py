@@ -8,7 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from engines.constants import DEFAULT_VOICE_PROVIDER, EMOTIONS, IMAGE_CONTENT_TYPES, VOICE_PROVIDERS
+
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+DEFAULT_USER_ID = "default"  # the user of requests that name none (the seeds' routes, the CLIs)
 MAX_TEXT_CHARS = 5000
 URI_SCHEMES = ("s3://", "gs://", "file://", "https://", "http://", "data:")
 
@@ -37,20 +40,13 @@ class LipSyncEngineName(str, Enum):
     viseme_warp = "viseme_warp"
 
 
-class Emotion(str, Enum):
-    neutral = "neutral"
-    happy = "happy"
-    sad = "sad"
-    surprised = "surprised"
-    angry = "angry"
-    disgusted = "disgusted"
-    fearful = "fearful"
+Emotion = Enum("Emotion", [(name, name) for name in EMOTIONS], type=str, module=__name__)
+"""The seven emotions of ``engines.constants.EMOTIONS``, as the str Enum the schema, CLI and API share."""
 
+ImageFormat = Enum("ImageFormat", [(name, name) for name in IMAGE_CONTENT_TYPES], type=str, module=__name__)
+"""Output formats of emotion stills (``engines.constants.IMAGE_CONTENT_TYPES``)."""
 
-class ImageFormat(str, Enum):
-    png = "png"
-    jpg = "jpg"
-    webp = "webp"
+VoiceProvider = Literal[VOICE_PROVIDERS]  # type: ignore[valid-type]
 
 
 class _Strict(BaseModel):
@@ -98,7 +94,7 @@ class PreprocessAvatarRequest(TaskRequest):
 
 
 class Voice(_Strict):
-    provider: Literal["espeak", "fish", "openai"] = "espeak"
+    provider: VoiceProvider = DEFAULT_VOICE_PROVIDER
     name: str | None = Field(None, max_length=64, description="Voice name (eSpeak: e.g. en-us; OpenAI: alloy).")
     rate: int | None = Field(None, ge=80, le=450, description="Words per minute (eSpeak).")
     pitch: int | None = Field(None, ge=0, le=100, description="Pitch 0..100 (eSpeak).")
@@ -209,8 +205,3 @@ class RenderEmotionResult(BaseModel):
     renders: list[EmotionRender]
     engine: dict[str, Any]
     gpu_used: bool
-
-
-class ErrorResult(BaseModel):
-    error: str
-    error_code: str

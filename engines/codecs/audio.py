@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
+from engines.constants import SAMPLE_RATE
 from engines.errors import EngineError
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ def _decode_stream(
     return buffer.result()
 
 
-def decode_audio(path: Path | BinaryIO, sample_rate: int = 16000, max_seconds: float | None = None) -> np.ndarray:
+def decode_audio(path: Path | BinaryIO, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
     """The first audio stream of ``path`` (a file, or a binary file object) as mono float32 at ``sample_rate``.
 
     Raises EngineError ``unsupported_audio`` (not media, no audio stream, undecodable) or ``audio_too_long``
@@ -139,7 +140,7 @@ def decode_audio(path: Path | BinaryIO, sample_rate: int = 16000, max_seconds: f
     return samples
 
 
-def decode_audio_bytes(data: bytes, sample_rate: int = 16000, max_seconds: float | None = None) -> np.ndarray:
+def decode_audio_bytes(data: bytes, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
     """decode_audio for audio held in memory (an HTTP response body)."""
     if not data:
         raise _unsupported("the audio is empty (0 bytes)")

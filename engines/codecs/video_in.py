@@ -24,11 +24,11 @@ import cv2
 import numpy as np
 from av.video.stream import VideoStream
 
+from engines.constants import FPS
 from engines.errors import EngineError
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FPS = 25
 # Source timestamps are often rounded (1 ms time bases, 29.97 fps): a frame due up to this much after an
 # output instant still counts as shown at that instant, so exact-rate input maps 1:1.
 TIMESTAMP_TOLERANCE = Fraction(1, 1000)
@@ -87,7 +87,7 @@ def probe_video(path: Path) -> VideoInfo:
         )
 
 
-def read_frames(path: Path, fps: int = OUTPUT_FPS, max_frames: int | None = None) -> Iterator[np.ndarray]:
+def read_frames(path: Path, fps: int = FPS, max_frames: int | None = None) -> Iterator[np.ndarray]:
     """Upright BGR uint8 frames at ``fps``, streamed (one decoded frame held at a time).
 
     Raises EngineError ``invalid_video`` when the file cannot be decoded and ``video_too_long`` as soon as
@@ -156,7 +156,7 @@ def _timed_frames(
 ) -> Iterator[tuple[av.VideoFrame, Fraction, Fraction]]:
     """(frame, start time, duration) in seconds from the first frame, exact fractions."""
     time_base = stream.time_base or Fraction(1, 90000)
-    rate = stream.average_rate or stream.guessed_rate or Fraction(OUTPUT_FPS)
+    rate = stream.average_rate or stream.guessed_rate or Fraction(FPS)
     nominal = 1 / Fraction(rate)
     origin: int | None = None
     previous = Fraction(0)

@@ -28,6 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from engines.constants import SAMPLE_RATE
 from engines.errors import EngineError
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Mp4Writer:
         crf: int = 18,
         preset: str = "veryfast",
         audio: np.ndarray | None = None,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
         threads: int = 0,
     ) -> None:
         if width < 2 or height < 2:
@@ -280,7 +281,7 @@ def encode_mp4(
     frames: Iterable[np.ndarray],
     audio: np.ndarray | None = None,
     *,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     fps: int = 25,
     crf: int = 18,
     preset: str = "veryfast",

@@ -11,11 +11,11 @@ from typing import Protocol
 
 import numpy as np
 
+from engines.constants import EMOTIONS, IMAGE_CONTENT_TYPES
 from engines.errors import EngineError
 from engines.face import FaceBox
 from engines.registry import registrar
 
-EMOTIONS = ("neutral", "happy", "sad", "surprised", "angry", "disgusted", "fearful")
 DEFAULT_ENGINE = "landmark_warp"
 JPEG_QUALITY = 95
 WEBP_QUALITY = 95
@@ -129,7 +129,8 @@ def encode_image(image: np.ndarray, fmt: str) -> bytes:
         "webp": (".webp", [cv2.IMWRITE_WEBP_QUALITY, WEBP_QUALITY]),
     }
     if fmt not in params:
-        raise EngineError("invalid_format", f"Unknown output format {fmt!r}: use png, jpg or webp.")
+        allowed = ", ".join(IMAGE_CONTENT_TYPES)
+        raise EngineError("invalid_format", f"Unknown output format {fmt!r}: use one of {allowed}.")
     ext, flags = params[fmt]
     ok, buf = cv2.imencode(ext, image, flags)
     if not ok:

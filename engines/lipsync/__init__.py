@@ -12,11 +12,9 @@ from typing import Protocol
 
 import numpy as np
 
+from engines.constants import FPS, SAMPLE_RATE
 from engines.registry import registrar
 from engines.tts import Phoneme
-
-FPS = 25
-SAMPLE_RATE = 16000
 
 
 @dataclass

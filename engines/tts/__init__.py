@@ -13,15 +13,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from engines.constants import VOICE_PROVIDER_MODULES
 from engines.errors import EngineError
 from engines.registry import registrar
-
-# Where each provider registers itself; imported on demand so httpx or the eSpeak library load only when used.
-PROVIDER_MODULES = {
-    "espeak": "engines.tts.espeak",
-    "fish": "engines.tts.http_providers",
-    "openai": "engines.tts.http_providers",
-}
 
 
 @dataclass(frozen=True)
@@ -62,11 +56,11 @@ register = registrar(TTS_PROVIDERS)
 
 def load_synthesizer(provider: str, **config: Any) -> SpeechSynthesizer:
     """The synthesizer registered as ``provider``, built with ``config`` (HTTP providers: api_key, base_url...)."""
-    module = PROVIDER_MODULES.get(provider)
+    module = VOICE_PROVIDER_MODULES.get(provider)
     if module is not None:
         importlib.import_module(module)
     if provider not in TTS_PROVIDERS:
-        known = sorted(set(PROVIDER_MODULES) | set(TTS_PROVIDERS))
+        known = sorted(set(VOICE_PROVIDER_MODULES) | set(TTS_PROVIDERS))
         raise EngineError("unknown_tts_provider", f"`voice.provider` {provider!r} is not one of {known}")
     synthesizer_class = TTS_PROVIDERS[provider]
     try:
@@ -96,7 +90,6 @@ __all__ = [
     "VoiceParams",
     "SpeechSynthesizer",
     "TTS_PROVIDERS",
-    "PROVIDER_MODULES",
     "register",
     "load_synthesizer",
     "resample",

@@ -12,7 +12,8 @@ from functools import cache
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from engines.constants import SAMPLE_RATE
+
 PREEMPHASIS = 0.97
 N_FFT = 800
 HOP = 200
