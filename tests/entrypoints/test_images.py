@@ -96,12 +96,18 @@ def test_weights_are_opt_in_and_the_worker_is_the_command(dockerfile: Path) -> N
     assert "torch==${TORCH_VERSION}" in runs
 
 
-def test_the_dependency_export_lists_the_project_dependencies(dockerfile: Path) -> None:
+def exported_requirements(dockerfile: Path) -> list[str]:
+    """What the image's dependency step installs: its tomllib program, run here on this pyproject.toml."""
     run = next(args for keyword, args in instructions(dockerfile) if keyword == "RUN" and "tomllib" in args)
     tokens = shlex.split(run)
     program = tokens[tokens.index("-c") + 1]
     exported = subprocess.run([PYTHON, "-c", program], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    assert exported.stdout.split() == PYPROJECT["project"]["dependencies"]
+    return exported.stdout.split()
+
+
+def test_the_dependency_export_lists_the_worker_dependencies(dockerfile: Path) -> None:
+    project = PYPROJECT["project"]
+    assert exported_requirements(dockerfile) == project["dependencies"] + project["optional-dependencies"]["worker"]
 
 
 def test_project_commands_the_images_run_work_here() -> None:
