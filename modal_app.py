@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import handlers
 from handlers.logs import configure_logging
 from handlers.schemas import DEFAULT_USER_ID, URI_SCHEMES, TaskName
 from handlers.settings import Settings
-from storage import StorageError, keys, open_store
+from storage import StorageError, open_store
 
 log = logging.getLogger(__name__)
 
@@ -182,17 +181,12 @@ def task_fields(task: str, user_id: str, **inputs: str) -> dict[str, Any]:
     return fields
 
 
-def upload_key(field: str, user_id: str, path: Path) -> str:
-    upload_id = uuid.uuid4().hex
-    if field == "video":
-        return keys.training_video_key(user_id, upload_id, path.suffix.lstrip(".").lower() or "mp4")
-    return keys.upload_key(user_id, upload_id, path.suffix.lstrip(".").lower() or "bin")
-
-
 def stage_local_files(fields: dict[str, Any], store_uri: str, user_id: str) -> dict[str, Any]:
     """Upload the inputs given as local files to the store and replace them by their URIs."""
+    from orchestrator.uploads import INPUT_FIELD_KINDS, upload_file  # laptop side only: not in the worker image
+
     staged = dict(fields)
-    for field in ("video", "image", "audio"):
+    for field, kind in INPUT_FIELD_KINDS.items():
         value = fields.get(field)
         if not value or value.startswith(URI_SCHEMES):
             continue
@@ -201,9 +195,8 @@ def stage_local_files(fields: dict[str, Any], store_uri: str, user_id: str) -> d
             raise InputError(f"`--{field}` {value!r} is neither a URI ({', '.join(URI_SCHEMES)}) nor a file.")
         if not store_uri.startswith(("s3://", "gs://")):
             raise InputError(f"`--{field}` is a local file: give `--store s3://...` or `gs://...` the worker can read.")
-        put = open_store(store_uri).put(path, upload_key(field, user_id, path))
-        log.info("uploaded %s to %s (%d bytes)", path, put.uri, put.bytes)
-        staged[field] = put.uri
+        settings = Settings()
+        staged[field] = upload_file(open_store(store_uri), path, kind=kind, user_id=user_id, settings=settings).uri
     return staged
 
 

@@ -18,16 +18,16 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 import handlers
 from handlers.errors import TaskError
 from handlers.schemas import URI_SCHEMES, Emotion, ImageFormat, LipSyncEngineName, TaskName
 from orchestrator.config import OrchestratorSettings
+from orchestrator.console import err, out, print_job, print_rows, progress_of, wait_with_progress
 from orchestrator.models import JobStatus, JobView, OrchestratorError
 from orchestrator.recover import RecoveryEvent, recover_avatars
 from orchestrator.service import JobService
+from orchestrator.uploads import UploadKind, upload_file
 from storage import StorageError, open_store
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,6 @@ app = typer.Typer(
 )
 jobs_app = typer.Typer(help="List, show, wait for and cancel jobs.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
-
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for machines) instead of text.")]
 WaitOption = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the job with a progress bar.")]
@@ -104,93 +101,10 @@ def job_service() -> Iterator[JobService]:
         service.stop()
 
 
-def local_path(uri: str) -> str:
-    """A file:// URI as the local path it names; any other URI unchanged."""
-    if uri.startswith("file:"):
-        from storage.local import path_from_file_uri
-
-        return str(path_from_file_uri(uri))
-    return uri
-
-
-def job_outputs(job: JobView) -> list[tuple[str, str]]:
-    """(label, URI) of each file a completed job wrote."""
-    output = job.output if isinstance(job.output, dict) else {}
-    if job.task == TaskName.preprocess_avatar.value and "avatar" in output:
-        return [("avatar", output["avatar"]["uri"])]
-    if job.task == TaskName.generate_video.value and "video" in output:
-        return [("video", output["video"]["uri"])]
-    if job.task == TaskName.render_emotion.value:
-        return [(render["emotion"], render["uri"]) for render in output.get("renders", [])]
-    return []
-
-
-def _elapsed(job: JobView) -> str:
-    if job.finished_at is None:
-        return ""
-    seconds = (job.finished_at - (job.started_at or job.created_at)).total_seconds()
-    return f" in {seconds:.1f} s"
-
-
-def print_job(job: JobView, as_json: bool) -> None:
-    if as_json:
-        typer.echo(job.model_dump_json(indent=2))
-        return
-    out.print(f"job {job.id} {job.task} {job.status}{_elapsed(job)} ({job.backend})", markup=False)
-    if job.error:
-        err.print(f"  error [{job.error_code}]: {job.error}", markup=False)
-    for label, uri in job_outputs(job):
-        out.print(f"  {label}: {local_path(uri)}", markup=False)
-    if job.status == JobStatus.completed.value and (details := _details(job)):
-        out.print(f"  {details}", markup=False)
-
-
-def _details(job: JobView) -> str | None:
-    o = job.output
-    if job.task == TaskName.generate_video.value:
-        return f"{o['duration_s']:.2f} s, {o['num_frames']} frames, {o['width']}x{o['height']}"
-    if job.task == TaskName.preprocess_avatar.value:
-        return f"{o['num_frames']} frames at {o['fps']:g} fps, {o['img_size']} px faces"
-    return None
-
-
-def print_rows(headers: tuple[str, ...], rows: list[tuple[str, ...]], console: Console = out) -> None:
-    """Aligned columns, one line per row (never wrapped, so pipes and grep see whole lines)."""
-    widths = [max(len(str(row[i])) for row in (headers, *rows)) for i in range(len(headers) - 1)]
-    for row in (headers, *rows):
-        cells = [f"{str(cell):<{width}}" for cell, width in zip(row, widths, strict=False)]
-        console.print("  ".join([*cells, str(row[-1])]).rstrip(), markup=False)
-
-
 def exit_code(job: JobView) -> int:
     if job.status == JobStatus.completed.value:
         return EXIT_OK
     return EXIT_FAILED if job.finished else EXIT_STILL_RUNNING
-
-
-def _progress_of(job: JobView) -> tuple[float, str]:
-    progress = job.progress
-    if isinstance(progress, dict):
-        return float(progress.get("fraction") or 0.0), str(progress.get("stage") or "")
-    return (float(progress), "") if isinstance(progress, (int, float)) else (0.0, "")
-
-
-def wait_with_progress(service: JobService, job: JobView, timeout_s: float | None, quiet: bool) -> JobView:
-    """Wait for the job, showing its status and progress on stderr (hidden when ``quiet``)."""
-    timeout_s = timeout_s or service.settings.queue_timeout_s + service.settings.timeout_for(job.task)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=err, disable=quiet) as progress:
-        bar = progress.add_task(f"{job.task} {job.id[:8]}", total=1.0)
-
-        def show(current: JobView) -> None:
-            fraction, stage = _progress_of(current)
-            label = f"{current.task} {current.id[:8]} {current.status}" + (f" · {stage}" if stage else "")
-            progress.update(bar, completed=fraction, description=label)
-
-        job = service.wait(job.id, timeout_s, on_progress=show)
-        if job.status == JobStatus.completed.value:
-            progress.update(bar, completed=1.0)
-    return job
 
 
 def run_job(task: str, payload: dict[str, Any], *, wait: bool, timeout_s: float | None, as_json: bool) -> None:
@@ -212,8 +126,6 @@ def run_job(task: str, payload: dict[str, Any], *, wait: bool, timeout_s: float 
 
 def input_uri(value: str, option: str, kind: str, user_id: str, store: str | None) -> str:
     """A URI as given, or a local file uploaded to the store (returns its URI)."""
-    from orchestrator.api import UploadKind, upload_file
-
     if value.startswith(URI_SCHEMES):
         return value
     path = Path(value).expanduser()
@@ -355,7 +267,7 @@ def jobs_list(
         return
     rows = []
     for job in jobs:
-        fraction, stage = _progress_of(job)
+        fraction, stage = progress_of(job)
         detail = f"[{job.error_code}] {job.error}" if job.error else (f"{stage} {fraction:.0%}" if stage else "")
         created = job.created_at.strftime("%Y-%m-%d %H:%M:%S")
         rows.append((job.id, job.task, job.status, job.user_id or "-", job.backend, created, detail))
@@ -533,4 +445,4 @@ def demo(
     raise typer.Exit(run_demo(root, out))
 
 
-__all__ = ["app", "job_outputs", "local_path"]
+__all__ = ["app"]

@@ -21,12 +21,12 @@ from rich.console import Console
 
 import handlers
 from handlers.schemas import REQUEST_MODELS, Emotion, TaskName
-from orchestrator.api import UploadKind, upload_file
 from orchestrator.backends.local import LocalBackend
-from orchestrator.cli import job_outputs, local_path, print_rows, wait_with_progress
 from orchestrator.config import OrchestratorSettings
+from orchestrator.console import job_outputs, local_path, print_rows, wait_with_progress
 from orchestrator.models import JobStatus, JobView
 from orchestrator.service import JobService
+from orchestrator.uploads import UploadKind, upload_file
 from storage import StorageSettings, open_store
 
 DEMO_USER_ID = "demo"

@@ -15,12 +15,14 @@ import httpx
 import numpy as np
 import pytest
 
+from handlers.errors import TaskError
 from handlers.settings import Settings
-from orchestrator.api import ApiError, UploadKind, create_app, upload_stream
+from orchestrator.api import create_app
 from orchestrator.config import OrchestratorSettings
 from orchestrator.emulator import BackgroundServer
 from orchestrator.models import JobView
 from orchestrator.service import JobService
+from orchestrator.uploads import UploadKind, upload_stream
 from storage import open_store
 from storage.local import path_from_file_uri
 from tests.media import astronaut_bgr, coffee_bgr, tone
@@ -225,11 +227,11 @@ def test_uploads_route_and_upload_limits(api: Api, tmp_path: Path) -> None:
     assert bad_user.status_code == 422
 
     store = open_store((tmp_path / "limits").as_uri())
-    with pytest.raises(ApiError) as too_big:
+    with pytest.raises(TaskError) as too_big:
         upload_stream(
             store, io.BytesIO(b"x" * 2000), kind=UploadKind.image, user_id="u", settings=Settings(max_image_bytes=1000)
         )
-    assert too_big.value.http_status == 413 and too_big.value.code == "too_large"
+    assert too_big.value.code == "too_large"  # the API answers it 413 (test_request_body_limit)
     assert list(store.list()) == []
 
 

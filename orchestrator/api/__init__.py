@@ -1,0 +1,7 @@
+"""The orchestrator's HTTP API: ``app`` (factory, auth, errors, health, metrics), ``v1`` (the /v1 routes),
+``compat`` (the seeds' routes), ``context`` (what the routes share)."""
+
+from orchestrator.api.app import create_app
+from orchestrator.api.context import ApiError
+
+__all__ = ["ApiError", "create_app"]

@@ -1,0 +1,220 @@
+"""The HTTP API: submit, track and cancel jobs; RunPod webhooks; health; Prometheus metrics; the seeds' routes.
+
+``create_app(service=None, settings=None)`` builds the FastAPI app around one ``JobService`` (built from
+the settings when not given; the app then owns it and stops it at shutdown). The app starts the
+service's poller at startup, so jobs move on without anyone waiting on them.
+
+Routes (``/docs`` is the documentation: every body and answer is a typed model):
+
+- ``POST /v1/avatars``, ``/v1/videos``, ``/v1/emotions``: the task's request model (``task`` implied),
+  optional ``Idempotency-Key`` header; 202 with the job. ``POST /v1/jobs`` takes any task, ``task`` included.
+- ``GET /v1/jobs/{id}``, ``DELETE /v1/jobs/{id}`` (cancel), ``GET /v1/jobs?user_id=&status=&task=&limit=``.
+- ``POST /v1/uploads``: a file into the store (``training-videos/`` or ``uploads/``); answers its URI.
+- ``POST /v1/webhooks/runpod/{job_id}?token=``: RunPod's completion webhook (the token authenticates it).
+- ``GET /healthz`` and ``/health``, ``GET /metrics``: no bearer token needed.
+- Seed routes for clients migrating: ``POST /generate`` (seed 002), ``POST /render``, ``/render/batch``,
+  ``GET``/``DELETE /output/{filename}`` (seed 004). They submit, wait up to ``sync_wait_s`` and answer
+  the seed's fields. Uploaded bytes go to the store under ``uploads/{user_id}/`` first; uploads are
+  inputs and stay there (give the bucket a lifecycle rule on ``uploads/`` to expire them).
+
+Every error answers ``{"error": message, "error_code": code}`` (``/generate`` adds the seed's
+``status: "error"`` and ``message``); invalid bodies are 422 with the contract's message.
+Bearer auth (``API_TOKEN``) protects everything but health, metrics and the webhook; with no
+``API_TOKEN`` set the API is open (a warning is logged at startup).
+"""
+
+import hmac
+import importlib.metadata
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from handlers.errors import TaskError
+from handlers.schemas import REQUEST_MODELS
+from orchestrator.api.compat import SEED_ERROR_SHAPE_PATHS, add_compat_routes
+from orchestrator.api.context import ApiContext, ApiError
+from orchestrator.api.v1 import add_v1_routes
+from orchestrator.config import OrchestratorSettings
+from orchestrator.metrics import ERROR_CODE_STATE, ApiMetrics, MetricsMiddleware
+from orchestrator.models import OrchestratorError
+from orchestrator.service import JobService
+from storage import StorageError
+
+log = logging.getLogger(__name__)
+
+API_TITLE = "avatarctl API"
+DEFAULT_SYNC_WAIT_S = 120.0
+ERROR_CODES_BY_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+STORAGE_STATUS = {"not_found": 404, "too_large": 413, "invalid_key": 400, "invalid_uri": 400, "unsupported_uri": 400}
+
+
+class ErrorBody(BaseModel):
+    error: str
+    error_code: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": description}
+    for code, description in ((401, "Missing or wrong bearer token"), (404, "Not found"), (422, "Invalid input"))
+}
+
+
+# ---- errors --------------------------------------------------------------------------------
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """The contract's wording (as ``handlers.parse``) for FastAPI's request validation errors."""
+    parts = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path", "header"):
+            loc = loc[1:]
+        if loc and loc[0] in REQUEST_MODELS:  # the tag of the discriminated union on POST /v1/jobs
+            loc = loc[1:]
+        message = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            message = "unknown field"
+        elif err.get("type") == "json_invalid":
+            loc, message = [], "the body is not valid JSON"
+        parts.append(f"`{'.'.join(loc) or 'input'}`: {message}")
+    return "Invalid input: " + "; ".join(parts)
+
+
+def error_response(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    setattr(request.state, ERROR_CODE_STATE, code)
+    body: dict[str, Any] = {"error": message, "error_code": code}
+    if request.url.path in SEED_ERROR_SHAPE_PATHS:  # seed 002's error shape
+        body.update(status="error", message=message)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(request, 422, "invalid_input", validation_message(exc.errors()))
+
+    @app.exception_handler(TaskError)
+    async def task_error(request: Request, exc: TaskError) -> JSONResponse:
+        return error_response(request, 413 if exc.code == "too_large" else 422, exc.code, exc.message)
+
+    @app.exception_handler(OrchestratorError)
+    async def orchestrator_error(request: Request, exc: OrchestratorError) -> JSONResponse:
+        return error_response(request, exc.http_status, exc.code, exc.message, getattr(exc, "headers", None))
+
+    @app.exception_handler(StorageError)
+    async def storage_error(request: Request, exc: StorageError) -> JSONResponse:
+        return error_response(request, STORAGE_STATUS.get(exc.code, 502), exc.code, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = ERROR_CODES_BY_STATUS.get(exc.status_code, f"http_{exc.status_code}")
+        return error_response(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        message = f"Internal error ({type(exc).__name__}); see the orchestrator logs."
+        return error_response(request, 500, "internal_error", message)
+
+
+# ---- auth, health, metrics -----------------------------------------------------------------
+
+
+def require_token(ctx: ApiContext) -> Callable[..., None]:
+    """The bearer-token dependency (a no-op when API_TOKEN is not set)."""
+    bearer = HTTPBearer(auto_error=False, description="The API_TOKEN configured on the orchestrator.")
+
+    def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        expected = ctx.settings.api_token
+        if not expected:
+            return
+        given = credentials.credentials if credentials else ""
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "A valid `Authorization: Bearer <API_TOKEN>` header is required.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return check
+
+
+def _add_health_routes(router: APIRouter, ctx: ApiContext) -> None:
+    def health_report(ok_word: str, authorization: str | None) -> JSONResponse:
+        report = ctx.health()
+        ok = report.get("status") == "ok"
+        body = {**report, "status": ok_word if ok else "degraded", "ok": ok}
+        if not ctx.token_ok(authorization):  # public: the verdict only; endpoints and store URIs need the token
+            body = {"status": body["status"], "ok": ok, "db": {"ok": bool(report["db"].get("ok"))}}
+        # Only a dead database makes the API unusable; a degraded backend still takes other tasks.
+        return JSONResponse(body, status_code=200 if report["db"].get("ok") else 503)
+
+    @router.get("/healthz", tags=["health"], summary="Database, store and backends")
+    def healthz(authorization: str | None = Header(None, include_in_schema=False)) -> JSONResponse:
+        return health_report("ok", authorization)
+
+    @router.get("/health", tags=["health"], summary="The same report, seed 004's `healthy` wording")
+    def health(authorization: str | None = Header(None, include_in_schema=False)) -> JSONResponse:
+        return health_report("healthy", authorization)
+
+    @router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+    def metrics() -> Response:
+        content, content_type = ctx.metrics.render()
+        return Response(content, media_type=content_type)
+
+
+# ---- the app -------------------------------------------------------------------------------
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("serverless-talking-head")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
+
+
+def create_app(
+    service: JobService | None = None,
+    settings: OrchestratorSettings | None = None,
+    *,
+    sync_wait_s: float = DEFAULT_SYNC_WAIT_S,
+) -> FastAPI:
+    """The API around ``service`` (built from ``settings`` when None, then owned and stopped by the app)."""
+    settings = settings or (service.settings if service is not None else OrchestratorSettings())
+    owns_service = service is None
+    service = service or JobService(settings)
+    metrics = ApiMetrics(job_counts=service.store.counts)
+    ctx = ApiContext(service, settings, metrics, sync_wait_s, owns_service)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if not settings.api_token:
+            log.warning("API_TOKEN is not set: the HTTP API accepts requests without authentication")
+        service.start()
+        yield
+        if ctx.owns_service:
+            service.stop()
+
+    app = FastAPI(title=API_TITLE, version=_version(), lifespan=lifespan, description=__doc__)
+    app.state.context = ctx
+    _add_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    protected = APIRouter(dependencies=[Depends(require_token(ctx))], responses=ERROR_RESPONSES)
+    public = APIRouter(responses=ERROR_RESPONSES)
+    add_v1_routes(protected, public, ctx)
+    add_compat_routes(protected, ctx)
+    _add_health_routes(public, ctx)
+    app.include_router(protected)
+    app.include_router(public)
+    return app

@@ -1,0 +1,271 @@
+"""The seeds' routes, for clients migrating: ``POST /generate`` (seed 002), ``POST /render``,
+``/render/batch``, ``GET``/``DELETE /output/{filename}`` (seed 004).
+
+They submit a job, wait up to the app's ``sync_wait_s`` and answer the seed's fields. Uploaded bytes go
+to the store under ``uploads/{user_id}/`` first (deleted again when no job was created for them).
+"""
+
+import base64
+import binascii
+import io
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.background import BackgroundTask
+
+from handlers.errors import TaskError
+from handlers.schemas import Emotion, Identifier, ImageFormat, LipSyncEngineName, TaskName
+from orchestrator.api.context import ApiContext, ApiError
+from orchestrator.models import JobStatus, JobView
+from orchestrator.uploads import UploadKind, upload_stream
+from storage import ObjectStore
+from storage.keys import emotion_key
+
+DEFAULT_USER_ID = "default"  # the seed routes carry no user: their jobs and files go under this id
+SEED_DRIVERS = ("sadtalker", "liveportrait")  # seed 002's drivers: both run our `auto` lip-sync engine
+SEED_ERROR_SHAPE_PATHS = frozenset({"/generate"})  # seed 002 answers errors with `status` and `message` too
+OUTPUT_FILENAME = re.compile(
+    rf"^(?P<render_id>[A-Za-z0-9_-]{{1,64}})_(?P<emotion>{'|'.join(e.value for e in Emotion)})"
+    rf"\.(?P<ext>{'|'.join(f.value for f in ImageFormat)})$"
+)
+MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+# Job error codes that mean the input was at fault (422); any other failure is the worker's (502).
+INPUT_ERROR_CODES = frozenset(
+    {"invalid_input", "invalid_image", "image_too_large", "no_face", "not_found", "too_large", "invalid_uri"}
+    | {"unsupported_uri", "url_refused", "invalid_data_uri", "audio_too_long", "invalid_audio", "unsupported_audio"}
+    | {"empty_audio", "empty_speech", "empty_text", "unknown_emotion", "invalid_intensity", "invalid_format"}
+    | {"unknown_voice", "unsupported_voice_option", "unknown_tts_provider", "access_denied"}
+)
+
+
+class SeedGenerateBody(BaseModel):
+    """Seed 002's ``POST /generate`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_url: str | None = None
+    image_b64: str | None = Field(None, description="The portrait's bytes in base64.")
+    audio_url: str | None = None
+    audio_b64: str | None = Field(None, description="The speech audio's bytes in base64.")
+    driver: Literal["sadtalker", "liveportrait"] | LipSyncEngineName = Field(
+        "sadtalker", description="`sadtalker` and `liveportrait` (seed names) run the `auto` lip-sync engine."
+    )
+    user_id: Identifier = DEFAULT_USER_ID
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> "SeedGenerateBody":
+        if (self.image_url is None) == (self.image_b64 is None):
+            raise ValueError("give exactly one of `image_url` or `image_b64`")
+        if (self.audio_url is None) == (self.audio_b64 is None):
+            raise ValueError("give exactly one of `audio_url` or `audio_b64`")
+        return self
+
+
+class SeedGenerateAnswer(BaseModel):
+    status: Literal["queued", "completed", "error"]
+    video_url: str | None = Field(None, description="Signed URL of the mp4, else its store URI.")
+    message: str | None = None
+    job_id: str | None = None
+    error_code: str | None = None
+
+
+class SeedRenderAnswer(BaseModel):
+    """Seed 004's render answer (``output_path`` is the store URI of the image)."""
+
+    output_path: str
+    filename: str
+    emotion: Emotion
+    intensity: float
+    latency_ms: float
+    gpu_used: bool
+    model_version: str
+    width: int
+    height: int
+    url: str | None = None
+    job_id: str
+
+
+class SeedBatchAnswer(BaseModel):
+    job_id: str
+    results: list[SeedRenderAnswer]
+    count: int
+    latency_ms: float = Field(description="Wall time of the whole request.")
+
+
+class DeletedOutput(BaseModel):
+    deleted: str
+
+
+def _job_failure(job: JobView) -> ApiError:
+    """The error to answer for a job that did not complete within the synchronous wait."""
+    if not job.finished:
+        message = f"Job {job.id} is still {job.status}; follow it with GET /v1/jobs/{job.id}."
+        return ApiError(504, "still_running", message)
+    code = job.error_code or job.status
+    message = f"Job {job.id} {job.status}: {job.error or 'no message'}"
+    if job.status == JobStatus.failed.value:
+        return ApiError(422 if code in INPUT_ERROR_CODES else 502, code, message)
+    return ApiError(504 if job.status == JobStatus.timed_out.value else 409, code, message)
+
+
+def _decode_b64(name: str, value: str) -> bytes:
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise TaskError("invalid_input", f"`{name}` is not valid base64.") from None
+
+
+def _seed_render(job: JobView, render: dict[str, Any]) -> SeedRenderAnswer:
+    engine = (job.output or {}).get("engine") or {}
+    return SeedRenderAnswer(
+        output_path=render["uri"],
+        filename=render["uri"].rsplit("/", 1)[-1],
+        emotion=render["emotion"],
+        intensity=render["intensity"],
+        latency_ms=render["latency_ms"],
+        gpu_used=bool((job.output or {}).get("gpu_used")),
+        model_version=str(engine.get("version") or engine.get("name") or "unknown"),
+        width=render["width"],
+        height=render["height"],
+        url=render.get("url"),
+        job_id=job.id,
+    )
+
+
+def _parse_emotions(values: list[str]) -> list[str]:
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    allowed = [e.value for e in Emotion]
+    for name in names:
+        if name not in allowed:
+            raise TaskError("invalid_input", f"Unknown emotion {name!r}: use one of {', '.join(allowed)}.")
+    if not names:
+        raise TaskError("invalid_input", f"`emotions` is empty: give one or more of {', '.join(allowed)}.")
+    return names
+
+
+def _add_seed_render_routes(router: APIRouter, ctx: ApiContext) -> None:
+    def render_job(image: UploadFile, user_id: str, fields: dict[str, Any]) -> JobView:
+        with ctx.rollback_uploads() as uploads:
+            uploads.append(
+                upload_stream(
+                    ctx.store(),
+                    image.file,
+                    kind=UploadKind.image,
+                    user_id=user_id,
+                    settings=ctx.handler_settings,
+                    filename=image.filename,
+                )
+            )
+            job = ctx.submit("render_emotion", {"user_id": user_id, "image": uploads[0].uri, **fields})
+        job = ctx.wait(job)
+        if job.status != JobStatus.completed.value:
+            raise _job_failure(job)
+        return job
+
+    @router.post("/render", response_model=SeedRenderAnswer, tags=["seed routes"], summary="Render one emotion")
+    def render(
+        source_image: UploadFile = File(...),
+        emotion: Emotion = Form(...),
+        intensity: float = Form(0.7, ge=0.0, le=1.0),
+        output_format: ImageFormat = Form(ImageFormat.png),
+        user_id: Identifier = Form(DEFAULT_USER_ID),
+    ) -> SeedRenderAnswer:
+        fields = {"emotion": emotion.value, "intensity": intensity, "output_format": output_format.value}
+        job = render_job(source_image, user_id, fields)
+        return _seed_render(job, job.output["renders"][0])
+
+    @router.post("/render/batch", response_model=SeedBatchAnswer, tags=["seed routes"], summary="Render emotions")
+    def render_batch(
+        source_image: UploadFile = File(...),
+        emotions: list[str] = Form(..., description="Repeat the field, or separate names with commas."),
+        intensity: float = Form(0.7, ge=0.0, le=1.0),
+        output_format: ImageFormat = Form(ImageFormat.png),
+        user_id: Identifier = Form(DEFAULT_USER_ID),
+    ) -> SeedBatchAnswer:
+        started = time.perf_counter()
+        fields = {"emotions": _parse_emotions(emotions), "intensity": intensity, "output_format": output_format.value}
+        job = render_job(source_image, user_id, fields)
+        results = [_seed_render(job, render) for render in job.output["renders"]]
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        return SeedBatchAnswer(job_id=job.id, results=results, count=len(results), latency_ms=latency_ms)
+
+
+def _add_seed_output_routes(router: APIRouter, ctx: ApiContext) -> None:
+    def locate(filename: str) -> tuple[ObjectStore, str, str]:
+        """The store and key of a render named ``{render_id}_{emotion}.{ext}`` whose render id is its job's id."""
+        match = OUTPUT_FILENAME.fullmatch(filename)
+        if match is None:
+            raise ApiError(
+                400, "invalid_filename", f"{filename!r} is not a render's file name ({{id}}_{{emotion}}.png)."
+            )
+        job = ctx.service.get(match["render_id"])
+        if job is None or job.task != TaskName.render_emotion.value or job.user_id is None:
+            raise ApiError(404, "output_not_found", f"No render named {filename!r}.")
+        store = ctx.store(job.input.get("store"))
+        key = emotion_key(job.user_id, match["render_id"], match["emotion"], match["ext"])
+        if not store.exists(key):
+            raise ApiError(404, "output_not_found", f"No render named {filename!r} (deleted, or not made yet).")
+        return store, key, match["ext"]
+
+    @router.get("/output/{filename}", tags=["seed routes"], summary="Download a render", response_class=FileResponse)
+    def get_output(filename: str) -> FileResponse:
+        store, key, ext = locate(filename)
+        tmp = tempfile.mkdtemp(prefix="avatarctl-output-")
+        try:
+            path = store.get(key, Path(tmp) / filename)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        cleanup = BackgroundTask(shutil.rmtree, tmp, ignore_errors=True)
+        return FileResponse(path, media_type=MEDIA_TYPES[ext], filename=filename, background=cleanup)
+
+    @router.delete("/output/{filename}", response_model=DeletedOutput, tags=["seed routes"], summary="Delete a render")
+    def delete_output(filename: str) -> DeletedOutput:
+        store, key, _ = locate(filename)
+        store.delete(key)
+        return DeletedOutput(deleted=filename)
+
+
+def _add_seed_generate_route(router: APIRouter, ctx: ApiContext) -> None:
+    def source(name: str, url: str | None, b64: str | None, kind: UploadKind, user_id: str, uploads: list) -> str:
+        if url is not None:
+            return url
+        data = _decode_b64(f"{name}_b64", b64 or "")
+        upload = upload_stream(ctx.store(), io.BytesIO(data), kind=kind, user_id=user_id, settings=ctx.handler_settings)
+        uploads.append(upload)
+        return upload.uri
+
+    @router.post("/generate", response_model=SeedGenerateAnswer, tags=["seed routes"], summary="Image + audio → video")
+    def generate(body: SeedGenerateBody) -> JSONResponse:
+        with ctx.rollback_uploads() as uploads:
+            image = source("image", body.image_url, body.image_b64, UploadKind.image, body.user_id, uploads)
+            audio = source("audio", body.audio_url, body.audio_b64, UploadKind.audio, body.user_id, uploads)
+            engine = "auto" if body.driver in SEED_DRIVERS else LipSyncEngineName(body.driver).value
+            payload = {"user_id": body.user_id, "image": image, "audio": audio, "engine": engine}
+            job = ctx.submit("generate_video", payload)
+        job = ctx.wait(job)
+        if job.status == JobStatus.completed.value:
+            video = job.output["video"]
+            answer = SeedGenerateAnswer(status="completed", video_url=video.get("url") or video["uri"], job_id=job.id)
+            return JSONResponse(answer.model_dump(exclude_none=True))
+        if not job.finished:
+            message = f"Still {job.status}; follow it with GET /v1/jobs/{job.id}."
+            answer = SeedGenerateAnswer(status="queued", message=message, job_id=job.id)
+            return JSONResponse(answer.model_dump(exclude_none=True), status_code=202)
+        raise _job_failure(job)
+
+
+def add_compat_routes(router: APIRouter, ctx: ApiContext) -> None:
+    """The seeds' routes (all behind the bearer token)."""
+    _add_seed_render_routes(router, ctx)
+    _add_seed_output_routes(router, ctx)
+    _add_seed_generate_route(router, ctx)

@@ -1,0 +1,125 @@
+"""The /v1 routes: submit any task, follow and cancel jobs, upload inputs, RunPod's webhook."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, File, Form, Header, Query, UploadFile
+from pydantic import BaseModel, Field, create_model
+from pydantic.json_schema import SkipJsonSchema
+
+from handlers.schemas import (
+    GenerateVideoRequest,
+    HealthRequest,
+    Identifier,
+    PreprocessAvatarRequest,
+    RenderEmotionRequest,
+    TaskName,
+)
+from orchestrator.api.context import ApiContext
+from orchestrator.models import JobNotFound, JobStatus, JobView
+from orchestrator.service import MAX_IDEMPOTENCY_KEY_CHARS
+from orchestrator.uploads import StoredUpload, UploadKind, upload_stream
+
+AnyTaskRequest = Annotated[
+    PreprocessAvatarRequest | GenerateVideoRequest | RenderEmotionRequest | HealthRequest,
+    Field(discriminator="task"),
+]
+SUBMIT_ROUTES = {
+    "/v1/avatars": PreprocessAvatarRequest,
+    "/v1/videos": GenerateVideoRequest,
+    "/v1/emotions": RenderEmotionRequest,
+}
+
+
+class WebhookAck(BaseModel):
+    id: str
+    status: JobStatus
+
+
+def _submission_model(model: type[BaseModel]) -> type[BaseModel]:
+    """The task's request model with ``task`` implied by the route (hidden from the schema, default kept)."""
+    task_field = model.model_fields["task"]
+    name = model.__name__.removesuffix("Request") + "Submission"
+    return create_model(  # type: ignore[call-overload]
+        name, __base__=model, __doc__=model.__doc__, task=(SkipJsonSchema[task_field.annotation], task_field.default)
+    )
+
+
+def _submit_endpoint(ctx: ApiContext, task: str, body_model: type[BaseModel]) -> Any:
+    def submit(
+        body: body_model,  # type: ignore[valid-type]
+        idempotency_key: str | None = Header(None, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
+    ) -> JobView:
+        return ctx.submit(task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
+
+    return submit
+
+
+def _add_submit_routes(router: APIRouter, ctx: ApiContext) -> None:
+    for path, model in SUBMIT_ROUTES.items():
+        task = model.model_fields["task"].default.value
+        router.add_api_route(
+            path,
+            _submit_endpoint(ctx, task, _submission_model(model)),
+            methods=["POST"],
+            status_code=202,
+            response_model=JobView,
+            name=f"submit_{task}",
+            summary=f"Submit a {task} job",
+            tags=["jobs"],
+        )
+
+    @router.post("/v1/jobs", status_code=202, response_model=JobView, tags=["jobs"], summary="Submit any task")
+    def submit_any(
+        body: Annotated[AnyTaskRequest, Body()],
+        idempotency_key: str | None = Header(None, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
+    ) -> JobView:
+        return ctx.submit(body.task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
+
+
+def _add_job_routes(router: APIRouter, ctx: ApiContext) -> None:
+    @router.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"], summary="Get a job")
+    def get_job(job_id: str) -> JobView:
+        job = ctx.service.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    @router.delete("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"], summary="Cancel a job")
+    def cancel_job(job_id: str) -> JobView:
+        return ctx.service.cancel(job_id)
+
+    @router.get("/v1/jobs", response_model=list[JobView], tags=["jobs"], summary="List jobs, newest first")
+    def list_jobs(
+        user_id: str | None = None,
+        status: JobStatus | None = None,
+        task: TaskName | None = None,
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> list[JobView]:
+        return ctx.service.list(
+            user_id=user_id, status=status.value if status else None, task=task.value if task else None, limit=limit
+        )
+
+    @router.post("/v1/uploads", response_model=StoredUpload, status_code=201, tags=["jobs"], summary="Upload input")
+    def upload(
+        file: UploadFile = File(...),
+        user_id: Identifier = Form(...),
+        kind: UploadKind = Form(...),
+    ) -> StoredUpload:
+        return upload_stream(
+            ctx.store(), file.file, kind=kind, user_id=user_id, settings=ctx.handler_settings, filename=file.filename
+        )
+
+
+def _add_webhook_routes(router: APIRouter, ctx: ApiContext) -> None:
+    @router.post("/v1/webhooks/runpod/{job_id}", response_model=WebhookAck, tags=["webhooks"])
+    def runpod_webhook(job_id: str, body: dict[str, Any] = Body(...), token: str = "") -> WebhookAck:
+        """RunPod posts the final job JSON here; ``token`` is the HMAC of the job id with WEBHOOK_SECRET."""
+        job = ctx.service.handle_webhook(job_id, token, body)
+        return WebhookAck(id=job.id, status=job.status)
+
+
+def add_v1_routes(protected: APIRouter, public: APIRouter, ctx: ApiContext) -> None:
+    """The /v1 routes: jobs and uploads behind the bearer token; the webhook authenticates itself."""
+    _add_submit_routes(protected, ctx)
+    _add_job_routes(protected, ctx)
+    _add_webhook_routes(public, ctx)

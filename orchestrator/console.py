@@ -1,0 +1,100 @@
+"""What the CLI and the demo print: jobs, their outputs, aligned tables, and a progress bar while waiting."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from handlers.schemas import TaskName
+from orchestrator.models import JobStatus, JobView
+from orchestrator.service import JobService
+from storage import StorageError
+from storage.local import path_from_file_uri
+
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def local_path(uri: str) -> str:
+    """A file:// URI as the local path it names; any other URI unchanged."""
+    if uri.startswith("file:"):
+        try:
+            return str(path_from_file_uri(uri))
+        except StorageError:
+            return uri
+    return uri
+
+
+def job_outputs(job: JobView) -> list[tuple[str, str]]:
+    """(label, URI) of each file a completed job wrote."""
+    output = job.output if isinstance(job.output, dict) else {}
+    if job.task == TaskName.preprocess_avatar.value and "avatar" in output:
+        return [("avatar", output["avatar"]["uri"])]
+    if job.task == TaskName.generate_video.value and "video" in output:
+        return [("video", output["video"]["uri"])]
+    if job.task == TaskName.render_emotion.value:
+        return [(render["emotion"], render["uri"]) for render in output.get("renders", [])]
+    return []
+
+
+def _elapsed(job: JobView) -> str:
+    if job.finished_at is None:
+        return ""
+    seconds = (job.finished_at - (job.started_at or job.created_at)).total_seconds()
+    return f" in {seconds:.1f} s"
+
+
+def print_job(job: JobView, as_json: bool) -> None:
+    if as_json:
+        typer.echo(job.model_dump_json(indent=2))
+        return
+    out.print(f"job {job.id} {job.task} {job.status}{_elapsed(job)} ({job.backend})", markup=False)
+    if job.error:
+        err.print(f"  error [{job.error_code}]: {job.error}", markup=False)
+    for label, uri in job_outputs(job):
+        out.print(f"  {label}: {local_path(uri)}", markup=False)
+    if job.status == JobStatus.completed.value and (details := _details(job)):
+        out.print(f"  {details}", markup=False)
+
+
+def _details(job: JobView) -> str | None:
+    o = job.output
+    if job.task == TaskName.generate_video.value:
+        return f"{o['duration_s']:.2f} s, {o['num_frames']} frames, {o['width']}x{o['height']}"
+    if job.task == TaskName.preprocess_avatar.value:
+        return f"{o['num_frames']} frames at {o['fps']:g} fps, {o['img_size']} px faces"
+    return None
+
+
+def print_rows(headers: tuple[str, ...], rows: list[tuple[str, ...]], console: Console = out) -> None:
+    """Aligned columns, one line per row (never wrapped, so pipes and grep see whole lines)."""
+    widths = [max(len(str(row[i])) for row in (headers, *rows)) for i in range(len(headers) - 1)]
+    for row in (headers, *rows):
+        cells = [f"{str(cell):<{width}}" for cell, width in zip(row, widths, strict=False)]
+        console.print("  ".join([*cells, str(row[-1])]).rstrip(), markup=False)
+
+
+def progress_of(job: JobView) -> tuple[float, str]:
+    progress = job.progress
+    if isinstance(progress, dict):
+        return float(progress.get("fraction") or 0.0), str(progress.get("stage") or "")
+    return (float(progress), "") if isinstance(progress, (int, float)) else (0.0, "")
+
+
+def wait_with_progress(service: JobService, job: JobView, timeout_s: float | None, quiet: bool) -> JobView:
+    """Wait for the job, showing its status and progress on stderr (hidden when ``quiet``)."""
+    timeout_s = timeout_s or service.settings.queue_timeout_s + service.settings.timeout_for(job.task)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=err, disable=quiet) as progress:
+        bar = progress.add_task(f"{job.task} {job.id[:8]}", total=1.0)
+
+        def show(current: JobView) -> None:
+            fraction, stage = progress_of(current)
+            label = f"{current.task} {current.id[:8]} {current.status}" + (f" · {stage}" if stage else "")
+            progress.update(bar, completed=fraction, description=label)
+
+        job = service.wait(job.id, timeout_s, on_progress=show)
+        if job.status == JobStatus.completed.value:
+            progress.update(bar, completed=1.0)
+    return job
