@@ -66,6 +66,8 @@ class Mp4Writer:
     at ``sample_rate``; the whole track is muxed, however many frames are written.
     """
 
+    audio_lead_samples = 0  # audio encoded ahead of the video (lets the muxer write a fragment at once)
+
     def __init__(
         self,
         path: Path,
@@ -114,9 +116,7 @@ class Mp4Writer:
             self.abort()
 
     def open(self) -> None:
-        import av
-
-        self._container = av.open(str(self._tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
+        self._container = self._open_container()
         try:
             self._video = self._add_video_stream()
             self._audio_stream = self._add_audio_stream() if self._audio is not None else None
@@ -126,11 +126,19 @@ class Mp4Writer:
         self._thread = threading.Thread(target=self._encode_loop, name="mp4-encoder", daemon=True)
         self._thread.start()
 
+    def _open_container(self) -> Any:
+        import av
+
+        return av.open(str(self._tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
+
+    def _video_options(self) -> dict[str, str]:
+        return {"crf": str(self._crf), "preset": self._preset}
+
     def _add_video_stream(self) -> Any:
         stream = self._container.add_stream("libx264", rate=self.fps)
         stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
         stream.time_base = Fraction(1, self.fps)
-        stream.options = {"crf": str(self._crf), "preset": self._preset}
+        stream.options = self._video_options()
         stream.codec_context.thread_count = self._threads
         return stream
 
@@ -167,13 +175,17 @@ class Mp4Writer:
                 raise EngineError("empty_video", "no frames were written")
             self._container.close()
             self._container = None
-            os.replace(self._tmp, self.path)
+            self._finish_file()
         except BaseException:
             self._discard()
             raise
         self.stats = EncodeStats(self.path, self._frames_encoded, self.width, self.height, self.fps, self._encode_s)
         logger.debug("wrote %s: %d frames, encode %.2f s", self.path.name, self._frames_encoded, self._encode_s)
         return self.stats
+
+    def _finish_file(self) -> None:
+        """Move the complete temporary file into place."""
+        os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
         """Stop the encoder and remove the partial file."""
@@ -216,7 +228,8 @@ class Mp4Writer:
                     break
                 started = time.perf_counter()
                 self._encode_video(frame)
-                self._encode_audio(until=(self._frames_encoded * self._sample_rate) // self.fps)
+                audio_end = (self._frames_encoded * self._sample_rate) // self.fps + self.audio_lead_samples
+                self._encode_audio(until=audio_end)
                 self._encode_s += time.perf_counter() - started
             if not self._stop.is_set():
                 started = time.perf_counter()
@@ -239,8 +252,14 @@ class Mp4Writer:
 
         video_frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
         video_frame.pts = self._frames_encoded
+        if self._starts_segment(self._frames_encoded):
+            video_frame.pict_type = av.video.frame.PictureType.I
         self._container.mux(self._video.encode(video_frame))
         self._frames_encoded += 1
+
+    def _starts_segment(self, index: int) -> bool:
+        """Whether frame ``index`` must be a keyframe (segmented output); the encoder chooses otherwise."""
+        return False
 
     def _encode_audio(self, until: int | None) -> None:
         """Encode audio frames that start before sample ``until`` (None: all that is left, then flush)."""
