@@ -65,29 +65,26 @@ def make_avatar(work: Path, side: int) -> Path:
     import numpy as np
 
     from engines.face import load_face_analyzer
-    from storage.avatar_archive import COORDS, FACE_IMGS, FULL_IMGS, LANDMARKS, frame_name, pack_avatar, write_coords
+    from storage.avatar.archive import pack_avatar
+    from storage.avatar.layout import AvatarWriter
     from tests.media import head_motion
 
     analyzer = load_face_analyzer()
     moving, _ = head_motion(round(AVATAR_SECONDS * FPS), FPS, 2 * side)
     x0 = int(0.375 * side)  # the face sits left of centre in the astronaut photo
-    avatar = work / "avatar-src" / "bench-avatar"
-    (avatar / FULL_IMGS).mkdir(parents=True)
-    (avatar / FACE_IMGS).mkdir()
+    avatar = AvatarWriter(work / "avatar-src" / "bench-avatar")
     coords, landmarks = [], []
     for i, full in enumerate(moving):
         frame = np.ascontiguousarray(full[:side, x0 : x0 + side])
         box = analyzer.detect(frame)[0]
         landmarks.append(analyzer.landmarks(frame, box))
         coords.append((box.y1, min(side, box.y2 + 10), box.x1, box.x2))
-        cv2.imwrite(str(avatar / FULL_IMGS / frame_name(i)), frame)
         crop = frame[coords[-1][0] : coords[-1][1], box.x1 : box.x2]
-        cv2.imwrite(str(avatar / FACE_IMGS / frame_name(i)), cv2.resize(crop, (256, 256)))
-    write_coords(avatar / COORDS, coords)
-    np.save(avatar / LANDMARKS, np.array(landmarks, dtype=np.float32))
+        avatar.write_frame(i, frame, cv2.resize(crop, (256, 256)))
+    avatar.write_tables(coords, np.array(landmarks))
     store = work / "store"
     (store / "avatars" / "bench").mkdir(parents=True)
-    pack_avatar(avatar, store / "avatars" / "bench" / "bench-avatar.tar")
+    pack_avatar(avatar.path, store / "avatars" / "bench" / "bench-avatar.tar")
     return store
 
 

@@ -36,7 +36,8 @@ from handlers.inputs import fetch_image, read_image, timed
 from handlers.outputs import new_id, resolve_store, upload
 from handlers.schemas import GenerateVideoRequest, GenerateVideoResult, Voice
 from handlers.settings import Settings
-from storage import avatar_archive
+from storage.avatar.cache import ensure_avatar_local
+from storage.avatar.validate import LoadedAvatar, load_avatar
 from storage.keys import video_key
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,11 @@ def _avatar(request: GenerateVideoRequest, store: storage.ObjectStore, settings:
     if request.image is not None:  # the schema allows exactly one of avatar_id / image
         return _portrait_avatar(request.image, settings, work)
     avatar_id = request.avatar_id or ""
-    path = avatar_archive.ensure_avatar_local(store, request.user_id, avatar_id, settings.avatar_local_path)
-    return stored_avatar(avatar_archive.load_avatar(path))
+    path = ensure_avatar_local(store, request.user_id, avatar_id, settings.avatar_local_path)
+    return stored_avatar(load_avatar(path))
 
 
-def stored_avatar(loaded: avatar_archive.LoadedAvatar) -> AvatarFrames:
+def stored_avatar(loaded: LoadedAvatar) -> AvatarFrames:
     """A stored avatar as engine input, its frames decoded lazily through the process-wide frame cache."""
     return AvatarFrames(
         frames=LazyFrames(loaded.full_frame_paths, _FRAMES),

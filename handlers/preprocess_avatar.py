@@ -16,7 +16,6 @@ batch detections, so it has no effect.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import logging
 import math
 import os
@@ -47,7 +46,9 @@ from handlers.inputs import timed
 from handlers.outputs import resolve_store, upload
 from handlers.schemas import PreprocessAvatarRequest, PreprocessAvatarResult
 from handlers.settings import Settings
-from storage import avatar_archive
+from storage.avatar.archive import pack_avatar
+from storage.avatar.cache import install_avatar
+from storage.avatar.layout import FPS, AvatarWriter
 from storage.keys import avatar_key
 
 log = logging.getLogger(__name__)
@@ -94,21 +95,21 @@ def run(request: PreprocessAvatarRequest, settings: Settings, progress: Progress
         progress("probe", STAGE_START["probe"])
         with timed(timings, "probe"):
             info = _probe(video, settings)
-        avatar_dir = work / request.avatar_id
-        frames = _make_frames(video, info, avatar_dir, request, settings, analyzer, progress, timings)
+        avatar = AvatarWriter(work / request.avatar_id, PNG_PARAMS)
+        frames = _make_frames(video, info, avatar, request, settings, analyzer, progress, timings)
         with timed(timings, "tables"):
-            _write_tables(avatar_dir, frames, request, info, video.stat().st_size)
+            _write_tables(avatar, frames, request, info, video.stat().st_size)
         key = avatar_key(request.user_id, request.avatar_id)
         progress("tar", STAGE_START["tar"])
         tar_path = work / f"{request.avatar_id}.tar"
         with timed(timings, "tar"):
-            avatar_archive.pack_avatar(avatar_dir, tar_path)
+            pack_avatar(avatar.path, tar_path)
         progress("upload", STAGE_START["upload"])
         with timed(timings, "upload"):
             stored = upload(store, tar_path, key, settings, TAR_CONTENT_TYPE)
         progress("install", STAGE_START["install"])
         with timed(timings, "install"):
-            _install(avatar_dir, request.avatar_id, settings, store, key)
+            _install(avatar.path, request.avatar_id, settings, store, key)
     timings["total"] = round((time.perf_counter() - started) * 1000, 1)
     progress("done", 1.0)
     log.info("avatar %s: %d frames in %.0f ms", request.avatar_id, len(frames.coords), timings["total"])
@@ -178,15 +179,13 @@ def _probe(video: Path, settings: Settings) -> VideoInfo:
 def _make_frames(
     video: Path,
     info: VideoInfo,
-    avatar_dir: Path,
+    avatar: AvatarWriter,
     request: PreprocessAvatarRequest,
     settings: Settings,
     analyzer: FaceAnalyzer,
     progress: Progress,
     timings: dict[str, float],
 ) -> _Frames:
-    (avatar_dir / avatar_archive.FULL_IMGS).mkdir(parents=True)
-    (avatar_dir / avatar_archive.FACE_IMGS).mkdir()
     tracker = FaceTracker(analyzer)
     reporter = _FrameProgress(progress, info)
     max_frames = math.ceil(settings.max_video_seconds * FPS)
@@ -194,7 +193,7 @@ def _make_frames(
     with ExitStack() as stack:
         stack.enter_context(timed(timings, "frames"))
         stack.enter_context(_face_errors(settings))
-        writer = stack.enter_context(_PngWriter(avatar_dir, request.img_size))
+        writer = stack.enter_context(_PngWriter(avatar, request.img_size))
         result, stream = _Frames(detector=analyzer.name, policy=tracker.policy), None
         held: dict[int, np.ndarray] = {}
         decoded = stack.enter_context(closing(read_frames(video, FPS, max_frames)))
@@ -305,9 +304,8 @@ class _FrameProgress:
 class _PngWriter:
     """Writes full frames and resized face crops as PNGs on a thread pool, at most WRITE_QUEUE in flight."""
 
-    def __init__(self, avatar_dir: Path, img_size: int) -> None:
-        self._full = avatar_dir / avatar_archive.FULL_IMGS
-        self._face = avatar_dir / avatar_archive.FACE_IMGS
+    def __init__(self, avatar: AvatarWriter, img_size: int) -> None:
+        self._avatar = avatar
         self._size = img_size
         self._pool = ThreadPoolExecutor(WRITE_WORKERS, thread_name_prefix="avatar-png")
         self._inflight: deque[Future[None]] = deque()
@@ -338,27 +336,18 @@ class _PngWriter:
         started, started_cpu = time.perf_counter(), time.thread_time()
         y1, y2, x1, x2 = coords
         crop = cv2.resize(image[y1:y2, x1:x2], (self._size, self._size))
-        name = avatar_archive.frame_name(index)
-        _imwrite(self._full / name, image)
-        _imwrite(self._face / name, crop)
+        self._avatar.write_frame(index, image, crop)
         with self._lock:
             self.busy_s += time.perf_counter() - started
             self.cpu_s += time.thread_time() - started_cpu
-
-
-def _imwrite(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image, PNG_PARAMS):
-        raise OSError(f"could not write {path}")
 
 
 # ---- tables, install ----------------------------------------------------------------------------
 
 
 def _write_tables(
-    avatar_dir: Path, frames: _Frames, request: PreprocessAvatarRequest, info: VideoInfo, video_bytes: int
+    avatar: AvatarWriter, frames: _Frames, request: PreprocessAvatarRequest, info: VideoInfo, video_bytes: int
 ) -> None:
-    avatar_archive.write_coords(avatar_dir / avatar_archive.COORDS, frames.coords)
-    np.save(avatar_dir / avatar_archive.LANDMARKS, np.stack(frames.landmarks).astype(np.float32))
     meta = {
         "format": "livetalking-wav2lip",
         "fps": FPS,
@@ -374,7 +363,7 @@ def _write_tables(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source_video": {**info.as_dict(), "bytes": video_bytes},
     }
-    (avatar_dir / avatar_archive.META).write_text(json.dumps(meta, indent=2))
+    avatar.write_tables(frames.coords, np.stack(frames.landmarks), meta)
 
 
 def _package_version() -> str | None:
@@ -389,6 +378,6 @@ def _install(avatar_dir: Path, avatar_id: str, settings: Settings, store: storag
     it (disk full, bad AVATAR_LOCAL_PATH) the task still succeeds and generate_video fetches the TAR later;
     deleting the upload instead would also lose the avatar this one replaced."""
     try:
-        avatar_archive.install_avatar(avatar_dir, settings.avatar_local_path, avatar_id, owner=store.uri(key))
+        install_avatar(avatar_dir, settings.avatar_local_path, avatar_id, owner=store.uri(key))
     except Exception:
         log.warning("avatar %s is in the store (%s) but not in the local cache", avatar_id, key, exc_info=True)

@@ -86,7 +86,7 @@ def list_avatars(store: ObjectStore, *, user_id: str | None = None, avatar_id: s
 
 def _cached_frames(cache_root: Path, avatar_id: str) -> int | None:
     """Frame count of a valid cached avatar, or None when it is absent or broken."""
-    from storage.avatar_archive import validate_avatar_dir
+    from storage.avatar.validate import validate_avatar_dir
 
     path = cache_root / avatar_id
     if not path.is_dir():
@@ -100,7 +100,8 @@ def _cached_frames(cache_root: Path, avatar_id: str) -> int | None:
 
 def _download(store: ObjectStore, entry: AvatarEntry, cache_root: Path) -> int:
     """Fetch and unpack one avatar atomically; returns its frame count."""
-    from storage.avatar_archive import unpack_avatar, validate_avatar_dir
+    from storage.avatar.cache import unpack_avatar
+    from storage.avatar.validate import validate_avatar_dir
 
     if not re.fullmatch(ID_PATTERN, entry.avatar_id):
         raise StorageError("invalid_avatar", f"Avatar id {entry.avatar_id!r} in {entry.key} is not a safe name.")

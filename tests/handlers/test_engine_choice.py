@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 import pytest
 
@@ -18,7 +17,8 @@ from engines.lipsync import pingpong_index
 from handlers import dispatch, engine_choice
 from handlers.errors import TaskError
 from handlers.settings import Settings
-from storage.avatar_archive import COORDS, FACE_IMGS, FULL_IMGS, frame_name, pack_avatar, write_coords
+from storage.avatar.archive import pack_avatar
+from storage.avatar.layout import AvatarWriter
 from tests.engines.wav2lip_fixtures import FACE_BOX_256, small_avatar, speech_like, write_checkpoint
 
 USER, AVATAR = "user-w2l", "avatar-w2l"
@@ -135,16 +135,13 @@ def test_user_checkpoint_is_loaded_once_and_described(
 def avatar_in_store(local_settings: Settings, tmp_path: Path) -> Path:
     """A small 256-px avatar (96-px face crops) as a TAR in the file:// store."""
     avatar = small_avatar(frames=8, crop_size=96)
-    root = tmp_path / "build" / AVATAR
-    (root / FULL_IMGS).mkdir(parents=True)
-    (root / FACE_IMGS).mkdir()
+    writer = AvatarWriter(tmp_path / "build" / AVATAR)
     for i, (frame, crop) in enumerate(zip(avatar.frames, avatar.face_crops, strict=True)):
-        cv2.imwrite(str(root / FULL_IMGS / frame_name(i)), frame)
-        cv2.imwrite(str(root / FACE_IMGS / frame_name(i)), crop)
-    write_coords(root / COORDS, avatar.coords)
+        writer.write_frame(i, frame, crop)
+    writer.write_tables(avatar.coords)
     store = Path(local_settings.avatar_store_uri.removeprefix("file://"))
     (store / "avatars" / USER).mkdir(parents=True)
-    pack_avatar(root, store / "avatars" / USER / f"{AVATAR}.tar")
+    pack_avatar(writer.path, store / "avatars" / USER / f"{AVATAR}.tar")
     return store
 
 

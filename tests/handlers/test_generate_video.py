@@ -23,7 +23,8 @@ from engines.lipsync.visemes import frame_rms
 from engines.tts import VoiceParams, load_synthesizer, resample
 from handlers import dispatch
 from handlers.settings import Settings
-from storage.avatar_archive import COORDS, FACE_IMGS, FULL_IMGS, LANDMARKS, frame_name, pack_avatar, write_coords
+from storage.avatar.archive import pack_avatar
+from storage.avatar.layout import AvatarWriter
 from tests.media import astronaut_bgr, head_motion
 
 USER, AVATAR = "user-1", "avatar-1"
@@ -95,21 +96,17 @@ def test_avatar(tmp_path_factory: pytest.TempPathFactory, analyzer: FaceAnalyzer
     """A 40-frame 256x256 avatar of the moving astronaut, made like preprocess_avatar makes them, as a TAR."""
     moving, _ = head_motion(AVATAR_FRAMES, 25.0, SOURCE_SIZE)
     frames = [np.ascontiguousarray(f[CROP]) for f in moving]
-    root = tmp_path_factory.mktemp("avatar") / AVATAR
-    (root / FULL_IMGS).mkdir(parents=True)
-    (root / FACE_IMGS).mkdir()
+    avatar = AvatarWriter(tmp_path_factory.mktemp("avatar") / AVATAR)
     coords, landmarks = [], []
     for i, frame in enumerate(frames):
         box = analyzer.detect(frame)[0]
         landmarks.append(analyzer.landmarks(frame, box))
         y1, y2, x1, x2 = box.y1, min(frame.shape[0], box.y2 + 10), box.x1, box.x2  # LiveTalking's pads
         coords.append((y1, y2, x1, x2))
-        cv2.imwrite(str(root / FULL_IMGS / frame_name(i)), frame)
-        cv2.imwrite(str(root / FACE_IMGS / frame_name(i)), cv2.resize(frame[y1:y2, x1:x2], (256, 256)))
-    write_coords(root / COORDS, coords)
-    np.save(root / LANDMARKS, np.array(landmarks, dtype=np.float32))
-    tar = root.parent / f"{AVATAR}.tar"
-    pack_avatar(root, tar)
+        avatar.write_frame(i, frame, cv2.resize(frame[y1:y2, x1:x2], (256, 256)))
+    avatar.write_tables(coords, np.array(landmarks))
+    tar = avatar.path.parent / f"{AVATAR}.tar"
+    pack_avatar(avatar.path, tar)
     return BuiltAvatar(tar, frames, np.array(landmarks, dtype=np.float32))
 
 

@@ -11,7 +11,9 @@ import pytest
 
 import handlers
 from handlers.settings import Settings
-from storage.avatar_archive import image_size, load_avatar, unpack_avatar, validate_avatar_dir
+from storage.avatar.cache import unpack_avatar
+from storage.avatar.images import image_size
+from storage.avatar.validate import load_avatar, validate_avatar_dir
 from tests.media import coffee_bgr, head_motion, write_video
 
 FPS = 25

@@ -14,7 +14,7 @@ from handlers.schemas import Emotion
 from handlers.settings import Settings
 from orchestrator.cli import app
 from storage import open_store
-from storage.avatar_archive import pack_avatar
+from storage.avatar.archive import pack_avatar
 from storage.keys import avatar_key
 from storage.local import path_from_file_uri
 from tests.media import astronaut_bgr, coffee_bgr

@@ -1,4 +1,4 @@
-"""recover_avatars against a moto S3 bucket holding avatars packed by storage.avatar_archive."""
+"""recover_avatars against a moto S3 bucket holding avatars packed by storage.avatar.archive."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import storage
 from orchestrator.models import OrchestratorError
 from orchestrator.recover import recover_avatars
-from storage.avatar_archive import pack_avatar, validate_avatar_dir
+from storage.avatar.archive import pack_avatar
+from storage.avatar.validate import validate_avatar_dir
 from storage.keys import avatar_key
 from tests.storage.avatar_factory import make_avatar_dir
 

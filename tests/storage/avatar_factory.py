@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import pickle
 import tarfile
 from collections.abc import Callable
@@ -12,26 +11,24 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from storage.avatar_archive import COORDS, FACE_IMGS, FULL_IMGS, LANDMARKS, META, frame_name, write_coords
+from storage.avatar.layout import COORDS, FACE_IMGS, FULL_IMGS, AvatarWriter, frame_name
 
 FRAME_W, FRAME_H, FACE_SIZE = 48, 40, 16
 
 
 def make_avatar_dir(root: Path, avatar_id: str = "av1", frames: int = 3, landmarks: bool = True) -> Path:
     """An avatar directory with ``frames`` distinct frames, coords, and optionally landmarks and meta."""
-    avatar = root / avatar_id
-    (avatar / FULL_IMGS).mkdir(parents=True)
-    (avatar / FACE_IMGS).mkdir()
+    avatar = AvatarWriter(root / avatar_id)
     rng = np.random.default_rng(frames)
     for i in range(frames):
         full = rng.integers(0, 255, (FRAME_H, FRAME_W, 3), dtype=np.uint8)
-        cv2.imwrite(str(avatar / FULL_IMGS / frame_name(i)), full)
-        cv2.imwrite(str(avatar / FACE_IMGS / frame_name(i)), cv2.resize(full[4:36, 8:40], (FACE_SIZE, FACE_SIZE)))
-    write_coords(avatar / COORDS, [(4 + i, 36, 8, 40 - i) for i in range(frames)])
+        avatar.write_frame(i, full, cv2.resize(full[4:36, 8:40], (FACE_SIZE, FACE_SIZE)))
+    coords = [(4 + i, 36, 8, 40 - i) for i in range(frames)]
     if landmarks:
-        np.save(avatar / LANDMARKS, rng.uniform(0, 40, (frames, 68, 2)).astype(np.float32))
-        (avatar / META).write_text(json.dumps({"fps": 25, "source": "test"}))
-    return avatar
+        avatar.write_tables(coords, rng.uniform(0, 40, (frames, 68, 2)), {"fps": 25, "source": "test"})
+    else:
+        avatar.write_tables(coords)
+    return avatar.path
 
 
 def add_bytes(tar: tarfile.TarFile, name: str, data: bytes, **attrs: object) -> None:

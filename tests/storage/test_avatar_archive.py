@@ -10,21 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage import avatar_archive
-from storage.avatar_archive import (
-    COORDS,
-    FACE_IMGS,
-    FULL_IMGS,
-    LANDMARKS,
-    ArchiveLimits,
-    install_avatar,
-    load_avatar,
-    pack_avatar,
-    read_coords,
-    unpack_avatar,
-    validate_avatar_dir,
-    write_coords,
-)
+from storage.avatar import cache as avatar_cache
+from storage.avatar.archive import ArchiveLimits, pack_avatar
+from storage.avatar.cache import install_avatar, unpack_avatar
+from storage.avatar.coords import read_coords, write_coords
+from storage.avatar.images import image_size
+from storage.avatar.layout import COORDS, FACE_IMGS, FULL_IMGS, LANDMARKS
+from storage.avatar.validate import load_avatar, validate_avatar_dir
 from storage.errors import StorageError
 from tests.storage.avatar_factory import (
     FACE_SIZE,
@@ -111,7 +103,7 @@ class _Evil:
 @pytest.mark.parametrize("atomic_swap", [True, False])
 def test_unpack_replaces_existing_avatar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, atomic_swap: bool) -> None:
     if not atomic_swap:  # platforms without renameat2(RENAME_EXCHANGE) take the move-aside path
-        monkeypatch.setattr(avatar_archive, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(avatar_cache, "_exchange", lambda a, b: False)
     cache = tmp_path / "cache"
     pack_avatar(make_avatar_dir(tmp_path / "v1", "av", frames=3), tmp_path / "v1.tar")
     pack_avatar(make_avatar_dir(tmp_path / "v2", "av", frames=2, landmarks=False), tmp_path / "v2.tar")
@@ -252,5 +244,5 @@ def test_refuses_unsafe_avatar_ids(tmp_path: Path, avatar_id: str) -> None:
 def test_truncated_jpeg_is_an_invalid_avatar(tmp_path: Path, data: bytes) -> None:
     (tmp_path / "frame.jpg").write_bytes(data)
     with pytest.raises(StorageError) as err:
-        avatar_archive.image_size(tmp_path / "frame.jpg")
+        image_size(tmp_path / "frame.jpg")
     assert err.value.code == "invalid_avatar" and "JPEG" in err.value.message

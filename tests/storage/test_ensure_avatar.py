@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from storage import ObjectInfo, ObjectStore, PutResult, StorageError, open_store
-from storage.avatar_archive import ensure_avatar_local, install_avatar, load_avatar, pack_avatar
+from storage.avatar.archive import pack_avatar
+from storage.avatar.cache import ensure_avatar_local, install_avatar
+from storage.avatar.validate import load_avatar
 from storage.keys import avatar_key
 from tests.storage.avatar_factory import make_avatar_dir
 
@@ -131,7 +133,9 @@ def test_concurrent_processes_download_once(tmp_path: Path) -> None:
 def test_same_avatar_id_of_another_user_is_not_served_from_the_cache(tmp_path):
     """The cache keeps LiveTalking's {root}/{avatar_id} layout; ownership decides whether a hit counts."""
     from storage import open_store
-    from storage.avatar_archive import ensure_avatar_local, load_avatar, pack_avatar
+    from storage.avatar.archive import pack_avatar
+    from storage.avatar.cache import ensure_avatar_local
+    from storage.avatar.validate import load_avatar
     from storage.errors import StorageError
     from storage.keys import avatar_key
     from tests.storage.avatar_factory import make_avatar_dir
