@@ -48,7 +48,7 @@ from handlers.schemas import PreprocessAvatarRequest, PreprocessAvatarResult
 from handlers.settings import Settings
 from storage.avatar.archive import pack_avatar
 from storage.avatar.cache import install_avatar
-from storage.avatar.layout import FPS, AvatarWriter
+from storage.avatar.layout import AvatarWriter
 from storage.keys import avatar_key
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The avatar format: LiveTalking's directory layout, its TAR archives and the workers' local cache.
 
-- ``layout``: names, FPS, frame naming, ``AvatarWriter`` (every writer of an avatar directory uses it)
+- ``layout``: names, frame naming, ``AvatarWriter`` (every writer of an avatar directory uses it)
 - ``images``: PNG / JPEG sizes read from their headers, never decoding pixels
 - ``coords``: ``coords.pkl`` (and MuseTalk's ``mask_coords.pkl``) read without pickle machinery
 - ``validate``: checking and describing an avatar directory

@@ -3,7 +3,7 @@
 An avatar is a directory ``<avatar_id>/`` holding ``full_imgs/NNNNNNNN.png`` (every frame),
 ``face_imgs/NNNNNNNN.png`` (the face crop of each frame, ``img_size`` square), ``coords.pkl`` (a pickled
 list of ``(y1, y2, x1, x2)`` face boxes) and optionally ``landmarks.npy`` ((N, 68, 2)) and ``meta.json``,
-which LiveTalking ignores. Frames are played at ``FPS``.
+which LiveTalking ignores. Frames play at ``engines.constants.FPS``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import numpy as np
 from storage.avatar.coords import write_coords
 from storage.errors import StorageError
 
-FPS = 25
 FULL_IMGS = "full_imgs"
 FACE_IMGS = "face_imgs"
 COORDS = "coords.pkl"
