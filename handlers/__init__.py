@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -77,29 +77,64 @@ def parse(payload: Any) -> Any:
         raise TaskError("invalid_input", _validation_message(exc)) from None
 
 
+def _served(payload: Any, settings: Settings | None) -> tuple[Any, Settings, ModuleType]:
+    """The validated request, the settings and the task's module; TaskError when this worker cannot run it."""
+    request = parse(payload)
+    settings = settings or Settings()
+    if request.task not in (TaskName.health.value, *settings.served_tasks):
+        raise TaskError("task_not_served", f"This worker does not serve `{request.task}` (WORKER_TASKS).")
+    module = task_module(request.task)
+    if module is None:
+        raise TaskError("not_implemented", f"Task `{request.task}` is not implemented in this version.")
+    return request, settings, module
+
+
+def _as_dict(result: Any) -> dict[str, Any]:
+    return result.model_dump(mode="json") if hasattr(result, "model_dump") else result
+
+
+def _refusal(exc: Exception) -> dict[str, str]:
+    """The error boundary: a task's exception as ``{"error", "error_code"}``, never a traceback."""
+    if isinstance(exc, (TaskError, EngineError, StorageError)):
+        log.info("task refused: %s (%s)", exc.message, exc.code)
+        return error(exc.code, exc.message)
+    if isinstance(exc, TaskCancelled):
+        log.info("task stopped: %s", exc)
+        return error("cancelled", f"The task was stopped before it finished ({exc}).")
+    log.exception("task failed")
+    return error("internal_error", f"Internal error ({type(exc).__name__}); see the worker logs.")
+
+
 def dispatch(
     payload: dict[str, Any], settings: Settings | None = None, progress: Progress | None = None
 ) -> dict[str, Any]:
     """Run one task. Never raises for bad input: returns ``{"error", "error_code"}`` instead."""
     try:
-        request = parse(payload)
-        settings = settings or Settings()
-        if request.task not in (TaskName.health.value, *settings.served_tasks):
-            raise TaskError("task_not_served", f"This worker does not serve `{request.task}` (WORKER_TASKS).")
-        module = task_module(request.task)
-        if module is None:
-            raise TaskError("not_implemented", f"Task `{request.task}` is not implemented in this version.")
-        result = module.run(request, settings, progress or _no_progress)
-        return result.model_dump(mode="json") if hasattr(result, "model_dump") else result
-    except (TaskError, EngineError, StorageError) as exc:
-        log.info("task refused: %s (%s)", exc.message, exc.code)
-        return error(exc.code, exc.message)
-    except TaskCancelled as exc:
-        log.info("task stopped: %s", exc)
-        return error("cancelled", f"The task was stopped before it finished ({exc}).")
-    except Exception as exc:  # the error boundary: never leak a traceback to the caller
-        log.exception("task failed")
-        return error("internal_error", f"Internal error ({type(exc).__name__}); see the worker logs.")
+        request, settings, module = _served(payload, settings)
+        return _as_dict(module.run(request, settings, progress or _no_progress))
+    except Exception as exc:
+        return _refusal(exc)
+
+
+def dispatch_stream(
+    payload: dict[str, Any], settings: Settings | None = None, progress: Progress | None = None
+) -> Iterator[dict[str, Any]]:
+    """Run one task as a sequence of dicts: the items a task streams as they are made, its result last.
+
+    Only ``generate_video`` with ``stream: true`` streams (one item per stored segment); every other
+    request yields just its result. Like ``dispatch``, an error ends the sequence as ``{"error", "error_code"}``.
+    Stopping the iteration early stops the task (and a streamed video's published segments are deleted).
+    """
+    try:
+        request, settings, module = _served(payload, settings)
+        stream = getattr(module, "stream", None)
+        if stream is None:
+            yield _as_dict(module.run(request, settings, progress or _no_progress))
+            return
+        for item in stream(request, settings, progress or _no_progress):
+            yield _as_dict(item)
+    except Exception as exc:
+        yield _refusal(exc)
 
 
 def load_engines(settings: Settings | None = None, tasks: list[str] | None = None) -> dict[str, str]:
@@ -120,4 +155,4 @@ def load_engines(settings: Settings | None = None, tasks: list[str] | None = Non
     return status
 
 
-__all__ = ["dispatch", "load_engines", "parse", "task_module", "Progress", "Settings", "TaskError"]
+__all__ = ["dispatch", "dispatch_stream", "load_engines", "parse", "task_module", "Progress", "Settings", "TaskError"]

@@ -6,6 +6,11 @@ Stages: fetch (avatar from the cache or the store, or the portrait image; the au
 ``generated-videos/{user_id}/{video_id}.mp4``. Everything is built in a temporary directory; nothing
 is uploaded unless the whole video was made.
 
+With ``stream: true`` the encoder also cuts the video into fMP4 segments as it goes, and each one is
+stored (with the HLS playlist naming it) before the render goes on: :func:`stream` yields a
+``StreamSegment`` per stored segment, then the usual result (plus the ended playlist). A failed or
+abandoned stream deletes what it published.
+
 ``timings_ms``: ``features`` is the time until the engine's first frame (engines analyse the whole
 audio before they render), ``render`` the rest of the time spent inside the engine, ``encode`` the
 encoder thread's busy time (it runs in parallel with ``render``, so the stages overlap).
@@ -16,7 +21,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Generator, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,7 @@ from typing import Any
 import numpy as np
 
 import storage
+from engines.codecs.segments import SegmentedMp4Writer, SegmentPlan
 from engines.codecs.video_out import EncodeStats, Mp4Writer
 from engines.errors import EngineError
 from engines.face import load_face_analyzer
@@ -34,8 +41,9 @@ from handlers import Progress, engine_choice
 from handlers.errors import TaskError
 from handlers.inputs import fetch_image, read_image, timed
 from handlers.outputs import new_id, resolve_store, upload
-from handlers.schemas import GenerateVideoRequest, GenerateVideoResult, Voice
+from handlers.schemas import GenerateVideoRequest, GenerateVideoResult, StreamSegment, Voice
 from handlers.settings import Settings
+from handlers.streaming import SegmentPublisher
 from storage.avatar.cache import ensure_avatar_local
 from storage.avatar.validate import LoadedAvatar, load_avatar
 from storage.keys import video_key
@@ -66,6 +74,16 @@ def describe(settings: Settings) -> dict[str, Any]:
 
 
 def run(request: GenerateVideoRequest, settings: Settings, progress: Progress) -> GenerateVideoResult:
+    (result,) = deque(stream(request, settings, progress), maxlen=1)
+    assert isinstance(result, GenerateVideoResult)
+    return result
+
+
+def stream(
+    request: GenerateVideoRequest, settings: Settings, progress: Progress
+) -> Iterator[StreamSegment | GenerateVideoResult]:
+    """The task as a sequence: a ``StreamSegment`` per stored segment (``stream: true`` only), the result last."""
+    started = time.perf_counter()
     _FRAMES.resize(settings.avatar_frame_cache_mb * MIB)
     timings: dict[str, float] = {}
     store = resolve_store(request.store, settings)
@@ -82,12 +100,24 @@ def run(request: GenerateVideoRequest, settings: Settings, progress: Progress) -
         with timed(timings, "tts"):
             audio = _speech(request, audio_path, settings)
         output = work / f"{video_id}.mp4"
-        stats = _render(engine, avatar, audio, output, settings, progress, timings)
-        progress("upload", STAGE_START["upload"])
-        with timed(timings, "upload"):
-            stored = upload(store, output, video_key(request.user_id, video_id), settings, VIDEO_CONTENT_TYPE)
+        plan = SegmentPlan(FPS)
+        publisher = (
+            SegmentPublisher(store, request.user_id, video_id, settings, plan, work, started)
+            if request.stream
+            else None
+        )
+        try:
+            stats = yield from _render(engine, avatar, audio, output, settings, progress, timings, publisher)
+            playlist = publisher.finish() if publisher is not None else None
+            progress("upload", STAGE_START["upload"])
+            with timed(timings, "upload"):
+                stored = upload(store, output, video_key(request.user_id, video_id), settings, VIDEO_CONTENT_TYPE)
+        except BaseException:  # also a consumer that stops iterating (GeneratorExit): nothing half-published
+            if publisher is not None:
+                publisher.discard()
+            raise
     progress("done", 1.0)
-    return GenerateVideoResult(
+    yield GenerateVideoResult(
         video=stored,
         video_id=video_id,
         num_frames=stats.num_frames,
@@ -97,6 +127,7 @@ def run(request: GenerateVideoRequest, settings: Settings, progress: Progress) -
         height=stats.height,
         timings_ms=timings,
         engine=engine_info,
+        playlist=playlist,
     )
 
 
@@ -192,22 +223,28 @@ def _render(
     settings: Settings,
     progress: Progress,
     timings: dict[str, float],
-) -> EncodeStats:
-    """Stream the engine's frames into the mp4 writer; fills the features/render/encode timings."""
+    publisher: SegmentPublisher | None,
+) -> Generator[StreamSegment, None, EncodeStats]:
+    """Stream the engine's frames into the mp4 writer, publishing segments as they are finished;
+    fills the features/render/encode timings."""
     height, width = avatar.frames[0].shape[:2]
-    writer = Mp4Writer(
-        output,
-        width,
-        height,
-        fps=FPS,
-        crf=settings.video_crf,
-        preset=settings.video_preset,
-        audio=audio.samples,
-        sample_rate=SAMPLE_RATE,
-    )
+    options = {
+        "fps": FPS,
+        "crf": settings.video_crf,
+        "preset": settings.video_preset,
+        "audio": audio.samples,
+        "sample_rate": SAMPLE_RATE,
+    }
+    if publisher is None:
+        writer: Mp4Writer = Mp4Writer(output, width, height, **options)
+    else:
+        segment_dir = output.parent / "segments"
+        writer = SegmentedMp4Writer(output, segment_dir, width, height, plan=SegmentPlan(FPS), **options)
     with writer:
-        features_s, engine_s = _stream(engine.render(avatar, audio), writer, audio.num_frames, progress)
+        frames = engine.render(avatar, audio)
+        features_s, engine_s = yield from _stream(frames, writer, audio.num_frames, progress, publisher)
     stats = writer.close()
+    yield from _publish_ready(writer, publisher)
     timings.update(
         features=round(features_s * 1000, 1),
         render=round((engine_s - features_s) * 1000, 1),
@@ -218,7 +255,13 @@ def _render(
     return stats
 
 
-def _stream(frames: Iterator[np.ndarray], writer: Mp4Writer, total: int, progress: Progress) -> tuple[float, float]:
+def _stream(
+    frames: Iterator[np.ndarray],
+    writer: Mp4Writer,
+    total: int,
+    progress: Progress,
+    publisher: SegmentPublisher | None,
+) -> Generator[StreamSegment, None, tuple[float, float]]:
     """Write ``total`` frames; returns (seconds until the first frame, seconds spent inside the engine)."""
     first_s = engine_s = 0.0
     span = STAGE_START["upload"] - STAGE_START["render"]
@@ -231,6 +274,15 @@ def _stream(frames: Iterator[np.ndarray], writer: Mp4Writer, total: int, progres
         if frame is None:
             raise EngineError("render_failed", f"the lip-sync engine stopped after {i} of {total} frames")
         writer.write(frame)
+        yield from _publish_ready(writer, publisher)
         if i % PROGRESS_EVERY_FRAMES == 0:
             progress("render", STAGE_START["render"] + span * i / total)
     return first_s, engine_s
+
+
+def _publish_ready(writer: Mp4Writer, publisher: SegmentPublisher | None) -> Iterator[StreamSegment]:
+    """Store the segments the encoder has finished since the last call (streamed requests only)."""
+    if publisher is None or not isinstance(writer, SegmentedMp4Writer):
+        return
+    for segment in writer.pop_segments():
+        yield publisher.publish(segment, writer.init_path)

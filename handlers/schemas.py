@@ -111,6 +111,11 @@ class GenerateVideoRequest(TaskRequest):
     voice: Voice = Field(default_factory=Voice)
     engine: LipSyncEngineName = LipSyncEngineName.auto
     video_id: Identifier | None = Field(None, description="Output id; generated when absent.")
+    stream: bool = Field(
+        False,
+        description="Also store the video as fMP4 segments plus an HLS playlist while it renders "
+        "(`generated-videos/{user_id}/{video_id}/stream/index.m3u8`); streaming callers get one item per segment.",
+    )
 
     @model_validator(mode="after")
     def _one_source_each(self) -> "GenerateVideoRequest":
@@ -189,6 +194,22 @@ class GenerateVideoResult(BaseModel):
     height: int
     timings_ms: dict[str, float]
     engine: dict[str, Any]
+    playlist: StoredObject | None = Field(
+        None,
+        description="The HLS playlist (ended) of a `stream: true` request; absent otherwise.",
+        exclude_if=lambda value: value is None,
+    )
+
+
+class StreamSegment(BaseModel):
+    """One item of a streamed generate_video: a segment already in the store (the result comes last)."""
+
+    index: int
+    uri: str
+    url: str | None
+    duration_s: float
+    playlist_uri: str
+    timings_ms: dict[str, float] = Field(description="`ready`: request start to segment stored; `upload`.")
 
 
 class EmotionRender(BaseModel):

@@ -17,6 +17,11 @@ def video_key(user_id: str, video_id: str) -> str:
     return f"{VIDEOS_PREFIX}{user_id}/{video_id}.mp4"
 
 
+def stream_key(user_id: str, video_id: str, name: str) -> str:
+    """A streamed video's HLS playlist, init segment and media segments, next to its mp4."""
+    return f"{VIDEOS_PREFIX}{user_id}/{video_id}/stream/{name}"
+
+
 def emotion_key(user_id: str, render_id: str, emotion: str, ext: str) -> str:
     return f"{EMOTIONS_PREFIX}{user_id}/{render_id}_{emotion}.{ext}"
 
