@@ -1,20 +1,27 @@
 """A local emulator of RunPod's serverless REST API, running our real ``handlers.dispatch`` on worker threads.
 
-Routes as RunPod: POST ``/v2/{endpoint_id}/run`` and ``/runsync``, GET (or POST) ``/status/{job_id}``,
-POST ``/cancel/{job_id}``, GET ``/health``; bearer-key check when ``api_key`` is set; job states
-IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, CANCELLED, TIMED_OUT; the policy's ``executionTimeout`` and
-``ttl`` (past it the job is gone: 404); a webhook POST of the final job JSON (retried twice). Progress
-reported by a task shows as the job's ``output`` while IN_PROGRESS, as with the SDK's progress_update.
-Extra route: GET ``/emulator/stats`` (jobs submitted, executed, finished, webhooks delivered).
+Every documented operation under ``/v2/{endpoint_id}/``: POST ``run``, ``runsync`` (``?wait=`` ms), GET (or
+POST) ``status/{job_id}``, GET ``stream/{job_id}``, POST ``cancel/{job_id}``, ``retry/{job_id}`` (FAILED
+or TIMED_OUT only, same id), ``purge-queue``, GET ``health``. The key is checked when ``api_key`` is set,
+given as RunPod documents it (``authorization: <key>``) or as ``Bearer <key>``. Job states IN_QUEUE,
+IN_PROGRESS, COMPLETED, FAILED, CANCELLED, TIMED_OUT. ``policy.executionTimeout`` stops a running job when
+it passes (the task is cancelled at its next stage and writes nothing; TIMED_OUT); ``policy.ttl`` drops a
+job (queued jobs never run; status 404). A webhook POST of the final job JSON (retried twice).
+
+Jobs run through a RunPod-style handler (``job -> result``, or a generator streaming its items), turned into
+answers as the worker SDK does (``orchestrator.emulator_jobs``). The default handler is our worker's:
+``handlers.dispatch`` with progress shown as the job's ``output`` while IN_PROGRESS, and a failure's
+``error`` the JSON ``{"error_code", "error"}`` as ``runpod_handler`` returns it. A plain handler's output is
+also the one item of its ``stream``. Extra route: GET ``/emulator/stats``.
 
 ``Faults`` injects failures for tests; every fault is off by default and set explicitly.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
-import socket
 import threading
 import time
 import uuid
@@ -22,7 +29,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -30,10 +37,14 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 import handlers
+from handlers.errors import TaskCancelled
+from orchestrator.background_server import BackgroundServer
+from orchestrator.emulator_jobs import FINAL_STATES, RETRYABLE_STATES, EmulatedJob, JobHandler, run_handler
 
 log = logging.getLogger(__name__)
 
-FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+__all__ = ["BackgroundServer", "Faults", "RunpodEmulator", "create_emulator_app", "worker_failure"]
+
 DEFAULT_EXECUTION_TIMEOUT_MS = 600_000
 DEFAULT_TTL_MS = 86_400_000
 RUNSYNC_WAIT_MS = 90_000
@@ -54,41 +65,9 @@ class Faults:
     hold_queue: bool = False  # workers take no jobs: everything stays IN_QUEUE
 
 
-@dataclass
-class EmulatedJob:
-    id: str
-    endpoint_id: str
-    input: dict[str, Any]
-    webhook: str | None
-    execution_timeout_s: float
-    ttl_s: float
-    status: str = "IN_QUEUE"
-    created: float = field(default_factory=time.monotonic)
-    started: float | None = None
-    finished: float | None = None
-    output: Any = None
-    error: str | None = None
-    worker_id: str | None = None
-    stop: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def to_json(self) -> dict[str, Any]:
-        now = time.monotonic()
-        body: dict[str, Any] = {"id": self.id, "status": self.status}
-        body["delayTime"] = int(((self.started or now) - self.created) * 1000)
-        if self.started is not None:
-            body["executionTime"] = int(((self.finished or now) - self.started) * 1000)
-        if self.output is not None:
-            body["output"] = self.output
-        if self.error is not None:
-            body["error"] = self.error
-        if self.worker_id:
-            body["workerId"] = self.worker_id
-        return body
-
-
-class _Aborted(Exception):
-    """Raised from a task's progress callback once its job was cancelled or timed out."""
+def worker_failure(code: str, message: str) -> dict[str, Any]:
+    """A failed task as our RunPod worker returns it: ``error`` is the JSON ``{"error_code", "error"}``."""
+    return {"error": json.dumps({"error_code": code, "error": message}), "error_code": code}
 
 
 class RunpodEmulator:
@@ -103,6 +82,8 @@ class RunpodEmulator:
         api_key: str | None = None,
         faults: Faults | None = None,
         webhook_retry_delay_s: float = 1.0,
+        handler: JobHandler | None = None,
+        return_aggregate_stream: bool = False,
     ) -> None:
         self.endpoint_ids = set(endpoint_ids)
         self.workers = workers
@@ -110,6 +91,8 @@ class RunpodEmulator:
         self.api_key = api_key
         self.faults = faults or Faults()
         self.webhook_retry_delay_s = webhook_retry_delay_s
+        self.handler = handler
+        self.return_aggregate_stream = return_aggregate_stream
         self.jobs: dict[str, EmulatedJob] = {}
         self.counts: Counter[str] = Counter()
         self._queue: queue.Queue[EmulatedJob] = queue.Queue()
@@ -176,7 +159,7 @@ class RunpodEmulator:
             return self._expire(job)
 
     def _expire(self, job: EmulatedJob) -> EmulatedJob | None:
-        """Apply the job's TTL (gone) and execution timeout (TIMED_OUT) lazily, as they are read."""
+        """Apply the job's TTL (gone, stopped if running) and execution timeout (TIMED_OUT)."""
         now = time.monotonic()
         if now - job.created > job.ttl_s:
             job.stop.set()
@@ -194,9 +177,33 @@ class RunpodEmulator:
                 self._finish(job, "CANCELLED")
             return job
 
+    def retry(self, endpoint_id: str, job_id: str) -> EmulatedJob | None:
+        """Requeue a FAILED or TIMED_OUT job under its id; ValueError for any other state."""
+        with self._lock:
+            job = self.get(endpoint_id, job_id)
+            if job is None:
+                return None
+            if job.status not in RETRYABLE_STATES:
+                raise ValueError(f"Only FAILED or TIMED_OUT jobs can be retried; this one is {job.status}.")
+            job.requeue()
+            self.counts["retried"] += 1
+        self._queue.put(job)
+        return job
+
+    def purge_queue(self, endpoint_id: str) -> int:
+        """Drop the endpoint's queued jobs (running ones carry on); how many were dropped."""
+        with self._lock:
+            queued = [j for j in self.jobs.values() if j.endpoint_id == endpoint_id and j.status == "IN_QUEUE"]
+            for job in queued:
+                job.stop.set()
+                del self.jobs[job.id]
+            self.counts["purged"] += len(queued)
+        return len(queued)
+
     def health(self, endpoint_id: str) -> dict[str, Any]:
         with self._lock:
             jobs = [j for j in list(self.jobs.values()) if j.endpoint_id == endpoint_id and self._expire(j)]
+            retried = self.counts["retried"]
         states = Counter(j.status for j in jobs)
         running = states["IN_PROGRESS"]
         return {
@@ -205,7 +212,7 @@ class RunpodEmulator:
                 "failed": states["FAILED"] + states["TIMED_OUT"],
                 "inProgress": running,
                 "inQueue": states["IN_QUEUE"],
-                "retried": 0,
+                "retried": retried,
             },
             "workers": {"idle": max(0, self.workers - running), "running": running, "ready": self.workers},
         }
@@ -229,16 +236,28 @@ class RunpodEmulator:
                 self._queue.put(job)
                 continue
             with self._lock:
-                if self.jobs.get(job.id) is not job or job.status != "IN_QUEUE":
+                # purged, cancelled or past its TTL while queued: never runs
+                if self.jobs.get(job.id) is not job or job.status != "IN_QUEUE" or self._expire(job) is None:
                     continue
                 job.status, job.started, job.worker_id = "IN_PROGRESS", time.monotonic(), worker_id
                 self.counts["executed"] += 1
+            deadline = threading.Timer(job.execution_timeout_s, self._time_out, (job, job.started))
+            deadline.daemon = True
+            deadline.start()
             try:
                 self._run(job)
             except Exception:
                 log.exception("emulated worker failed on %s", job.id)
                 with self._lock:
                     self._finish(job, "FAILED", error="Emulated worker error; see the emulator logs.")
+            finally:
+                deadline.cancel()
+
+    def _time_out(self, job: EmulatedJob, started: float) -> None:
+        """The execution timeout, when it passes: TIMED_OUT now; the task stops at its next stage."""
+        with self._lock:
+            if job.status == "IN_PROGRESS" and job.started == started and self.jobs.get(job.id) is job:
+                self._finish(job, "TIMED_OUT")
 
     def _run(self, job: EmulatedJob) -> None:
         crash, lose = self.take("crash_jobs"), self.take("lose_jobs")
@@ -253,24 +272,40 @@ class RunpodEmulator:
                 else:
                     self._finish(job, "FAILED", error=CRASH_MESSAGE)
             return
-
-        def progress(stage: str, fraction: float) -> None:
-            if job.stop.is_set():
-                raise _Aborted(job.id)
-            job.output = {"stage": stage, "fraction": round(float(fraction), 4)}
-
-        result = handlers.dispatch(job.input, self.settings, progress)
+        stop = job.stop  # this run's: a retry gives the job a new one
+        outcome = run_handler(
+            self.handler or self._worker_handler(job),
+            {"id": job.id, "input": job.input},
+            on_item=job.stream.append,
+            stopped=stop.is_set,
+            aggregate_stream=self.return_aggregate_stream,
+        )
         with self._lock:
-            if job.status != "IN_PROGRESS" or self.jobs.get(job.id) is not job:
+            if outcome is None or stop.is_set() or self.jobs.get(job.id) is not job:
                 return  # cancelled, timed out or expired meanwhile: the result is dropped
             if time.monotonic() - (job.started or 0) > job.execution_timeout_s:
                 self._finish(job, "TIMED_OUT")
-            elif isinstance(result, dict) and "error" in result:
-                # as the SDK does: `error` moves out of the output, the rest (error_code) stays in it
-                rest = {k: v for k, v in result.items() if k != "error"}
-                self._finish(job, "FAILED", output=rest or None, error=str(result["error"]))
-            else:
-                self._finish(job, "COMPLETED", output=result)
+                return
+            if outcome.status == "COMPLETED" and not outcome.streamed:
+                job.stream.append(outcome.output)
+            self._finish(job, outcome.status, output=outcome.output, error=outcome.error)
+
+    def _worker_handler(self, job: EmulatedJob) -> JobHandler:
+        """Our RunPod worker's handler for this job: dispatch, progress shown as output, stop on cancel."""
+        stop = job.stop
+
+        def progress(stage: str, fraction: float) -> None:
+            if stop.is_set():
+                raise TaskCancelled(f"job {job.id} was stopped")
+            job.output = {"stage": stage, "fraction": round(float(fraction), 4)}
+
+        def run(request: dict[str, Any]) -> dict[str, Any]:
+            result = handlers.dispatch(request["input"], self.settings, progress)
+            if "error_code" in result:
+                return worker_failure(result["error_code"], result["error"])
+            return result
+
+        return run
 
     def _finish(self, job: EmulatedJob, status: str, *, output: Any = None, error: str | None = None) -> None:
         """Move a job to a final state (caller holds the lock) and send its webhook."""
@@ -307,9 +342,19 @@ def create_emulator_app(
     *,
     api_key: str | None = None,
     faults: Faults | None = None,
+    handler: JobHandler | None = None,
+    return_aggregate_stream: bool = False,
 ) -> FastAPI:
     """The emulated RunPod API as a FastAPI app; ``app.state.emulator`` is its ``RunpodEmulator``."""
-    emulator = RunpodEmulator(endpoint_ids, workers, settings, api_key=api_key, faults=faults)
+    emulator = RunpodEmulator(
+        endpoint_ids,
+        workers,
+        settings,
+        api_key=api_key,
+        faults=faults,
+        handler=handler,
+        return_aggregate_stream=return_aggregate_stream,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -327,8 +372,9 @@ def create_emulator_app(
         return await call_next(request)
 
     def endpoint(endpoint_id: str, request: Request) -> str:
-        if emulator.api_key and request.headers.get("authorization") != f"Bearer {emulator.api_key}":
-            raise HTTPException(401, "Unauthorized: a valid `Authorization: Bearer <api key>` header is required.")
+        key = emulator.api_key
+        if key and request.headers.get("authorization") not in (key, f"Bearer {key}"):
+            raise HTTPException(401, "Unauthorized: send the API key as `Authorization: <key>` (or `Bearer <key>`).")
         if endpoint_id not in emulator.endpoint_ids:
             raise HTTPException(404, f"Endpoint {endpoint_id!r} not found.")
         return endpoint_id
@@ -337,10 +383,10 @@ def create_emulator_app(
     return app
 
 
-def _job_or_404(job: EmulatedJob | None) -> dict[str, Any]:
+def _job_or_404(job: EmulatedJob | None) -> EmulatedJob:
     if job is None:
         raise HTTPException(404, "request does not exist")
-    return job.to_json()
+    return job
 
 
 def _add_routes(app: FastAPI, emulator: RunpodEmulator, endpoint: Any) -> None:
@@ -364,12 +410,29 @@ def _add_routes(app: FastAPI, emulator: RunpodEmulator, endpoint: Any) -> None:
 
     @app.api_route("/v2/{endpoint_id}/status/{job_id}", methods=["GET", "POST"])
     def status(job_id: str, endpoint_id: str = Depends(endpoint)) -> dict[str, Any]:
-        return _job_or_404(emulator.get(endpoint_id, job_id))
+        return _job_or_404(emulator.get(endpoint_id, job_id)).to_json()
+
+    @app.get("/v2/{endpoint_id}/stream/{job_id}")
+    def stream(job_id: str, endpoint_id: str = Depends(endpoint)) -> dict[str, Any]:
+        with emulator._lock:
+            return _job_or_404(emulator.get(endpoint_id, job_id)).take_stream()
 
     @app.post("/v2/{endpoint_id}/cancel/{job_id}")
     def cancel(job_id: str, endpoint_id: str = Depends(endpoint)) -> dict[str, Any]:
         job = _job_or_404(emulator.cancel(endpoint_id, job_id))
-        return {"id": job["id"], "status": job["status"]}
+        return {"id": job.id, "status": job.status}
+
+    @app.post("/v2/{endpoint_id}/retry/{job_id}")
+    def retry(job_id: str, endpoint_id: str = Depends(endpoint)) -> Any:
+        try:
+            job = _job_or_404(emulator.retry(endpoint_id, job_id))
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return {"id": job.id, "status": job.status}
+
+    @app.post("/v2/{endpoint_id}/purge-queue")
+    def purge_queue(endpoint_id: str = Depends(endpoint)) -> dict[str, Any]:
+        return {"removed": emulator.purge_queue(endpoint_id), "status": "completed"}
 
     @app.get("/v2/{endpoint_id}/health")
     def health(endpoint_id: str = Depends(endpoint)) -> dict[str, Any]:
@@ -378,41 +441,3 @@ def _add_routes(app: FastAPI, emulator: RunpodEmulator, endpoint: Any) -> None:
     @app.get("/emulator/stats")
     def stats() -> dict[str, int]:
         return emulator.stats()
-
-
-class BackgroundServer:
-    """Serve an ASGI app with uvicorn on a thread, on a port chosen by the OS (tests, benchmarks)."""
-
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
-        import uvicorn
-
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
-        self.host, self.port = self._socket.getsockname()[:2]
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout_s: float = 10.0) -> BackgroundServer:
-        self._thread.start()
-        give_up = time.monotonic() + timeout_s
-        while not self._server.started:
-            if time.monotonic() > give_up or not self._thread.is_alive():
-                raise RuntimeError(f"uvicorn did not start on {self.url}")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
-        self._socket.close()
-
-    def __enter__(self) -> BackgroundServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
