@@ -349,9 +349,9 @@ def emulate_runpod(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8090,
     workers: Annotated[int, typer.Option("--workers", min=1, max=64)] = 2,
-    api_key: Annotated[
-        str | None, typer.Option("--api-key", envvar="EMULATOR_API_KEY", help="Require this bearer key.")
-    ] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="EMULATOR_API_KEY", help="Require this key.")] = None,
+    handler: Annotated[str | None, typer.Option(help="A RunPod handler to run: module:function.")] = None,
+    return_aggregate_stream: Annotated[bool, typer.Option(help="A generator's output: all its items.")] = False,
     log_level: LogLevelOption = "info",
 ) -> None:
     """Serve a local RunPod API emulator that runs jobs with this checkout's handlers."""
@@ -359,7 +359,8 @@ def emulate_runpod(
 
     from orchestrator.emulator import create_emulator_app
 
-    emulator = create_emulator_app(endpoint_ids, workers=workers, api_key=api_key)
+    options = {"handler": handler, "return_aggregate_stream": return_aggregate_stream}
+    emulator = create_emulator_app(endpoint_ids, workers=workers, api_key=api_key, **options)
     err.print(
         f"RunPod emulator: set RUNPOD_BASE_URL=http://{host}:{port}/v2 and e.g."
         f" BACKEND_RENDER_EMOTION=runpod:{endpoint_ids[0]}",

@@ -8,17 +8,15 @@ IN_PROGRESS, COMPLETED, FAILED, CANCELLED, TIMED_OUT. ``policy.executionTimeout`
 it passes (the task is cancelled at its next stage and writes nothing; TIMED_OUT); ``policy.ttl`` drops a
 job (queued jobs never run; status 404). A webhook POST of the final job JSON (retried twice).
 
-Jobs run through a RunPod-style handler (``job -> result``, or a generator streaming its items), turned into
-answers as the worker SDK does (``orchestrator.emulator_jobs``). The default handler is our worker's:
-``handlers.dispatch`` with progress shown as the job's ``output`` while IN_PROGRESS, and a failure's
-``error`` the JSON ``{"error_code", "error"}`` as ``runpod_handler`` returns it. A plain handler's output is
-also the one item of its ``stream``. Extra route: GET ``/emulator/stats``.
-
-``Faults`` injects failures for tests; every fault is off by default and set explicitly.
+Jobs run through a RunPod handler (``job -> result``, or a generator), answered as the worker SDK does
+(``orchestrator.emulator_jobs``). The default handler is our worker's: ``handlers.dispatch``, progress as
+the ``output`` while IN_PROGRESS, a failure's ``error`` the JSON ``{"error_code", "error"}``. A plain
+handler's output is the one item of its ``stream``. GET ``/emulator/stats``; ``Faults`` for tests.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import queue
@@ -43,7 +41,7 @@ from orchestrator.emulator_jobs import FINAL_STATES, RETRYABLE_STATES, EmulatedJ
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BackgroundServer", "Faults", "RunpodEmulator", "create_emulator_app", "worker_failure"]
+__all__ = ["BackgroundServer", "Faults", "RunpodEmulator", "create_emulator_app", "load_handler", "worker_failure"]
 
 DEFAULT_EXECUTION_TIMEOUT_MS = 600_000
 DEFAULT_TTL_MS = 86_400_000
@@ -68,6 +66,15 @@ class Faults:
 def worker_failure(code: str, message: str) -> dict[str, Any]:
     """A failed task as our RunPod worker returns it: ``error`` is the JSON ``{"error_code", "error"}``."""
     return {"error": json.dumps({"error_code": code, "error": message}), "error_code": code}
+
+
+def load_handler(spec: str) -> JobHandler:
+    """``module:function`` (e.g. ``runpod_handler:handler``) as the handler the emulated workers run."""
+    module, _, name = spec.partition(":")
+    handler = getattr(importlib.import_module(module), name or "handler", None)
+    if not callable(handler):
+        raise ValueError(f"{spec!r} names no callable handler (use module:function).")
+    return handler
 
 
 class RunpodEmulator:
@@ -342,7 +349,7 @@ def create_emulator_app(
     *,
     api_key: str | None = None,
     faults: Faults | None = None,
-    handler: JobHandler | None = None,
+    handler: JobHandler | str | None = None,
     return_aggregate_stream: bool = False,
 ) -> FastAPI:
     """The emulated RunPod API as a FastAPI app; ``app.state.emulator`` is its ``RunpodEmulator``."""
@@ -352,7 +359,7 @@ def create_emulator_app(
         settings,
         api_key=api_key,
         faults=faults,
-        handler=handler,
+        handler=load_handler(handler) if isinstance(handler, str) else handler,
         return_aggregate_stream=return_aggregate_stream,
     )
 

@@ -194,3 +194,19 @@ def test_generator_handlers_stream_their_items(local_settings, monkeypatch, aggr
         assert failing.output(timeout=30) is None and failing.status() == "FAILED"
         body = httpx.get(f"{server.url}/v2/{ENDPOINT_ID}/status/{failing.job_id}").json()
         assert body["error"] == "step failed" and "output" not in body
+
+
+def test_the_real_worker_handler_runs_under_the_emulator_with_the_same_answers(
+    sdk_emulator, local_settings, monkeypatch
+):
+    import runpod_handler
+
+    monkeypatch.setattr(runpod_handler, "_state", None)  # a fresh worker for this test, restored after
+    app = create_emulator_app([ENDPOINT_ID], workers=1, settings=local_settings, handler="runpod_handler:handler")
+    with BackgroundServer(app) as server:
+        for payload in ({"task": "health"}, {"task": "health", "colour": "blue"}):
+            real = httpx.post(f"{server.url}/v2/{ENDPOINT_ID}/runsync", json={"input": payload}, timeout=60).json()
+            ours = raw(sdk_emulator, "POST", "runsync", json={"input": payload}).json()
+            assert real["status"] == ours["status"] and real.keys() == ours.keys()
+            assert real.get("error") == ours.get("error")
+            assert (real.get("output") or {}).keys() == (ours.get("output") or {}).keys()
