@@ -11,12 +11,17 @@ the container rebuilds the same app definition; the tasks' own settings (AVATAR_
 GCS_* credentials, WORKER_TASKS) come from the Modal Secrets named in MODAL_WORKER_SECRETS.
 Importing this module loads no engine and needs no Modal token; ``Worker().health.local()`` runs a
 task in-process.
+
+``generate_video_stream`` is a generator method: with ``stream=True`` it yields one small item per
+segment stored (``{"index", "uri", "url", "duration_s", "playlist_uri", "timings_ms"}``), then the
+usual result; call it with ``.remote_gen(...)`` (``for item in ...``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +147,14 @@ class Worker:
     @modal.method()
     def generate_video(self, **fields: Any) -> dict[str, Any]:
         return self._run(TaskName.generate_video, fields)
+
+    @modal.method()
+    def generate_video_stream(self, **fields: Any) -> Iterator[dict[str, Any]]:
+        """generate_video as a sequence: an item per stored segment (``stream=True``), then the result."""
+        if self.load_errors:
+            yield self._unhealthy()
+            return
+        yield from handlers.dispatch_stream({**fields, "task": TaskName.generate_video.value}, self.settings)
 
     @modal.method()
     def render_emotion(self, **fields: Any) -> dict[str, Any]:

@@ -10,6 +10,13 @@ result dict, with media in the object store, never in the result. A failed job r
 ``{"error": ..., "error_code": ...}`` where ``error`` is the JSON text ``{"error_code", "error"}``:
 the SDK forwards only ``error`` to the caller of a failed job (its local runner and API server drop
 the rest), so the stable code travels inside it, JSON-encoded as the SDK encodes handler exceptions.
+
+With ``WORKER_STREAM=1`` the worker is a generator handler (``stream_handler``, started with
+``return_aggregate_stream``): a ``generate_video`` job with ``stream: true`` yields one small item per
+stored segment (``{"index", "uri", "url", "duration_s", "playlist_uri", "timings_ms"}``), delivered by
+``/stream/{id}``, then the usual result; every other job yields just its result. ``/status`` then
+answers RunPod's aggregate: the list of everything yielded, the result last. A failure is yielded as
+the same ``{"error", "error_code"}``, which the SDK turns into a FAILED job.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ PROGRESS_MIN_STEP = 0.05
 RUNPOD_OUTPUT_URL_ENV = "RUNPOD_WEBHOOK_POST_OUTPUT"
 PROC_CPUINFO = Path("/proc/cpuinfo")
 SDK_MODULE = "runpod.serverless"
+STREAM_ENV = "WORKER_STREAM"  # "1": serve the generator handler (streamed segments)
 
 ProgressSender = Callable[[dict[str, Any], dict[str, Any]], None]
 
@@ -159,9 +167,30 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
     state = init_worker()
     if state.load_errors:
         return unhealthy(state.load_errors)
-    payload = job.get("input")
     started = time.perf_counter()
-    result = handlers.dispatch(payload, state.settings, JobProgress(job, state.send_progress))
+    result = handlers.dispatch(job.get("input"), state.settings, JobProgress(job, state.send_progress))
+    return _finished(job, result, started)
+
+
+def stream_handler(job: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """``handler`` as a generator: a streamed job's segment items as they are stored, then its result."""
+    state = init_worker()
+    if state.load_errors:
+        yield unhealthy(state.load_errors)
+        return
+    started = time.perf_counter()
+    progress = JobProgress(job, state.send_progress)
+    for item in handlers.dispatch_stream(job.get("input"), state.settings, progress):
+        if "error_code" in item:  # always the last item
+            yield _finished(job, item, started)
+            return
+        yield item
+    log.info("job %s streamed in %.0f ms", job.get("id"), (time.perf_counter() - started) * 1000)
+
+
+def _finished(job: dict[str, Any], result: dict[str, Any], started: float) -> dict[str, Any]:
+    """Log the job's outcome; a failure becomes the SDK's FAILED answer with the code inside ``error``."""
+    payload = job.get("input")
     task = payload.get("task") if isinstance(payload, dict) else None
     elapsed_ms = (time.perf_counter() - started) * 1000
     if "error_code" in result:
@@ -169,6 +198,13 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
         return failure(result["error_code"], result["error"])
     log.info("job %s (%s) done in %.0f ms", job.get("id"), task, elapsed_ms)
     return result
+
+
+def sdk_config() -> dict[str, Any]:
+    """What ``serverless.start`` gets: the plain handler, or the generator one when WORKER_STREAM=1."""
+    if os.environ.get(STREAM_ENV, "0").strip().lower() in ("1", "true", "yes"):
+        return {"handler": stream_handler, "return_aggregate_stream": True}
+    return {"handler": handler}
 
 
 def main() -> None:
@@ -179,7 +215,7 @@ def main() -> None:
     # force: the SDK configures the root logger itself when imported (runpod.serverless.utils.rp_upload).
     configure_logging(os.environ.get("LOG_LEVEL", "INFO").upper(), force=True)
     init_worker()
-    serverless.start({"handler": handler})
+    serverless.start(sdk_config())
 
 
 if __name__ == "__main__":

@@ -6,12 +6,14 @@ import json
 import subprocess
 from pathlib import Path
 
+import cv2
 import pytest
 
 import handlers
 import modal_app
 from handlers.settings import Settings
 from tests.entrypoints.conftest import PYTHON, REPO_ROOT, child_env, media_summary, s3_download
+from tests.media import astronaut_bgr
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Worker.*executing locally:UserWarning")
 
@@ -142,3 +144,16 @@ def test_entrypoint_refuses_bad_input_before_calling_modal() -> None:
         run_main(task="dance")
     with pytest.raises(SystemExit, match="`text`"):
         run_main(task="generate_video", avatar_id="a1", text=" ")
+
+
+def test_generate_video_stream_yields_segments_then_the_result(local_settings: Settings, tmp_path: Path) -> None:
+    portrait = tmp_path / "portrait.png"
+    cv2.imwrite(str(portrait), astronaut_bgr(256))
+    method = modal_app.Worker().generate_video_stream
+    fields = {"user_id": "m-user", "image": portrait.as_uri(), "text": "One segment at a time.", "stream": True}
+    *segments, result = list(method.local(video_id="m-stream", **fields))
+    assert segments and [s["index"] for s in segments] == list(range(len(segments)))
+    assert result["video_id"] == "m-stream" and result["playlist"]["uri"] == segments[-1]["playlist_uri"]
+    assert sum(s["duration_s"] for s in segments) == pytest.approx(result["duration_s"], abs=1e-3)
+    refused = list(modal_app.Worker().generate_video_stream.local(user_id="u", image="ftp://x", text="hi"))
+    assert len(refused) == 1 and refused[0]["error_code"] == "invalid_input"
