@@ -10,8 +10,10 @@ else names relative to the playlist. When the task fails, everything published i
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from engines.codecs.segments import (
     INIT_CONTENT_TYPE,
@@ -22,14 +24,17 @@ from engines.codecs.segments import (
     Segment,
     SegmentPlan,
     hls_playlist,
+    parse_hls_playlist,
 )
 from handlers.outputs import upload
 from handlers.schemas import StoredObject, StreamSegment
 from handlers.settings import Settings
-from storage import ObjectStore
+from storage import ObjectStore, StorageError
 from storage.keys import stream_key
 
 log = logging.getLogger(__name__)
+
+MAX_PLAYLIST_BYTES = 1024 * 1024
 
 
 class SegmentPublisher:
@@ -106,3 +111,34 @@ class SegmentPublisher:
 
     def _key(self, name: str) -> str:
         return stream_key(self._user_id, self._video_id, name)
+
+
+def published_segments(store: ObjectStore, user_id: str, video_id: str) -> tuple[list[dict[str, object]], bool]:
+    """The segments a streamed video has in the store so far (from its playlist), and whether it is complete.
+
+    For a reader that did not run the task (the orchestrator relaying a remote job): items have the
+    stream items' fields except ``timings_ms``. No playlist yet (or a failed stream's, deleted) gives ``[]``.
+    """
+    playlist_key = stream_key(user_id, video_id, PLAYLIST_NAME)
+    with tempfile.TemporaryDirectory(prefix="playlist-") as tmp:
+        try:
+            path = store.get(playlist_key, Path(tmp) / PLAYLIST_NAME, max_bytes=MAX_PLAYLIST_BYTES)
+        except StorageError as exc:
+            if exc.code == "not_found":
+                return [], False
+            raise
+        entries, ended = parse_hls_playlist(path.read_text(encoding="utf-8"))
+    items = []
+    for index, (ref, duration_s) in enumerate(entries):
+        signed = ref.startswith(("https://", "http://"))
+        name = Path(urlparse(ref).path).name if signed else ref
+        items.append(
+            {
+                "index": index,
+                "uri": store.uri(stream_key(user_id, video_id, name)),
+                "url": ref if signed else None,
+                "duration_s": duration_s,
+                "playlist_uri": store.uri(playlist_key),
+            }
+        )
+    return items, ended

@@ -23,7 +23,7 @@ import handlers
 from handlers.errors import TaskError
 from handlers.schemas import URI_SCHEMES, Emotion, ImageFormat, LipSyncEngineName, TaskName
 from orchestrator.config import OrchestratorSettings
-from orchestrator.console import err, out, print_job, print_rows, progress_of, wait_with_progress
+from orchestrator.console import err, follow_job, out, print_job, print_rows, progress_of, wait_with_progress
 from orchestrator.models import JobStatus, JobView, OrchestratorError
 from orchestrator.recover import RecoveryEvent, recover_avatars
 from orchestrator.service import JobService
@@ -107,11 +107,15 @@ def exit_code(job: JobView) -> int:
     return EXIT_FAILED if job.finished else EXIT_STILL_RUNNING
 
 
-def run_job(task: str, payload: dict[str, Any], *, wait: bool, timeout_s: float | None, as_json: bool) -> None:
-    """Submit a job, wait for it unless told not to, print it and exit with its code."""
+def run_job(
+    task: str, payload: dict[str, Any], *, wait: bool, timeout_s: float | None, as_json: bool, follow: bool = False
+) -> None:
+    """Submit a job, wait for it unless told not to (``follow``: printing its events), print it, exit with its code."""
     with job_service() as service:
         job = service.submit(task, payload)
-        if wait and not job.finished:
+        if follow:
+            job = follow_job(service, job, as_json)
+        elif wait and not job.finished:
             job = wait_with_progress(service, job, timeout_s, quiet=as_json)
         elif job.backend == "local" and not job.finished:
             err.print(
@@ -193,6 +197,10 @@ def generate(
     store: StoreOption = None,
     wait: WaitOption = True,
     timeout: TimeoutOption = None,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", help="Stream the video and print each segment as it is stored (waits to the end)."),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Make a lip-synced video from an avatar or a portrait, and text or audio (generate_video)."""
@@ -210,8 +218,9 @@ def generate(
         voice=voice_fields or None,
         video_id=video_id,
         store=store,
+        stream=follow or None,
     )
-    run_job(TaskName.generate_video.value, payload, wait=wait, timeout_s=timeout, as_json=as_json)
+    run_job(TaskName.generate_video.value, payload, wait=wait, timeout_s=timeout, as_json=as_json, follow=follow)
 
 
 @app.command()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from handlers.schemas import TaskName
+from orchestrator.events import job_events
 from orchestrator.models import JobStatus, JobView
 from orchestrator.service import JobService
 from storage import StorageError
@@ -98,3 +101,25 @@ def wait_with_progress(service: JobService, job: JobView, timeout_s: float | Non
         if job.status == JobStatus.completed.value:
             progress.update(bar, completed=1.0)
     return job
+
+
+def follow_job(service: JobService, job: JobView, as_json: bool) -> JobView:
+    """Print a job's segments on stdout as they are stored (JSON lines with ``as_json``) and its stages on
+    stderr, until it ends; returns the finished job."""
+    stage = None
+    for event in job_events(service, job.id):
+        if event is None:
+            continue
+        if event.name == "segment" and as_json:
+            typer.echo(json.dumps(event.data))
+        elif event.name == "segment":
+            segment = event.data
+            out.print(
+                f"segment {segment['index']} {segment['duration_s']:.2f} s {local_path(segment['uri'])}", markup=False
+            )
+        elif event.name == "progress" and event.data["stage"] != stage and not as_json:
+            stage = event.data["stage"]
+            err.print(
+                f"{job.task} {job.id[:8]} {event.data['status']}" + (f" · {stage}" if stage else ""), markup=False
+            )
+    return service.get(job.id) or job

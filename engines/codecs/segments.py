@@ -261,6 +261,19 @@ def hls_playlist(segments: list[tuple[str, float]], init_uri: str, target_durati
     return "\n".join(lines) + "\n"
 
 
+def parse_hls_playlist(text: str) -> tuple[list[tuple[str, float]], bool]:
+    """The ``(uri, duration_s)`` segments of a media playlist written by :func:`hls_playlist`, and whether it ended."""
+    entries: list[tuple[str, float]] = []
+    duration: float | None = None
+    for line in (line.strip() for line in text.splitlines()):
+        if line.startswith("#EXTINF:"):
+            duration = float(line[len("#EXTINF:") :].split(",", 1)[0])
+        elif line and not line.startswith("#") and duration is not None:
+            entries.append((line, duration))
+            duration = None
+    return entries, "#EXT-X-ENDLIST" in text
+
+
 __all__ = [
     "INIT_NAME",
     "PLAYLIST_NAME",
@@ -268,6 +281,7 @@ __all__ = [
     "SegmentPlan",
     "SegmentedMp4Writer",
     "hls_playlist",
+    "parse_hls_playlist",
     "remux_faststart",
     "segment_name",
 ]

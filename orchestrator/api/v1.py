@@ -3,6 +3,7 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, File, Form, Header, Query, UploadFile
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, create_model
 from pydantic.json_schema import SkipJsonSchema
 
@@ -15,6 +16,7 @@ from handlers.schemas import (
     TaskName,
 )
 from orchestrator.api.context import ApiContext
+from orchestrator.events import sse_stream
 from orchestrator.models import JobNotFound, JobStatus, JobView
 from orchestrator.service import MAX_IDEMPOTENCY_KEY_CHARS
 from orchestrator.uploads import StoredUpload, UploadKind, upload_stream
@@ -83,6 +85,21 @@ def _add_job_routes(router: APIRouter, ctx: ApiContext) -> None:
         if job is None:
             raise JobNotFound(job_id)
         return job
+
+    @router.get(
+        "/v1/jobs/{job_id}/events",
+        response_class=StreamingResponse,
+        tags=["jobs"],
+        summary="Follow a job (Server-Sent Events)",
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    def job_events(job_id: str) -> StreamingResponse:
+        """`progress` events, a streamed video's `segment` events as they are stored, then one event named
+        after the final status (`completed` with the output; `failed`, `cancelled`, `timed_out` with the error)."""
+        if ctx.service.get(job_id) is None:
+            raise JobNotFound(job_id)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(sse_stream(ctx.service, job_id), media_type="text/event-stream", headers=headers)
 
     @router.delete("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"], summary="Cancel a job")
     def cancel_job(job_id: str) -> JobView:

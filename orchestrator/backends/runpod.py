@@ -116,6 +116,8 @@ def parse_job(body: dict[str, Any]) -> RemoteStatus:
         return RemoteStatus(RemoteState.running)
     if state in (RemoteState.queued, RemoteState.running):
         return RemoteStatus(state, progress=_progress(output))
+    if state is RemoteState.completed and isinstance(output, list):
+        output = output[-1] if output else None  # a generator worker's aggregate: its result is the last item
     code = output.get("error_code") if isinstance(output, dict) else None
     if state is RemoteState.completed:
         if isinstance(output, dict) and "error" in output:

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from engines.codecs.segments import SegmentedMp4Writer, SegmentPlan, hls_playlist
+from engines.codecs.segments import SegmentedMp4Writer, SegmentPlan, hls_playlist, parse_hls_playlist
 from tests.engines.test_video_out import SR, top_level_boxes
 
 FPS = 25
@@ -125,6 +125,8 @@ def test_playlist_is_an_event_playlist_that_ends() -> None:
     assert durations == [0.4, 2.0, 1.2] and all(round(d) <= target for d in durations)
     uris = [line for line in lines if line and not line.startswith("#")]
     assert uris == ["segment_00000.m4s", "segment_00001.m4s", "segment_00002.m4s"]
+    assert parse_hls_playlist(final) == ([*entries, ("segment_00002.m4s", 1.2)], True)
+    assert parse_hls_playlist(growing) == (entries, False)
 
 
 def test_a_failed_stream_leaves_no_temporary_files(tmp_path: Path) -> None:
