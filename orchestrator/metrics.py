@@ -6,6 +6,10 @@
 - ``avatarctl_submissions_total{task, backend}``: job submissions accepted (idempotent replays included);
 - ``avatarctl_jobs{task, status}``: jobs in the database, read at scrape time.
 
+Seed 004's names, for the LivePortrait service's dashboards, over its routes (``/render``, ``/render/batch``,
+``/output/{filename}``, ``/health``): ``liveportrait_requests_total{endpoint, status}``,
+``liveportrait_request_duration_seconds{endpoint}``, ``liveportrait_errors_total{endpoint, error_code}``.
+
 ``route`` is the route template (``/v1/jobs/{job_id}``), never the raw path, so ids do not explode
 the label space; requests that match no route count as ``unmatched``.
 """
@@ -30,6 +34,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 UNMATCHED_ROUTE = "unmatched"
 JOB_LABELS = ["task", "status"]
 ERROR_CODE_STATE = "avatarctl_error_code"  # key in the ASGI scope's state where error handlers leave their code
+
+SEED_METRIC_ROUTES = frozenset({"/render", "/render/batch", "/output/{filename}", "/health"})
 
 JobCounts = Callable[[], dict[tuple[str, str], int]]
 
@@ -84,14 +90,35 @@ class ApiMetrics:
             ["task", "backend"],
             registry=self.registry,
         )
+        self._add_seed_metrics()
         if job_counts is not None:
             self.registry.register(JobsCollector(job_counts))
+
+    def _add_seed_metrics(self) -> None:
+        self.seed_requests = Counter(
+            "liveportrait_requests_total", "Seed 004 route requests.", ["endpoint", "status"], registry=self.registry
+        )
+        self.seed_latency = Histogram(
+            "liveportrait_request_duration_seconds",
+            "Latency of seed 004's routes.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.seed_errors = Counter(
+            "liveportrait_errors_total", "Seed 004 route errors.", ["endpoint", "error_code"], registry=self.registry
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float, error_code: str | None) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
         if status >= 400:
             self.errors.labels(route, error_code or f"http_{status}").inc()
+        if route in SEED_METRIC_ROUTES:
+            self.seed_requests.labels(route, str(status)).inc()
+            self.seed_latency.labels(route).observe(seconds)
+            if status >= 400:
+                self.seed_errors.labels(route, error_code or f"http_{status}").inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from handlers.errors import TaskError
 from handlers.schemas import REQUEST_MODELS
-from orchestrator.api.compat import SEED_ERROR_SHAPE_PATHS, add_compat_routes
+from orchestrator.api.compat import SEED_ERROR_SHAPE_PATHS, add_compat_routes, seed_health_fields
 from orchestrator.api.context import ApiContext, ApiError
 from orchestrator.api.v1 import add_v1_routes
 from orchestrator.config import OrchestratorSettings
@@ -84,7 +84,9 @@ def validation_message(errors: Sequence[Any]) -> str:
             message = "unknown field"
         elif err.get("type") == "json_invalid":
             loc, message = [], "the body is not valid JSON"
-        parts.append(f"`{'.'.join(loc) or 'input'}`: {message}")
+        elif str(err.get("type")).startswith("union_tag_"):  # POST /v1/jobs: a missing or unknown `task`
+            loc = [str((err.get("ctx") or {}).get("discriminator", "task")).strip("'")]
+        parts.append(f"`{'.'.join(loc)}`: {message}" if loc else message)  # a whole-body check names its fields
     return "Invalid input: " + "; ".join(parts)
 
 
@@ -151,12 +153,14 @@ def require_token(ctx: ApiContext) -> Callable[..., None]:
 
 
 def _add_health_routes(router: APIRouter, ctx: ApiContext) -> None:
-    def health_report(ok_word: str, authorization: str | None) -> JSONResponse:
+    def health_report(ok_word: str, authorization: str | None, seed_fields: bool = False) -> JSONResponse:
         report = ctx.health()
         ok = report.get("status") == "ok"
         body = {**report, "status": ok_word if ok else "degraded", "ok": ok}
         if not ctx.token_ok(authorization):  # public: the verdict only; endpoints and store URIs need the token
             body = {"status": body["status"], "ok": ok, "db": {"ok": bool(report["db"].get("ok"))}}
+        if seed_fields:
+            body.update(seed_health_fields(ctx, report))
         # Only a dead database makes the API unusable; a degraded backend still takes other tasks.
         return JSONResponse(body, status_code=200 if report["db"].get("ok") else 503)
 
@@ -164,9 +168,9 @@ def _add_health_routes(router: APIRouter, ctx: ApiContext) -> None:
     def healthz(authorization: str | None = Header(None, include_in_schema=False)) -> JSONResponse:
         return health_report("ok", authorization)
 
-    @router.get("/health", tags=["health"], summary="The same report, seed 004's `healthy` wording")
+    @router.get("/health", tags=["health"], summary="The same report, seed 004's `healthy` wording and GPU fields")
     def health(authorization: str | None = Header(None, include_in_schema=False)) -> JSONResponse:
-        return health_report("healthy", authorization)
+        return health_report("healthy", authorization, seed_fields=True)
 
     @router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
     def metrics() -> Response:

@@ -7,22 +7,25 @@ to the store under ``uploads/{user_id}/`` first (deleted again when no job was c
 
 import base64
 import binascii
+import functools
 import io
+import json
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 from starlette.background import BackgroundTask
 
+import handlers.health
 from handlers.errors import TaskError
 from handlers.schemas import Emotion, Identifier, ImageFormat, LipSyncEngineName, TaskName
 from orchestrator.api.context import ApiContext, ApiError
+from orchestrator.config import parse_backend_spec
 from orchestrator.models import JobStatus, JobView
 from orchestrator.uploads import UploadKind, upload_stream
 from storage import ObjectStore
@@ -77,7 +80,8 @@ class SeedGenerateAnswer(BaseModel):
 
 
 class SeedRenderAnswer(BaseModel):
-    """Seed 004's render answer (``output_path`` is the store URI of the image)."""
+    """Seed 004's render answer (``output_path`` is the store URI of the image). Its server answers snake_case
+    and its TypeScript client reads camelCase (``latencyMs``, ``gpuUsed``...): both are given."""
 
     output_path: str
     filename: str
@@ -91,12 +95,21 @@ class SeedRenderAnswer(BaseModel):
     url: str | None = None
     job_id: str
 
+    @computed_field
+    def outputPath(self) -> str:
+        return self.output_path
 
-class SeedBatchAnswer(BaseModel):
-    job_id: str
-    results: list[SeedRenderAnswer]
-    count: int
-    latency_ms: float = Field(description="Wall time of the whole request.")
+    @computed_field
+    def latencyMs(self) -> float:
+        return self.latency_ms
+
+    @computed_field
+    def gpuUsed(self) -> bool:
+        return self.gpu_used
+
+    @computed_field
+    def modelVersion(self) -> str:
+        return self.model_version
 
 
 class DeletedOutput(BaseModel):
@@ -141,8 +154,21 @@ def _seed_render(job: JobView, render: dict[str, Any]) -> SeedRenderAnswer:
     )
 
 
+def _emotion_names(value: str) -> list[str]:
+    """One `emotions` form value: a name, names separated by commas, or a JSON array of names."""
+    if not value.strip().startswith("["):
+        return value.split(",")
+    try:
+        names = json.loads(value)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise TaskError("invalid_input", f"`emotions`: {value!r} is not a JSON array of emotion names.")
+    return names
+
+
 def _parse_emotions(values: list[str]) -> list[str]:
-    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    names = [name.strip() for value in values for name in _emotion_names(value) if name.strip()]
     allowed = [e.value for e in Emotion]
     for name in names:
         if name not in allowed:
@@ -174,7 +200,7 @@ def _add_seed_render_routes(router: APIRouter, ctx: ApiContext) -> None:
     @router.post("/render", response_model=SeedRenderAnswer, tags=["seed routes"], summary="Render one emotion")
     def render(
         source_image: UploadFile = File(...),
-        emotion: Emotion = Form(...),
+        emotion: Emotion = Form(Emotion.neutral),
         intensity: float = Form(0.7, ge=0.0, le=1.0),
         output_format: ImageFormat = Form(ImageFormat.png),
         user_id: Identifier = Form(DEFAULT_USER_ID),
@@ -183,20 +209,19 @@ def _add_seed_render_routes(router: APIRouter, ctx: ApiContext) -> None:
         job = render_job(source_image, user_id, fields)
         return _seed_render(job, job.output["renders"][0])
 
-    @router.post("/render/batch", response_model=SeedBatchAnswer, tags=["seed routes"], summary="Render emotions")
+    @router.post(
+        "/render/batch", response_model=list[SeedRenderAnswer], tags=["seed routes"], summary="Render emotions"
+    )
     def render_batch(
         source_image: UploadFile = File(...),
-        emotions: list[str] = Form(..., description="Repeat the field, or separate names with commas."),
+        emotions: list[str] = Form(..., description="Repeat the field, separate names with commas, or a JSON array."),
         intensity: float = Form(0.7, ge=0.0, le=1.0),
         output_format: ImageFormat = Form(ImageFormat.png),
         user_id: Identifier = Form(DEFAULT_USER_ID),
-    ) -> SeedBatchAnswer:
-        started = time.perf_counter()
+    ) -> list[SeedRenderAnswer]:
         fields = {"emotions": _parse_emotions(emotions), "intensity": intensity, "output_format": output_format.value}
         job = render_job(source_image, user_id, fields)
-        results = [_seed_render(job, render) for render in job.output["renders"]]
-        latency_ms = round((time.perf_counter() - started) * 1000, 1)
-        return SeedBatchAnswer(job_id=job.id, results=results, count=len(results), latency_ms=latency_ms)
+        return [_seed_render(job, render) for render in job.output["renders"]]
 
 
 def _add_seed_output_routes(router: APIRouter, ctx: ApiContext) -> None:
@@ -262,6 +287,29 @@ def _add_seed_generate_route(router: APIRouter, ctx: ApiContext) -> None:
             answer = SeedGenerateAnswer(status="queued", message=message, job_id=job.id)
             return JSONResponse(answer.model_dump(exclude_none=True), status_code=202)
         raise _job_failure(job)
+
+
+@functools.cache
+def _this_device() -> dict[str, Any]:
+    return handlers.health.device()
+
+
+def seed_health_fields(ctx: ApiContext, report: dict[str, Any]) -> dict[str, Any]:
+    """Seed 004's ``GET /health`` fields, snake_case (its server) and camelCase (its TypeScript client).
+
+    The GPU is this process's when the renders run here (local backend), else unknown (null)."""
+    local = parse_backend_spec(ctx.settings.backend_render_emotion).kind == "local"
+    device = _this_device() if local else {}
+    gpu = bool(device.get("cuda")) if local else None
+    backends = report.get("backends") or {}
+    fields = {
+        "gpu_available": gpu,
+        "gpu_name": device.get("name") if gpu else None,
+        "cuda_version": device.get("cuda_version") if gpu else None,
+        "model_loaded": bool(backends) and all(b.get("ok") for b in backends.values()),
+    }
+    camel = {re.sub(r"_(\w)", lambda m: m[1].upper(), key): value for key, value in fields.items()}
+    return {**fields, **camel}
 
 
 def add_compat_routes(router: APIRouter, ctx: ApiContext) -> None:
