@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Generator, Iterator
+from contextlib import ExitStack
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from handlers.outputs import new_id, resolve_store, upload
 from handlers.schemas import GenerateVideoRequest, GenerateVideoResult, StreamSegment, Voice
 from handlers.settings import Settings
 from handlers.streaming import SegmentPublisher
-from storage.avatar.cache import ensure_avatar_local
+from storage.avatar.cache import open_cache
 from storage.avatar.validate import LoadedAvatar, load_avatar
 from storage.keys import video_key
 
@@ -90,11 +91,11 @@ def stream(
     video_id = request.video_id or new_id()
     # first: a named engine without its weights is refused before anything is downloaded or spoken
     engine, engine_info = engine_choice.lipsync_engine(request.engine, settings)
-    with tempfile.TemporaryDirectory(prefix="generate-video-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="generate-video-") as tmp, ExitStack() as holds:
         work = Path(tmp)
         progress("fetch", STAGE_START["fetch"])
         with timed(timings, "fetch"):
-            avatar = _avatar(request, store, settings, work)
+            avatar = _avatar(request, store, settings, work, holds)
             audio_path = _fetch_audio(request.audio, settings, work) if request.audio else None
         progress("tts", STAGE_START["tts"])
         with timed(timings, "tts"):
@@ -134,11 +135,14 @@ def stream(
 # ---- avatar ----------------------------------------------------------------------------------
 
 
-def _avatar(request: GenerateVideoRequest, store: storage.ObjectStore, settings: Settings, work: Path) -> AvatarFrames:
+def _avatar(
+    request: GenerateVideoRequest, store: storage.ObjectStore, settings: Settings, work: Path, holds: ExitStack
+) -> AvatarFrames:
+    """The avatar's frames; a stored avatar's folder stays held (unchanged on disk) until ``holds`` closes."""
     if request.image is not None:  # the schema allows exactly one of avatar_id / image
         return _portrait_avatar(request.image, settings, work)
-    avatar_id = request.avatar_id or ""
-    path = ensure_avatar_local(store, request.user_id, avatar_id, settings.avatar_local_path)
+    cache = open_cache(settings.avatar_local_path)
+    path = holds.enter_context(cache.acquire(store, request.user_id, request.avatar_id or ""))
     return stored_avatar(load_avatar(path))
 
 

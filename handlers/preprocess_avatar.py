@@ -47,7 +47,7 @@ from handlers.outputs import resolve_store, upload
 from handlers.schemas import PreprocessAvatarRequest, PreprocessAvatarResult
 from handlers.settings import Settings
 from storage.avatar.archive import pack_avatar
-from storage.avatar.cache import install_avatar
+from storage.avatar.cache import open_cache
 from storage.avatar.layout import AvatarWriter
 from storage.keys import avatar_key
 
@@ -378,6 +378,6 @@ def _install(avatar_dir: Path, avatar_id: str, settings: Settings, store: storag
     it (disk full, bad AVATAR_LOCAL_PATH) the task still succeeds and generate_video fetches the TAR later;
     deleting the upload instead would also lose the avatar this one replaced."""
     try:
-        install_avatar(avatar_dir, settings.avatar_local_path, avatar_id, owner=store.uri(key))
+        open_cache(settings.avatar_local_path).install(avatar_dir, owner=store.uri(key))
     except Exception:
         log.warning("avatar %s is in the store (%s) but not in the local cache", avatar_id, key, exc_info=True)

@@ -100,7 +100,7 @@ def _cached_frames(cache_root: Path, avatar_id: str) -> int | None:
 
 def _download(store: ObjectStore, entry: AvatarEntry, cache_root: Path) -> int:
     """Fetch and unpack one avatar atomically; returns its frame count."""
-    from storage.avatar.cache import unpack_avatar
+    from storage.avatar.flat import unpack_avatar
     from storage.avatar.validate import validate_avatar_dir
 
     if not re.fullmatch(ID_PATTERN, entry.avatar_id):

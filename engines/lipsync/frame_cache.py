@@ -1,8 +1,9 @@
 """Avatar frames decoded on first use and kept in a per-process LRU bounded by bytes.
 
 A warm request for the same avatar reads its frames from memory instead of decoding PNGs again.
-Entries are keyed by path, modification time and size, so an avatar replaced on disk is decoded
-afresh. Cached arrays are read-only: engines copy before drawing on a frame.
+Entries are keyed by path, inode, modification time and size, so an avatar replaced on disk is decoded
+afresh; the avatar cache gives each owner's version its own folder, so two owners never share a key.
+Cached arrays are read-only: engines copy before drawing on a frame.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from engines.errors import EngineError
 
 logger = logging.getLogger(__name__)
 
-FileKey = tuple[str, int, int]
+FileKey = tuple[str, int, int, int]
 
 
 class FrameCache:
@@ -79,7 +80,7 @@ def _file_key(path: Path) -> FileKey:
         stat = os.stat(path)
     except FileNotFoundError:
         raise EngineError("invalid_avatar", f"avatar frame {path} is missing") from None
-    return str(path), stat.st_mtime_ns, stat.st_size
+    return str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def decode_image(path: Path) -> np.ndarray:

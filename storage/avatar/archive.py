@@ -79,8 +79,8 @@ def pack_avatar(avatar_dir: Path, tar_path: Path, top_folder: str | None = None)
 # --- unpacking ----------------------------------------------------------------------------------------
 
 
-def _unsafe(tar_path: Path, name: str, problem: str) -> StorageError:
-    return StorageError("unsafe_archive", f"archive {tar_path.name}: entry {name!r} {problem}")
+def _unsafe(source: str, name: str, problem: str) -> StorageError:
+    return StorageError("unsafe_archive", f"archive {source}: entry {name!r} {problem}")
 
 
 def _member_problem(member: tarfile.TarInfo) -> str | None:
@@ -103,8 +103,8 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
 class _Extraction:
     """Copies the entries of one archive into ``dest``, refusing anything that is not the avatar layout."""
 
-    def __init__(self, tar_path: Path, dest: Path, limits: ArchiveLimits) -> None:
-        self.tar_path, self.dest, self.limits = tar_path, dest, limits
+    def __init__(self, source: str, dest: Path, limits: ArchiveLimits) -> None:
+        self.source, self.dest, self.limits = source, dest, limits
         self.entries = 0
         self.declared_bytes = 0
         self.written_bytes = 0
@@ -118,39 +118,39 @@ class _Extraction:
             name = name[2:]
         name = name.rstrip("/") if member.isdir() else name
         if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-            raise _unsafe(self.tar_path, member.name, "is an absolute path")
+            raise _unsafe(self.source, member.name, "is an absolute path")
         if name in ("", "."):
             return ""  # the archive's own root entry
         parts = name.split("/")
         if ".." in parts:
-            raise _unsafe(self.tar_path, member.name, "contains '..'")
+            raise _unsafe(self.source, member.name, "contains '..'")
         top = "" if parts[0] in (*TOP_FILES, *FRAME_DIRS) else parts.pop(0)
         if self.top is None:
             self.top = top
         elif top != self.top:
             where = [repr(t) if t else "the archive root" for t in (self.top, top)]
-            raise _unsafe(self.tar_path, member.name, f"is outside the archive's top folder ({where[0]} vs {where[1]})")
+            raise _unsafe(self.source, member.name, f"is outside the archive's top folder ({where[0]} vs {where[1]})")
         return "/".join(parts)
 
     def add(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         self.entries += 1
         if self.entries > self.limits.max_entries:
-            raise _unsafe(self.tar_path, member.name, f"is past the limit of {self.limits.max_entries} entries")
+            raise _unsafe(self.source, member.name, f"is past the limit of {self.limits.max_entries} entries")
         rel = self.relative_name(member)
         problem = _member_problem(member)
         if problem:
-            raise _unsafe(self.tar_path, member.name, problem)
+            raise _unsafe(self.source, member.name, problem)
         if layout_rel(rel, member.isdir()) is None:
-            raise _unsafe(self.tar_path, member.name, "is outside the avatar layout (coords.pkl, full_imgs/, ...)")
+            raise _unsafe(self.source, member.name, "is outside the avatar layout (coords.pkl, full_imgs/, ...)")
         if member.isdir():
             (self.dest / rel).mkdir(exist_ok=True)
             return
         if rel in self.seen:
-            raise _unsafe(self.tar_path, member.name, "appears twice")
+            raise _unsafe(self.source, member.name, "appears twice")
         self.seen.add(rel)
         self.declared_bytes += member.size
         if self.declared_bytes > self.limits.max_bytes:
-            raise _unsafe(self.tar_path, member.name, f"takes the archive past {self.limits.max_bytes} bytes")
+            raise _unsafe(self.source, member.name, f"takes the archive past {self.limits.max_bytes} bytes")
         self._copy(tar, member, rel)
 
     def _copy(self, tar: tarfile.TarFile, member: tarfile.TarInfo, rel: str) -> None:
@@ -158,7 +158,7 @@ class _Extraction:
         target.parent.mkdir(exist_ok=True)
         source = tar.extractfile(member)
         if source is None:
-            raise _unsafe(self.tar_path, member.name, "has no readable data")
+            raise _unsafe(self.source, member.name, "has no readable data")
         with source, target.open("xb") as out:
             written = 0
             while chunk := source.read(COPY_CHUNK_BYTES):
@@ -166,21 +166,25 @@ class _Extraction:
                 self.written_bytes += len(chunk)
                 # Counted as written, not only as declared: the declaration is the archive's word.
                 if written > member.size or self.written_bytes > self.limits.max_bytes:
-                    raise _unsafe(self.tar_path, member.name, "holds more data than declared or allowed")
+                    raise _unsafe(self.source, member.name, "holds more data than declared or allowed")
                 out.write(chunk)
 
 
-def extract_avatar(tar_path: Path, dest: Path, limits: ArchiveLimits | None = None) -> AvatarInfo:
+def extract_avatar(
+    tar_path: Path, dest: Path, limits: ArchiveLimits | None = None, source: str | None = None
+) -> AvatarInfo:
     """Extract an avatar TAR (ours or LiveTalking's) into the empty directory ``dest`` and validate it.
 
-    On failure ``dest`` holds a partial extraction: the caller removes it.
+    ``source`` (the TAR's store URI) names the archive in errors; on failure ``dest`` holds a partial
+    extraction: the caller removes it.
     """
-    extraction = _Extraction(tar_path, dest, limits or ArchiveLimits())
+    source = source or tar_path.name
+    extraction = _Extraction(source, dest, limits or ArchiveLimits())
     try:
         with tarfile.open(tar_path, mode="r|*") as tar:
             while (member := tar.next()) is not None:
                 extraction.add(tar, member)
                 tar.members.clear()  # stream mode needs no index; keep memory flat for large archives
     except (tarfile.TarError, EOFError) as exc:
-        raise StorageError("invalid_archive", f"archive {tar_path.name} is not a readable TAR: {exc}") from exc
-    return validate_avatar_dir(dest)
+        raise StorageError("invalid_archive", f"archive {source} is not a readable TAR: {exc}") from exc
+    return validate_avatar_dir(dest, label=source)

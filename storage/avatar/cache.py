@@ -1,25 +1,37 @@
-"""The workers' local avatar cache: unpacked TARs in LiveTalking's ``{root}/{avatar_id}`` layout.
+"""The workers' local avatar cache: unpacked TARs keyed by owner, immutable while any render holds them.
 
-Installs are atomic (a directory swapped in whole); an owner record beside each directory says which
-store TAR it came from, so one user's avatar is never served for another's of the same id.
+Layout under the cache root (``AVATAR_LOCAL_PATH``)::
+
+    {avatar_id}/                   LiveTalking's layout, placed by hand or by recover-avatars: read only
+    .owners/{sha256(owner)}/       one folder per owner, the store URI of the avatar's TAR
+        current                    the name of the version new renders use
+        owner.txt                  the owner URI, for people looking at the disk
+        v{ns}-{hex}/               immutable versions: a replacement installs a new one
+    .locks/{00..63}.lock           a fixed set of lock stripes (one download per owner at a time)
+    .tmp/                          work folders, each flock-ed by the process using it
+
+A render holds its version with a shared ``flock`` on the version folder (across threads and processes);
+old versions are removed once nobody holds them: by whoever releases or installs next, or at start.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
+import hashlib
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from storage import keys
 from storage.avatar.archive import ArchiveLimits, extract_avatar
+from storage.avatar.flat import usable_flat_avatar
 from storage.avatar.layout import check_avatar_id
 from storage.avatar.validate import validate_avatar_dir
 from storage.base import ObjectStore
@@ -27,173 +39,232 @@ from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
-AT_FDCWD = -100
-RENAME_EXCHANGE = 2
+OWNERS = ".owners"
+LOCKS = ".locks"
+TMP = ".tmp"
+CURRENT = "current"
+OWNER_NOTE = "owner.txt"
+LOCK_STRIPES = 64
+HOLD_RETRIES = 5
+STRAY_FILE_AGE_S = 60
+
+Hold = tuple[Path, int]  # a version folder and the descriptor whose shared lock keeps it
 
 
-def unpack_avatar(
-    tar_path: Path, cache_root: Path, avatar_id: str, limits: ArchiveLimits | None = None, owner: str | None = None
-) -> Path:
-    """Safely extract an avatar TAR (ours or LiveTalking's) into ``cache_root/avatar_id``, replacing it atomically.
-
-    ``owner`` (the TAR's URI in the store) is recorded beside the directory: see ``ensure_avatar_local``.
-    """
-    target = cache_root / check_avatar_id(avatar_id)
-    cache_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=cache_root, prefix=f".{avatar_id}.unpack-"))
+def _open_dir(path: Path) -> int | None:
     try:
-        unpacked = staging / avatar_id
-        unpacked.mkdir()
-        info = extract_avatar(tar_path, unpacked, limits)
-        _install_owned(unpacked, target, owner)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    log.info("unpacked avatar %s (%d frames) into %s", avatar_id, info.num_frames, target)
-    return target
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2); False where the platform or filesystem can't."""
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if renameat2 is None:
-        return False
-    return renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move directory ``new`` to ``target``; an existing ``target`` is swapped out atomically and deleted."""
+def _try_exclusive(fd: int) -> bool:
     try:
-        os.rename(new, target)
-        return
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-            raise
-    if not _exchange(new, target):
-        # No atomic swap here: move the old one aside first; readers see no avatar for an instant.
-        old = new.with_name(f"{new.name}.old")
-        os.rename(target, old)
-        os.rename(new, target)
-        new = old
-    if new.is_dir() and not new.is_symlink():
-        shutil.rmtree(new)
-    else:
-        new.unlink()
-
-
-def install_avatar(src_dir: Path, cache_root: Path, avatar_id: str, owner: str | None = None) -> Path:
-    """Move a freshly built avatar directory into ``cache_root/avatar_id`` atomically (copying across filesystems).
-
-    ``owner`` (the TAR's URI in the store) is recorded beside the directory: see ``ensure_avatar_local``.
-    """
-    target = cache_root / check_avatar_id(avatar_id)
-    validate_avatar_dir(src_dir)
-    cache_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=cache_root, prefix=f".{avatar_id}.install-"))
-    try:
-        moved = staging / avatar_id
-        try:
-            os.rename(src_dir, moved)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            shutil.copytree(src_dir, moved)
-            shutil.rmtree(src_dir)
-        _install_owned(moved, target, owner)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def _owner_file(cache_root: Path, avatar_id: str) -> Path:
-    return cache_root / f".{avatar_id}.owner"
-
-
-def _install_owned(new: Path, target: Path, owner: str | None) -> None:
-    """Swap ``new`` in as ``target`` and record its owner; the stale record goes first, so no reader pairs
-    the new directory with the previous owner (a missing record reads as a hand-placed avatar)."""
-    owner_file = _owner_file(target.parent, target.name)
-    owner_file.unlink(missing_ok=True)
-    _replace_dir(new, target)
-    if owner is not None:
-        staged = owner_file.with_name(f"{owner_file.name}.tmp")
-        staged.write_text(owner)
-        os.replace(staged, owner_file)
-
-
-def _owned_by(cache_root: Path, avatar_id: str, owner: str) -> bool:
-    """Whether the cached avatar came from ``owner``; avatars placed by hand (no record) are trusted."""
-    try:
-        recorded = _owner_file(cache_root, avatar_id).read_text()
-    except FileNotFoundError:
-        return True
-    if recorded != owner:
-        log.info("cached avatar %s came from %s, not %s: fetching it", avatar_id, recorded, owner)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return False
     return True
 
 
-_thread_locks: dict[tuple[str, str], threading.Lock] = {}
-_thread_locks_guard = threading.Lock()
+class AvatarCache:
+    """One cache root. ``acquire`` is the reader's door, ``install`` the writer's (preprocess_avatar)."""
 
+    def __init__(self, root: Path, limits: ArchiveLimits | None = None) -> None:
+        self.root = Path(root)
+        self.limits = limits or ArchiveLimits()
+        self._tmp = self.root / TMP
+        self._owners = self.root / OWNERS
+        for folder in (self._tmp, self._owners, self.root / LOCKS):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.sweep()
 
-@contextlib.contextmanager
-def _avatar_lock(cache_root: Path, avatar_id: str) -> Iterator[None]:
-    """Serialise fetching one avatar across threads (a lock) and processes (flock on a file in the cache)."""
-    with _thread_locks_guard:
-        lock = _thread_locks.setdefault((str(cache_root.resolve()), avatar_id), threading.Lock())
-    with lock, open(cache_root / f".{avatar_id}.lock", "a") as lock_file:
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-        yield
+    # --- readers --------------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def acquire(self, store: ObjectStore, user_id: str, avatar_id: str) -> Iterator[Path]:
+        """The avatar's folder for as long as the ``with`` block runs, downloading its TAR once if needed.
 
-def _cached(target: Path) -> bool:
-    if not target.is_dir():
-        return False
-    try:
-        validate_avatar_dir(target)
-    except StorageError as exc:
-        log.warning("cached avatar is unusable, fetching it again: %s", exc.message)
-        return False
-    return True
-
-
-def ensure_avatar_local(
-    store: ObjectStore, user_id: str, avatar_id: str, cache_root: Path, limits: ArchiveLimits | None = None
-) -> Path:
-    """The avatar's cache directory, downloading and unpacking its TAR from ``store`` once if needed.
-
-    The cache keeps LiveTalking's ``{cache_root}/{avatar_id}`` layout, so a cached avatar is only used when
-    it came from this user's TAR in this store (recorded in ``.{avatar_id}.owner``); another user's avatar of
-    the same id is replaced by this one. Avatars placed by hand (no record) are used as they are.
-    """
-    target = cache_root / check_avatar_id(avatar_id)
-    owner = store.uri(keys.avatar_key(user_id, avatar_id))
-    if _cached(target) and _owned_by(cache_root, avatar_id, owner):
-        return target
-    cache_root.mkdir(parents=True, exist_ok=True)
-    with _avatar_lock(cache_root, avatar_id):
-        if _cached(target) and _owned_by(cache_root, avatar_id, owner):  # fetched while we waited
-            return target
-        return _download(store, user_id, avatar_id, cache_root, limits or ArchiveLimits())
-
-
-def _download(store: ObjectStore, user_id: str, avatar_id: str, cache_root: Path, limits: ArchiveLimits) -> Path:
-    key = keys.avatar_key(user_id, avatar_id)
-    fd, tmp_name = tempfile.mkstemp(dir=cache_root, prefix=f".{avatar_id}.download-", suffix=".tar")
-    os.close(fd)
-    tar_path = Path(tmp_name)
-    try:
+        The folder never changes while held. An avatar placed by hand in ``{root}/{avatar_id}`` is used as
+        it is (by anyone, unless its owner record names another TAR).
+        """
+        key = keys.avatar_key(user_id, check_avatar_id(avatar_id))
+        owner = store.uri(key)
+        flat = usable_flat_avatar(self.root, avatar_id, owner)
+        if flat is not None:
+            yield flat
+            return
+        path, fd = self._hold(owner) or self._fetch(store, key, avatar_id, owner)
         try:
-            store.get(key, tar_path, max_bytes=limits.max_archive_bytes)
-        except StorageError as exc:
-            if exc.code != "not_found":
-                raise
-            raise StorageError(
-                "avatar_not_found",
-                f"avatar {avatar_id!r} of user {user_id!r} is neither in the local cache ({cache_root / avatar_id}) "
-                f"nor in the store ({store.uri(key)})",
-            ) from exc
-        log.info("downloaded %s (%d bytes)", store.uri(key), tar_path.stat().st_size)
-        return unpack_avatar(tar_path, cache_root, avatar_id, limits, owner=store.uri(key))
-    finally:
-        tar_path.unlink(missing_ok=True)
+            yield path
+        finally:
+            os.close(fd)  # drops the shared lock
+            self._collect(self._owner_dir(owner))
+
+    def current_path(self, owner: str) -> Path | None:
+        """The version folder new renders of ``owner``'s avatar would get (not held: for inspection)."""
+        version = self._current(self._owner_dir(owner))
+        return None if version is None else self._owner_dir(owner) / version
+
+    # --- writers --------------------------------------------------------------------------------------
+
+    def install(self, src_dir: Path, owner: str) -> Path:
+        """Move a freshly built avatar folder in as ``owner``'s new version (copying across filesystems)."""
+        validate_avatar_dir(src_dir)
+        with self._workdir() as work:
+            staged = work / "avatar"
+            try:
+                os.rename(src_dir, staged)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.copytree(src_dir, staged)
+                shutil.rmtree(src_dir)
+            path, fd = self._commit(staged, owner)
+        os.close(fd)
+        self._collect(self._owner_dir(owner))
+        return path
+
+    def sweep(self) -> None:
+        """Remove what killed processes left: work folders nobody locks, versions nobody holds."""
+        for entry in self._tmp.iterdir():
+            self._remove_if_unheld(entry)
+        for owner_dir in self._owners.iterdir():
+            self._collect(owner_dir)
+
+    # --- internals ------------------------------------------------------------------------------------
+
+    def _owner_dir(self, owner: str) -> Path:
+        return self._owners / hashlib.sha256(owner.encode()).hexdigest()
+
+    @staticmethod
+    def _current(owner_dir: Path) -> str | None:
+        try:
+            return (owner_dir / CURRENT).read_text().strip() or None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _hold(self, owner: str) -> Hold | None:
+        """A shared lock on the current version, or None when there is none; retried when a replacement
+        removes the version between reading ``current`` and locking it."""
+        owner_dir = self._owner_dir(owner)
+        for _ in range(HOLD_RETRIES):
+            version = self._current(owner_dir)
+            if version is None:
+                return None
+            path = owner_dir / version
+            fd = _open_dir(path)
+            if fd is None:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return path, fd
+            os.close(fd)
+        return None
+
+    def _fetch(self, store: ObjectStore, key: str, avatar_id: str, owner: str) -> Hold:
+        with self._stripe(owner):
+            held = self._hold(owner)  # installed by another thread or process while we waited
+            if held is not None:
+                return held
+            with self._workdir() as work:
+                tar_path = work / "avatar.tar"
+                try:
+                    store.get(key, tar_path, max_bytes=self.limits.max_archive_bytes)
+                except StorageError as exc:
+                    if exc.code != "not_found":
+                        raise
+                    raise StorageError(
+                        "avatar_not_found",
+                        f"avatar {avatar_id!r} is neither in the local cache ({self.root / avatar_id}) "
+                        f"nor in the store ({owner})",
+                    ) from exc
+                log.info("downloaded %s (%d bytes)", owner, tar_path.stat().st_size)
+                staged = work / "avatar"
+                staged.mkdir()
+                info = extract_avatar(tar_path, staged, self.limits, source=owner)
+                tar_path.unlink()
+                held = self._commit(staged, owner)
+        log.info("cached avatar %s (%d frames) from %s in %s", avatar_id, info.num_frames, owner, held[0])
+        return held
+
+    def _commit(self, staged: Path, owner: str) -> Hold:
+        """Rename a validated folder in as a new version and point ``current`` at it; the shared lock is
+        taken before the rename, so no collector can remove the version before ``current`` names it."""
+        fd = os.open(staged, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        owner_dir = self._owner_dir(owner)
+        owner_dir.mkdir(exist_ok=True)
+        path = owner_dir / f"v{time.time_ns()}-{secrets.token_hex(4)}"
+        os.rename(staged, path)
+        self._write_small(owner_dir / OWNER_NOTE, owner)
+        self._write_small(owner_dir / CURRENT, path.name)
+        return path, fd
+
+    def _write_small(self, target: Path, text: str) -> None:
+        staged = self._tmp / f"{target.name}.{secrets.token_hex(8)}"
+        staged.write_text(text)
+        os.replace(staged, target)
+
+    def _collect(self, owner_dir: Path) -> None:
+        """Remove the versions of one owner that are not current and that nobody holds."""
+        current = self._current(owner_dir)
+        with contextlib.suppress(FileNotFoundError):
+            for entry in owner_dir.iterdir():
+                if entry.name.startswith("v") and entry.name != current:
+                    self._remove_if_unheld(entry)
+
+    def _remove_if_unheld(self, path: Path) -> None:
+        """Delete ``path`` if an exclusive lock on it can be had now; it is moved into .tmp first, so
+        nobody sees a half-deleted folder."""
+        fd = _open_dir(path)
+        if fd is None:  # a file: a crashed _write_small's, if old enough not to be a live one
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - path.stat().st_mtime > STRAY_FILE_AGE_S:
+                    path.unlink()
+            return
+        try:
+            if not _try_exclusive(fd):
+                return
+            trash = path if path.parent == self._tmp else self._tmp / f"trash-{secrets.token_hex(8)}"
+            with contextlib.suppress(FileNotFoundError):
+                if trash != path:
+                    os.rename(path, trash)
+                shutil.rmtree(trash)
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _workdir(self) -> Iterator[Path]:
+        """A fresh folder in .tmp, locked while in use so a sweep in another process leaves it alone."""
+        path = self._tmp / f"work-{secrets.token_hex(8)}"
+        path.mkdir()
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _stripe(self, owner: str) -> Iterator[None]:
+        """One of LOCK_STRIPES lock files, chosen by owner: serialises downloads across threads and processes
+        without a lock file per avatar id."""
+        stripe = int(hashlib.sha256(owner.encode()).hexdigest()[:8], 16) % LOCK_STRIPES
+        with open(self.root / LOCKS / f"{stripe:02d}.lock", "a") as lock_file:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+            yield
+
+
+_caches: dict[str, AvatarCache] = {}
+_caches_guard = threading.Lock()
+
+
+def open_cache(root: Path) -> AvatarCache:
+    """The process's cache for ``root``: created (and swept) on first use, then shared."""
+    with _caches_guard:
+        key = str(Path(root).resolve())
+        if key not in _caches:
+            _caches[key] = AvatarCache(Path(root))
+        return _caches[key]

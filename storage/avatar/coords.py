@@ -32,7 +32,7 @@ def read_boxes_file(path: Path, max_bytes: int = MAX_PICKLE_BYTES) -> list[Box]:
     try:
         boxes = read_boxes_pickle(data, max_bytes=max_bytes)
     except BoxPickleError as exc:
-        raise StorageError("invalid_avatar", f"{path.name} is not a list of 4-integer boxes: {exc}") from None
+        raise StorageError("invalid_avatar", f"{path} is not a list of 4-integer boxes: {exc}") from None
     return [(int(a), int(b), int(c), int(d)) for a, b, c, d in boxes.tolist()]
 
 

@@ -128,9 +128,17 @@ def _inspect(avatar: Path) -> tuple[AvatarInfo, list[Box], list[Path], list[Path
     return info, coords, full, faces
 
 
-def validate_avatar_dir(path: Path) -> AvatarInfo:
-    """Check the layout (names, counts, sizes) of an avatar directory; StorageError ``invalid_avatar`` if wrong."""
-    return _inspect(path)[0]
+def validate_avatar_dir(path: Path, label: str | None = None) -> AvatarInfo:
+    """Check the layout (names, counts, sizes) of an avatar directory; StorageError ``invalid_avatar`` if wrong.
+
+    ``label`` (e.g. the store URI of the TAR it came from) replaces the folder's path in error messages.
+    """
+    try:
+        return _inspect(path)[0]
+    except StorageError as exc:
+        if label is None:
+            raise
+        raise StorageError(exc.code, exc.message.replace(str(path), label)) from None
 
 
 def load_avatar(path: Path) -> LoadedAvatar:

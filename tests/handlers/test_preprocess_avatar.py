@@ -11,7 +11,8 @@ import pytest
 
 import handlers
 from handlers.settings import Settings
-from storage.avatar.cache import unpack_avatar
+from storage.avatar.cache import open_cache
+from storage.avatar.flat import unpack_avatar
 from storage.avatar.images import image_size
 from storage.avatar.validate import load_avatar, validate_avatar_dir
 from tests.media import coffee_bgr, head_motion, write_video
@@ -45,9 +46,16 @@ def store_files(settings: Settings) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
 
 
+def cached_avatar(settings: Settings, owner: str) -> Path:
+    path = open_cache(settings.avatar_local_path).current_path(owner)
+    assert path is not None, f"{owner} is not in the local cache"
+    return path
+
+
 def assert_nothing_written(settings: Settings, task_tmp: Path) -> None:
     assert store_files(settings) == []
     assert not (settings.avatar_local_path / "a1").exists()
+    assert not list(settings.avatar_local_path.rglob("coords.pkl"))
     assert list(task_tmp.iterdir()) == []
 
 
@@ -88,7 +96,7 @@ def test_training_video_becomes_a_livetalking_avatar(talking_head, local_setting
     assert (meta["fps"], meta["num_frames"], meta["img_size"], meta["pads"]) == (25, 75, 256, [0, 10, 0, 0])
     assert meta["detector"] == "dlib_hog" and meta["generator"]["package"] == "serverless-talking-head"
     assert meta["source_video"]["codec"] == "h264" and meta["nosmooth"] is False
-    cached = validate_avatar_dir(local_settings.avatar_local_path / "a1")
+    cached = validate_avatar_dir(cached_avatar(local_settings, result["avatar"]["uri"]))
     assert cached.num_frames == 75 and cached.img_size == 256
     assert list(task_tmp.iterdir()) == []
 
@@ -111,7 +119,7 @@ def test_short_face_gap_is_filled(cutaway, monkeypatch, local_settings, task_tmp
 
     assert "error" not in result, result
     assert result["num_frames"] == 40 and result["engine"]["tracking"]["filled_frames"] == 5
-    avatar = load_avatar(local_settings.avatar_local_path / "a1")
+    avatar = load_avatar(cached_avatar(local_settings, result["avatar"]["uri"]))
     assert image_size(avatar.face_crop_paths[0]) == (96, 96)
     before, after = np.array(centres[19]), np.array(centres[25])
     for i in range(19, 26):  # the gap's boxes are interpolated between its neighbours
@@ -197,5 +205,5 @@ def test_30fps_video_from_s3(s3_bucket, tmp_path, local_settings, task_tmp):
         Bucket=s3_bucket.removeprefix("s3://"), Key="avatars/u1/a1.tar"
     )
     assert head["ContentLength"] == result["avatar"]["bytes"]
-    meta = json.loads((local_settings.avatar_local_path / "a1" / "meta.json").read_text())
+    meta = json.loads((cached_avatar(local_settings, result["avatar"]["uri"]) / "meta.json").read_text())
     assert meta["num_frames"] == 50 and meta["source_video"]["fps"] == 30.0

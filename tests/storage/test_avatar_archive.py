@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage.avatar import cache as avatar_cache
+from storage.avatar import flat
 from storage.avatar.archive import ArchiveLimits, pack_avatar
-from storage.avatar.cache import install_avatar, unpack_avatar
+from storage.avatar.cache import AvatarCache
 from storage.avatar.coords import read_coords, write_coords
+from storage.avatar.flat import unpack_avatar
 from storage.avatar.images import image_size
 from storage.avatar.layout import COORDS, FACE_IMGS, FULL_IMGS, LANDMARKS
 from storage.avatar.validate import load_avatar, validate_avatar_dir
@@ -103,7 +104,7 @@ class _Evil:
 @pytest.mark.parametrize("atomic_swap", [True, False])
 def test_unpack_replaces_existing_avatar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, atomic_swap: bool) -> None:
     if not atomic_swap:  # platforms without renameat2(RENAME_EXCHANGE) take the move-aside path
-        monkeypatch.setattr(avatar_cache, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(flat, "_exchange", lambda a, b: False)
     cache = tmp_path / "cache"
     pack_avatar(make_avatar_dir(tmp_path / "v1", "av", frames=3), tmp_path / "v1.tar")
     pack_avatar(make_avatar_dir(tmp_path / "v2", "av", frames=2, landmarks=False), tmp_path / "v2.tar")
@@ -113,13 +114,15 @@ def test_unpack_replaces_existing_avatar(tmp_path: Path, monkeypatch: pytest.Mon
     assert os.listdir(cache) == ["av"]
 
 
-def test_install_avatar_moves_and_replaces(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    first = install_avatar(make_avatar_dir(tmp_path / "b1", "x", frames=3), cache, "av")
+def test_cache_install_moves_and_replaces(tmp_path: Path) -> None:
+    """Class: cache: an install moves the folder in as a new version; the replaced one goes (unheld)."""
+    cache = AvatarCache(tmp_path / "cache")
+    first = cache.install(make_avatar_dir(tmp_path / "b1", "x", frames=3), "file:///store/avatars/u/av.tar")
     src = make_avatar_dir(tmp_path / "b2", "x", frames=2)
-    assert install_avatar(src, cache, "av") == first == cache / "av"
-    assert not src.exists() and validate_avatar_dir(first).num_frames == 2
-    assert os.listdir(cache) == ["av"]
+    second = cache.install(src, "file:///store/avatars/u/av.tar")
+    assert second != first and not first.exists() and not src.exists()
+    assert validate_avatar_dir(second).num_frames == 2
+    assert cache.current_path("file:///store/avatars/u/av.tar") == second
 
 
 def _drop_frame(avatar: Path, index: int) -> None:

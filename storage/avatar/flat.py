@@ -1,0 +1,109 @@
+"""LiveTalking's own layout of unpacked avatars: ``{root}/{avatar_id}/``, one folder per avatar id.
+
+``avatarctl recover-avatars`` writes it (for LiveTalking servers) and people place avatars there by hand;
+the worker cache (``cache.py``) reads it. A folder written here may carry an owner record beside it
+(``.{avatar_id}.owner``: the store URI of the TAR it came from); a folder without one was placed by hand.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from storage.avatar.archive import ArchiveLimits, extract_avatar
+from storage.avatar.layout import check_avatar_id
+from storage.avatar.validate import validate_avatar_dir
+from storage.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
+
+
+def unpack_avatar(
+    tar_path: Path, root: Path, avatar_id: str, limits: ArchiveLimits | None = None, owner: str | None = None
+) -> Path:
+    """Safely extract an avatar TAR (ours or LiveTalking's) into ``root/avatar_id``, replacing it atomically;
+    ``owner`` (the TAR's URI in the store) is recorded beside the folder and named in errors."""
+    target = root / check_avatar_id(avatar_id)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{avatar_id}.unpack-"))
+    try:
+        unpacked = staging / avatar_id
+        unpacked.mkdir()
+        info = extract_avatar(tar_path, unpacked, limits, source=owner)
+        _install_owned(unpacked, target, owner)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("unpacked avatar %s (%d frames) into %s", avatar_id, info.num_frames, target)
+    return target
+
+
+def usable_flat_avatar(root: Path, avatar_id: str, owner: str) -> Path | None:
+    """``root/avatar_id`` when it is a valid avatar that ``owner`` may use (placed by hand, or unpacked from
+    ``owner``'s TAR), else None; a broken folder is logged and left alone."""
+    folder = root / avatar_id
+    if not folder.is_dir():
+        return None
+    try:
+        recorded: str | None = _owner_file(root, avatar_id).read_text()
+    except FileNotFoundError:
+        recorded = None
+    if recorded is not None and recorded != owner:
+        return None
+    try:
+        validate_avatar_dir(folder)
+    except StorageError as exc:
+        log.warning("avatar folder %s is unusable, ignoring it: %s", folder, exc.message)
+        return None
+    return folder
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False where the platform or filesystem can't."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    return renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move directory ``new`` to ``target``; an existing ``target`` is swapped out atomically and deleted."""
+    try:
+        os.rename(new, target)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise
+    if not _exchange(new, target):
+        # No atomic swap here: move the old one aside first; readers see no avatar for an instant.
+        old = new.with_name(f"{new.name}.old")
+        os.rename(target, old)
+        os.rename(new, target)
+        new = old
+    if new.is_dir() and not new.is_symlink():
+        shutil.rmtree(new)
+    else:
+        new.unlink()
+
+
+def _owner_file(root: Path, avatar_id: str) -> Path:
+    return root / f".{avatar_id}.owner"
+
+
+def _install_owned(new: Path, target: Path, owner: str | None) -> None:
+    """Swap ``new`` in as ``target`` and record its owner; the stale record goes first, so no reader pairs
+    the new directory with the previous owner (a missing record reads as a hand-placed avatar)."""
+    owner_file = _owner_file(target.parent, target.name)
+    owner_file.unlink(missing_ok=True)
+    _replace_dir(new, target)
+    if owner is not None:
+        staged = owner_file.with_name(f"{owner_file.name}.tmp")
+        staged.write_text(owner)
+        os.replace(staged, owner_file)
