@@ -55,6 +55,7 @@ VIDEO_CONTENT_TYPE = "video/mp4"
 PORTRAIT_MAX_SIDE = 1280  # larger portraits are scaled down: the video is made at this size at most
 AUDIO_BYTES_PER_SECOND = 384_000  # fetch cap for audio files: 48 kHz stereo 32-bit PCM, the largest usual wav
 PROGRESS_EVERY_FRAMES = 25
+FIRST_SEGMENT_WAIT_S = 5.0  # the most rendering waits for the encoder to finish the first segment
 STAGE_START = {"fetch": 0.0, "tts": 0.1, "render": 0.2, "upload": 0.95}
 
 MIB = 1024 * 1024
@@ -278,15 +279,26 @@ def _stream(
         if frame is None:
             raise EngineError("render_failed", f"the lip-sync engine stopped after {i} of {total} frames")
         writer.write(frame)
-        yield from _publish_ready(writer, publisher)
+        yield from _publish_ready(writer, publisher, first_segment_due=i >= _first_segment_frames(writer))
         if i % PROGRESS_EVERY_FRAMES == 0:
             progress("render", STAGE_START["render"] + span * i / total)
     return first_s, engine_s
 
 
-def _publish_ready(writer: Mp4Writer, publisher: SegmentPublisher | None) -> Iterator[StreamSegment]:
-    """Store the segments the encoder has finished since the last call (streamed requests only)."""
+def _first_segment_frames(writer: Mp4Writer) -> int:
+    return writer.plan.first_frames if isinstance(writer, SegmentedMp4Writer) else 0
+
+
+def _publish_ready(
+    writer: Mp4Writer, publisher: SegmentPublisher | None, first_segment_due: bool = False
+) -> Iterator[StreamSegment]:
+    """Store the segments the encoder has finished since the last call (streamed requests only).
+
+    Once the first segment's frames are all written, rendering waits for it: otherwise the renderer
+    fills the encoder's queue first and, on a small CPU, delays the first segment by that much work.
+    """
     if publisher is None or not isinstance(writer, SegmentedMp4Writer):
         return
-    for segment in writer.pop_segments():
+    wait_s = FIRST_SEGMENT_WAIT_S if first_segment_due and publisher.published == 0 else 0.0
+    for segment in writer.pop_segments(wait_s):
         yield publisher.publish(segment, writer.init_path)

@@ -58,6 +58,11 @@ class SegmentPublisher:
         self._published: list[str] = []
 
     @property
+    def published(self) -> int:
+        """How many segments are in the store."""
+        return len(self._entries)
+
+    @property
     def playlist_uri(self) -> str:
         return self._store.uri(self._key(PLAYLIST_NAME))
 

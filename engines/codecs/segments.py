@@ -35,7 +35,7 @@ PLAYLIST_NAME = "index.m3u8"
 PLAYLIST_CONTENT_TYPE = "application/vnd.apple.mpegurl"
 SEGMENT_CONTENT_TYPE = "video/iso.segment"
 INIT_CONTENT_TYPE = "video/mp4"
-FIRST_SEGMENT_S = 0.4
+FIRST_SEGMENT_S = 0.24
 SEGMENT_S = 1.0
 _BOX_HEADER = 8
 
@@ -198,9 +198,14 @@ class SegmentedMp4Writer(Mp4Writer):
 
     # ---- caller side -----------------------------------------------------------------------------
 
-    def pop_segments(self) -> list[Segment]:
-        """Segments finished since the last call, in order."""
+    def pop_segments(self, wait_s: float = 0.0) -> list[Segment]:
+        """Segments finished since the last call, in order; waits up to ``wait_s`` for one when there is none."""
         done = []
+        if wait_s > 0:
+            try:
+                done.append(self._ready.get(timeout=wait_s))
+            except queue.Empty:
+                return done
         while True:
             try:
                 done.append(self._ready.get_nowait())

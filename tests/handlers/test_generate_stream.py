@@ -51,7 +51,7 @@ def test_segments_are_stored_while_the_video_renders(local_settings: Settings, p
     assert "error" not in result, result
     assert [s["index"] for s in segments] == list(range(len(segments))) and len(segments) >= 3
     assert set(segments[0]) == {"index", "uri", "url", "duration_s", "playlist_uri", "timings_ms"}
-    assert segments[0]["duration_s"] == pytest.approx(0.4) and all(s["duration_s"] <= 1.0 for s in segments)
+    assert segments[0]["duration_s"] == pytest.approx(0.24) and all(s["duration_s"] <= 1.0 for s in segments)
     assert sum(s["duration_s"] for s in segments) == pytest.approx(result["duration_s"], abs=1e-3)
     assert all(s["timings_ms"]["ready"] > 0 for s in segments)
     assert result["playlist"]["uri"] == segments[0]["playlist_uri"]
