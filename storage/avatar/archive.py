@@ -6,14 +6,27 @@ from users' buckets, so unpacking checks every entry against the layout before a
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import logging
+import lzma
 import os
 import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
-from storage.avatar.layout import FRAME_DIRS, TOP_FILES, check_avatar_id, layout_rel
-from storage.avatar.validate import AvatarInfo, frame_files, validate_avatar_dir
+from storage.avatar.layout import (
+    FRAME_DIRS,
+    TOP_FILES,
+    check_avatar_id,
+    is_stray_os_file,
+    layout_rel,
+    max_entry_bytes,
+)
+from storage.avatar.validate import AvatarInfo, frame_files, frame_size, validate_avatar_dir
 from storage.base import atomic_file
 from storage.errors import StorageError
 
@@ -22,6 +35,15 @@ FILE_MODE = 0o644
 DIR_MODE = 0o755
 COPY_CHUNK_BYTES = 1024 * 1024
 TAR_OVERHEAD_PER_ENTRY = 4096  # header, PAX header and padding, generously
+HEADER_BUDGET_BYTES = 4 * COPY_CHUNK_BYTES  # PAX / long-name headers between two members (and read-ahead)
+LIVETALKING_ROOT = ("data", "avatars")  # `tar cf x.tar data/avatars/<id>` in LiveTalking's repository
+COMPRESSED_SIGNATURES = (
+    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw)),
+    (b"BZh", bz2.BZ2File),
+    (b"\xfd7zXZ\x00", lzma.LZMAFile),
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,11 +52,21 @@ class ArchiveLimits:
 
     max_entries: int = 200_000
     max_bytes: int = 20 * 1024**3
+    # A compressed TAR may expand to max_expansion times its size (at least expansion_floor_bytes): PNG and
+    # JPEG frames barely compress, so more is a decompression bomb.
+    max_expansion: int = 64
+    expansion_floor_bytes: int = 256 * 1024**2
 
     @property
     def max_archive_bytes(self) -> int:
         """The largest TAR file that can hold ``max_entries`` entries of ``max_bytes`` in all."""
         return self.max_bytes + (self.max_entries + 1) * TAR_OVERHEAD_PER_ENTRY
+
+    def stream_budget(self, file_bytes: int, compressed: bool) -> int:
+        """How many decompressed bytes a TAR file of ``file_bytes`` may stream."""
+        if not compressed:
+            return self.max_archive_bytes
+        return min(self.max_archive_bytes, max(self.expansion_floor_bytes, self.max_expansion * file_bytes))
 
 
 # --- packing ------------------------------------------------------------------------------------------
@@ -100,19 +132,60 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
     return None
 
 
+class _BudgetReader(io.RawIOBase):
+    """The decompressed TAR stream, refused past ``budget`` bytes in all and past ``header_budget`` bytes
+    between two members (PAX and GNU long-name headers are read whole into memory by tarfile)."""
+
+    def __init__(self, inner: BinaryIO, budget: int, header_budget: int) -> None:
+        self.inner, self.budget, self.header_budget = inner, budget, header_budget
+        self.total = 0
+        self.since_member = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)
+        data = self.inner.read(min(len(view), COPY_CHUNK_BYTES))
+        self.total += len(data)
+        self.since_member += len(data)
+        if self.total > self.budget:
+            raise _Refused(f"expands past {self.budget} bytes")
+        if self.since_member > self.header_budget:
+            raise _Refused(f"has a header or skipped entry over {self.header_budget} bytes")
+        view[: len(data)] = data
+        return len(data)
+
+
+class _Refused(Exception):
+    """Raised inside tarfile's reads; turned into ``unsafe_archive`` outside it."""
+
+
+def _open_decompressed(tar_path: Path) -> tuple[BinaryIO, bool]:
+    """The TAR stream of a plain, gzip, bzip2 or xz file, and whether it was compressed."""
+    raw = tar_path.open("rb")
+    magic = raw.read(6)
+    raw.seek(0)
+    for signature, opener in COMPRESSED_SIGNATURES:
+        if magic.startswith(signature):
+            return opener(raw), True
+    return raw, False
+
+
 class _Extraction:
     """Copies the entries of one archive into ``dest``, refusing anything that is not the avatar layout."""
 
-    def __init__(self, source: str, dest: Path, limits: ArchiveLimits) -> None:
-        self.source, self.dest, self.limits = source, dest, limits
+    def __init__(self, source: str, dest: Path, limits: ArchiveLimits, reader: _BudgetReader) -> None:
+        self.source, self.dest, self.limits, self.reader = source, dest, limits, reader
         self.entries = 0
         self.declared_bytes = 0
-        self.written_bytes = 0
         self.top: str | None = None
         self.seen: set[str] = set()
+        self.frame_sizes: dict[str, tuple[int, int]] = {}
 
-    def relative_name(self, member: tarfile.TarInfo) -> str:
-        """The entry's path inside the avatar folder, whether the archive has one top folder or none."""
+    def relative_name(self, member: tarfile.TarInfo) -> str | None:
+        """The entry's path inside the avatar folder, whether the archive has one top folder, none, or
+        LiveTalking's ``data/avatars/<id>/``; None for that prefix's own folders."""
         name = member.name
         while name.startswith("./"):
             name = name[2:]
@@ -124,7 +197,14 @@ class _Extraction:
         parts = name.split("/")
         if ".." in parts:
             raise _unsafe(self.source, member.name, "contains '..'")
-        top = "" if parts[0] in (*TOP_FILES, *FRAME_DIRS) else parts.pop(0)
+        root = list(LIVETALKING_ROOT)
+        if member.isdir() and parts == root[: len(parts)]:
+            return None  # `data/`, `data/avatars/`: the folders above an avatar in LiveTalking's repository
+        if parts[: len(root)] == root and len(parts) > len(root):
+            top = "/".join(parts[: len(root) + 1])
+            parts = parts[len(root) + 1 :]
+        else:
+            top = "" if parts[0] in (*TOP_FILES, *FRAME_DIRS) else parts.pop(0)
         if self.top is None:
             self.top = top
         elif top != self.top:
@@ -136,22 +216,43 @@ class _Extraction:
         self.entries += 1
         if self.entries > self.limits.max_entries:
             raise _unsafe(self.source, member.name, f"is past the limit of {self.limits.max_entries} entries")
+        self._count(member)
+        if member.isreg() and is_stray_os_file(member.name.rsplit("/", 1)[-1]):
+            self._skip(tar, member)
+            return
         rel = self.relative_name(member)
         problem = _member_problem(member)
         if problem:
             raise _unsafe(self.source, member.name, problem)
+        if rel is None:
+            return
         if layout_rel(rel, member.isdir()) is None:
             raise _unsafe(self.source, member.name, "is outside the avatar layout (coords.pkl, full_imgs/, ...)")
         if member.isdir():
             (self.dest / rel).mkdir(exist_ok=True)
             return
+        if member.size > max_entry_bytes(rel):
+            raise _unsafe(self.source, member.name, f"declares {member.size} bytes, over {max_entry_bytes(rel)}")
         if rel in self.seen:
             raise _unsafe(self.source, member.name, "appears twice")
         self.seen.add(rel)
-        self.declared_bytes += member.size
+        self._copy(tar, member, rel)
+        if "/" in rel:
+            self._check_frame(rel)
+
+    def _count(self, member: tarfile.TarInfo) -> None:
+        self.declared_bytes += max(member.size, 0)
         if self.declared_bytes > self.limits.max_bytes:
             raise _unsafe(self.source, member.name, f"takes the archive past {self.limits.max_bytes} bytes")
-        self._copy(tar, member, rel)
+
+    def _skip(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        """Read past a stray OS file (within the budgets) and note it."""
+        source = tar.extractfile(member)
+        if source is not None:
+            with source:
+                while source.read(COPY_CHUNK_BYTES):
+                    self.reader.since_member = 0
+        log.info("archive %s: skipped the stray OS file %r", self.source, member.name)
 
     def _copy(self, tar: tarfile.TarFile, member: tarfile.TarInfo, rel: str) -> None:
         target = self.dest / rel
@@ -160,31 +261,51 @@ class _Extraction:
         if source is None:
             raise _unsafe(self.source, member.name, "has no readable data")
         with source, target.open("xb") as out:
-            written = 0
             while chunk := source.read(COPY_CHUNK_BYTES):
-                written += len(chunk)
-                self.written_bytes += len(chunk)
-                # Counted as written, not only as declared: the declaration is the archive's word.
-                if written > member.size or self.written_bytes > self.limits.max_bytes:
-                    raise _unsafe(self.source, member.name, "holds more data than declared or allowed")
+                self.reader.since_member = 0  # member data, not headers: the total budget still counts it
                 out.write(chunk)
+
+    def _check_frame(self, rel: str) -> None:
+        """A frame's header declares a sane size, the same as the first frame of its folder: refused here,
+        before the rest is written and long before anything decodes it."""
+        folder = rel.split("/", 1)[0]
+        try:
+            size = frame_size(self.dest, self.dest / rel)
+        except StorageError as exc:
+            raise StorageError(exc.code, exc.message.replace(str(self.dest), self.source)) from None
+        expected = self.frame_sizes.setdefault(folder, size)
+        if size != expected:
+            raise StorageError(
+                "invalid_avatar",
+                f"archive {self.source}: {rel} is {size[0]}x{size[1]}, other {folder} are {expected[0]}x{expected[1]}",
+            )
 
 
 def extract_avatar(
     tar_path: Path, dest: Path, limits: ArchiveLimits | None = None, source: str | None = None
 ) -> AvatarInfo:
-    """Extract an avatar TAR (ours or LiveTalking's) into the empty directory ``dest`` and validate it.
+    """Extract an avatar TAR (ours or LiveTalking's; plain, .gz, .bz2 or .xz) into the empty directory ``dest``
+    and validate it. Budgets count decompressed bytes as they stream.
 
     ``source`` (the TAR's store URI) names the archive in errors; on failure ``dest`` holds a partial
     extraction: the caller removes it.
     """
     source = source or tar_path.name
-    extraction = _Extraction(source, dest, limits or ArchiveLimits())
+    limits = limits or ArchiveLimits()
+    stream, compressed = _open_decompressed(tar_path)
+    budget = limits.stream_budget(tar_path.stat().st_size, compressed)
+    reader = _BudgetReader(stream, budget, HEADER_BUDGET_BYTES)
+    extraction = _Extraction(source, dest, limits, reader)
     try:
-        with tarfile.open(tar_path, mode="r|*") as tar:
+        with stream, tarfile.open(fileobj=io.BufferedReader(reader), mode="r|") as tar:
             while (member := tar.next()) is not None:
                 extraction.add(tar, member)
                 tar.members.clear()  # stream mode needs no index; keep memory flat for large archives
-    except (tarfile.TarError, EOFError) as exc:
+                reader.since_member = 0
+    except _Refused as exc:
+        raise StorageError("unsafe_archive", f"archive {source} {exc}") from None
+    except (tarfile.TarError, EOFError, OSError, lzma.LZMAError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # a disk error of ours, not the archive's fault
         raise StorageError("invalid_archive", f"archive {source} is not a readable TAR: {exc}") from exc
     return validate_avatar_dir(dest, label=source)

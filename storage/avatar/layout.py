@@ -30,6 +30,14 @@ TOP_FILES = (COORDS, LANDMARKS, META)
 # ASCII digits only, and \Z: "$" would also accept a name ending in a newline.
 FRAME_NAME_RE = re.compile(r"^([0-9]{8})\.(png|jpg)\Z")
 LANDMARK_POINTS = 68
+MIB = 1024 * 1024
+# Per-file caps, far above what a 5-minute 4K avatar needs: a larger entry is a bomb, refused before writing.
+MAX_FRAME_FILE_BYTES = 64 * MIB
+MAX_ENTRY_BYTES = {COORDS: 16 * MIB, LANDMARKS: 64 * MIB, META: 1 * MIB}
+MAX_FRAME_PIXELS = 4096 * 4096
+MAX_META_DEPTH = 32
+# Files operating systems leave in folders (Finder, Explorer, AppleDouble): skipped, never an error.
+STRAY_OS_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 
 
 def frame_name(i: int) -> str:
@@ -44,6 +52,16 @@ def check_avatar_id(avatar_id: str) -> str:
             "invalid_avatar_id", f"avatar id {avatar_id!r} must be a plain folder name (no '/', not starting with '.')"
         )
     return avatar_id
+
+
+def is_stray_os_file(name: str) -> bool:
+    """Whether a file name is one an OS leaves behind (``.DS_Store``, ``Thumbs.db``, AppleDouble ``._*``)."""
+    return name in STRAY_OS_FILES or name.startswith("._")
+
+
+def max_entry_bytes(rel: str) -> int:
+    """The largest file the layout allows at ``rel`` (a name ``layout_rel`` accepted)."""
+    return MAX_ENTRY_BYTES.get(rel, MAX_FRAME_FILE_BYTES)
 
 
 def layout_rel(name: str, is_dir: bool) -> str | None:

@@ -18,8 +18,12 @@ from storage.avatar.layout import (
     FULL_IMGS,
     LANDMARK_POINTS,
     LANDMARKS,
+    MAX_ENTRY_BYTES,
+    MAX_FRAME_PIXELS,
+    MAX_META_DEPTH,
     META,
     TOP_FILES,
+    is_stray_os_file,
 )
 from storage.errors import StorageError
 
@@ -56,6 +60,8 @@ def frame_files(avatar: Path, folder: str) -> list[Path]:
         raise invalid(avatar, f"missing {folder}/")
     by_index: dict[int, Path] = {}
     for entry in directory.iterdir():
+        if is_stray_os_file(entry.name):
+            continue
         match = FRAME_NAME_RE.match(entry.name)
         if not match or not entry.is_file():
             raise invalid(avatar, f"unexpected entry {folder}/{entry.name} (frames are NNNNNNNN.png or .jpg)")
@@ -77,37 +83,84 @@ def _check_boxes(avatar: Path, coords: list[Box], width: int, height: int) -> No
             )
 
 
-def _read_landmarks_shape(avatar: Path) -> tuple[int, ...] | None:
+def _read_landmarks(avatar: Path, frames: int) -> np.ndarray | None:
     path = avatar / LANDMARKS
     if not path.exists():
         return None
+    if path.stat().st_size > MAX_ENTRY_BYTES[LANDMARKS]:
+        raise invalid(avatar, f"{LANDMARKS} is over {MAX_ENTRY_BYTES[LANDMARKS]} bytes")
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False).shape
+        landmarks = np.load(path, allow_pickle=False)
     except Exception as exc:
         raise invalid(avatar, f"{LANDMARKS} is not a readable .npy array: {exc}") from exc
+    if landmarks.shape != (frames, LANDMARK_POINTS, 2) or landmarks.dtype.kind not in "fiu":
+        expected = f"numbers in shape ({frames}, {LANDMARK_POINTS}, 2)"
+        raise invalid(avatar, f"{LANDMARKS} has shape {landmarks.shape} of {landmarks.dtype}, expected {expected}")
+    if not np.isfinite(landmarks).all():
+        raise invalid(avatar, f"{LANDMARKS} holds NaN or infinite values")
+    return landmarks
+
+
+def _json_depth(value: object) -> int:
+    """Nesting depth of parsed JSON, walked without recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _read_meta(avatar: Path) -> dict:
     path = avatar / META
     if not path.exists():
         return {}
+    if path.stat().st_size > MAX_ENTRY_BYTES[META]:
+        raise invalid(avatar, f"{META} is over {MAX_ENTRY_BYTES[META]} bytes")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise invalid(avatar, f"{META} is not valid JSON: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise invalid(avatar, f"{META} is not valid JSON: {type(exc).__name__}") from None
     if not isinstance(meta, dict):
         raise invalid(avatar, f"{META} must hold a JSON object")
+    if _json_depth(meta) > MAX_META_DEPTH:
+        raise invalid(avatar, f"{META} is nested deeper than {MAX_META_DEPTH} levels")
     return meta
 
 
-def _inspect(avatar: Path) -> tuple[AvatarInfo, list[Box], list[Path], list[Path]]:
+def frame_size(avatar: Path, frame: Path) -> tuple[int, int]:
+    """A frame's (width, height) from its header; ``invalid_avatar`` past MAX_FRAME_PIXELS."""
+    width, height = image_size(frame)
+    if width * height > MAX_FRAME_PIXELS or not width or not height:
+        raise invalid(avatar, f"{frame.parent.name}/{frame.name} declares {width}x{height} pixels")
+    return width, height
+
+
+def _same_size(avatar: Path, frames: list[Path], size: tuple[int, int]) -> None:
+    """Every frame's header declares ``size``: a larger one would be decoded at render time."""
+    for frame in frames[1:]:
+        found = image_size(frame)
+        if found != size:
+            first = f"{size[0]}x{size[1]}"
+            raise invalid(avatar, f"{frame.parent.name}/{frame.name} is {found[0]}x{found[1]}, the first frame {first}")
+
+
+def _check_entries(avatar: Path) -> None:
     if not avatar.is_dir():
         raise invalid(avatar, "not a directory")
     for entry in avatar.iterdir():
-        if entry.name not in (*TOP_FILES, *FRAME_DIRS):
+        if entry.name not in (*TOP_FILES, *FRAME_DIRS) and not is_stray_os_file(entry.name):
             raise invalid(avatar, f"unexpected entry {entry.name!r} (allowed: {', '.join((*FRAME_DIRS, *TOP_FILES))})")
     if not (avatar / COORDS).is_file():
         raise invalid(avatar, f"missing {COORDS}")
+
+
+Inspected = tuple[AvatarInfo, list[Box], list[Path], list[Path], np.ndarray | None]
+
+
+def _inspect(avatar: Path, every_frame: bool) -> Inspected:
+    _check_entries(avatar)
     coords = read_coords(avatar / COORDS)
     full, faces = frame_files(avatar, FULL_IMGS), frame_files(avatar, FACE_IMGS)
     if not coords:
@@ -116,25 +169,27 @@ def _inspect(avatar: Path) -> tuple[AvatarInfo, list[Box], list[Path], list[Path
         raise invalid(
             avatar, f"frame counts differ: {FULL_IMGS} {len(full)}, {FACE_IMGS} {len(faces)}, {COORDS} {len(coords)}"
         )
-    width, height = image_size(full[0])
-    face_w, face_h = image_size(faces[0])
+    width, height = frame_size(avatar, full[0])
+    face_w, face_h = frame_size(avatar, faces[0])
     if face_w != face_h:
         raise invalid(avatar, f"face crops must be square, {faces[0].name} is {face_w}x{face_h}")
+    if every_frame:
+        _same_size(avatar, full, (width, height))
+        _same_size(avatar, faces, (face_w, face_h))
     _check_boxes(avatar, coords, width, height)
-    shape = _read_landmarks_shape(avatar)
-    if shape is not None and shape != (len(coords), LANDMARK_POINTS, 2):
-        raise invalid(avatar, f"{LANDMARKS} has shape {shape}, expected ({len(coords)}, {LANDMARK_POINTS}, 2)")
-    info = AvatarInfo(avatar, len(coords), face_w, width, height, shape is not None, _read_meta(avatar))
-    return info, coords, full, faces
+    landmarks = _read_landmarks(avatar, len(coords))
+    info = AvatarInfo(avatar, len(coords), face_w, width, height, landmarks is not None, _read_meta(avatar))
+    return info, coords, full, faces, landmarks
 
 
 def validate_avatar_dir(path: Path, label: str | None = None) -> AvatarInfo:
-    """Check the layout (names, counts, sizes) of an avatar directory; StorageError ``invalid_avatar`` if wrong.
+    """Check an avatar directory: names, counts, every frame's declared size, boxes, finite landmarks, meta;
+    StorageError ``invalid_avatar`` if wrong. Runs before an avatar is installed or used from a folder.
 
     ``label`` (e.g. the store URI of the TAR it came from) replaces the folder's path in error messages.
     """
     try:
-        return _inspect(path)[0]
+        return _inspect(path, every_frame=True)[0]
     except StorageError as exc:
         if label is None:
             raise
@@ -142,7 +197,7 @@ def validate_avatar_dir(path: Path, label: str | None = None) -> AvatarInfo:
 
 
 def load_avatar(path: Path) -> LoadedAvatar:
-    """Validate and describe an avatar: coords, frame paths, landmarks; frames stay on disk, undecoded."""
-    info, coords, full, faces = _inspect(path)
-    landmarks = np.load(path / LANDMARKS, allow_pickle=False) if info.has_landmarks else None
+    """Describe a validated avatar: coords, frame paths, landmarks; frames stay on disk, undecoded. Checks all
+    but the size of each frame after the first (``validate_avatar_dir`` did, before it was installed)."""
+    info, coords, full, faces, landmarks = _inspect(path, every_frame=False)
     return LoadedAvatar(info, coords, full, faces, landmarks, info.meta)
