@@ -22,7 +22,7 @@ from pydantic import ValidationError
 import handlers
 from handlers.errors import TaskError
 from handlers.schemas import URI_SCHEMES, Emotion, ImageFormat, LipSyncEngineName, TaskName
-from orchestrator.config import OrchestratorSettings
+from orchestrator.config import BackendKind, OrchestratorSettings
 from orchestrator.console import err, follow_job, out, print_job, print_rows, progress_of, wait_with_progress
 from orchestrator.models import JobStatus, JobView, OrchestratorError
 from orchestrator.recover import RecoveryEvent, recover_avatars
@@ -117,7 +117,7 @@ def run_job(
             job = follow_job(service, job, as_json)
         elif wait and not job.finished:
             job = wait_with_progress(service, job, timeout_s, quiet=as_json)
-        elif job.backend == "local" and not job.finished:
+        elif job.backend == BackendKind.local and not job.finished:
             err.print(
                 "note: this job runs in this process on the local backend; it is resumed by the next"
                 f" `avatarctl jobs wait {job.id}` or `avatarctl serve`.",

@@ -6,36 +6,43 @@ Built from the environment once (``OrchestratorSettings()``) and passed in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BACKEND_KINDS = ("local", "runpod", "modal")
+
+class BackendKind(str, Enum):
+    """Where a job runs: in this process, on a RunPod endpoint, or on a deployed Modal class."""
+
+    local = "local"
+    runpod = "runpod"
+    modal = "modal"
 
 
 @dataclass(frozen=True)
 class BackendSpec:
     """A parsed backend spec: ``local``, ``runpod:<endpoint_id>`` or ``modal:<app>/<Class>``."""
 
-    kind: str
+    kind: BackendKind
     target: str = ""
 
     def __str__(self) -> str:
-        return self.kind if self.kind == "local" else f"{self.kind}:{self.target}"
+        return self.kind.value if self.kind is BackendKind.local else f"{self.kind.value}:{self.target}"
 
 
 def parse_backend_spec(spec: str) -> BackendSpec:
     """Parse a backend spec; ValueError naming the accepted forms when it is malformed."""
     kind, _, target = spec.strip().partition(":")
     forms = "`local`, `runpod:<endpoint_id>` or `modal:<app>/<Class>`"
-    if kind == "local" and not target:
-        return BackendSpec("local")
-    if kind == "runpod" and target and "/" not in target:
-        return BackendSpec("runpod", target)
-    if kind == "modal":
+    if kind == BackendKind.local.value and not target:
+        return BackendSpec(BackendKind.local)
+    if kind == BackendKind.runpod.value and target and "/" not in target:
+        return BackendSpec(BackendKind.runpod, target)
+    if kind == BackendKind.modal.value:
         app, _, cls = target.partition("/")
         if app and cls and "/" not in cls:
-            return BackendSpec("modal", target)
+            return BackendSpec(BackendKind.modal, target)
     raise ValueError(f"backend {spec!r} is not valid: use {forms}")
 
 

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 
-from orchestrator.models import ACTIVE_STATUSES, JobView
+from orchestrator.models import ACTIVE_STATUSES, JobEvent, JobView, sources, target
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def make_engine(database_url: str) -> Engine:
 
 
 def _view(row: Any) -> JobView:
-    return JobView.model_validate(dict(zip(COLUMNS, row, strict=True)))
+    return JobView.from_row(dict(zip(COLUMNS, row, strict=True)))
 
 
 class JobStore:
@@ -172,7 +172,7 @@ class JobStore:
             if row.get("idempotency_key") and self.get_by_idempotency_key(row["idempotency_key"]):
                 raise DuplicateIdempotencyKey(row["idempotency_key"]) from None
             raise exc
-        return JobView.model_validate({name: row.get(name) for name in COLUMNS})
+        return JobView.from_row({name: row.get(name) for name in COLUMNS})
 
     def get(self, job_id: str) -> JobView | None:
         return self._one(JobRow.id == job_id)
@@ -210,17 +210,19 @@ class JobStore:
         """Queued and running jobs, oldest first."""
         return self.list(statuses=ACTIVE_STATUSES, limit=limit, newest_first=False)
 
-    def update(
-        self,
-        job_id: str,
-        values: dict[str, Any],
-        *,
-        statuses: Iterable[str] = ACTIVE_STATUSES,
-        where: dict[str, Any] | None = None,
+    def transition(
+        self, job_id: str, event: JobEvent, values: dict[str, Any] | None = None, *, where: dict[str, Any] | None = None
     ) -> bool:
-        """Compare-and-set: apply ``values`` only while the job's status is in ``statuses`` and every
-        ``where`` column still holds its expected value (None means NULL). True when the row changed."""
-        query = update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(list(statuses)))
+        """Apply ``event`` (models.TRANSITIONS) with ``values`` as one compare-and-set: only while the job's status
+        allows the event and every ``where`` column still holds its expected value (None means NULL).
+        True when the row changed."""
+        values = dict(values or {})
+        if "status" in values:
+            raise ValueError("a status changes only through an event of the transition table")
+        status = target(event)
+        if status is not None:
+            values["status"] = status.value
+        query = update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(sorted(sources(event))))
         for name, expected in (where or {}).items():
             column = getattr(JobRow, name)
             query = query.where(column.is_(None) if expected is None else column == expected)

@@ -1,12 +1,20 @@
-"""What callers see of a job (``JobView``), its statuses, and the errors the job service raises."""
+"""What callers see of a job (``JobView``), its statuses and the table of their transitions, and the errors
+the job service raises.
+
+Every status change is an event looked up in ``TRANSITIONS`` (status x event -> status); the job store
+applies it as one compare-and-set, so a change the table refuses never reaches the database.
+"""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from orchestrator.config import BackendKind
 
 
 class JobStatus(str, Enum):
@@ -24,6 +32,76 @@ FINISHED_STATUSES = frozenset(
 )
 
 
+class JobEvent(str, Enum):
+    claim = "claim"  # a process takes the job to submit it (attempts + 1); a local re-run starts queued again
+    submitted = "submitted"  # the backend's id for the job, or a note about its submit; status unchanged
+    progress = "progress"  # progress or a new deadline; status unchanged
+    start = "start"  # the backend began running it
+    complete = "complete"
+    fail = "fail"
+    cancel = "cancel"
+    time_out = "time_out"
+
+
+_QUEUED, _RUNNING = JobStatus.queued, JobStatus.running
+_ENDINGS = {
+    JobEvent.complete: JobStatus.completed,
+    JobEvent.fail: JobStatus.failed,
+    JobEvent.cancel: JobStatus.cancelled,
+    JobEvent.time_out: JobStatus.timed_out,
+}
+# status x event -> status. A finished job has no transition: it never changes again.
+TRANSITIONS: dict[tuple[JobStatus, JobEvent], JobStatus] = {
+    (_QUEUED, JobEvent.claim): _QUEUED,
+    (_QUEUED, JobEvent.submitted): _QUEUED,
+    (_QUEUED, JobEvent.progress): _QUEUED,
+    (_QUEUED, JobEvent.start): _RUNNING,
+    (_RUNNING, JobEvent.claim): _QUEUED,  # a local job whose runner is gone runs again from the start
+    (_RUNNING, JobEvent.submitted): _RUNNING,
+    (_RUNNING, JobEvent.progress): _RUNNING,
+    **{(status, event): ending for status in (_QUEUED, _RUNNING) for event, ending in _ENDINGS.items()},
+}
+
+
+class InvalidTransition(ValueError):
+    """An event the transition table refuses for the job's status."""
+
+
+def next_status(status: JobStatus | str, event: JobEvent) -> JobStatus:
+    """The status after ``event``; InvalidTransition when the table has no such transition."""
+    target = TRANSITIONS.get((JobStatus(status), event))
+    if target is None:
+        raise InvalidTransition(f"a {JobStatus(status).value} job cannot take the event {event.value!r}")
+    return target
+
+
+def sources(event: JobEvent) -> frozenset[str]:
+    """The statuses from which ``event`` is allowed."""
+    return frozenset(status.value for status, ev in TRANSITIONS if ev is event)
+
+
+def target(event: JobEvent) -> JobStatus | None:
+    """The one status ``event`` leads to, or None when it keeps the job's status."""
+    targets = {TRANSITIONS[(status, event)] for status in map(JobStatus, sources(event))}
+    if targets == set(map(JobStatus, sources(event))):
+        return None
+    (single,) = targets
+    return single
+
+
+SECRET_FIELD = re.compile(r"token|secret|key|password|authorization", re.IGNORECASE)
+MASK = "***"
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` with every field whose name looks secret (token, key, ...) masked."""
+    if isinstance(value, dict):
+        return {k: MASK if SECRET_FIELD.search(str(k)) else redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
+
+
 class JobView(BaseModel):
     """One job as stored: the API's response model (datetimes are ISO 8601 in UTC)."""
 
@@ -33,7 +111,7 @@ class JobView(BaseModel):
     task: str
     user_id: str | None = None
     status: JobStatus
-    backend: str = Field(description="`local`, `runpod` or `modal`.")
+    backend: BackendKind = Field(description="`local`, `runpod` or `modal`.")
     endpoint: str | None = Field(None, description="RunPod endpoint id, Modal `app/Class`, or the local runner.")
     remote_id: str | None = Field(None, description="The backend's id for the job once submitted.")
     input: dict[str, Any] = Field(description="The task payload, with secret-looking fields masked.")
@@ -48,6 +126,20 @@ class JobView(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     deadline_at: datetime | None = None
+
+    _payload: dict[str, Any] | None = PrivateAttr(None)
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The task payload as submitted, secrets included: what a (re-)submit sends to the backend."""
+        return self._payload if self._payload is not None else self.input
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> JobView:
+        """The job of a database row; callers see ``input`` masked, the backend gets ``payload`` whole."""
+        view = cls.model_validate({**row, "input": redact(row["input"])})
+        view._payload = row["input"]
+        return view
 
     @property
     def finished(self) -> bool:

@@ -1,8 +1,10 @@
-"""The local backend: ``handlers.dispatch`` on a thread pool in this process (remote id = job id).
+"""The local backend: ``handlers.dispatch`` in worker processes of this orchestrator (remote id = job id).
 
 Each backend instance is a *runner* named ``host:pid:token``; the job service records that name as
 the job's endpoint, so another orchestrator process on the same database leaves the job alone while
-its runner lives, and adopts it once the runner is gone (``runner_is_gone``).
+its runner lives, and adopts it once the runner is gone (``runner_is_gone``). Tasks run in a
+``WorkerPool``: a task that crashes its process fails with ``worker_crashed`` and the pool replaces the
+process; the orchestrator keeps serving.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import handlers
-from handlers.errors import TaskCancelled
-from orchestrator.backends import RemoteState, RemoteStatus, SubmitRejected
+from orchestrator.backends.base import Ownership, RemoteState, RemoteStatus, SubmitRejected
+from orchestrator.backends.worker_pool import TaskRunner, WorkerPool
+from orchestrator.config import BackendKind
+from orchestrator.models import JobView
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +31,6 @@ MAX_FINISHED_RUNS = 1000  # finished results kept in memory for status() before 
 
 _live_runners: set[str] = set()
 _live_lock = threading.Lock()
-
-
-class LocalJobAborted(TaskCancelled):
-    """Raised from the progress callback to stop a cancelled or timed-out job at its next stage."""
 
 
 def runner_is_gone(runner: str | None) -> bool:
@@ -59,30 +58,53 @@ def runner_is_gone(runner: str | None) -> bool:
 
 @dataclass
 class _Run:
+    """A job of this runner: what the worker pool runs (a ``PoolJob``) and what ``status`` reports."""
+
     job_id: str
+    payload: dict[str, Any]
+    changed: Callable[[str], None]
     cancel: threading.Event = field(default_factory=threading.Event)
-    future: Future | None = None
     started: bool = False
     progress: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
 
+    @property
+    def finished(self) -> bool:
+        return self.result is not None or (self.cancel.is_set() and not self.started)
+
+    def on_start(self) -> None:
+        self.started = True
+        self.changed(self.job_id)
+
+    def on_progress(self, stage: str, fraction: float) -> None:
+        self.progress = {"stage": stage, "fraction": round(float(fraction), 4)}
+        self.changed(self.job_id)
+
+    def on_result(self, result: dict[str, Any]) -> None:
+        self.result = result
+        self.changed(self.job_id)
+
 
 class LocalBackend:
-    """Runs tasks in this process. ``on_change(job_id)`` is called when a job starts, progresses or ends."""
+    """Runs tasks in ``workers`` worker processes. ``on_change(job_id)`` is called when a job starts,
+    progresses or ends. ``run_task`` is what a worker calls (``handlers.dispatch``)."""
 
-    kind = "local"
+    kind = BackendKind.local
+    cheap_status = True
 
     def __init__(
         self,
         workers: int = 2,
         settings: handlers.Settings | None = None,
         on_change: Callable[[str], None] | None = None,
+        run_task: TaskRunner = handlers.dispatch,
     ) -> None:
         self.endpoint = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.workers = workers
         self.on_change = on_change
-        self._settings = settings
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="local-job")
+        self.settings = settings or handlers.Settings()
+        self._run_task = run_task
+        self._pool: WorkerPool | None = None
         self._runs: OrderedDict[str, _Run] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
@@ -91,13 +113,15 @@ class LocalBackend:
 
     @property
     def spec(self) -> str:
-        return "local"
+        return BackendKind.local.value
 
     @property
-    def settings(self) -> handlers.Settings:
-        if self._settings is None:
-            self._settings = handlers.Settings()
-        return self._settings
+    def pool(self) -> WorkerPool:
+        """The worker pool, started on first use (a service that only reads jobs starts no process)."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = WorkerPool(self.workers, self.settings, self._run_task)
+            return self._pool
 
     def submit(
         self,
@@ -111,28 +135,13 @@ class LocalBackend:
     ) -> str:
         if self._closed:
             raise SubmitRejected("backend_closed", "The local backend is shut down.")
-        run = _Run(job_id)
+        run = _Run(job_id, {**payload, "task": task}, self._changed)
         with self._lock:
             self._runs[job_id] = run
             self._runs.move_to_end(job_id)
             self._evict_finished()
-        run.future = self._executor.submit(self._execute, run, {**payload, "task": task})
+        self.pool.put(run)
         return job_id
-
-    def _execute(self, run: _Run, payload: dict[str, Any]) -> None:
-        if run.cancel.is_set():
-            return
-        run.started = True
-        self._changed(run.job_id)
-
-        def progress(stage: str, fraction: float) -> None:
-            if run.cancel.is_set():
-                raise LocalJobAborted(f"job {run.job_id} was stopped")
-            run.progress = {"stage": stage, "fraction": round(float(fraction), 4)}
-            self._changed(run.job_id)
-
-        run.result = handlers.dispatch(payload, self.settings, progress)
-        self._changed(run.job_id)
 
     def _changed(self, job_id: str) -> None:
         if self.on_change is not None:
@@ -142,8 +151,7 @@ class LocalBackend:
                 log.exception("on_change callback failed")
 
     def _evict_finished(self) -> None:
-        # a run cancelled before it started has no result, but its future is done: it is finished too
-        finished = [job_id for job_id, run in self._runs.items() if run.result is not None or _done(run)]
+        finished = [job_id for job_id, run in self._runs.items() if run.finished]
         for job_id in finished[: max(0, len(finished) - MAX_FINISHED_RUNS)]:
             del self._runs[job_id]
 
@@ -155,49 +163,48 @@ class LocalBackend:
             return RemoteStatus(RemoteState.cancelled, error="Cancelled.")
         if run.result is not None:
             return _result_status(run.result)
-        if run.future is not None and run.future.done() and not run.future.cancelled():
-            exc = run.future.exception()
-            if exc is not None:  # dispatch never raises; this is a bug or a BaseException
-                error = f"Local run crashed: {exc!r}"
-                return RemoteStatus(RemoteState.failed, error=error, error_code="internal_error")
         if run.started:
             return RemoteStatus(RemoteState.running, progress=run.progress)
         return RemoteStatus(RemoteState.queued)
 
     def cancel(self, remote_id: str) -> None:
         run = self._runs.get(remote_id)
-        if run is None:
-            return
-        run.cancel.set()
-        if run.future is not None:
-            run.future.cancel()
+        if run is not None:
+            run.cancel.set()
+
+    def claim_values(self, job: JobView) -> dict[str, Any]:
+        """A (re-)run starts from scratch in this process, which becomes the job's runner."""
+        return {"endpoint": self.endpoint, "remote_id": job.id, "started_at": None, "progress": None}
+
+    def ownership(self, job: JobView) -> Ownership:
+        if job.endpoint == self.endpoint:
+            return Ownership.here if job.id in self._runs else Ownership.gone
+        return Ownership.gone if runner_is_gone(job.endpoint) else Ownership.elsewhere
+
+    def parse_webhook(self, body: dict[str, Any]) -> tuple[str, RemoteStatus] | None:
+        return None
 
     def health(self) -> dict[str, Any]:
         with self._lock:
             runs = list(self._runs.values())
-        running = sum(1 for r in runs if r.started and r.result is None)
-        queued = sum(1 for r in runs if not r.started and not r.cancel.is_set())
         return {
             "ok": not self._closed,
             "runner": self.endpoint,
             "workers": self.workers,
-            "running": running,
-            "queued": queued,
+            "running": sum(1 for r in runs if r.started and r.result is None),
+            "queued": sum(1 for r in runs if not r.started and not r.job.cancel.is_set()),
         }
 
     def close(self) -> None:
-        """Stop taking jobs; queued ones never start. A job already running finishes in its thread but
-        nobody reads its result: after a restart the job service runs it again (or fails it)."""
+        """Stop taking jobs; queued ones never start and running ones stop with their workers: after a
+        restart the job service runs them again (or fails them)."""
         self._closed = True
         with _live_lock:
             _live_runners.discard(self.endpoint)
         for run in list(self._runs.values()):
             run.cancel.set()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _done(run: _Run) -> bool:
-    return run.future is not None and run.future.done()
+        if self._pool is not None:
+            self._pool.close()
 
 
 def _result_status(result: dict[str, Any]) -> RemoteStatus:

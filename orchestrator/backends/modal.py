@@ -12,7 +12,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from orchestrator.backends import BackendUnavailable, RemoteState, RemoteStatus, SubmitRejected, SubmitUncertain
+from orchestrator.backends.base import (
+    BackendUnavailable,
+    RemoteBackend,
+    RemoteState,
+    RemoteStatus,
+    SubmitRejected,
+    SubmitUncertain,
+)
+from orchestrator.config import BackendKind
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +42,10 @@ def _transient_errors(modal: Any) -> tuple[type[BaseException], ...]:
     return (OSError, StreamTerminatedError, *(c for c in named if isinstance(c, type)))
 
 
-class ModalBackend:
+class ModalBackend(RemoteBackend):
     """One deployed Modal class whose methods are the contract's tasks."""
 
-    kind = "modal"
+    kind = BackendKind.modal
 
     def __init__(self, app_name: str, class_name: str) -> None:
         self.app_name = app_name

@@ -28,13 +28,15 @@ from typing import Any
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from orchestrator.backends import (
+from orchestrator.backends.base import (
     BackendUnavailable,
+    RemoteBackend,
     RemoteState,
     RemoteStatus,
     SubmitRejected,
     SubmitUncertain,
 )
+from orchestrator.config import BackendKind
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +134,10 @@ def parse_job(body: dict[str, Any]) -> RemoteStatus:
     return RemoteStatus(state, error="The job was cancelled on RunPod.", error_code="cancelled")
 
 
-class RunpodBackend:
+class RunpodBackend(RemoteBackend):
     """One RunPod serverless endpoint."""
 
-    kind = "runpod"
+    kind = BackendKind.runpod
 
     def __init__(
         self,
@@ -269,6 +271,10 @@ class RunpodBackend:
         except (httpx.HTTPError, ValueError) as exc:
             return {"ok": False, "endpoint": self.endpoint, "error": f"{type(exc).__name__}: {exc}"}
         return {"ok": True, "endpoint": self.endpoint, **(body if isinstance(body, dict) else {"answer": body})}
+
+    def parse_webhook(self, body: dict[str, Any]) -> tuple[str, RemoteStatus] | None:
+        """RunPod posts the final job JSON (the same shape as its status answer), its ``id`` included."""
+        return str(body.get("id") or ""), parse_job(body)
 
     def close(self) -> None:
         self._client.close()

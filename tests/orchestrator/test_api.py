@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import pytest
 from handlers.errors import TaskError
 from handlers.settings import Settings
 from orchestrator.api import create_app
+from orchestrator.backends.local import LocalBackend
 from orchestrator.config import OrchestratorSettings
 from orchestrator.emulator import BackgroundServer
 from orchestrator.models import JobView
@@ -27,6 +29,7 @@ from storage import open_store
 from storage.local import path_from_file_uri
 from tests.media import astronaut_bgr, coffee_bgr, tone
 from tests.orchestrator.conftest import eventually
+from tests.orchestrator.worker_tasks import CRASH_USER, dispatch_or_crash
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -281,3 +284,25 @@ def test_clients_cannot_point_workers_at_this_hosts_files(api: Api, tmp_path: Pa
     inside.write_bytes(PORTRAIT)
     job = api.client.post("/v1/emotions", json={"user_id": "u1", "image": inside.as_uri(), "emotion": "happy"})
     assert job.status_code == 202 and api.wait_finished(job.json()["id"])["status"] == "completed"
+
+
+def test_a_task_that_crashes_its_worker_process_fails_that_job_only(tmp_path: Path, local_settings: Settings) -> None:
+    """Crash containment: a native crash (SIGSEGV) in a task kills one worker process, not the API."""
+    settings = OrchestratorSettings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}", poll_interval_s=0.05)
+    local = LocalBackend(workers=1, settings=local_settings, run_task=dispatch_or_crash)
+    service = JobService(settings, backends={task: local for task in ("render_emotion", "health")})
+    server = BackgroundServer(create_app(service, sync_wait_s=60))
+    with server, httpx.Client(base_url=server.url, timeout=60) as client:
+        warm = client.post("/v1/jobs", json={"task": "health"}).json()
+        assert service.wait(warm["id"], 60).status == "completed"
+        pid_before = local.pool.pids()
+        body = {"user_id": CRASH_USER, "image": "https://example.com/face.png", "emotion": "happy"}
+        crashed = service.wait(client.post("/v1/emotions", json=body).json()["id"], 60)
+        assert crashed.status == "failed" and crashed.error_code == "worker_crashed", crashed
+        assert "SIGSEGV" in crashed.error and crashed.attempts == 1
+        assert client.get("/healthz").status_code == 200  # the API process is alive
+        after = service.wait(client.post("/v1/jobs", json={"task": "health"}).json()["id"], 60)
+        assert after.status == "completed" and local.pool.pids() != pid_before  # a new worker took over
+        time.sleep(0.3)
+        assert service.get(crashed.id).attempts == 1  # not retried
+    service.stop()

@@ -11,7 +11,17 @@ import pytest
 from sqlalchemy import text
 
 from orchestrator.db import DuplicateIdempotencyKey, JobStore, normalize_url, utcnow
-from orchestrator.models import FINISHED_STATUSES
+from orchestrator.models import (
+    FINISHED_STATUSES,
+    TRANSITIONS,
+    InvalidTransition,
+    JobEvent,
+    JobStatus,
+    next_status,
+)
+
+ENDING_EVENTS = {"completed": JobEvent.complete, "failed": JobEvent.fail, "cancelled": JobEvent.cancel}
+ENDING_EVENTS["timed_out"] = JobEvent.time_out
 
 
 @pytest.fixture
@@ -61,20 +71,56 @@ def test_idempotency_key_is_unique_but_many_jobs_have_none(store):
 
 def test_finished_job_never_changes(store):
     job = new_job(store)
-    assert store.update(job.id, {"status": "running", "started_at": utcnow()})
-    assert store.update(job.id, {"status": "completed", "output": {"ok": 1}, "finished_at": utcnow()})
+    assert store.transition(job.id, JobEvent.start, {"started_at": utcnow()})
+    assert store.transition(job.id, JobEvent.complete, {"output": {"ok": 1}, "finished_at": utcnow()})
     done = store.get(job.id)
-    for values in ({"status": "failed", "error": "late"}, {"progress": 0.3}, {"status": "queued"}):
-        assert not store.update(job.id, values)
+    assert done.status == "completed"
+    for event, values in (
+        (JobEvent.fail, {"error": "late"}),
+        (JobEvent.progress, {"progress": 0.3}),
+        (JobEvent.claim, {}),
+    ):
+        assert not store.transition(job.id, event, values)
     assert store.get(job.id) == done
+
+
+def _job_in(store: JobStore, status: JobStatus) -> object:
+    """A job brought to ``status`` through the table's own events."""
+    job = new_job(store)
+    if status is JobStatus.running:
+        assert store.transition(job.id, JobEvent.start)
+    elif status.value in FINISHED_STATUSES:
+        assert store.transition(job.id, ENDING_EVENTS[status.value])
+    assert store.get(job.id).status == status.value
+    return job
+
+
+def test_the_transition_table_is_what_the_store_applies(store):
+    """Every (status, event) pair: allowed ones land on the table's status, refused ones change nothing."""
+    for status in JobStatus:
+        for event in JobEvent:
+            job = _job_in(store, status)
+            before = store.get(job.id)
+            if (status, event) in TRANSITIONS:
+                assert next_status(status, event) is TRANSITIONS[(status, event)]
+                assert store.transition(job.id, event), (status, event)
+                assert store.get(job.id).status == TRANSITIONS[(status, event)].value, (status, event)
+            else:
+                with pytest.raises(InvalidTransition):
+                    next_status(status, event)
+                assert not store.transition(job.id, event, {"error": "refused"}), (status, event)
+                assert store.get(job.id) == before, (status, event)
+    assert not any(status.value in FINISHED_STATUSES for status, _ in TRANSITIONS)  # finished is final
+    with pytest.raises(ValueError, match="transition table"):
+        store.transition(new_job(store).id, JobEvent.progress, {"status": "completed"})
 
 
 def test_where_columns_guard_claims(store):
     job = new_job(store)
-    assert store.update(job.id, {"attempts": 1}, where={"attempts": 0, "remote_id": None})
-    assert not store.update(job.id, {"attempts": 1}, where={"attempts": 0})
-    assert store.update(job.id, {"remote_id": "r-1"}, where={"remote_id": None})
-    assert not store.update(job.id, {"remote_id": "r-2"}, where={"remote_id": None})
+    assert store.transition(job.id, JobEvent.claim, {"attempts": 1}, where={"attempts": 0, "remote_id": None})
+    assert not store.transition(job.id, JobEvent.claim, {"attempts": 1}, where={"attempts": 0})
+    assert store.transition(job.id, JobEvent.submitted, {"remote_id": "r-1"}, where={"remote_id": None})
+    assert not store.transition(job.id, JobEvent.submitted, {"remote_id": "r-2"}, where={"remote_id": None})
     assert store.get(job.id).remote_id == "r-1"
 
 
@@ -86,7 +132,7 @@ def test_racing_finishers_exactly_one_wins(store):
 
     def finish(status: str) -> None:
         barrier.wait()
-        if store.update(job.id, {"status": status, "finished_at": utcnow()}):
+        if store.transition(job.id, ENDING_EVENTS[status], {"finished_at": utcnow()}):
             wins.append(status)
 
     threads = [threading.Thread(target=finish, args=(s,)) for s in statuses]
@@ -101,7 +147,7 @@ def test_racing_finishers_exactly_one_wins(store):
 def test_list_filters_order_and_active(store):
     user = f"u-{uuid.uuid4().hex[:8]}"
     jobs = [new_job(store, user_id=user, task=task) for task in ("health", "render_emotion", "health")]
-    store.update(jobs[0].id, {"status": "failed", "finished_at": utcnow()})
+    store.transition(jobs[0].id, JobEvent.fail, {"finished_at": utcnow()})
     assert [j.id for j in store.list(user_id=user)] == [j.id for j in reversed(jobs)]
     assert [j.id for j in store.list(user_id=user, task="health", status="queued")] == [jobs[2].id]
     assert len(store.list(user_id=user, limit=1)) == 1
@@ -122,8 +168,10 @@ def test_naive_datetimes_are_refused(tmp_path):
     store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
     job = new_job(store)
     with pytest.raises(Exception, match="naive datetime"):
-        store.update(job.id, {"deadline_at": utcnow().replace(tzinfo=None)})
-    assert store.update(job.id, {"deadline_at": utcnow().astimezone(timezone(timedelta(hours=9)))})
+        store.transition(job.id, JobEvent.progress, {"deadline_at": utcnow().replace(tzinfo=None)})
+    assert store.transition(
+        job.id, JobEvent.progress, {"deadline_at": utcnow().astimezone(timezone(timedelta(hours=9)))}
+    )
 
 
 def test_postgres_urls_use_psycopg3():

@@ -13,7 +13,8 @@ from orchestrator.config import OrchestratorSettings
 from orchestrator.db import utcnow
 from orchestrator.emulator import BackgroundServer
 from orchestrator.models import WebhookRejected
-from orchestrator.service import JobService, webhook_token
+from orchestrator.service import JobService
+from orchestrator.webhooks import webhook_token
 from tests.orchestrator.conftest import eventually
 
 SECRET = "webhook-secret"

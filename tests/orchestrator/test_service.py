@@ -16,9 +16,12 @@ from handlers.errors import TaskError
 from orchestrator.backends.local import LocalBackend, runner_is_gone
 from orchestrator.config import OrchestratorSettings, parse_backend_spec
 from orchestrator.db import JobStore, utcnow
-from orchestrator.models import IdempotencyConflict, JobNotFound, OrchestratorError
-from orchestrator.service import JobService, redact, webhook_token
+from orchestrator.models import IdempotencyConflict, JobNotFound, OrchestratorError, redact
+from orchestrator.service import JobService
+from orchestrator.webhooks import webhook_token
 from tests.media import astronaut_bgr
+from tests.orchestrator.conftest import eventually
+from tests.orchestrator.worker_tasks import BLOCK_USER, dispatch_or_crash
 
 
 @pytest.fixture
@@ -250,20 +253,46 @@ def test_render_emotion_locally_reports_progress_and_pins_the_render_id(service,
     assert done.progress == {"stage": "done", "fraction": 1.0} and len(seen) >= 2
 
 
-def test_local_runs_cancelled_before_they_start_are_evicted_like_finished_ones(local_settings, monkeypatch):
+def test_local_runs_cancelled_before_they_start_are_evicted_like_finished_ones(local_settings, monkeypatch, tmp_path):
     import orchestrator.backends.local as local_module
 
     monkeypatch.setattr(local_module, "MAX_FINISHED_RUNS", 0)
-    backend = LocalBackend(workers=1, settings=local_settings)
-    release = threading.Event()
-    try:
-        backend._executor.submit(release.wait, 10)  # the only worker is busy: the next run stays queued
+    backend = LocalBackend(workers=1, settings=local_settings, run_task=dispatch_or_crash)
+    release = tmp_path / "release"
+    try:  # the only worker is busy: the next run stays queued
+        backend.submit("render_emotion", {"user_id": BLOCK_USER, "image": release.as_uri()}, job_id="busy")
+        eventually(lambda: backend.status("busy").state.value == "running")
         backend.submit("health", {}, job_id="never-started")
         backend.cancel("never-started")
         assert backend.status("never-started").state.value == "cancelled"
-        release.set()
+        release.touch()
+        eventually(lambda: backend.status("busy").state.value == "failed")
         backend.submit("health", {}, job_id="next")
         assert "never-started" not in backend._runs
     finally:
-        release.set()
+        release.touch()
         backend.close()
+
+
+def test_a_resumed_job_is_submitted_with_its_original_payload_not_the_masked_copy(settings, emulator):
+    settings = settings.model_copy(update={"backend_health": f"runpod:{emulator.endpoint_id}"})
+    settings = settings.model_copy(update={"runpod_base_url": emulator.base_url})
+    store = JobStore(settings.database_url)
+    payload = {"task": "health", "api_key": "s3cr3t"}  # a secret-looking field: masked for callers
+    job = store.create(  # left unclaimed by a process that died before submitting it
+        task="health",
+        status="queued",
+        backend="runpod",
+        endpoint=emulator.endpoint_id,
+        input=payload,
+        created_at=utcnow() - timedelta(seconds=30),
+    )
+    assert job.input == {"task": "health", "api_key": "***"} and job.payload == payload
+    service = JobService(settings, store=store)
+    try:
+        resumed = service.wait(job.id, 30)
+    finally:
+        service.stop()
+    assert resumed.attempts == 1 and resumed.remote_id in emulator.emulator.jobs
+    assert emulator.emulator.jobs[resumed.remote_id].input == payload
+    assert resumed.input["api_key"] == "***"
