@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test lint bench lock clean
+.PHONY: setup client-deps client demo test lint bench lock clean
 
 # Exact versions of every package (torch excepted: TORCH_VERSION and the image's index pick it).
 CONSTRAINTS := constraints.txt
@@ -18,12 +18,28 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"
 	touch $@
 
-setup: $(VENV)/.installed
+# The TypeScript client's npm packages (clients/typescript), when npm is installed.
+CLIENT_DIR := clients/typescript
+
+$(CLIENT_DIR)/node_modules/.package-lock.json: $(CLIENT_DIR)/package.json $(CLIENT_DIR)/package-lock.json
+	cd $(CLIENT_DIR) && npm ci --no-audit --no-fund
+
+client-deps:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(CLIENT_DIR)/node_modules/.package-lock.json; \
+	else echo "npm not found: the TypeScript client's tests will be skipped (install nodejs and npm)"; fi
+
+setup: $(VENV)/.installed client-deps
+
+# Regenerate the TypeScript client's OpenAPI document (from the FastAPI app, no server) and its types.
+client: setup
+	PYTHONPATH=. $(PY) $(CLIENT_DIR)/scripts/export_openapi.py > $(CLIENT_DIR)/openapi.json
+	cd $(CLIENT_DIR) && npm run --silent generate
 
 demo: setup
 	$(VENV)/bin/avatarctl demo
 
 test: setup
+	@command -v node >/dev/null 2>&1 || echo "node not found: the TypeScript client's tests are skipped"
 	$(PY) -m pytest -q
 
 lint: setup
@@ -44,4 +60,4 @@ lock: setup
 	  $(PY) -m pip freeze --exclude-editable | grep -vE '$(UNPINNED)'; } > $(CONSTRAINTS)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache $(CLIENT_DIR)/node_modules $(CLIENT_DIR)/dist
