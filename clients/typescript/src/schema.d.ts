@@ -273,6 +273,12 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * BackendKind
+         * @description Where a job runs: in this process, on a RunPod endpoint, or on a deployed Modal class.
+         * @enum {string}
+         */
+        BackendKind: "local" | "runpod" | "modal";
         /** Body_render_batch_render_batch_post */
         Body_render_batch_render_batch_post: {
             /**
@@ -453,11 +459,8 @@ export interface components {
              * @default 0
              */
             attempts?: number;
-            /**
-             * Backend
-             * @description `local`, `runpod` or `modal`.
-             */
-            backend: string;
+            /** @description `local`, `runpod` or `modal`. */
+            backend: components["schemas"]["BackendKind"];
             /**
              * Created At
              * Format: date-time
