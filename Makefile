@@ -53,6 +53,7 @@ bench: setup
 	$(PY) bench/wav2lip.py
 	$(PY) bench/coldstart.py
 	$(PY) bench/orchestrator.py
+	$(PY) bench/hostile.py
 
 # Refresh constraints.txt from the packages installed in .venv (after changing pyproject.toml).
 lock: setup

@@ -7,18 +7,26 @@ down. ``bench/hostile.py`` runs the whole corpus; tests run subsets the same way
 
 from __future__ import annotations
 
+import gzip
+import io
+import lzma
 import multiprocessing
 import os
 import pickle
 import resource
 import signal
 import struct
+import tarfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import cv2
 import numpy as np
 
 from storage.errors import StorageError
+from tests.storage.avatar_factory import FACE_SIZE, FRAME_H, FRAME_W, add_bytes
 
 GIB = 1024**3
 
@@ -250,3 +258,247 @@ def hostile_pickles() -> dict[str, bytes]:
     corpus.update(_bombs())
     corpus.update(_other_machinery())
     return corpus
+
+
+# --- avatar TARs ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile input: ``make(work)`` writes it and returns the task payload that feeds it to a worker."""
+
+    name: str
+    attack: str
+    expected: frozenset[str]
+    make: Callable[[Path], dict]
+
+
+def _frame_png(width: int = FRAME_W, height: int = FRAME_H, value: int = 90) -> bytes:
+    return cv2.imencode(".png", np.full((height, width, 3), value, np.uint8))[1].tobytes()
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    data = bytearray(_frame_png())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def _avatar_entries(
+    frames: int = 2, coords: bytes | None = None, prefix: str = "av/"
+) -> list[tuple[str, bytes, dict[str, object]]]:
+    """The entries of a small valid avatar (name, data, TarInfo attributes)."""
+    face = _frame_png(FACE_SIZE, FACE_SIZE, 30)
+    coords = pickle.dumps([(2, 30, 3, 33)] * frames, protocol=4) if coords is None else coords
+    entries = [(f"{prefix}coords.pkl", coords, {})]
+    for i in range(frames):
+        entries.append((f"{prefix}full_imgs/{i:08d}.png", _frame_png(), {}))
+        entries.append((f"{prefix}face_imgs/{i:08d}.png", face, {}))
+    return entries
+
+
+def _tar_bytes(entries: list[tuple[str, bytes, dict[str, object]]], fmt: int = tarfile.GNU_FORMAT) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
+        for name, data, attrs in entries:
+            add_bytes(tar, name, data, **attrs)
+    return out.getvalue()
+
+
+def _avatar_request(avatar_id: str, tar: bytes) -> Callable[[Path], dict]:
+    """Puts ``tar`` in the store as user ``attacker``'s avatar and asks for a video of it."""
+
+    def make(work: Path) -> dict:
+        folder = work / "store" / "avatars" / "attacker"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{avatar_id}.tar").write_bytes(tar)
+        return {"task": "generate_video", "user_id": "attacker", "avatar_id": avatar_id, "text": "Hello."}
+
+    return make
+
+
+def _tar_case(name: str, attack: str, expected: set[str], tar: Callable[[], bytes]) -> Case:
+    def make(work: Path) -> dict:
+        return _avatar_request(name, tar())(work)
+
+    return Case(name, attack, frozenset(expected), make)
+
+
+def _zeros_after_png(size: int) -> bytes:
+    """A real PNG header and then ``size`` zero bytes: passes the header check, compresses ~1000:1."""
+    return _frame_png() + b"\0" * size
+
+
+def _bomb(compress: Callable[[bytes], bytes], frames: int, frame_bytes: int) -> bytes:
+    entries = [(f"av/full_imgs/{i:08d}.png", _zeros_after_png(frame_bytes), {}) for i in range(frames)]
+    return compress(_tar_bytes(entries))
+
+
+def _device(name: str) -> tuple[str, bytes, dict[str, object]]:
+    return (name, b"", {"type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3})
+
+
+def hostile_tars(big: bool = True) -> list[Case]:
+    """Avatar TARs a worker must refuse cleanly; ``big`` adds the decompression bombs (seconds to build)."""
+    valid = _avatar_entries()
+    nan = io.BytesIO()
+    np.save(nan, np.full((2, 68, 2), np.nan, np.float32))
+    mixed = [*valid, ("av/full_imgs/00000002.png", _frame_png(FRAME_W, FRAME_H + 8), {})]
+    mixed += [("av/face_imgs/00000002.png", _frame_png(FACE_SIZE, FACE_SIZE), {})]
+    cases = [
+        ("traversal", "unsafe_archive", lambda: _tar_bytes([*valid, ("av/../../escaped", b"x", {})])),
+        ("absolute_path", "unsafe_archive", lambda: _tar_bytes([*valid, ("/tmp/hostile-abs", b"x", {})])),
+        ("symlink", "unsafe_archive", lambda: _tar_bytes([*valid, _link("av/meta.json", tarfile.SYMTYPE)])),
+        ("hardlink", "unsafe_archive", lambda: _tar_bytes([*valid, _link("av/meta.json", tarfile.LNKTYPE)])),
+        ("device", "unsafe_archive", lambda: _tar_bytes([*valid, _device("av/full_imgs/00000005.png")])),
+        ("fifo", "unsafe_archive", lambda: _tar_bytes([*valid, ("av/meta.json", b"", {"type": tarfile.FIFOTYPE})])),
+        ("outside_layout", "unsafe_archive", lambda: _tar_bytes([*valid, ("av/run.sh", b"#!/bin/sh", {})])),
+        ("second_avatar", "unsafe_archive", lambda: _tar_bytes([*valid, ("other/coords.pkl", b"x", {})])),
+        ("declared_size_lie", "unsafe_archive", lambda: _declared_lie()),
+        ("pax_header_bomb", "unsafe_archive", lambda: _pax_bomb()),
+        ("png_header_bomb_first", "invalid_avatar", lambda: _first_frame(_png_declaring(60_000, 60_000))),
+        ("png_header_bomb_later", "invalid_avatar", lambda: _later_frame(_png_declaring(FRAME_W * 8, FRAME_H * 8))),
+        ("not_an_image_frame", "invalid_avatar", lambda: _later_frame(b"GIF89a" + b"\0" * 64)),
+        ("truncated_jpeg_frame", "invalid_avatar", lambda: _later_frame(b"\xff\xd8\xff\xc0\x00\x11\x08")),
+        ("meta_deeply_nested", "invalid_avatar", lambda: _tar_bytes([*valid, ("av/meta.json", _deep_json(), {})])),
+        ("meta_not_json", "invalid_avatar", lambda: _tar_bytes([*valid, ("av/meta.json", b"\xff{", {})])),
+        ("meta_list", "invalid_avatar", lambda: _tar_bytes([*valid, ("av/meta.json", b"[1]", {})])),
+        ("nan_landmarks", "invalid_avatar", lambda: _tar_bytes([*valid, ("av/landmarks.npy", nan.getvalue(), {})])),
+        ("mixed_frame_sizes", "invalid_avatar", lambda: _tar_bytes(_fix_coords(mixed, 3))),
+        ("boxes_outside_frame", "invalid_avatar", lambda: _tar_bytes(_avatar_entries(coords=_boxes(-5, 900)))),
+        ("not_a_tar", "invalid_archive", lambda: b"PK\x03\x04 a zip is not a tar" * 40),
+        ("truncated_tar", "invalid_archive", lambda: _tar_bytes(valid)[:3000]),
+        ("truncated_gzip", "invalid_archive", lambda: gzip.compress(_tar_bytes(valid))[:200]),
+    ]
+    out = [_tar_case(name, "tar", {code}, build) for name, code, build in cases]
+    for name, data in hostile_pickles().items():
+        # over 16 MiB, coords.pkl is refused by its entry cap before the decoder sees it
+        codes = {"invalid_avatar", "unsafe_archive"} if name == "over_size_cap" else {"invalid_avatar"}
+        out.append(_tar_case(f"pickle_{name}", "pickle", codes, _with_coords(data)))
+    if big:
+        mib = 1024 * 1024
+        refused = {"unsafe_archive"}
+        out.append(_tar_case("gzip_bomb", "tar", refused, lambda: _bomb(gzip.compress, 6, 60 * mib)))
+        out.append(_tar_case("xz_bomb", "tar", refused, lambda: _bomb(lzma.compress, 6, 60 * mib)))
+        out.append(_tar_case("gzip_frame_over_cap", "tar", refused, lambda: _bomb(gzip.compress, 1, 80 * mib)))
+    return out
+
+
+def _link(name: str, kind: bytes) -> tuple[str, bytes, dict[str, object]]:
+    return (name, b"", {"type": kind, "linkname": "/etc/passwd"})
+
+
+def _with_coords(data: bytes) -> Callable[[], bytes]:
+    return lambda: _tar_bytes(_avatar_entries(coords=data))
+
+
+def _boxes(low: int, high: int) -> bytes:
+    return pickle.dumps([(low, high, 3, 33)] * 2, protocol=2)
+
+
+def _fix_coords(entries: list, frames: int) -> list:
+    return [(n, pickle.dumps([(2, 30, 3, 33)] * frames) if n.endswith("coords.pkl") else d, a) for n, d, a in entries]
+
+
+def _first_frame(data: bytes) -> bytes:
+    return _tar_bytes([(n, data if n.endswith("full_imgs/00000000.png") else d, a) for n, d, a in _avatar_entries()])
+
+
+def _later_frame(data: bytes) -> bytes:
+    return _tar_bytes([(n, data if n.endswith("full_imgs/00000001.png") else d, a) for n, d, a in _avatar_entries()])
+
+
+def _deep_json() -> bytes:
+    return b'{"a": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+
+
+def _declared_lie() -> bytes:
+    """A header declaring a 1 TB frame (the data never follows)."""
+    tar = bytearray(_tar_bytes([("av/full_imgs/00000000.png", b"x" * 512, {})]))
+    tar[124:136] = b"\x80" + (10**12).to_bytes(11, "big")  # GNU base-256 size field
+    checksum = sum(tar[:148]) + 8 * 32 + sum(tar[156:512])
+    tar[148:156] = f"{checksum:06o}\0 ".encode()
+    return bytes(tar)
+
+
+def _pax_bomb() -> bytes:
+    info = {"comment": "x" * (6 * 1024 * 1024)}
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        member = tarfile.TarInfo("av/coords.pkl")
+        member.pax_headers = info
+        tar.addfile(member, io.BytesIO(b""))
+    return gzip.compress(out.getvalue())
+
+
+# --- malformed media through the other tasks ------------------------------------------------------------
+
+
+def _media_case(name: str, task: str, field: str, data: bytes, suffix: str, expected: set[str]) -> Case:
+    def make(work: Path) -> dict:
+        path = work / "inputs" / f"{name}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        payload: dict = {"task": task, "user_id": "attacker", field: path.as_uri()}
+        if task == "preprocess_avatar":
+            payload["avatar_id"] = name
+        elif task == "render_emotion":
+            payload["emotion"] = "happy"
+        else:
+            payload["image"] = _write_face(work)
+        return payload
+
+    return Case(name, "media", frozenset(expected), make)
+
+
+def _write_face(work: Path) -> str:
+    from tests.media import astronaut_bgr
+
+    path = work / "inputs" / "face.png"
+    if not path.exists():
+        cv2.imwrite(str(path), astronaut_bgr(256))
+    return path.as_uri()
+
+
+def hostile_media() -> list[Case]:
+    """Malformed videos, images and audio, through handlers.dispatch."""
+    png = _frame_png()
+    jpeg = cv2.imencode(".jpg", np.full((64, 64, 3), 90, np.uint8))[1].tobytes()
+    mp4_head = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00\x00\x10\x00moov" + b"\xff" * 64
+    return [
+        _media_case("video_garbage", "preprocess_avatar", "video", b"\x00garbage" * 500, ".mp4", {"invalid_video"}),
+        _media_case("video_truncated_mp4", "preprocess_avatar", "video", mp4_head, ".mp4", {"invalid_video"}),
+        _media_case("video_is_a_png", "preprocess_avatar", "video", png, ".mp4", {"invalid_video", "no_face"}),
+        _media_case("video_empty", "preprocess_avatar", "video", b"", ".mp4", {"invalid_video"}),
+        _media_case("image_garbage", "render_emotion", "image", b"\x00garbage" * 100, ".png", {"invalid_image"}),
+        _media_case(
+            "image_png_header_bomb", "render_emotion", "image", _png_declaring(60_000, 60_000), ".png",
+            {"image_too_large", "invalid_image"},
+        ),
+        _media_case("image_truncated_jpeg", "render_emotion", "image", jpeg[:40], ".jpg", {"invalid_image"}),
+        _media_case("audio_garbage", "generate_video", "audio", b"RIFF\x00\x00" * 100, ".wav", {"unsupported_audio"}),
+    ]  # fmt: skip
+
+
+# --- running a case as a worker would -----------------------------------------------------------------
+
+
+def all_cases(big: bool = True) -> list[Case]:
+    return [*hostile_tars(big), *hostile_media()]
+
+
+def bytes_under(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0
+
+
+def run_case(case: Case, work: Path, settings: object, address_space: int, file_size: int = GIB) -> Outcome:
+    """Write the case's input, then dispatch its task in a capped child; the code is the task's error_code."""
+    import handlers
+
+    payload = case.make(work)
+
+    def dispatch_code() -> str:
+        result = handlers.dispatch(payload, settings)  # type: ignore[arg-type]
+        return result.get("error_code", "ok")
+
+    return run_isolated(dispatch_code, address_space=address_space, file_size=file_size)
