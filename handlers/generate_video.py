@@ -140,10 +140,24 @@ def _avatar(
     request: GenerateVideoRequest, store: storage.ObjectStore, settings: Settings, work: Path, holds: ExitStack
 ) -> AvatarFrames:
     """The avatar's frames; a stored avatar's folder stays held (unchanged on disk) until ``holds`` closes."""
-    if request.image is not None:  # the schema allows exactly one of avatar_id / image
-        return _portrait_avatar(request.image, settings, work)
+    return avatar_frames(request.user_id, request.avatar_id, request.image, store, settings, work, holds)
+
+
+def avatar_frames(
+    user_id: str,
+    avatar_id: str | None,
+    image: str | None,
+    store: storage.ObjectStore,
+    settings: Settings,
+    work: Path,
+    holds: ExitStack,
+    portrait_max_side: int = PORTRAIT_MAX_SIDE,
+) -> AvatarFrames:
+    """A stored avatar's frames (its folder held until ``holds`` closes), else the portrait ``image`` animated."""
+    if image is not None:
+        return _portrait_avatar(image, settings, work, portrait_max_side)
     cache = open_cache(settings.avatar_local_path)
-    path = holds.enter_context(cache.acquire(store, request.user_id, request.avatar_id or ""))
+    path = holds.enter_context(cache.acquire(store, user_id, avatar_id or ""))
     return stored_avatar(load_avatar(path))
 
 
@@ -158,10 +172,10 @@ def stored_avatar(loaded: LoadedAvatar) -> AvatarFrames:
     )
 
 
-def _portrait_avatar(uri: str, settings: Settings, work: Path) -> AvatarFrames:
+def _portrait_avatar(uri: str, settings: Settings, work: Path, max_side: int) -> AvatarFrames:
     from engines.lipsync.portrait_avatar import build_portrait_avatar
 
-    image = read_image(fetch_image(uri, settings, work), settings, PORTRAIT_MAX_SIDE)
+    image = read_image(fetch_image(uri, settings, work), settings, max_side)
     return build_portrait_avatar(image, load_face_analyzer())
 
 
@@ -181,8 +195,13 @@ def _speech(request: GenerateVideoRequest, audio_path: Path | None, settings: Se
         if len(samples) == 0:
             raise TaskError("empty_audio", "`audio` decodes to no samples: give a file with speech in it")
         return DrivingAudio(samples=samples)
-    text = request.text or ""  # the schema allows exactly one of text / audio, and no empty text
-    speech = _synthesizer(request.voice.provider, settings).synthesize(text, _voice_params(request.voice))
+    return speak(request.text or "", request.voice, settings)  # the schema allows exactly one of text / audio
+
+
+def speak(text: str, voice: Voice, settings: Settings) -> DrivingAudio:
+    """``text`` spoken at 16 kHz with its phoneme timeline (when the synthesizer gives one); TaskError when
+    it makes no audio or more than MAX_AUDIO_SECONDS."""
+    speech = _synthesizer(voice.provider, settings).synthesize(text, _voice_params(voice))
     samples = resample(speech.samples, speech.sample_rate, SAMPLE_RATE)
     if len(samples) == 0:
         raise TaskError("empty_speech", "the speech synthesizer returned no audio for `text`")

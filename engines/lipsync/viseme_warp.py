@@ -107,13 +107,19 @@ class VisemeWarpEngine:
         track = mouth_track(audio)
         frame_key = avatar_key(avatar, avatar.landmarks)
         for i, shape in enumerate(track):
-            k = pingpong_index(i, len(avatar))
-            frame = avatar.frames[k]
-            if float(shape.max()) < MIN_SHAPE:
-                yield frame
-                continue
-            warp = self._warps.get((frame_key, k), lambda f=frame, k=k: self._prepare(avatar, k, f))
-            yield render_mouth(frame, warp, shape)
+            yield self.render_frame(avatar, pingpong_index(i, len(avatar)), shape, frame_key)
+
+    def render_frame(
+        self, avatar: AvatarFrames, index: int, shape: np.ndarray, frame_key: str | None = None
+    ) -> np.ndarray:
+        """Avatar frame ``index`` with the mouth ``shape`` (open, spread, round): one frame at a time, for a
+        caller that keeps its own clock (a live session). ``frame_key``: ``avatar_key`` of the avatar, if known."""
+        frame = avatar.frames[index]
+        if float(np.max(shape)) < MIN_SHAPE:
+            return frame
+        key = frame_key or avatar_key(avatar, avatar.landmarks)
+        warp = self._warps.get((key, index), lambda: self._prepare(avatar, index, frame))
+        return render_mouth(frame, warp, shape)
 
     def _prepare(self, avatar: AvatarFrames, index: int, frame: np.ndarray) -> MouthWarp:
         if avatar.landmarks is not None:

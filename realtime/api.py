@@ -1,0 +1,110 @@
+"""The live-session routes: POST /v1/sessions, POST /v1/sessions/{id}/say, DELETE /v1/sessions/{id}."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from engines.errors import EngineError
+from handlers.errors import TaskError
+from handlers.schemas import MAX_TEXT_CHARS, Identifier, Voice, _check_uri
+from realtime.manager import SessionLimitReached, SessionManager, SessionNotFound
+from storage.errors import StorageError
+
+NOT_FOUND_CODES = frozenset({"session_not_found", "avatar_not_found", "not_found"})
+
+
+class SessionDescription(BaseModel):
+    sdp: str = Field(max_length=100_000)
+    type: Literal["offer", "answer"]
+
+
+class SessionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Identifier
+    avatar_id: Identifier | None = None
+    image: str | None = Field(None, description="Portrait URI, used instead of an avatar.")
+    store: str | None = Field(None, description="Store root URI; default AVATAR_STORE_URI.")
+    offer: SessionDescription
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SessionRequest:
+        if (self.avatar_id is None) == (self.image is None):
+            raise ValueError("give exactly one of `avatar_id` or `image`")
+        if self.image is not None:
+            _check_uri(self.image)
+        if self.offer.type != "offer":
+            raise ValueError("`offer.type` must be `offer`")
+        return self
+
+
+class SessionAnswer(BaseModel):
+    session_id: str
+    answer: SessionDescription
+
+
+class SayRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    voice: Voice = Field(default_factory=Voice)
+
+
+class SayAnswer(BaseModel):
+    session_id: str
+    duration_s: float = Field(description="Seconds of speech now playing (it cut off anything still playing).")
+
+
+def _refusal(exc: TaskError | EngineError | StorageError) -> JSONResponse:
+    if isinstance(exc, SessionLimitReached):
+        status = 503
+    elif exc.code in NOT_FOUND_CODES:
+        status = 404
+    else:
+        status = 422
+    return JSONResponse({"error": exc.message, "error_code": exc.code}, status_code=status)
+
+
+def realtime_router(
+    manager: SessionManager, check_inputs: Callable[[dict[str, Any]], None] | None = None, **router_options: Any
+) -> APIRouter:
+    """The routes; ``check_inputs`` sees ``{"image", "store"}`` of a new session first and may raise TaskError
+    (the API's rule on which ``file://`` inputs HTTP clients may name)."""
+    router = APIRouter(tags=["live sessions"], **router_options)
+
+    @router.post("/v1/sessions", response_model=SessionAnswer, status_code=201, summary="Start a live session")
+    async def create_session(body: SessionRequest) -> SessionAnswer | JSONResponse:
+        """Answer the browser's WebRTC offer with the avatar's video (25 fps) and audio (Opus) tracks. Speak
+        with `/say`, a data-channel message (text, or JSON `{"text", "voice"}`) or the offer's audio track."""
+        try:
+            if check_inputs is not None:
+                check_inputs({"image": body.image, "store": body.store})
+            session_id, answer = await manager.create(
+                body.user_id, body.avatar_id, body.image, body.store, body.offer.model_dump()
+            )
+        except (TaskError, EngineError, StorageError) as exc:
+            return _refusal(exc)
+        return SessionAnswer(session_id=session_id, answer=SessionDescription(**answer))
+
+    @router.post("/v1/sessions/{session_id}/say", response_model=SayAnswer, summary="Make the avatar speak")
+    async def say(session_id: str, body: SayRequest) -> SayAnswer | JSONResponse:
+        try:
+            seconds = await manager.get(session_id).say(body.text, body.voice)
+        except (TaskError, EngineError, StorageError) as exc:
+            return _refusal(exc)
+        return SayAnswer(session_id=session_id, duration_s=round(seconds, 3))
+
+    @router.delete("/v1/sessions/{session_id}", status_code=204, summary="End a live session")
+    async def end_session(session_id: str) -> None:
+        try:
+            await manager.close(session_id)
+        except SessionNotFound as exc:
+            return _refusal(exc)  # type: ignore[return-value]
+        return None
+
+    return router
