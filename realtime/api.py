@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from engines.errors import EngineError
 from handlers.errors import TaskError
 from handlers.schemas import MAX_TEXT_CHARS, Identifier, Voice, _check_uri
-from realtime.manager import SessionLimitReached, SessionManager, SessionNotFound
+from realtime.manager import RealtimeUnavailable, SessionLimitReached, SessionManager, SessionNotFound
 from storage.errors import StorageError
 
 NOT_FOUND_CODES = frozenset({"session_not_found", "avatar_not_found", "not_found"})
@@ -61,7 +61,7 @@ class SayAnswer(BaseModel):
 
 
 def _refusal(exc: TaskError | EngineError | StorageError) -> JSONResponse:
-    if isinstance(exc, SessionLimitReached):
+    if isinstance(exc, (SessionLimitReached, RealtimeUnavailable)):
         status = 503
     elif exc.code in NOT_FOUND_CODES:
         status = 404

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+import realtime
 from engines.lipsync.viseme_warp import VisemeWarpEngine
 from handlers.errors import TaskError
 from handlers.generate_video import avatar_frames, speak
@@ -37,6 +38,11 @@ class SessionLimitReached(TaskError):
         super().__init__("too_many_sessions", f"This server holds {limit} live sessions at most; try again later.")
 
 
+class RealtimeUnavailable(TaskError):
+    def __init__(self) -> None:
+        super().__init__("realtime_unavailable", "Live sessions need the `realtime` extra (aiortc) on this server.")
+
+
 class SessionNotFound(TaskError):
     def __init__(self, session_id: str) -> None:
         super().__init__("session_not_found", f"No live session {session_id!r} (it ended or never existed).")
@@ -47,12 +53,14 @@ class SessionManager:
         self.settings = settings or Settings()
         self.limits = limits or RealtimeSettings()
         self.sessions: dict[str, LiveSession] = {}
-        self._engine = VisemeWarpEngine.load()
+        self._engine: VisemeWarpEngine | None = None
 
     async def create(
         self, user_id: str, avatar_id: str | None, image: str | None, store: str | None, offer: dict[str, str]
     ) -> tuple[str, dict[str, str]]:
         """A new session for the avatar (or portrait) answering ``offer``; returns (session id, SDP answer)."""
+        if not realtime.available():
+            raise RealtimeUnavailable()
         self._drop_closed()
         if len(self.sessions) >= self.limits.max_sessions:
             raise SessionLimitReached(self.limits.max_sessions)
@@ -62,6 +70,7 @@ class SessionManager:
         try:
             loop_args = (user_id, avatar_id, image, store, holds)
             avatar = await _on(executor, self._avatar, *loop_args)
+            self._engine = self._engine or VisemeWarpEngine.load()
             session = LiveSession(
                 session_id, avatar, holds, self._engine, executor, self._speak, self.limits.idle_timeout_s
             )

@@ -46,6 +46,8 @@ from orchestrator.config import OrchestratorSettings
 from orchestrator.metrics import ERROR_CODE_STATE, ApiMetrics, MetricsMiddleware
 from orchestrator.models import OrchestratorError
 from orchestrator.service import JobService
+from realtime.api import realtime_router
+from realtime.manager import SessionManager
 from storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -200,7 +202,7 @@ def create_app(
     service = service or JobService(settings)
     metrics = ApiMetrics(job_counts=service.store.counts)
     ctx = ApiContext(service, settings, metrics, sync_wait_s, owns_service)
-    sessions = _live_sessions(ctx)
+    sessions = SessionManager(ctx.handler_settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -208,8 +210,7 @@ def create_app(
             log.warning("API_TOKEN is not set: the HTTP API accepts requests without authentication")
         service.start()
         yield
-        if sessions is not None:
-            await sessions.close_all()
+        await sessions.close_all()
         if ctx.owns_service:
             service.stop()
 
@@ -224,27 +225,12 @@ def create_app(
     _add_health_routes(public, ctx)
     app.include_router(protected)
     app.include_router(public)
-    if sessions is not None:
-        from realtime.api import realtime_router
-
-        app.state.sessions = sessions
-        store_uri = ctx.handler_settings.avatar_store_uri
-        router = realtime_router(
-            sessions,
-            check_inputs=lambda inputs: refuse_foreign_files(inputs, store_uri),
-            dependencies=[Depends(require_token(ctx))],
-        )
-        app.include_router(router)
+    app.state.sessions = sessions
+    store_uri = ctx.handler_settings.avatar_store_uri
+    router = realtime_router(
+        sessions,
+        check_inputs=lambda inputs: refuse_foreign_files(inputs, store_uri),
+        dependencies=[Depends(require_token(ctx))],
+    )
+    app.include_router(router)
     return app
-
-
-def _live_sessions(ctx: ApiContext) -> Any:
-    """The live-session manager when the ``realtime`` extra (aiortc) is installed, else None (no routes)."""
-    import realtime
-
-    if not realtime.available():
-        log.info("aiortc is not installed: no live sessions (install the `realtime` extra)")
-        return None
-    from realtime.manager import SessionManager
-
-    return SessionManager(ctx.handler_settings)

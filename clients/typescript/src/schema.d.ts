@@ -215,6 +215,61 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/sessions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start a live session
+         * @description Answer the browser's WebRTC offer with the avatar's video (25 fps) and audio (Opus) tracks. Speak
+         *     with `/say`, a data-channel message (text, or JSON `{"text", "voice"}`) or the offer's audio track.
+         */
+        post: operations["create_session_v1_sessions_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sessions/{session_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** End a live session */
+        delete: operations["end_session_v1_sessions__session_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sessions/{session_id}/say": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Make the avatar speak */
+        post: operations["say_v1_sessions__session_id__say_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/uploads": {
         parameters: {
             query?: never;
@@ -425,6 +480,11 @@ export interface components {
              */
             video_id?: string | null;
             voice?: components["schemas"]["Voice"];
+        };
+        /** HTTPValidationError */
+        HTTPValidationError: {
+            /** Detail */
+            detail?: components["schemas"]["ValidationError"][];
         };
         /** HealthRequest */
         HealthRequest: {
@@ -698,6 +758,22 @@ export interface components {
             /** User Id */
             user_id: string;
         };
+        /** SayAnswer */
+        SayAnswer: {
+            /**
+             * Duration S
+             * @description Seconds of speech now playing (it cut off anything still playing).
+             */
+            duration_s: number;
+            /** Session Id */
+            session_id: string;
+        };
+        /** SayRequest */
+        SayRequest: {
+            /** Text */
+            text: string;
+            voice?: components["schemas"]["Voice"];
+        };
         /** SeedGenerateAnswer */
         SeedGenerateAnswer: {
             /** Error Code */
@@ -784,6 +860,40 @@ export interface components {
             /** Width */
             width: number;
         };
+        /** SessionAnswer */
+        SessionAnswer: {
+            answer: components["schemas"]["SessionDescription"];
+            /** Session Id */
+            session_id: string;
+        };
+        /** SessionDescription */
+        SessionDescription: {
+            /** Sdp */
+            sdp: string;
+            /**
+             * Type
+             * @enum {string}
+             */
+            type: "offer" | "answer";
+        };
+        /** SessionRequest */
+        SessionRequest: {
+            /** Avatar Id */
+            avatar_id?: string | null;
+            /**
+             * Image
+             * @description Portrait URI, used instead of an avatar.
+             */
+            image?: string | null;
+            offer: components["schemas"]["SessionDescription"];
+            /**
+             * Store
+             * @description Store root URI; default AVATAR_STORE_URI.
+             */
+            store?: string | null;
+            /** User Id */
+            user_id: string;
+        };
         /** StoredUpload */
         StoredUpload: {
             /** Bytes */
@@ -808,6 +918,19 @@ export interface components {
          * @enum {string}
          */
         UploadKind: "training_video" | "image" | "audio";
+        /** ValidationError */
+        ValidationError: {
+            /** Context */
+            ctx?: Record<string, never>;
+            /** Input */
+            input?: unknown;
+            /** Location */
+            loc: (string | number)[];
+            /** Message */
+            msg: string;
+            /** Error Type */
+            type: string;
+        };
         /** Voice */
         Voice: {
             /**
@@ -1594,6 +1717,103 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_session_v1_sessions_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SessionRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionAnswer"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    end_session_v1_sessions__session_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    say_v1_sessions__session_id__say_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SayRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SayAnswer"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };
