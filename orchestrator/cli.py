@@ -22,6 +22,7 @@ from pydantic import ValidationError
 import handlers
 from handlers.errors import TaskError
 from handlers.schemas import URI_SCHEMES, Emotion, ImageFormat, LipSyncEngineName, TaskName
+from orchestrator.cli_replica import add_replica_commands
 from orchestrator.config import BackendKind, OrchestratorSettings
 from orchestrator.console import err, follow_job, out, print_job, print_rows, progress_of, wait_with_progress
 from orchestrator.models import JobStatus, JobView, OrchestratorError
@@ -49,6 +50,7 @@ app = typer.Typer(
 )
 jobs_app = typer.Typer(help="List, show, wait for and cancel jobs.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+add_replica_commands(app)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for machines) instead of text.")]
 WaitOption = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the job with a progress bar.")]

@@ -35,6 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 
 from orchestrator.models import ACTIVE_STATUSES, JobEvent, JobView, sources, target
+from orchestrator.schema import upgrade_schema
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class JobStore:
     def __init__(self, database_url: str, *, engine: Engine | None = None) -> None:
         self.url = normalize_url(database_url)
         self.engine = engine or make_engine(database_url)
-        Base.metadata.create_all(self.engine)
+        upgrade_schema(self.engine)
 
     @property
     def dialect(self) -> str:

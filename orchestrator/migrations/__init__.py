@@ -1,0 +1,1 @@
+"""Alembic migrations of the job database (``orchestrator.schema`` runs them; ``avatarctl db upgrade``)."""
