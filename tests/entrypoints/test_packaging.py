@@ -19,6 +19,7 @@ CONSTRAINTS = REPO_ROOT / "constraints.txt"
 ORCHESTRATOR_MODULES = {
     "typer": "typer",
     "sqlalchemy": "sqlalchemy",
+    "alembic": "alembic",
     "fastapi": None,
     "uvicorn": "uvicorn",
     "python-multipart": "multipart",
