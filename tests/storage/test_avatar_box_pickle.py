@@ -105,3 +105,15 @@ def test_caps_are_parameters() -> None:
         read_boxes_pickle(data, max_boxes=5)
     with pytest.raises(BoxPickleError, match="over the limit of 10"):
         read_boxes_pickle(data, max_bytes=10)
+
+
+def test_reads_musetalk_mask_coords(tmp_path: Path) -> None:
+    """Class: compatibility: MuseTalk's mask_coords.pkl (lists of [x1, y1, x2, y2], ints or numpy ints)."""
+    from storage.avatar.coords import read_boxes_file
+
+    crop_boxes = [[10, 20, 266, 276], [11, 21, 267, 277]]
+    path = tmp_path / "mask_coords.pkl"
+    path.write_bytes(pickle.dumps([[np.int64(v) for v in box] for box in crop_boxes]))
+    assert read_boxes_file(path) == [tuple(box) for box in crop_boxes]
+    path.write_bytes(pickle.dumps(crop_boxes))
+    assert read_boxes_file(path) == [tuple(box) for box in crop_boxes]
