@@ -17,16 +17,8 @@ import numpy as np
 from engines.errors import EngineError
 from engines.face import FaceAnalyzer, FaceBox
 from engines.lipsync import FPS, AvatarFrames
-from engines.lipsync.warp import (
-    LEFT_BROW,
-    LEFT_EYE,
-    RIGHT_BROW,
-    RIGHT_EYE,
-    border_anchors,
-    displacement_fields,
-    separate_points,
-    warp_region,
-)
+from engines.lipsync.piecewise_affine import border_anchors, displacement_fields, separate_points, warp_region
+from engines.lipsync.warp import LEFT_BROW, LEFT_EYE, RIGHT_BROW, RIGHT_EYE
 
 LOOP_SECONDS = 4.0  # frames made; the engine plays them forward then backward
 SWAY_DEGREES = 1.2

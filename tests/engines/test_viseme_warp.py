@@ -13,6 +13,7 @@ from engines.errors import EngineError
 from engines.face import FaceAnalyzer, load_face_analyzer
 from engines.lipsync import AvatarFrames, DrivingAudio, pingpong_index
 from engines.lipsync.frame_cache import FrameCache, LazyFrames
+from engines.lipsync.piecewise_affine import border_anchors, displacement_fields
 from engines.lipsync.portrait_avatar import BLINK_CLOSURE, blink_schedule, build_portrait_avatar
 from engines.lipsync.viseme_warp import VisemeWarpEngine, WarpCache, mouth_track
 from engines.lipsync.visemes import (
@@ -23,7 +24,7 @@ from engines.lipsync.visemes import (
     mouth_track_from_phonemes,
     viseme_of,
 )
-from engines.lipsync.warp import border_anchors, displacement_fields, prepare_mouth_warp, render_mouth
+from engines.lipsync.warp import prepare_mouth_warp, render_mouth
 from engines.tts import Phoneme
 from tests.media import astronaut_bgr, head_motion, tone
 
