@@ -210,3 +210,36 @@ def test_the_real_worker_handler_runs_under_the_emulator_with_the_same_answers(
             assert real["status"] == ours["status"] and real.keys() == ours.keys()
             assert real.get("error") == ours.get("error")
             assert (real.get("output") or {}).keys() == (ours.get("output") or {}).keys()
+
+
+def test_the_streaming_worker_streams_segments_through_the_sdk(local_settings, monkeypatch):
+    """The WORKER_STREAM=1 worker: `--handler runpod_handler:stream_handler --return-aggregate-stream`."""
+    import runpod_handler
+    from tests.entrypoints.conftest import face_jpeg
+
+    monkeypatch.setattr(runpod_handler, "_state", None)
+    app = create_emulator_app(
+        [ENDPOINT_ID],
+        workers=1,
+        settings=local_settings,
+        handler="runpod_handler:stream_handler",
+        return_aggregate_stream=True,
+    )
+    image = "data:image/jpeg;base64," + base64.b64encode(face_jpeg()).decode()
+    payload = {
+        "task": "generate_video",
+        "user_id": "u1",
+        "image": image,
+        "text": "Hello there, friend.",
+        "stream": True,
+    }
+    with BackgroundServer(app) as server:
+        monkeypatch.setattr(runpod, "endpoint_url_base", f"{server.url}/v2")
+        job = runpod.Endpoint(ENDPOINT_ID, api_key="any").run({"input": payload})
+        items = list(job.stream())
+        segments, result = items[:-1], items[-1]
+        assert len(segments) >= 2 and [s["index"] for s in segments] == list(range(len(segments)))
+        assert all("/generated-videos/u1/" in s["uri"] and "/stream/" in s["uri"] for s in segments), segments[0]
+        assert all(s["playlist_uri"].endswith(".m3u8") and s["duration_s"] > 0 for s in segments)
+        assert result["video"]["uri"].endswith(".mp4") and result["playlist"]["uri"].endswith(".m3u8")
+        assert job.output(timeout=60) == items  # return_aggregate_stream: the output is every item
