@@ -23,6 +23,7 @@ from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames, DrivingAudio, pingpo
 from engines.lipsync.wav2lip.audio import mel_window_starts, mel_windows, melspectrogram, window_rms
 from engines.lipsync.wav2lip.loader import load_wav2lip
 from engines.lipsync.wav2lip.model import WAV2LIP96, WAV2LIP256, Wav2Lip
+from engines.precision import inference_dtype
 
 log = logging.getLogger(__name__)
 
@@ -32,26 +33,6 @@ SILENCE_DBFS = -50.0  # a mel window whose audio RMS is below this shows the ori
 BLEND_TOP = 0.40  # box-height fraction above which the original face is kept (eyes, nose bridge)
 BLEND_RAMP = 0.15  # box-height fraction over which the generated face fades in below BLEND_TOP
 FEATHER = 0.08  # fraction of the box's smaller side feathered at the left, right and bottom edges
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def native_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 / AMX); a private torch op, hence the guard."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """fp16 on CUDA; bf16 on CPUs with native bf16 (oneDNN), where it is over 2x faster; else fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if native_bf16() else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 @lru_cache(maxsize=64)

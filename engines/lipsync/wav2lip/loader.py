@@ -8,14 +8,13 @@ from pathlib import Path
 
 import torch
 
-from engines.errors import EngineError
+from engines.checkpoints import check_state, key_mismatch, module_shapes, read_tensors
 from engines.lipsync.wav2lip.model import VARIANTS, Wav2Lip, build_model, fold_batchnorm
 
 log = logging.getLogger(__name__)
 
 STATE_DICT_KEY = "state_dict"
 DATA_PARALLEL_PREFIX = "module."
-KEYS_SHOWN = 5  # how many offending keys an error message lists
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -24,22 +23,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     ``weights_only=True`` refuses pickled code: the official checkpoints hold only tensors, ints,
     floats, tuples and dicts (the Adam optimizer state included), which that loader accepts.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise EngineError("weights_missing", f"Wav2Lip checkpoint `{path}` does not exist.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file: zip, pickle, EOF, runtime
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise EngineError(
-            "invalid_checkpoint", f"`{path}` is not a readable PyTorch checkpoint of tensors ({reason})."
-        ) from None
-    state = obj.get(STATE_DICT_KEY, obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not state:
-        raise EngineError("invalid_checkpoint", f"`{path}` holds no state dict (expected a dict of tensors).")
-    non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if non_tensors:
-        raise EngineError("invalid_checkpoint", f"`{path}`: entries that are not tensors: {non_tensors[:KEYS_SHOWN]}.")
+    state = read_tensors(path, "Wav2Lip checkpoint", nested_key=STATE_DICT_KEY)
     return {k.removeprefix(DATA_PARALLEL_PREFIX): v for k, v in state.items()}
 
 
@@ -47,20 +31,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def expected_shapes(variant: str) -> dict[str, tuple[int, ...]]:
     """Every state-dict key of ``variant`` and its shape (built on the meta device: no memory)."""
     with torch.device("meta"):
-        model = build_model(variant)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return module_shapes(build_model(variant))
 
 
 def _key_mismatch(state: dict[str, torch.Tensor], variant: str) -> tuple[list[str], list[str], list[str]]:
-    expected = expected_shapes(variant)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [
-        f"{k} {tuple(state[k].shape)} != {expected[k]}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != expected[k]
-    ]
-    return missing, unexpected, wrong_shape
+    return key_mismatch(state, expected_shapes(variant))
 
 
 def infer_variant(state: dict[str, torch.Tensor]) -> str:
@@ -68,24 +43,9 @@ def infer_variant(state: dict[str, torch.Tensor]) -> str:
     return min(VARIANTS, key=lambda v: sum(len(part) for part in _key_mismatch(state, v)))
 
 
-def _listing(label: str, keys: list[str]) -> str:
-    more = f" and {len(keys) - KEYS_SHOWN} more" if len(keys) > KEYS_SHOWN else ""
-    return f"{len(keys)} {label} ({', '.join(keys[:KEYS_SHOWN])}{more})"
-
-
 def check_state_dict(state: dict[str, torch.Tensor], variant: str, path: str | Path) -> None:
     """Strict: the exact key set and shapes of ``variant``, finite values; else ``invalid_checkpoint``."""
-    missing, unexpected, wrong_shape = _key_mismatch(state, variant)
-    problems = [
-        _listing(label, keys)
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong_shape))
-        if keys
-    ]
-    if problems:
-        raise EngineError("invalid_checkpoint", f"`{path}` is not a {variant} checkpoint: {'; '.join(problems)}.")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise EngineError("invalid_checkpoint", f"`{path}` has non-finite values in {bad[:KEYS_SHOWN]}.")
+    check_state(state, expected_shapes(variant), path, variant)
 
 
 def prepare_for_inference(
