@@ -1,14 +1,15 @@
 """Lip-sync engines behind one interface: avatar frames + 16 kHz speech -> full frames at 25 fps.
 
 Registry: engine name -> class. ``viseme_warp`` is the CPU default (no weights); ``wav2lip96`` and
-``wav2lip256`` are the neural engines (``engines.lipsync.wav2lip``).
+``wav2lip256`` are the neural engines (``engines.lipsync.wav2lip``), ``musetalk`` MuseTalk 1.5
+(``engines.lipsync.musetalk``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,6 +27,7 @@ class AvatarFrames:
     face_crops: Sequence[np.ndarray] | None = None  # img_size x img_size BGR crops, when stored
     landmarks: np.ndarray | None = None  # (frames, 68, 2) float32 full-frame pixels, when stored
     fps: float = FPS
+    material: dict[str, Any] = field(default_factory=dict)  # per-engine precomputed data (MuseTalk latents...)
 
     def __len__(self) -> int:
         return len(self.coords)

@@ -1,0 +1,146 @@
+"""The ``musetalk`` lip-sync engine: avatar frames + speech -> full frames, MuseTalk 1.5 per batch.
+
+Per output frame: the avatar frame (ping-pong), its stored input latents and the frame's whisper window
+go through one UNet step and the VAE decoder in batches; the 256x256 face is resized into the face box
+and blended through the frame's jaw mask. An avatar prepared for MuseTalk carries its material
+(``AvatarFrames.material["musetalk"]``); one without it gets the material computed on first use and
+kept with the avatar (its frames are cached, so later requests reuse it), with a logged note.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.errors import EngineError
+from engines.lipsync import FPS, AvatarFrames, DrivingAudio, pingpong_index, register
+from engines.lipsync.musetalk.avatar import (
+    MuseTalkMaterial,
+    blend_mask,
+    face_crop,
+    landmark_box,
+    paste_face,
+)
+from engines.lipsync.musetalk.model import MuseTalk, load_musetalk
+
+log = logging.getLogger(__name__)
+
+ENGINE_NAME = "musetalk"
+ENGINE_VERSION = "1.5"
+BATCH_SIZE = {"cpu": 4, "cuda": 16}
+LATENT_BATCH = 8  # faces encoded at once when building material
+
+
+def box_from_coords(coords: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Our avatars' ``(y1, y2, x1, x2)`` face box as MuseTalk's ``(x1, y1, x2, y2)``."""
+    y1, y2, x1, x2 = (int(v) for v in coords)
+    return x1, y1, x2, y2
+
+
+def build_material(
+    model: MuseTalk,
+    frames: list[np.ndarray],
+    boxes: list[tuple[int, int, int, int]],
+    landmarks: np.ndarray | None = None,
+    parser=None,
+) -> MuseTalkMaterial:
+    """Input latents, blend masks and crop boxes for frames with MuseTalk face boxes (x1, y1, x2, y2)."""
+    latents = []
+    for first in range(0, len(frames), LATENT_BATCH):
+        picked = range(first, min(len(frames), first + LATENT_BATCH))
+        crops = np.stack([face_crop(frames[i], boxes[i]) for i in picked])
+        latents.append(model.face_latents(crops).float().cpu())
+    masks, crop_boxes = [], []
+    for i, frame in enumerate(frames):
+        mask, crop = blend_mask(frame, boxes[i], None if landmarks is None else landmarks[i], parser)
+        masks.append(mask)
+        crop_boxes.append(crop)
+    return MuseTalkMaterial(np.asarray(boxes, np.int64), np.asarray(crop_boxes, np.int64), masks, torch.cat(latents))
+
+
+def avatar_boxes(avatar: AvatarFrames, bbox_shift: int = 0, extra_margin: int = 10) -> list[tuple[int, int, int, int]]:
+    """MuseTalk face boxes: from the landmarks when stored (upstream's rule), else the avatar's face boxes."""
+    boxes = []
+    for i, coords in enumerate(avatar.coords):
+        height, width = avatar.frames[i].shape[:2]
+        if avatar.landmarks is not None:
+            boxes.append(landmark_box(avatar.landmarks[i], height, width, bbox_shift, extra_margin))
+        else:
+            boxes.append(box_from_coords(coords))
+    return boxes
+
+
+@register(ENGINE_NAME)
+class MuseTalkEngine:
+    """MuseTalk 1.5 behind the lip-sync engine interface."""
+
+    name = ENGINE_NAME
+    version = ENGINE_VERSION
+
+    def __init__(self, model: MuseTalk, *, batch_size: int | None = None, parser=None, weights: str | None = None):
+        self.model = model
+        self.batch_size = batch_size or BATCH_SIZE.get(model.device.type, 4)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        self.parser = parser
+        self.weights = weights
+
+    @classmethod
+    def load(
+        cls, root: str | Path, device: str | None = None, precision: str | None = None, batch_size: int | None = None
+    ) -> MuseTalkEngine:
+        from engines.lipsync.musetalk.face_parsing import load_face_parser
+
+        model = load_musetalk(root, precision=precision, device=device)
+        engine = cls(model, batch_size=batch_size, parser=load_face_parser(Path(root), model.device), weights=str(root))
+        log.info("musetalk ready: %s", engine.info)
+        return engine
+
+    @property
+    def info(self) -> dict[str, object]:
+        mask = "face-parsing" if self.parser is not None else "landmarks"
+        return {"device": self.model.device.type, "precision": self.model.precision, "batch_size": self.batch_size}| {
+            "blend_mask": mask
+        }
+
+    def material(self, avatar: AvatarFrames) -> MuseTalkMaterial:
+        """The avatar's MuseTalk material, computed once and kept with the avatar when it has none."""
+        found = avatar.material.get(ENGINE_NAME)
+        if found is not None:
+            if len(found) != len(avatar):
+                raise EngineError(
+                    "invalid_avatar", f"The avatar's MuseTalk material has {len(found)} frames, not {len(avatar)}."
+                )
+            return found
+        started = time.perf_counter()
+        frames = [avatar.frames[i] for i in range(len(avatar))]
+        material = build_material(self.model, frames, avatar_boxes(avatar), avatar.landmarks, self.parser)
+        avatar.material[ENGINE_NAME] = material
+        log.info(
+            "avatar has no MuseTalk material: computed it for %d frames in %.1f s (kept with the cached avatar; "
+            "preprocess_avatar with model 'musetalk' stores it and saves this time)",
+            len(avatar),
+            time.perf_counter() - started,
+        )
+        return material
+
+    def render(self, avatar: AvatarFrames, audio: DrivingAudio) -> Iterator[np.ndarray]:
+        """Yield ``audio.num_frames`` full BGR frames, one batch of model work at a time."""
+        if len(avatar) == 0:
+            raise EngineError("invalid_avatar", "The avatar has no frames.")
+        if audio.samples.ndim != 1 or audio.samples.size == 0:
+            raise EngineError("invalid_audio", "Driving audio must be non-empty mono 16 kHz samples.")
+        material = self.material(avatar)
+        num_frames = audio.num_frames
+        chunks = self.model.audio_chunks(audio.samples, fps=FPS, num_frames=num_frames)
+        for first in range(0, num_frames, self.batch_size):
+            indices = range(first, min(num_frames, first + self.batch_size))
+            sources = [pingpong_index(i, len(avatar)) for i in indices]
+            faces = self.model.generate(material.latents[sources], chunks[first : indices.stop])
+            for face, j in zip(faces, sources, strict=True):
+                yield paste_face(avatar.frames[j], face, material.boxes[j], material.masks[j], material.crop_boxes[j])
