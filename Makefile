@@ -51,6 +51,7 @@ bench: setup
 	$(PY) bench/generate.py
 	$(PY) bench/emotion.py
 	$(PY) bench/wav2lip.py
+	$(PY) bench/musetalk.py
 	$(PY) bench/coldstart.py
 	$(PY) bench/orchestrator.py
 	$(PY) bench/hostile.py

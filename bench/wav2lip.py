@@ -20,10 +20,8 @@ difference to the baseline in 8-bit levels (the engine outputs uint8).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.timing import interleaved_medians  # noqa: E402
 from engines.lipsync.wav2lip import build_model, load_wav2lip  # noqa: E402
 from engines.lipsync.wav2lip.engine import Wav2Lip96Engine, Wav2Lip256Engine, Wav2LipEngine  # noqa: E402
 
@@ -60,27 +59,6 @@ def inputs(batch: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     faces = rng.integers(0, 256, (batch, size, size, 6), dtype=np.uint8)
     faces[:, size // 2 :, :, :3] = 0  # the masked lower half, as the engine feeds it
     return mel, faces
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
-
-
-def interleaved_medians(paths: dict[str, Callable[[], object]], runs: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each path, timed round-robin so load from other processes hits all alike."""
-    for fn in paths.values():
-        fn()  # warm-up: allocator, oneDNN primitive cache, cuDNN autotuning
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(runs):
-        for name, fn in paths.items():
-            times[name].append(timed(fn, device))
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def baseline_path(

@@ -104,9 +104,60 @@ MANIFEST: tuple[WeightsFile, ...] = (
         url="https://drive.usercontent.google.com/download?id=1wu6XujFL9rF-0P2l44G6kpeapeY0cME7&export=download&confirm=t",
     ),
 )
+
+# MuseTalk 1.5: upstream's download_weights.sh layout under `musetalk/` (the engine's root). MIT for
+# MuseTalk's code and weights (commercial use allowed), sd-vae-ft-mse MIT, whisper-tiny Apache-2.0,
+# the face-parsing BiSeNet MIT. No checksums are published: fetch-weights pins them at fetch time.
+MUSETALK_DIR = "musetalk"
+MUSETALK_SOURCE = "https://github.com/TMElyralab/MuseTalk#download-weights"
+_MUSETALK_REPOS = {  # folder -> (Hugging Face repository, licence)
+    "musetalkV15": ("TMElyralab/MuseTalk", "MIT (TMElyralab/MuseTalk: code and weights, commercial use allowed)"),
+    "sd-vae": ("stabilityai/sd-vae-ft-mse", "MIT (stabilityai/sd-vae-ft-mse)"),
+    "whisper": ("openai/whisper-tiny", "Apache-2.0 (openai/whisper-tiny)"),
+}
+_MUSETALK_FILES = {  # name -> (path under musetalk/, required by the engine)
+    "musetalk_unet": ("musetalkV15/unet.pth", True),
+    "musetalk_unet_config": ("musetalkV15/musetalk.json", False),
+    "musetalk_vae": ("sd-vae/diffusion_pytorch_model.bin", True),
+    "musetalk_vae_config": ("sd-vae/config.json", False),
+    "musetalk_whisper": ("whisper/pytorch_model.bin", True),
+    "musetalk_whisper_config": ("whisper/config.json", False),
+    "musetalk_whisper_preprocessor": ("whisper/preprocessor_config.json", False),
+}
+
+
+def _musetalk_entry(name: str, path: str) -> WeightsFile:
+    folder, _, remote = path.partition("/")
+    repo, licence = _MUSETALK_REPOS[folder]
+    if folder == "musetalkV15":
+        remote = path  # the MuseTalk repository keeps the folder
+    url = f"https://huggingface.co/{repo}/resolve/main/{remote}"
+    return WeightsFile(name, f"{MUSETALK_DIR}/{path}", "musetalk", None, None, licence, True, MUSETALK_SOURCE, url)
+
+
+MANIFEST += (
+    *(_musetalk_entry(name, path) for name, (path, _) in _MUSETALK_FILES.items()),
+    WeightsFile(
+        name="musetalk_face_parsing",  # optional: the blend mask comes from landmarks without it
+        filename=f"{MUSETALK_DIR}/face-parse-bisent/79999_iter.pth",
+        variant="musetalk",
+        sha256=None,
+        size=None,
+        licence="MIT (zllrunning/face-parsing.PyTorch)",
+        commercial_use=True,
+        source=MUSETALK_SOURCE,
+        url="https://drive.usercontent.google.com/download?id=154JgKpzCPW82qINcVieuPH3fZ2e0P812&export=download&confirm=t",
+    ),
+)
+MUSETALK_REQUIRED = tuple(name for name, (_, required) in _MUSETALK_FILES.items() if required)
+GROUPS = {"musetalk": (*_MUSETALK_FILES, "musetalk_face_parsing")}  # `fetch-weights musetalk`: the whole set
 BY_NAME = {w.name: w for w in MANIFEST}
-# Which manifest entries serve each engine, in order of preference.
-ENGINE_WEIGHTS = {"wav2lip96": ("wav2lip96_gan", "wav2lip96"), "wav2lip256": ("wav2lip256",)}
+# Which manifest entries serve each engine, in order of preference (musetalk: all its required files).
+ENGINE_WEIGHTS = {
+    "wav2lip96": ("wav2lip96_gan", "wav2lip96"),
+    "wav2lip256": ("wav2lip256",),
+    "musetalk": MUSETALK_REQUIRED,
+}
 
 
 @dataclass(frozen=True)
@@ -138,9 +189,20 @@ def locate(entry: WeightsFile, dirs: Sequence[Path]) -> Path | None:
     return next((d / entry.filename for d in dirs if (d / entry.filename).is_file()), None)
 
 
+def find_musetalk_root(weights_dir: Path | None) -> Path | None:
+    """The first ``musetalk/`` folder holding every required MuseTalk file (UNet, VAE, whisper weights)."""
+    for folder in search_dirs(weights_dir):
+        if all((folder / BY_NAME[name].filename).is_file() for name in MUSETALK_REQUIRED):
+            return folder / MUSETALK_DIR
+    return None
+
+
 def find_for_engine(engine: str, weights_dir: Path | None) -> tuple[WeightsFile, Path] | None:
-    """The preferred weights file present for ``engine`` (``wav2lip96`` / ``wav2lip256``), if any."""
+    """The preferred weights file present for ``engine``; for ``musetalk`` its UNet, when the whole set is there."""
     dirs = search_dirs(weights_dir)
+    if engine == "musetalk":
+        root = find_musetalk_root(weights_dir)
+        return (BY_NAME["musetalk_unet"], root.parent / BY_NAME["musetalk_unet"].filename) if root else None
     for name in ENGINE_WEIGHTS.get(engine, ()):
         path = locate(BY_NAME[name], dirs)
         if path is not None:
@@ -309,7 +371,7 @@ def fetch_weights(
     show_progress: bool = True,
 ) -> list[Path]:
     """Fetch manifest entries into ``dest`` (skipping files already there and verified)."""
-    entries = [weights_entry(n) for n in names]
+    entries = [weights_entry(n) for group in names for n in GROUPS.get(group, (group,))]
     if (url or sha256) and len(entries) != 1:
         raise EngineError("invalid_arguments", "`--url` and `--sha256` apply to exactly one weights name.")
     paths = []
@@ -334,7 +396,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="\n".join(f"{w.name}: {w.filename} — {w.licence}" for w in MANIFEST),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("names", nargs="*", help=f"weights to fetch: {', '.join(BY_NAME)}")
+    parser.add_argument("names", nargs="*", help=f"weights to fetch: {', '.join([*GROUPS, *BY_NAME])}")
     parser.add_argument("--dest", type=Path, default=os.environ.get("WEIGHTS_DIR"), help="directory (env WEIGHTS_DIR)")
     parser.add_argument("--base-url", help="mirror holding the files under their file names")
     parser.add_argument("--url", help="exact URL (one name only)")

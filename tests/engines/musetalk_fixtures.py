@@ -77,9 +77,13 @@ def random_modules(tiny: bool = True, seed: int = 0) -> tuple[torch.nn.Module, t
 
     from engines.lipsync.musetalk.loader import CONFIGS
 
-    configs = [TINY_UNET, TINY_VAE, TINY_WHISPER] if tiny else [
-        json.loads((CONFIGS / name).read_text()) for name in ("musetalk.json", "sd_vae.json", "whisper_tiny.json")
-    ]
+    configs = (
+        [TINY_UNET, TINY_VAE, TINY_WHISPER]
+        if tiny
+        else [
+            json.loads((CONFIGS / name).read_text()) for name in ("musetalk.json", "sd_vae.json", "whisper_tiny.json")
+        ]
+    )
     unet = _jitter(UNet2DConditionModel.from_config(configs[0]), seed)
     vae = _jitter(AutoencoderKL.from_config(configs[1]), seed + 1)
     whisper = _jitter(WhisperForConditionalGeneration(WhisperConfig(**configs[2])), seed + 2)
@@ -113,7 +117,9 @@ def write_models(
     vae_state = _legacy_vae_state(vae) if legacy_vae else vae.state_dict()
     whisper_state = {k: v for k, v in whisper.state_dict().items() if k != "proj_out.weight"}
     if safetensors:
-        save_file({k: v.contiguous() for k, v in vae_state.items()}, root / "sd-vae" / "diffusion_pytorch_model.safetensors")
+        save_file(
+            {k: v.contiguous() for k, v in vae_state.items()}, root / "sd-vae" / "diffusion_pytorch_model.safetensors"
+        )
         save_file({k: v.contiguous().clone() for k, v in whisper_state.items()}, root / "whisper" / "model.safetensors")
     else:
         torch.save(vae_state, root / "sd-vae" / "diffusion_pytorch_model.bin")

@@ -110,7 +110,7 @@ def test_legacy_vae_names_and_safetensors_give_the_same_model(mt: MuseTalk, tmp_
 
 
 def test_shipped_configs_build_the_published_architecture() -> None:
-    """Full size on the meta device: MuseTalk 1.5's UNet (8 -> 4 channels, cross-attention 384), sd-vae, whisper-tiny."""
+    """Full size on the meta device: MuseTalk 1.5's UNet (8 -> 4 channels, cross-attention 384) and sd-vae."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from engines.lipsync.musetalk.loader import CONFIGS, read_config

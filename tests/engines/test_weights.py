@@ -238,3 +238,24 @@ def test_an_empty_sidecar_counts_as_unpinned(server: RangeServer, tmp_path: Path
     [fetched] = weights.fetch_weights(["wav2lip256"], tmp_path, url=url_of(server), show_progress=False)
     assert fetched.read_bytes() == PAYLOAD and server.requests == [("/wav2lip256.pth", None)]
     assert (tmp_path / "wav2lip256.pth.sha256").read_text().split()[0] == PAYLOAD_SHA
+
+
+def test_fetch_weights_musetalk_fills_upstreams_layout(server: RangeServer, tmp_path: Path) -> None:
+    """`fetch-weights musetalk` fetches the whole set into musetalk/ (download_weights.sh's layout), pinned."""
+    assert weights.find_for_engine("musetalk", tmp_path) is None
+    paths = weights.fetch_weights(["musetalk"], tmp_path, base_url=url_of(server, ""), show_progress=False)
+    assert {p.relative_to(tmp_path / "musetalk").as_posix() for p in paths} >= {
+        "musetalkV15/unet.pth",
+        "musetalkV15/musetalk.json",
+        "sd-vae/diffusion_pytorch_model.bin",
+        "whisper/pytorch_model.bin",
+        "whisper/preprocessor_config.json",
+        "face-parse-bisent/79999_iter.pth",
+    }
+    assert all(p.with_name(p.name + ".sha256").is_file() for p in paths)
+    assert weights.find_musetalk_root(tmp_path) == tmp_path / "musetalk"
+    entry, path = weights.find_for_engine("musetalk", tmp_path)
+    assert entry.name == "musetalk_unet" and entry.commercial_use and path == tmp_path / "musetalk/musetalkV15/unet.pth"
+    assert weights.resolve("musetalk_vae", tmp_path).verified
+    (tmp_path / "musetalk/whisper/pytorch_model.bin").unlink()  # a set without its whisper file serves nothing
+    assert weights.find_musetalk_root(tmp_path) is None

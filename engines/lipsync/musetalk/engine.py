@@ -104,7 +104,7 @@ class MuseTalkEngine:
     @property
     def info(self) -> dict[str, object]:
         mask = "face-parsing" if self.parser is not None else "landmarks"
-        return {"device": self.model.device.type, "precision": self.model.precision, "batch_size": self.batch_size}| {
+        return {"device": self.model.device.type, "precision": self.model.precision, "batch_size": self.batch_size} | {
             "blend_mask": mask
         }
 

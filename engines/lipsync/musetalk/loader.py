@@ -80,16 +80,19 @@ def _config_error(path: Path, exc: Exception) -> EngineError:
     return EngineError("invalid_checkpoint", f"the config for `{path}` does not build the model ({exc}).")
 
 
+def _build_diffusers(cls: type, config: dict, path: Path) -> torch.nn.Module:
+    try:
+        with torch.device("meta"):
+            return cls.from_config(config)
+    except (TypeError, ValueError) as exc:
+        raise _config_error(path, exc) from None
+
+
 def load_unet(root: Path) -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
 
     path = weights_file(root, UNET_WEIGHTS, "UNet weights")
-    config = read_config(root, UNET_CONFIG)
-    try:
-        with torch.device("meta"):
-            unet = UNet2DConditionModel.from_config(config)
-    except (TypeError, ValueError) as exc:
-        raise _config_error(path, exc) from None
+    unet = _build_diffusers(UNet2DConditionModel, read_config(root, UNET_CONFIG), path)
     state = {k.removeprefix(DATA_PARALLEL_PREFIX): v for k, v in read_tensors(path, "MuseTalk UNet").items()}
     return _assign(unet, state, path, "MuseTalk UNet")
 
@@ -108,12 +111,7 @@ def load_vae(root: Path) -> torch.nn.Module:
     from diffusers import AutoencoderKL
 
     path = weights_file(root, VAE_WEIGHTS, "VAE weights")
-    config = read_config(root, VAE_CONFIG)
-    try:
-        with torch.device("meta"):
-            vae = AutoencoderKL.from_config(config)
-    except (TypeError, ValueError) as exc:
-        raise _config_error(path, exc) from None
+    vae = _build_diffusers(AutoencoderKL, read_config(root, VAE_CONFIG), path)
     state = {}
     for key, tensor in read_tensors(path, "VAE checkpoint").items():
         modern = _modern_vae_key(key)

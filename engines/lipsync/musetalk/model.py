@@ -86,7 +86,9 @@ class MuseTalk:
         """uint8 (B, 256, 256, 3) BGR crops -> (B, 8, 32, 32) scaled latents: masked lower half, then reference."""
         faces = np.asarray(faces_bgr)
         if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[1:] != (FACE_SIZE, FACE_SIZE, 3):
-            raise ValueError(f"faces must be uint8 (B, {FACE_SIZE}, {FACE_SIZE}, 3) BGR, got {faces.dtype} {faces.shape}")
+            raise ValueError(
+                f"faces must be uint8 (B, {FACE_SIZE}, {FACE_SIZE}, 3) BGR, got {faces.dtype} {faces.shape}"
+            )
         rgb = torch.from_numpy(np.ascontiguousarray(faces[..., ::-1])).to(self.device)
         pixels = rgb.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5).div_(0.5)
         masked = pixels.clone()
