@@ -6,9 +6,11 @@
     latents = mt.face_latents(faces_bgr)         # uint8 (B, 256, 256, 3) -> (B, 8, 32, 32)
     faces = mt.generate(latents, chunks)         # -> uint8 (B, 256, 256, 3) BGR
 
-Needs the ``musetalk`` extra (diffusers, transformers).
+Needs the ``musetalk`` extra (diffusers, transformers). Importing this package registers the ``musetalk``
+lip-sync engine.
 """
 
+from engines.lipsync.musetalk.engine import MuseTalkEngine
 from engines.lipsync.musetalk.model import MuseTalk, load_musetalk
 
-__all__ = ["MuseTalk", "load_musetalk"]
+__all__ = ["MuseTalk", "MuseTalkEngine", "load_musetalk"]
