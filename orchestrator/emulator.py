@@ -6,7 +6,8 @@ or TIMED_OUT only, same id), ``purge-queue``, GET ``health``. The key is checked
 given as RunPod documents it (``authorization: <key>``) or as ``Bearer <key>``. Job states IN_QUEUE,
 IN_PROGRESS, COMPLETED, FAILED, CANCELLED, TIMED_OUT. ``policy.executionTimeout`` stops a running job when
 it passes (the task is cancelled at its next stage and writes nothing; TIMED_OUT); ``policy.ttl`` drops a
-job (queued jobs never run; status 404). A webhook POST of the final job JSON (retried twice).
+job (queued jobs never run; status 404); a result is kept 30 min after ``run``, 1 min after ``runsync``.
+A webhook POST of the final job JSON (retried twice).
 
 Jobs run through a RunPod handler (``job -> result``, or a generator), answered as the worker SDK does
 (``orchestrator.emulator_jobs``). The default handler is our worker's: ``handlers.dispatch``, progress as
@@ -16,8 +17,6 @@ handler's output is the one item of its ``stream``. GET ``/emulator/stats``; ``F
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 import queue
 import threading
@@ -37,7 +36,15 @@ from fastapi.responses import JSONResponse
 import handlers
 from handlers.errors import TaskCancelled
 from orchestrator.background_server import BackgroundServer
-from orchestrator.emulator_jobs import FINAL_STATES, RETRYABLE_STATES, EmulatedJob, JobHandler, run_handler
+from orchestrator.emulator_jobs import (
+    FINAL_STATES,
+    RETRYABLE_STATES,
+    EmulatedJob,
+    JobHandler,
+    load_handler,
+    run_handler,
+    worker_failure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,8 @@ __all__ = ["BackgroundServer", "Faults", "RunpodEmulator", "create_emulator_app"
 
 DEFAULT_EXECUTION_TIMEOUT_MS = 600_000
 DEFAULT_TTL_MS = 86_400_000
+RUN_RETENTION_S = 1800.0  # a finished /run job's result is kept 30 min, a /runsync one's 1 min
+RUNSYNC_RETENTION_S = 60.0
 RUNSYNC_WAIT_MS = 90_000
 WEBHOOK_RETRIES = 2
 CRASH_MESSAGE = "Worker exited unexpectedly while running the job (emulated crash)."
@@ -61,20 +70,6 @@ class Faults:
     lose_jobs: int = 0  # the next N jobs vanish mid-job (status 404, as RunPod past the TTL)
     job_delay_s: float = 0.0  # every job spends this long IN_PROGRESS before its task runs
     hold_queue: bool = False  # workers take no jobs: everything stays IN_QUEUE
-
-
-def worker_failure(code: str, message: str) -> dict[str, Any]:
-    """A failed task as our RunPod worker returns it: ``error`` is the JSON ``{"error_code", "error"}``."""
-    return {"error": json.dumps({"error_code": code, "error": message}), "error_code": code}
-
-
-def load_handler(spec: str) -> JobHandler:
-    """``module:function`` (e.g. ``runpod_handler:handler``) as the handler the emulated workers run."""
-    module, _, name = spec.partition(":")
-    handler = getattr(importlib.import_module(module), name or "handler", None)
-    if not callable(handler):
-        raise ValueError(f"{spec!r} names no callable handler (use module:function).")
-    return handler
 
 
 class RunpodEmulator:
@@ -142,7 +137,7 @@ class RunpodEmulator:
 
     # ---- API operations ----------------------------------------------------------------------
 
-    def submit(self, endpoint_id: str, body: dict[str, Any]) -> EmulatedJob:
+    def submit(self, endpoint_id: str, body: dict[str, Any], retention_s: float = RUN_RETENTION_S) -> EmulatedJob:
         policy = body.get("policy") or {}
         job = EmulatedJob(
             id=f"{uuid.uuid4()}-e1",
@@ -151,6 +146,7 @@ class RunpodEmulator:
             webhook=body.get("webhook"),
             execution_timeout_s=float(policy.get("executionTimeout", DEFAULT_EXECUTION_TIMEOUT_MS)) / 1000,
             ttl_s=float(policy.get("ttl", DEFAULT_TTL_MS)) / 1000,
+            retention_s=retention_s,
         )
         with self._lock:
             self.jobs[job.id] = job
@@ -166,9 +162,9 @@ class RunpodEmulator:
             return self._expire(job)
 
     def _expire(self, job: EmulatedJob) -> EmulatedJob | None:
-        """Apply the job's TTL (gone, stopped if running) and execution timeout (TIMED_OUT)."""
+        """Apply the job's TTL and result retention (gone, stopped if running) and execution timeout (TIMED_OUT)."""
         now = time.monotonic()
-        if now - job.created > job.ttl_s:
+        if now - job.created > job.ttl_s or (job.finished and now - job.finished > job.retention_s):
             job.stop.set()
             del self.jobs[job.id]
             self.counts["expired"] += 1
@@ -397,10 +393,10 @@ def _job_or_404(job: EmulatedJob | None) -> EmulatedJob:
 
 
 def _add_routes(app: FastAPI, emulator: RunpodEmulator, endpoint: Any) -> None:
-    def submit(endpoint_id: str, body: dict[str, Any]) -> EmulatedJob:
+    def submit(endpoint_id: str, body: dict[str, Any], retention_s: float = RUN_RETENTION_S) -> EmulatedJob:
         if not isinstance(body.get("input"), dict):
             raise HTTPException(400, "The body needs an `input` object.")
-        return emulator.submit(endpoint_id, body)
+        return emulator.submit(endpoint_id, body, retention_s)
 
     @app.post("/v2/{endpoint_id}/run")
     def run(endpoint_id: str = Depends(endpoint), body: dict[str, Any] = Body(...)) -> Any:
@@ -411,7 +407,7 @@ def _add_routes(app: FastAPI, emulator: RunpodEmulator, endpoint: Any) -> None:
 
     @app.post("/v2/{endpoint_id}/runsync")
     def runsync(endpoint_id: str = Depends(endpoint), body: dict[str, Any] = Body(...), wait: int = RUNSYNC_WAIT_MS):
-        job = submit(endpoint_id, body)
+        job = submit(endpoint_id, body, RUNSYNC_RETENTION_S)
         job.done.wait(min(max(wait, 1000), 300_000) / 1000)
         return job.to_json()
 

@@ -11,6 +11,7 @@ else ``[]``; a streamed ``{"error": ...}`` item ends the job FAILED. A FAILED jo
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import json
 import threading
@@ -35,6 +36,7 @@ class EmulatedJob:
     webhook: str | None
     execution_timeout_s: float
     ttl_s: float
+    retention_s: float  # how long the result stays readable once the job finished
     status: str = "IN_QUEUE"
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
@@ -163,3 +165,17 @@ def _drain_async(agen: Any) -> Any:
     finally:
         loop.run_until_complete(agen.aclose())
         loop.close()
+
+
+def worker_failure(code: str, message: str) -> dict[str, Any]:
+    """A failed task as our RunPod worker returns it: ``error`` is the JSON ``{"error_code", "error"}``."""
+    return {"error": json.dumps({"error_code": code, "error": message}), "error_code": code}
+
+
+def load_handler(spec: str) -> JobHandler:
+    """``module:function`` (e.g. ``runpod_handler:handler``) as the handler the emulated workers run."""
+    module, _, name = spec.partition(":")
+    handler = getattr(importlib.import_module(module), name or "handler", None)
+    if not callable(handler):
+        raise ValueError(f"{spec!r} names no callable handler (use module:function).")
+    return handler

@@ -243,3 +243,16 @@ def test_the_streaming_worker_streams_segments_through_the_sdk(local_settings, m
         assert all(s["playlist_uri"].endswith(".m3u8") and s["duration_s"] > 0 for s in segments)
         assert result["video"]["uri"].endswith(".mp4") and result["playlist"]["uri"].endswith(".m3u8")
         assert job.output(timeout=60) == items  # return_aggregate_stream: the output is every item
+
+
+def test_results_are_kept_30_min_after_run_and_1_min_after_runsync(sdk_emulator):
+    synced = raw(sdk_emulator, "POST", "runsync", json={"input": {"task": "health"}}).json()
+    ran = raw(sdk_emulator, "POST", "run", json={"input": {"task": "health"}}).json()
+    wait_state(sdk_emulator, ran["id"], "COMPLETED")
+    jobs = sdk_emulator.emulator.jobs
+    jobs[synced["id"]].finished -= 61
+    jobs[ran["id"]].finished -= 61
+    assert raw(sdk_emulator, "GET", f"status/{synced['id']}").status_code == 404
+    assert raw(sdk_emulator, "GET", f"status/{ran['id']}").json()["status"] == "COMPLETED"
+    jobs[ran["id"]].finished -= 1800
+    assert raw(sdk_emulator, "GET", f"status/{ran['id']}").status_code == 404
