@@ -113,6 +113,11 @@ export function newIdempotencyKey(): string {
   return randomUUID();
 }
 
+/** The Idempotency-Key header of a submit: the caller's key, else a new one. */
+function keyed(options: SubmitOptions) {
+  return { header: { "idempotency-key": options.idempotencyKey ?? newIdempotencyKey() } };
+}
+
 interface Answer<T> {
   data?: T;
   error?: unknown;
@@ -152,24 +157,20 @@ export class AvatarClient {
   // ---- jobs -------------------------------------------------------------------------------------
 
   async submitAvatar(body: AvatarRequest, options: SubmitOptions = {}): Promise<Job> {
-    const header = { "idempotency-key": options.idempotencyKey ?? newIdempotencyKey() };
-    return unwrap(await this.api.POST("/v1/avatars", { body, params: { header } }));
+    return unwrap(await this.api.POST("/v1/avatars", { body, params: keyed(options) }));
   }
 
   async submitVideo(body: VideoRequest, options: SubmitOptions = {}): Promise<Job> {
-    const header = { "idempotency-key": options.idempotencyKey ?? newIdempotencyKey() };
-    return unwrap(await this.api.POST("/v1/videos", { body, params: { header } }));
+    return unwrap(await this.api.POST("/v1/videos", { body, params: keyed(options) }));
   }
 
   async submitEmotion(body: EmotionRequest, options: SubmitOptions = {}): Promise<Job> {
-    const header = { "idempotency-key": options.idempotencyKey ?? newIdempotencyKey() };
-    return unwrap(await this.api.POST("/v1/emotions", { body, params: { header } }));
+    return unwrap(await this.api.POST("/v1/emotions", { body, params: keyed(options) }));
   }
 
   /** Any task, `task` included in the body (`POST /v1/jobs`). */
   async submit(body: AnyTaskRequest, options: SubmitOptions = {}): Promise<Job> {
-    const header = { "idempotency-key": options.idempotencyKey ?? newIdempotencyKey() };
-    return unwrap(await this.api.POST("/v1/jobs", { body, params: { header } }));
+    return unwrap(await this.api.POST("/v1/jobs", { body, params: keyed(options) }));
   }
 
   async getJob(jobId: string): Promise<Job> {
