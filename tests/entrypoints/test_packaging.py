@@ -63,7 +63,7 @@ def test_the_images_install_at_the_constrained_versions(dockerfile: Path) -> Non
 def test_constraints_pin_every_declared_requirement_except_torch() -> None:
     pins = pinned()
     declared = PYPROJECT["project"]["dependencies"] + [r for name, reqs in EXTRAS.items() for r in reqs]
-    names = {name_of(r) for r in declared} - {"serverless-talking-head", "torch", "aiortc"}
+    names = {name_of(r) for r in declared} - {"serverless-talking-head", "torch"}
     assert names - pins.keys() == set(), "run `make lock` after changing pyproject.toml"
     assert "torch" not in pins  # TORCH_VERSION and the image's wheel index choose the torch build
     assert all(re.fullmatch(r"[0-9][0-9A-Za-z.!+-]*", version) for version in pins.values())
