@@ -156,7 +156,7 @@ def avatar_frames(
     """A stored avatar's frames (its folder held until ``holds`` closes), else the portrait ``image`` animated."""
     if image is not None:
         return _portrait_avatar(image, settings, work, portrait_max_side)
-    cache = open_cache(settings.avatar_local_path)
+    cache = open_cache(settings.avatar_local_path, settings.avatar_revalidate_s)
     path = holds.enter_context(cache.acquire(store, user_id, avatar_id or ""))
     return stored_avatar(load_avatar(path))
 

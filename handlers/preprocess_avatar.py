@@ -378,6 +378,11 @@ def _install(avatar_dir: Path, avatar_id: str, settings: Settings, store: storag
     it (disk full, bad AVATAR_LOCAL_PATH) the task still succeeds and generate_video fetches the TAR later;
     deleting the upload instead would also lose the avatar this one replaced."""
     try:
-        open_cache(settings.avatar_local_path).install(avatar_dir, owner=store.uri(key))
+        # The stat follows the upload: another worker's upload landing between the two would be taken for ours
+        # (and go unnoticed here until the TAR changes again); that window is one HEAD request long.
+        fingerprint = store.stat(key).fingerprint
+        open_cache(settings.avatar_local_path, settings.avatar_revalidate_s).install(
+            avatar_dir, owner=store.uri(key), fingerprint=fingerprint
+        )
     except Exception:
         log.warning("avatar %s is in the store (%s) but not in the local cache", avatar_id, key, exc_info=True)

@@ -16,6 +16,8 @@ class Settings(BaseSettings):
 
     avatar_store_uri: str = Field("file://./var/store", validation_alias=AliasChoices("AVATAR_STORE_URI"))
     avatar_local_path: Path = Field(Path("./var/avatars"), validation_alias=AliasChoices("AVATAR_LOCAL_PATH"))
+    # Seconds between checks that a cached avatar's TAR is unchanged in the store (0: every request).
+    avatar_revalidate_s: float = Field(30.0, ge=0, validation_alias=AliasChoices("AVATAR_REVALIDATE_S"))
     weights_dir: Path = Field(Path("./var/weights"), validation_alias=AliasChoices("WEIGHTS_DIR"))
     wav2lip96_checkpoint: Path | None = Field(None, validation_alias=AliasChoices("WAV2LIP96_CHECKPOINT"))
     wav2lip256_checkpoint: Path | None = Field(None, validation_alias=AliasChoices("WAV2LIP256_CHECKPOINT"))

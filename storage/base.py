@@ -29,6 +29,8 @@ class PutResult:
 class ObjectInfo:
     key: str
     size: int
+    # Changes whenever the object is replaced: the S3 ETag, the GCS generation, size/mtime/inode for file://.
+    fingerprint: str = ""
 
 
 class ObjectStore(ABC):
@@ -50,7 +52,17 @@ class ObjectStore(ABC):
         """Upload a local file; a failed upload leaves no object behind."""
 
     @abstractmethod
-    def exists(self, key: str) -> bool: ...
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and fingerprint of one object, from a HEAD-like call; StorageError ``not_found`` when absent."""
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except StorageError as exc:
+            if exc.code == "not_found":
+                return False
+            raise
+        return True
 
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:

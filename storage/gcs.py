@@ -89,6 +89,10 @@ def _error(exc: Exception, uri: str, action: str) -> StorageError:
     return StorageError("storage_error", f"{action} {uri}: {type(exc).__name__}: {exc}")
 
 
+def _info(key: str, blob: gcs.Blob) -> ObjectInfo:
+    return ObjectInfo(key=key, size=blob.size or 0, fingerprint=str(blob.generation or ""))
+
+
 class GCSStore(ObjectStore):
     """Objects under ``gs://bucket/prefix``."""
 
@@ -141,17 +145,19 @@ class GCSStore(ObjectStore):
                 raise err from exc
             return PutResult(uri=uri, bytes=reader.size, sha256=reader.hexdigest())
 
-    def exists(self, key: str) -> bool:
+    def stat(self, key: str) -> ObjectInfo:
+        blob = self._blob(key)
         try:
-            return self._blob(key).exists()
+            blob.reload()
         except Exception as exc:
             raise _error(exc, self.uri(key), "check") from exc
+        return _info(key, blob)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full_prefix = self._name_prefix + check_prefix(prefix)
         try:
             for blob in self._client.list_blobs(self._bucket, prefix=full_prefix, page_size=self._page_size):
-                yield ObjectInfo(key=blob.name[len(self._name_prefix) :], size=blob.size or 0)
+                yield _info(blob.name[len(self._name_prefix) :], blob)
         except gexc.GoogleAPIError as exc:
             raise _error(exc, f"{self.root_uri}/{prefix}", "list") from exc
 

@@ -54,6 +54,12 @@ def _copy_out(src: Path, dest: Path, max_bytes: int | None, uri: str) -> Path:
     return dest
 
 
+def _info(key: str, path: Path) -> ObjectInfo:
+    # Every put renames a new file in, so the inode changes even when size and mtime would not.
+    st = path.stat()
+    return ObjectInfo(key=key, size=st.st_size, fingerprint=f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}")
+
+
 class LocalStore(ObjectStore):
     """Objects as files under ``root``; keys never escape it."""
 
@@ -88,8 +94,11 @@ class LocalStore(ObjectStore):
             os.fsync(out.fileno())
         return PutResult(uri=self.uri(key), bytes=size, sha256=reader.hexdigest())
 
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+    def stat(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        if not path.is_file():
+            raise StorageError("not_found", f"{self.uri(key)} does not exist")
+        return _info(key, path)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         check_prefix(prefix)
@@ -102,7 +111,7 @@ class LocalStore(ObjectStore):
                 path = Path(dirpath) / name
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix) and not is_temp_name(name) and path.is_file():
-                    found.append(ObjectInfo(key=key, size=path.stat().st_size))
+                    found.append(_info(key, path))
         # Lexicographic key order, as S3 and GCS list.
         yield from sorted(found, key=lambda info: info.key)
 

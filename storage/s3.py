@@ -135,17 +135,12 @@ class S3Store(ObjectStore):
                 raise err from exc
             return PutResult(uri=uri, bytes=reader.size, sha256=reader.hexdigest())
 
-    def exists(self, key: str) -> bool:
+    def stat(self, key: str) -> ObjectInfo:
         try:
-            self._client.head_object(Bucket=self.bucket, Key=self._name(key))
-        except ClientError as exc:
-            err = _error(exc, self.uri(key), "check")
-            if err.code == "not_found":
-                return False
-            raise err from exc
-        except BotoCoreError as exc:
+            head = self._client.head_object(Bucket=self.bucket, Key=self._name(key))
+        except (ClientError, BotoCoreError) as exc:
             raise _error(exc, self.uri(key), "check") from exc
-        return True
+        return ObjectInfo(key=key, size=head["ContentLength"], fingerprint=head["ETag"])
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full_prefix = self._name_prefix + check_prefix(prefix)
@@ -156,7 +151,8 @@ class S3Store(ObjectStore):
         try:
             for page in pages:
                 for obj in page.get("Contents", []):
-                    yield ObjectInfo(key=obj["Key"][len(self._name_prefix) :], size=obj["Size"])
+                    key = obj["Key"][len(self._name_prefix) :]
+                    yield ObjectInfo(key=key, size=obj["Size"], fingerprint=obj["ETag"])
         except (ClientError, BotoCoreError) as exc:
             raise _error(exc, f"{self.root_uri}/{prefix}", "list") from exc
 

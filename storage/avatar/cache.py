@@ -4,7 +4,7 @@ Layout under the cache root (``AVATAR_LOCAL_PATH``)::
 
     {avatar_id}/                   LiveTalking's layout, placed by hand or by recover-avatars: read only
     .owners/{sha256(owner)}/       one folder per owner, the store URI of the avatar's TAR
-        current                    the name of the version new renders use
+        current                    the version new renders use, and its TAR's store fingerprint
         owner.txt                  the owner URI, for people looking at the disk
         v{ns}-{hex}/               immutable versions: a replacement installs a new one
     .locks/{00..63}.lock           a fixed set of lock stripes (one download per owner at a time)
@@ -12,6 +12,8 @@ Layout under the cache root (``AVATAR_LOCAL_PATH``)::
 
 A render holds its version with a shared ``flock`` on the version folder (across threads and processes);
 old versions are removed once nobody holds them: by whoever releases or installs next, or at start.
+A held-for-reuse version is revalidated against the store (one HEAD per owner every ``revalidate_s``
+seconds, per process): a TAR replaced since (another worker re-preprocessed it) installs a new version.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from storage import keys
 from storage.avatar.archive import ArchiveLimits, extract_avatar
@@ -47,8 +50,13 @@ OWNER_NOTE = "owner.txt"
 LOCK_STRIPES = 64
 HOLD_RETRIES = 5
 STRAY_FILE_AGE_S = 60
+REVALIDATE_S = 30.0
 
-Hold = tuple[Path, int]  # a version folder and the descriptor whose shared lock keeps it
+
+class Hold(NamedTuple):
+    path: Path  # a version folder
+    fd: int  # the descriptor whose shared lock keeps it
+    fingerprint: str  # the store fingerprint of the TAR it came from ("" when unknown)
 
 
 def _open_dir(path: Path) -> int | None:
@@ -69,9 +77,12 @@ def _try_exclusive(fd: int) -> bool:
 class AvatarCache:
     """One cache root. ``acquire`` is the reader's door, ``install`` the writer's (preprocess_avatar)."""
 
-    def __init__(self, root: Path, limits: ArchiveLimits | None = None) -> None:
+    def __init__(self, root: Path, limits: ArchiveLimits | None = None, revalidate_s: float = REVALIDATE_S) -> None:
         self.root = Path(root)
         self.limits = limits or ArchiveLimits()
+        self.revalidate_s = revalidate_s
+        self._checked: dict[str, float] = {}  # owner -> time.monotonic() of its last revalidation
+        self._checked_lock = threading.Lock()
         self._tmp = self.root / TMP
         self._owners = self.root / OWNERS
         for folder in (self._tmp, self._owners, self.root / LOCKS):
@@ -93,11 +104,16 @@ class AvatarCache:
         if flat is not None:
             yield flat
             return
-        path, fd = self._hold(owner) or self._fetch(store, key, avatar_id, owner)
+        held = self._hold(owner)
+        if held is not None and not self._still_current(store, key, owner, held.fingerprint):
+            os.close(held.fd)
+            held = None
+        if held is None:
+            held = self._fetch(store, key, avatar_id, owner)
         try:
-            yield path
+            yield held.path
         finally:
-            os.close(fd)  # drops the shared lock
+            os.close(held.fd)  # drops the shared lock
             self._collect(self._owner_dir(owner))
 
     def current_path(self, owner: str) -> Path | None:
@@ -107,8 +123,9 @@ class AvatarCache:
 
     # --- writers --------------------------------------------------------------------------------------
 
-    def install(self, src_dir: Path, owner: str) -> Path:
-        """Move a freshly built avatar folder in as ``owner``'s new version (copying across filesystems)."""
+    def install(self, src_dir: Path, owner: str, fingerprint: str = "") -> Path:
+        """Move a freshly built avatar folder in as ``owner``'s new version (copying across filesystems);
+        ``fingerprint`` is the store's for the TAR it matches ("" if unknown: the next revalidation fetches)."""
         validate_avatar_dir(src_dir)
         with self._workdir() as work:
             staged = work / "avatar"
@@ -119,10 +136,10 @@ class AvatarCache:
                     raise
                 shutil.copytree(src_dir, staged)
                 shutil.rmtree(src_dir)
-            path, fd = self._commit(staged, owner)
-        os.close(fd)
+            held = self._commit(staged, owner, fingerprint)
+        os.close(held.fd)
         self._collect(self._owner_dir(owner))
-        return path
+        return held.path
 
     def sweep(self) -> None:
         """Remove what killed processes left: work folders nobody locks, versions nobody holds."""
@@ -136,21 +153,29 @@ class AvatarCache:
     def _owner_dir(self, owner: str) -> Path:
         return self._owners / hashlib.sha256(owner.encode()).hexdigest()
 
+    @classmethod
+    def _current(cls, owner_dir: Path) -> str | None:
+        record = cls._current_record(owner_dir)
+        return None if record is None else record[0]
+
     @staticmethod
-    def _current(owner_dir: Path) -> str | None:
+    def _current_record(owner_dir: Path) -> tuple[str, str] | None:
+        """(version, fingerprint) from ``current``: the version's name, then the fingerprint on a second line."""
         try:
-            return (owner_dir / CURRENT).read_text().strip() or None
+            version, _, fingerprint = (owner_dir / CURRENT).read_text().partition("\n")
         except (FileNotFoundError, NotADirectoryError):
             return None
+        return (version.strip(), fingerprint.strip()) if version.strip() else None
 
     def _hold(self, owner: str) -> Hold | None:
         """A shared lock on the current version, or None when there is none; retried when a replacement
         removes the version between reading ``current`` and locking it."""
         owner_dir = self._owner_dir(owner)
         for _ in range(HOLD_RETRIES):
-            version = self._current(owner_dir)
-            if version is None:
+            record = self._current_record(owner_dir)
+            if record is None:
                 return None
+            version, fingerprint = record
             path = owner_dir / version
             fd = _open_dir(path)
             if fd is None:
@@ -158,37 +183,66 @@ class AvatarCache:
             fcntl.flock(fd, fcntl.LOCK_SH)
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                    return path, fd
+                    return Hold(path, fd, fingerprint)
             os.close(fd)
         return None
 
+    def _still_current(self, store: ObjectStore, key: str, owner: str, fingerprint: str) -> bool:
+        """False when the store's TAR has changed since ``fingerprint``; asks at most once per ``revalidate_s``.
+        A store that cannot answer leaves the cached version in use."""
+        now = time.monotonic()
+        with self._checked_lock:
+            last = self._checked.get(owner)
+            if last is not None and now - last < self.revalidate_s:
+                return True
+            self._checked[owner] = now
+        try:
+            latest = store.stat(key).fingerprint
+        except StorageError as exc:
+            log.warning("cannot revalidate avatar %s (%s); using the cached version", owner, exc.message)
+            return True
+        if latest == fingerprint:
+            return True
+        log.info("avatar %s changed in the store; fetching the new version", owner)
+        return False
+
     def _fetch(self, store: ObjectStore, key: str, avatar_id: str, owner: str) -> Hold:
-        with self._stripe(owner):
+        with self._stripe(owner), self._not_found_as_avatar(avatar_id, owner):
+            # Stat before the download: a TAR replaced in between is only fetched again later, never missed.
+            fingerprint = store.stat(key).fingerprint
             held = self._hold(owner)  # installed by another thread or process while we waited
-            if held is not None:
+            if held is not None and held.fingerprint == fingerprint:
                 return held
+            if held is not None:
+                os.close(held.fd)
             with self._workdir() as work:
                 tar_path = work / "avatar.tar"
-                try:
-                    store.get(key, tar_path, max_bytes=self.limits.max_archive_bytes)
-                except StorageError as exc:
-                    if exc.code != "not_found":
-                        raise
-                    raise StorageError(
-                        "avatar_not_found",
-                        f"avatar {avatar_id!r} is neither in the local cache ({self.root / avatar_id}) "
-                        f"nor in the store ({owner})",
-                    ) from exc
+                store.get(key, tar_path, max_bytes=self.limits.max_archive_bytes)
                 log.info("downloaded %s (%d bytes)", owner, tar_path.stat().st_size)
                 staged = work / "avatar"
                 staged.mkdir()
                 info = extract_avatar(tar_path, staged, self.limits, source=owner)
                 tar_path.unlink()
-                held = self._commit(staged, owner)
-        log.info("cached avatar %s (%d frames) from %s in %s", avatar_id, info.num_frames, owner, held[0])
+                held = self._commit(staged, owner, fingerprint)
+        with self._checked_lock:
+            self._checked[owner] = time.monotonic()
+        log.info("cached avatar %s (%d frames) from %s in %s", avatar_id, info.num_frames, owner, held.path)
         return held
 
-    def _commit(self, staged: Path, owner: str) -> Hold:
+    @contextlib.contextmanager
+    def _not_found_as_avatar(self, avatar_id: str, owner: str) -> Iterator[None]:
+        try:
+            yield
+        except StorageError as exc:
+            if exc.code != "not_found":
+                raise
+            raise StorageError(
+                "avatar_not_found",
+                f"avatar {avatar_id!r} is neither in the local cache ({self.root / avatar_id}) "
+                f"nor in the store ({owner})",
+            ) from exc
+
+    def _commit(self, staged: Path, owner: str, fingerprint: str) -> Hold:
         """Rename a validated folder in as a new version and point ``current`` at it; the shared lock is
         taken before the rename, so no collector can remove the version before ``current`` names it."""
         fd = os.open(staged, os.O_RDONLY | os.O_DIRECTORY)
@@ -198,8 +252,8 @@ class AvatarCache:
         path = owner_dir / f"v{time.time_ns()}-{secrets.token_hex(4)}"
         os.rename(staged, path)
         self._write_small(owner_dir / OWNER_NOTE, owner)
-        self._write_small(owner_dir / CURRENT, path.name)
-        return path, fd
+        self._write_small(owner_dir / CURRENT, f"{path.name}\n{fingerprint}")
+        return Hold(path, fd, fingerprint)
 
     def _write_small(self, target: Path, text: str) -> None:
         staged = self._tmp / f"{target.name}.{secrets.token_hex(8)}"
@@ -261,10 +315,11 @@ _caches: dict[str, AvatarCache] = {}
 _caches_guard = threading.Lock()
 
 
-def open_cache(root: Path) -> AvatarCache:
+def open_cache(root: Path, revalidate_s: float = REVALIDATE_S) -> AvatarCache:
     """The process's cache for ``root``: created (and swept) on first use, then shared."""
     with _caches_guard:
         key = str(Path(root).resolve())
         if key not in _caches:
             _caches[key] = AvatarCache(Path(root))
+        _caches[key].revalidate_s = revalidate_s
         return _caches[key]

@@ -9,6 +9,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import pytest
 
 from engines.face import load_face_analyzer
 from handlers import dispatch
@@ -22,19 +23,19 @@ BAND = slice(0, 12)  # rows above the face that the lip-sync engine never touche
 COLOURS = {"user-red": (0, 0, 255), "user-blue": (255, 0, 0)}  # BGR
 
 
-def _write_avatar(store: Path, user: str, tmp_path: Path) -> None:
+def _write_avatar(store: Path, user: str, tmp_path: Path, colour: tuple[int, int, int] | None = None) -> None:
     face = np.ascontiguousarray(astronaut_bgr(768)[70:326, 208:464])
     analyzer = load_face_analyzer()
     box = analyzer.detect(face)[0]
     landmarks = analyzer.landmarks(face, box)
     y1, y2, x1, x2 = max(box.y1, BAND.stop), min(256, box.y2 + 10), box.x1, box.x2
     frame = face.copy()
-    frame[BAND] = COLOURS[user]
-    writer = AvatarWriter(tmp_path / user / AVATAR)
+    frame[BAND] = colour or COLOURS[user]
+    writer = AvatarWriter(tmp_path / f"{user}-{frame[0, 0]}" / AVATAR)
     for i in range(6):
         writer.write_frame(i, frame, cv2.resize(frame[y1:y2, x1:x2], (256, 256)))
     writer.write_tables([(y1, y2, x1, x2)] * 6, np.stack([landmarks] * 6))
-    (store / "avatars" / user).mkdir(parents=True)
+    (store / "avatars" / user).mkdir(parents=True, exist_ok=True)
     pack_avatar(writer.path, store / "avatars" / user / f"{AVATAR}.tar")
 
 
@@ -63,3 +64,20 @@ def test_two_users_same_avatar_id_concurrent_renders_never_mix_frames(local_sett
         assert len(colours) == result["num_frames"] > 10
         for i, colour in enumerate(colours):
             assert np.abs(colour - COLOURS[user]).max() < 40, f"{user} frame {i} has band colour {colour}"
+
+
+def test_an_avatar_replaced_in_the_store_renders_with_its_new_frames(
+    local_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Class: stale cache: re-preprocessing an avatar (here: its TAR replaced in the store, as another worker's
+    preprocess_avatar does) changes what this worker's next render shows."""
+    monkeypatch.setenv("AVATAR_REVALIDATE_S", "0")
+    settings = Settings()
+    store = Path(settings.avatar_store_uri.removeprefix("file://"))
+    payload = {"task": "generate_video", "user_id": "user-red", "avatar_id": AVATAR, "text": "Hi."}
+    for colour in ((0, 0, 255), (0, 255, 0)):
+        _write_avatar(store, "user-red", tmp_path, colour)
+        result = dispatch(payload, settings)
+        assert "error" not in result, result
+        video = store / "generated-videos" / "user-red" / f"{result['video_id']}.mp4"
+        assert all(np.abs(band - colour).max() < 40 for band in _band_colours(video))

@@ -28,7 +28,7 @@ class CountingStore(ObjectStore):
     def __init__(self, inner: ObjectStore, delay_s: float = 0.0, count_file: Path | None = None) -> None:
         self.inner, self.root_uri = inner, inner.root_uri
         self.delay_s, self.count_file = delay_s, count_file
-        self.gets = 0
+        self.gets = self.stats = 0
         self._lock = threading.Lock()
 
     def get(self, key: str, dest: Path, max_bytes: int | None = None) -> Path:
@@ -43,8 +43,10 @@ class CountingStore(ObjectStore):
     def put(self, src: Path, key: str, content_type: str | None = None) -> PutResult:
         return self.inner.put(src, key, content_type)
 
-    def exists(self, key: str) -> bool:
-        return self.inner.exists(key)
+    def stat(self, key: str) -> ObjectInfo:
+        with self._lock:
+            self.stats += 1
+        return self.inner.stat(key)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         return self.inner.list(prefix)
@@ -238,3 +240,68 @@ def test_leftovers_of_killed_processes_are_swept_at_start(tmp_path: Path) -> Non
         assert not dead.exists() and live.exists() and not stale_version.exists()
     finally:
         os.close(fd)
+
+
+def versions_of(cache: AvatarCache, owner: str) -> list[str]:
+    owner_dir = cache.current_path(owner).parent
+    return sorted(p.name for p in owner_dir.iterdir() if p.name.startswith("v"))
+
+
+@pytest.mark.parametrize("scheme", ["s3", "file"])
+def test_a_tar_replaced_in_the_store_is_fetched_again(scheme: str, s3_bucket: str, tmp_path: Path) -> None:
+    """Class: stale cache: re-preprocessing an avatar (on any worker) replaces its TAR; the next render here
+    gets the new frames, a render holding the old version keeps it, and the old version goes once released."""
+    store = CountingStore(open_store(s3_bucket if scheme == "s3" else (tmp_path / "store").as_uri()))
+    upload_avatar(store, tmp_path, "u1", "av", frames=3)
+    cache = AvatarCache(tmp_path / "cache", revalidate_s=0)
+    owner = store.uri(avatar_key("u1", "av"))
+    with cache.acquire(store, "u1", "av") as old:
+        assert frames_of(cache, store, "u1") == 3 and store.gets == 1  # unchanged: a HEAD, no download
+        upload_avatar(store, tmp_path, "u1", "av", frames=5)
+        assert frames_of(cache, store, "u1") == 5 and store.gets == 2
+        assert load_avatar(old).info.num_frames == 3
+    assert not old.exists() and versions_of(cache, owner) == [cache.current_path(owner).name]
+    assert frames_of(cache, store, "u1") == 5 and store.gets == 2
+
+
+def test_revalidation_asks_the_store_at_most_once_per_interval(tmp_path: Path) -> None:
+    """Class: stale cache: the HEAD is rate-limited per owner (AVATAR_REVALIDATE_S); 0 asks every request."""
+    store = CountingStore(open_store((tmp_path / "store").as_uri()))
+    upload_avatar(store, tmp_path, "u1", "av", frames=3)
+    cache = AvatarCache(tmp_path / "cache", revalidate_s=3600)
+    assert frames_of(cache, store, "u1") == 3
+    stats_after_download = store.stats
+    upload_avatar(store, tmp_path, "u1", "av", frames=4)
+    assert [frames_of(cache, store, "u1") for _ in range(3)] == [3, 3, 3]
+    assert store.stats == stats_after_download and store.gets == 1
+    cache.revalidate_s = 0
+    assert [frames_of(cache, store, "u1") for _ in range(2)] == [4, 4]
+    assert store.gets == 2
+
+
+class UnreachableStore(CountingStore):
+    """A store whose HEAD fails as a network outage would."""
+
+    def stat(self, key: str) -> ObjectInfo:
+        raise StorageError("storage_unavailable", f"{self.uri(key)}: connection refused")
+
+
+def test_a_store_that_cannot_answer_leaves_the_cached_version_in_use(tmp_path: Path) -> None:
+    """Class: stale cache: revalidation is best effort; an outage does not fail renders of cached avatars."""
+    store = CountingStore(open_store((tmp_path / "store").as_uri()))
+    upload_avatar(store, tmp_path, "u1", "av", frames=3)
+    cache = AvatarCache(tmp_path / "cache", revalidate_s=0)
+    assert frames_of(cache, store, "u1") == 3
+    assert frames_of(cache, UnreachableStore(store.inner), "u1") == 3
+
+
+def test_an_install_records_the_fingerprint_it_was_given(tmp_path: Path) -> None:
+    """Class: stale cache: preprocess_avatar's own install (fingerprint known) is not fetched again."""
+    store = CountingStore(open_store((tmp_path / "store").as_uri()))
+    upload_avatar(store, tmp_path, "u1", "av", frames=3)
+    key = avatar_key("u1", "av")
+    cache = AvatarCache(tmp_path / "cache", revalidate_s=0)
+    cache.install(make_avatar_dir(tmp_path / "built", "av", frames=3), store.uri(key), store.stat(key).fingerprint)
+    assert frames_of(cache, store, "u1") == 3 and store.gets == 0
+    cache.install(make_avatar_dir(tmp_path / "built2", "av", frames=2), store.uri(key))  # fingerprint unknown
+    assert frames_of(cache, store, "u1") == 3 and store.gets == 1

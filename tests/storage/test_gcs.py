@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from storage import StorageError, StorageSettings, fetch, open_store
 from storage.gcs import GCSStore
+from tests.storage.store_checks import check_stat_tracks_replacement
 
 
 @pytest.fixture
@@ -113,3 +114,7 @@ def test_failed_upload_leaves_no_object(gcs_bucket: str, src: Path, monkeypatch:
     assert err.value.code == "upload_failed"
     monkeypatch.undo()
     assert not store.exists("videos/partial.mp4")
+
+
+def test_stat_fingerprint_changes_when_the_object_is_replaced(gcs_bucket: str, tmp_path: Path) -> None:
+    check_stat_tracks_replacement(open_store(f"{gcs_bucket}/root"), tmp_path)

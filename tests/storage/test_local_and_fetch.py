@@ -19,6 +19,7 @@ from storage import StorageError, StorageSettings, fetch, open_store
 from storage.base import HashingReader
 from storage.http import check_url_allowed
 from storage.local import LocalStore
+from tests.storage.store_checks import check_stat_tracks_replacement
 
 PAYLOAD = os.urandom(10_000)
 
@@ -274,3 +275,7 @@ def test_file_inputs_can_be_disabled(tmp_path):
     else:
         raise AssertionError("file:// fetch was not refused")
     assert not (tmp_path / "out.txt").exists()
+
+
+def test_stat_fingerprint_changes_when_the_object_is_replaced(tmp_path: Path) -> None:
+    check_stat_tracks_replacement(open_store((tmp_path / "store").as_uri()), tmp_path)

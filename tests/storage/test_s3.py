@@ -14,6 +14,7 @@ from boto3.s3.transfer import TransferConfig
 from storage import StorageError, StorageSettings, fetch, open_store
 from storage.base import HashingReader
 from storage.s3 import S3Store, s3_client
+from tests.storage.store_checks import check_stat_tracks_replacement
 
 MIB = 1024 * 1024
 
@@ -126,3 +127,7 @@ def test_client_is_cached_per_endpoint_and_credentials(s3_env: str) -> None:
     settings = StorageSettings()
     assert s3_client(settings) is s3_client(StorageSettings())
     assert s3_client(settings) is not s3_client(StorageSettings(s3_access_key_id="other"))
+
+
+def test_stat_fingerprint_changes_when_the_object_is_replaced(s3_bucket: str, tmp_path: Path) -> None:
+    check_stat_tracks_replacement(open_store(f"{s3_bucket}/root"), tmp_path)
