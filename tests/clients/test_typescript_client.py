@@ -109,4 +109,4 @@ def test_the_client_against_a_live_avatarctl_serve(live_serve: str, tmp_path: Pa
     ran = subprocess.run(["npm", "test"], cwd=CLIENT_DIR, env=env, capture_output=True, text=True, timeout=540)
     output = ran.stdout + ran.stderr
     assert ran.returncode == 0, output[-6000:]
-    assert "# fail 0" in output and "# pass 12" in output, output[-3000:]
+    assert "# fail 0" in output and "# pass 13" in output, output[-3000:]

@@ -28,6 +28,17 @@ export type SeedRender = Schemas["SeedRenderAnswer"];
 export type SeedGenerateRequest = Schemas["SeedGenerateBody"];
 export type SeedGenerateAnswer = Schemas["SeedGenerateAnswer"];
 export type JobQuery = NonNullable<paths["/v1/jobs"]["get"]["parameters"]["query"]>;
+export type SessionRequest = Schemas["SessionRequest"];
+export type SessionAnswer = Schemas["SessionAnswer"];
+export type SayRequest = Schemas["SayRequest"];
+export type SayAnswer = Schemas["SayAnswer"];
+
+/** `GET /v1/jobs/{id}/events`: progress, a streamed video's segments, then one event named after the final status. */
+export type JobEvent =
+  | { event: "progress"; data: { status: JobStatus; stage?: string | null; fraction?: number | null } }
+  | { event: "segment"; data: { index: number; uri: string; url: string | null; duration_s: number; playlist_uri: string } }
+  | { event: "completed"; data: { id: string; output: unknown } }
+  | { event: "failed" | "cancelled" | "timed_out"; data: { id: string; error: string | null; error_code: string | null } };
 
 /** `GET /health`: the verdict (public), the deployment's details with the token, and seed 004's fields. */
 export interface HealthReport {
@@ -204,6 +215,40 @@ export class AvatarClient {
     }
   }
 
+  /** Follow a job as Server-Sent Events until its final event (break out of the loop to stop following). */
+  async *events(jobId: string, options: { signal?: AbortSignal } = {}): AsyncGenerator<JobEvent> {
+    const params = { path: { job_id: jobId } };
+    const answer = await this.api.GET("/v1/jobs/{job_id}/events", { params, parseAs: "stream", signal: options.signal });
+    const body = unwrap(answer) as ReadableStream<Uint8Array> | null;
+    if (!body) return;
+    const decoder = new TextDecoder();
+    let buffered = "";
+    for await (const chunk of body) {
+      buffered += decoder.decode(chunk, { stream: true });
+      let end: number;
+      while ((end = buffered.indexOf("\n\n")) >= 0) {
+        const event = parseSse(buffered.slice(0, end));
+        buffered = buffered.slice(end + 2);
+        if (event) yield event;
+      }
+    }
+  }
+
+  // ---- live sessions (WebRTC) -------------------------------------------------------------------
+
+  /** Answer a WebRTC offer with the avatar's tracks (`POST /v1/sessions`). */
+  async startSession(body: SessionRequest): Promise<SessionAnswer> {
+    return unwrap(await this.api.POST("/v1/sessions", { body }));
+  }
+
+  async say(sessionId: string, body: SayRequest): Promise<SayAnswer> {
+    return unwrap(await this.api.POST("/v1/sessions/{session_id}/say", { params: { path: { session_id: sessionId } }, body }));
+  }
+
+  async endSession(sessionId: string): Promise<void> {
+    unwrap(await this.api.DELETE("/v1/sessions/{session_id}", { params: { path: { session_id: sessionId } } }));
+  }
+
   /** Upload an input file into the store (`POST /v1/uploads`); its URI goes into a task's body. */
   async upload(file: Blob, userId: string, kind: UploadKind, filename = "upload"): Promise<StoredUpload> {
     const form = new FormData();
@@ -253,6 +298,17 @@ export class AvatarClient {
   async generate(body: SeedGenerateRequest): Promise<SeedGenerateAnswer> {
     return unwrap(await this.api.POST("/generate", { body }));
   }
+}
+
+/** One SSE block (`event:` and `data:` lines; `:` comments are keep-alives) as a JobEvent. */
+function parseSse(block: string): JobEvent | undefined {
+  let event = "message";
+  const data: string[] = [];
+  for (const line of block.split("\n")) {
+    if (line.startsWith("event:")) event = line.slice(6).trim();
+    else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+  }
+  return data.length ? ({ event, data: JSON.parse(data.join("\n")) } as JobEvent) : undefined;
 }
 
 /** A multipart body for openapi-fetch: the FormData is sent as is (fetch sets its boundary). */

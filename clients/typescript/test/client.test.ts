@@ -84,14 +84,44 @@ test("POST /v1/emotions without a face: wait throws JobFailedError with the job'
   });
 });
 
-test("POST /v1/avatars then POST /v1/videos: a training video becomes an avatar that speaks", async () => {
+test("POST /v1/avatars, POST /v1/videos, GET /v1/jobs/{id}/events: an avatar speaks, followed live", async () => {
   const video = await client.upload(await fixture("train.mp4"), "ts-user", "training_video", "train.mp4");
   const avatar = await client.submitAvatar({ user_id: "ts-user", avatar_id: "ts-avatar", video: video.uri });
   const made = await client.wait(avatar.id, fast);
   assert.ok((made.output as { num_frames: number }).num_frames > 0);
-  const clip = await client.submitVideo({ user_id: "ts-user", avatar_id: "ts-avatar", text: "Hello." });
-  const done = await client.wait(clip.id, fast);
+  const clip = await client.submitVideo({ user_id: "ts-user", avatar_id: "ts-avatar", text: "Hello there.", stream: true });
+  const events = [];
+  for await (const event of client.events(clip.id)) events.push(event);
+  const last = events.at(-1);
+  assert.equal(last?.event, "completed");
+  assert.equal(events[0].event, "progress");
+  const segments = events.filter((e) => e.event === "segment");
+  assert.ok(segments.length >= 1);
+  assert.deepEqual(
+    segments.map((e) => (e.event === "segment" ? e.data.index : -1)),
+    segments.map((_, i) => i),
+  );
+  const done = await client.getJob(clip.id);
   assert.match((done.output as { video: { uri: string } }).video.uri, /\.mp4$/);
+});
+
+test("POST /v1/sessions, POST /v1/sessions/{id}/say, DELETE /v1/sessions/{id}: typed refusals", async () => {
+  // node has no WebRTC peer: the session routes are checked through their refusals
+  const offer = { type: "offer", sdp: "v=0" } as const;
+  await assert.rejects(client.startSession({ user_id: "ts-user", offer } as never), (err: unknown) => {
+    assert.ok(err instanceof AvatarApiError);
+    assert.equal(err.status, 422);
+    assert.match(err.message, /`avatar_id` or `image`/);
+    return true;
+  });
+  for (const call of [client.say("no-such-session", { text: "Hi." }), client.endSession("no-such-session")]) {
+    await assert.rejects(call, (err: unknown) => {
+      assert.ok(err instanceof AvatarApiError);
+      assert.equal(err.status, 404);
+      assert.equal(err.errorCode, "session_not_found");
+      return true;
+    });
+  }
 });
 
 test("POST /v1/jobs, GET /v1/jobs/{id}, GET /v1/jobs, DELETE /v1/jobs/{id}, wait's timeout", async () => {
