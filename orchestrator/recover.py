@@ -1,25 +1,29 @@
 """Restore avatars from the object store into the local avatar cache (seed 000's recovery script).
 
-Avatars live in the store as ``avatars/{user_id}/{avatar_id}.tar`` and in the cache as
-``{cache_root}/{avatar_id}/`` (LiveTalking's layout, keyed by avatar id alone: avatar ids are unique
-across users in practice; when two users share one, the second is reported as already present).
-An avatar already in the cache that validates is skipped; a broken one is downloaded again.
+Avatars live in the store as ``avatars/{user_id}/{avatar_id}.tar`` and are installed through the workers'
+avatar cache (``storage.avatar.cache``): keyed by owner (the TAR's store URI), a new immutable version per
+install, so a recover running beside renders never changes a folder one of them holds. An avatar whose
+current version came from the TAR the store lists now (same fingerprint) and validates is skipped; a
+missing, stale (the TAR was replaced) or broken one is downloaded again.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from handlers.schemas import ID_PATTERN
 from orchestrator.models import OrchestratorError
 from storage.base import ObjectStore
 from storage.errors import StorageError
 from storage.keys import AVATARS_PREFIX, parse_avatar_key
+
+if TYPE_CHECKING:  # the avatar modules load only when avatars are recovered
+    from storage.avatar.cache import AvatarCache
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,7 @@ class AvatarEntry:
     avatar_id: str
     key: str
     size: int
+    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -80,35 +85,42 @@ def list_avatars(store: ObjectStore, *, user_id: str | None = None, avatar_id: s
         parsed = parse_avatar_key(info.key)
         if parsed is None or (avatar_id is not None and parsed[1] != avatar_id):
             continue
-        found.append(AvatarEntry(parsed[0], parsed[1], info.key, info.size))
+        found.append(AvatarEntry(parsed[0], parsed[1], info.key, info.size, info.fingerprint))
     return sorted(found, key=lambda entry: entry.key)
 
 
-def _cached_frames(cache_root: Path, avatar_id: str) -> int | None:
-    """Frame count of a valid cached avatar, or None when it is absent or broken."""
+def _cached_frames(cache: AvatarCache | None, store: ObjectStore, entry: AvatarEntry) -> int | None:
+    """Frame count of the installed version of ``entry``'s TAR, or None when it is absent, stale or broken."""
     from storage.avatar.validate import validate_avatar_dir
 
-    path = cache_root / avatar_id
-    if not path.is_dir():
+    current = None if cache is None else cache.current_version(store.uri(entry.key))
+    if current is None:
+        return None
+    path, fingerprint = current
+    if fingerprint != entry.fingerprint:
+        log.info("cached avatar %s is older than %s; it will be downloaded again", path, entry.key)
         return None
     try:
         return validate_avatar_dir(path).num_frames
-    except StorageError as exc:
-        log.warning("cached avatar %s is broken (%s); it will be downloaded again", path, exc.message)
+    except (StorageError, FileNotFoundError) as exc:  # FileNotFoundError: replaced and removed meanwhile
+        log.warning("cached avatar %s is unusable (%s); it will be downloaded again", path, exc)
         return None
 
 
-def _download(store: ObjectStore, entry: AvatarEntry, cache_root: Path) -> int:
-    """Fetch and unpack one avatar atomically; returns its frame count."""
-    from storage.avatar.flat import unpack_avatar
+def _download(store: ObjectStore, entry: AvatarEntry, cache: AvatarCache) -> tuple[Path, int]:
+    """Fetch and install one avatar as a new cache version; returns its folder and frame count."""
     from storage.avatar.validate import validate_avatar_dir
 
     if not re.fullmatch(ID_PATTERN, entry.avatar_id):
         raise StorageError("invalid_avatar", f"Avatar id {entry.avatar_id!r} in {entry.key} is not a safe name.")
-    with tempfile.TemporaryDirectory(dir=cache_root, prefix=".recover-") as tmp:
-        tar_path = store.get(entry.key, Path(tmp) / "avatar.tar")
-        path = unpack_avatar(tar_path, cache_root, entry.avatar_id, owner=store.uri(entry.key))
-    return validate_avatar_dir(path).num_frames
+    path = cache.download(store, entry.key, entry.avatar_id)
+    return path, validate_avatar_dir(path).num_frames
+
+
+def _open_cache(cache_root: Path) -> AvatarCache:
+    from storage.avatar.cache import open_cache
+
+    return open_cache(cache_root)
 
 
 def recover_avatars(
@@ -125,8 +137,9 @@ def recover_avatars(
     avatars = list_avatars(store, user_id=user_id, avatar_id=avatar_id)
     summary = RecoverySummary(total=len(avatars), avatars=avatars)
     cache_root = Path(cache_root)
-    if not (list_only or dry_run):
-        cache_root.mkdir(parents=True, exist_ok=True)
+    # A dry run looks into an existing cache and creates none.
+    use_cache = not list_only and (not dry_run or cache_root.is_dir())
+    cache = _open_cache(cache_root) if use_cache else None
 
     def emit(action: str, index: int, entry: AvatarEntry, message: str = "", frames: int | None = None) -> None:
         if on_event is not None:
@@ -136,7 +149,7 @@ def recover_avatars(
         if list_only:
             emit("found", index, entry, f"{entry.size} bytes")
             continue
-        frames = _cached_frames(cache_root, entry.avatar_id)
+        frames = _cached_frames(cache, store, entry)
         if frames is not None:
             summary.skipped += 1
             emit("skipped", index, entry, "already exists locally", frames)
@@ -145,8 +158,9 @@ def recover_avatars(
             emit("would_download", index, entry, f"would download {entry.key}")
         else:
             emit("downloading", index, entry, f"downloading {entry.key}")
+            assert cache is not None  # opened whenever this is not a dry run or a listing
             try:
-                frames = _download(store, entry, cache_root)
+                path, frames = _download(store, entry, cache)
             except Exception as exc:  # one bad avatar must not stop the others
                 message = exc.message if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, StorageError):
@@ -156,5 +170,5 @@ def recover_avatars(
                 emit("failed", index, entry, message)
                 continue
             summary.downloaded += 1
-            emit("downloaded", index, entry, f"extracted to {cache_root / entry.avatar_id}", frames)
+            emit("downloaded", index, entry, f"extracted to {path}", frames)
     return summary

@@ -2,7 +2,7 @@
 
 Layout under the cache root (``AVATAR_LOCAL_PATH``)::
 
-    {avatar_id}/                   LiveTalking's layout, placed by hand or by recover-avatars: read only
+    {avatar_id}/                   LiveTalking's layout, placed by hand (or by older recover-avatars): read only
     .owners/{sha256(owner)}/       one folder per owner, the store URI of the avatar's TAR
         current                    the version new renders use, and its TAR's store fingerprint
         owner.txt                  the owner URI, for people looking at the disk
@@ -118,8 +118,13 @@ class AvatarCache:
 
     def current_path(self, owner: str) -> Path | None:
         """The version folder new renders of ``owner``'s avatar would get (not held: for inspection)."""
-        version = self._current(self._owner_dir(owner))
-        return None if version is None else self._owner_dir(owner) / version
+        current = self.current_version(owner)
+        return None if current is None else current[0]
+
+    def current_version(self, owner: str) -> tuple[Path, str] | None:
+        """(version folder, the store fingerprint of its TAR) that new renders would get (not held)."""
+        record = self._current_record(self._owner_dir(owner))
+        return None if record is None else (self._owner_dir(owner) / record[0], record[1])
 
     # --- writers --------------------------------------------------------------------------------------
 
@@ -137,6 +142,16 @@ class AvatarCache:
                 shutil.copytree(src_dir, staged)
                 shutil.rmtree(src_dir)
             held = self._commit(staged, owner, fingerprint)
+        os.close(held.fd)
+        self._collect(self._owner_dir(owner))
+        return held.path
+
+    def download(self, store: ObjectStore, key: str, avatar_id: str) -> Path:
+        """Install the store's TAR at ``key`` as a new version, even when the current one came from the same TAR
+        (recover-avatars replaces broken versions so); returns the new version's folder."""
+        owner = store.uri(key)
+        with self._stripe(owner), self._not_found_as_avatar(avatar_id, owner):
+            held = self._download(store, key, avatar_id, owner, store.stat(key).fingerprint)
         os.close(held.fd)
         self._collect(self._owner_dir(owner))
         return held.path
@@ -215,17 +230,22 @@ class AvatarCache:
                 return held
             if held is not None:
                 os.close(held.fd)
-            with self._workdir() as work:
-                tar_path = work / "avatar.tar"
-                store.get(key, tar_path, max_bytes=self.limits.max_archive_bytes)
-                log.info("downloaded %s (%d bytes)", owner, tar_path.stat().st_size)
-                staged = work / "avatar"
-                staged.mkdir()
-                info = extract_avatar(tar_path, staged, self.limits, source=owner)
-                tar_path.unlink()
-                held = self._commit(staged, owner, fingerprint)
+            held = self._download(store, key, avatar_id, owner, fingerprint)
         with self._checked_lock:
             self._checked[owner] = time.monotonic()
+        return held
+
+    def _download(self, store: ObjectStore, key: str, avatar_id: str, owner: str, fingerprint: str) -> Hold:
+        """Fetch, unpack and commit one TAR as a new version (the caller holds the owner's stripe)."""
+        with self._workdir() as work:
+            tar_path = work / "avatar.tar"
+            store.get(key, tar_path, max_bytes=self.limits.max_archive_bytes)
+            log.info("downloaded %s (%d bytes)", owner, tar_path.stat().st_size)
+            staged = work / "avatar"
+            staged.mkdir()
+            info = extract_avatar(tar_path, staged, self.limits, source=owner)
+            tar_path.unlink()
+            held = self._commit(staged, owner, fingerprint)
         log.info("cached avatar %s (%d frames) from %s in %s", avatar_id, info.num_frames, owner, held.path)
         return held
 

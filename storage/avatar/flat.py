@@ -1,7 +1,7 @@
 """LiveTalking's own layout of unpacked avatars: ``{root}/{avatar_id}/``, one folder per avatar id.
 
-``avatarctl recover-avatars`` writes it (for LiveTalking servers) and people place avatars there by hand;
-the worker cache (``cache.py``) reads it. A folder written here may carry an owner record beside it
+People place avatars there by hand (earlier ``avatarctl recover-avatars`` wrote them too); the worker cache
+(``cache.py``) reads it. A folder written by :func:`unpack_avatar` may carry an owner record beside it
 (``.{avatar_id}.owner``: the store URI of the TAR it came from); a folder without one was placed by hand.
 """
 

@@ -15,6 +15,7 @@ from handlers.settings import Settings
 from orchestrator.cli import app
 from storage import open_store
 from storage.avatar.archive import pack_avatar
+from storage.avatar.cache import AvatarCache
 from storage.keys import avatar_key
 from storage.local import path_from_file_uri
 from tests.media import astronaut_bgr, coffee_bgr
@@ -123,7 +124,7 @@ def test_recover_avatars_against_s3(cli_env: Settings, s3_bucket: str, tmp_path:
 
     only_u1 = invoke("recover-avatars", "--store", s3_bucket, "--output-dir", str(cache), "--user-id", "u1")
     assert "SUCCESS: a1 (2 frames)" in only_u1.stdout and "Downloaded: 1" in only_u1.stdout
-    assert sorted(p.name for p in cache.iterdir()) == [".a1.owner", "a1"]  # the avatar and its owner record
+    assert AvatarCache(cache).current_path(store.uri(avatar_key("u1", "a1"))) is not None  # installed, versioned
     again = invoke("recover-avatars", "--store", s3_bucket, "--output-dir", str(cache), "--json")
     summary = json.loads(again.stdout)
     assert (summary["downloaded"], summary["skipped"], summary["failed"], summary["total"]) == (1, 1, 0, 2)
