@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 from storage.avatar.layout import (
     FRAME_DIRS,
     TOP_FILES,
+    VARIABLE_SIZE_DIRS,
     check_avatar_id,
     is_stray_os_file,
     layout_rel,
@@ -75,7 +76,7 @@ class ArchiveLimits:
 def _layout_files(avatar_dir: Path) -> list[str]:
     """Relative paths of everything an archive of ``avatar_dir`` holds, directories first, sorted."""
     names = [f for f in TOP_FILES if (avatar_dir / f).is_file()]
-    for folder in FRAME_DIRS:
+    for folder in (f for f in FRAME_DIRS if (avatar_dir / f).is_dir()):
         names.append(f"{folder}/")
         names.extend(f"{folder}/{p.name}" for p in frame_files(avatar_dir, folder))
     return sorted(names)
@@ -274,7 +275,7 @@ class _Extraction:
         except StorageError as exc:
             raise StorageError(exc.code, exc.message.replace(str(self.dest), self.source)) from None
         expected = self.frame_sizes.setdefault(folder, size)
-        if size != expected:
+        if size != expected and folder not in VARIABLE_SIZE_DIRS:
             raise StorageError(
                 "invalid_avatar",
                 f"archive {self.source}: {rel} is {size[0]}x{size[1]}, other {folder} are {expected[0]}x{expected[1]}",

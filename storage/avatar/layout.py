@@ -25,15 +25,28 @@ FACE_IMGS = "face_imgs"
 COORDS = "coords.pkl"
 LANDMARKS = "landmarks.npy"
 META = "meta.json"
-FRAME_DIRS = (FULL_IMGS, FACE_IMGS)
-TOP_FILES = (COORDS, LANDMARKS, META)
+# MuseTalk's material (LiveTalking's musetalk avatar layout; storage/avatar/musetalk.py reads and writes it)
+MASK_DIR = "mask"
+MASK_COORDS = "mask_coords.pkl"
+LATENTS = "latents.pt"
+AVATAR_INFO = "avator_info.json"  # sic: upstream's spelling
+FRAME_DIRS = (FULL_IMGS, FACE_IMGS, MASK_DIR)  # face_imgs/ (wav2lip) and mask/ (musetalk) are per engine
+VARIABLE_SIZE_DIRS = (MASK_DIR,)  # each mask is its frame's crop-box size
+TOP_FILES = (COORDS, LANDMARKS, META, MASK_COORDS, LATENTS, AVATAR_INFO)
 # ASCII digits only, and \Z: "$" would also accept a name ending in a newline.
 FRAME_NAME_RE = re.compile(r"^([0-9]{8})\.(png|jpg)\Z")
 LANDMARK_POINTS = 68
 MIB = 1024 * 1024
 # Per-file caps, far above what a 5-minute 4K avatar needs: a larger entry is a bomb, refused before writing.
 MAX_FRAME_FILE_BYTES = 64 * MIB
-MAX_ENTRY_BYTES = {COORDS: 16 * MIB, LANDMARKS: 64 * MIB, META: 1 * MIB}
+MAX_ENTRY_BYTES = {
+    COORDS: 16 * MIB,
+    LANDMARKS: 64 * MIB,
+    META: 1 * MIB,
+    MASK_COORDS: 16 * MIB,
+    LATENTS: 320 * MIB,  # 7500 frames (5 min) of (8, 32, 32) float32 latents
+    AVATAR_INFO: 16 * MIB,  # holds MuseTalk's face boxes in our TARs
+}
 MAX_FRAME_PIXELS = 4096 * 4096
 MAX_META_DEPTH = 32
 # Files operating systems leave in folders (Finder, Explorer, AppleDouble): skipped, never an error.

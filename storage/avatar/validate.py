@@ -25,6 +25,7 @@ from storage.avatar.layout import (
     TOP_FILES,
     is_stray_os_file,
 )
+from storage.avatar.musetalk import StoredMaterial, is_musetalk_only, read_material, xyxy_to_coords
 from storage.errors import StorageError
 
 
@@ -47,6 +48,7 @@ class LoadedAvatar:
     face_crop_paths: list[Path]
     landmarks: np.ndarray | None
     meta: dict
+    musetalk: StoredMaterial | None = None  # MuseTalk's material, when the avatar has it
 
 
 def invalid(path: Path, problem: str) -> StorageError:
@@ -112,21 +114,26 @@ def _json_depth(value: object) -> int:
     return deepest
 
 
-def _read_meta(avatar: Path) -> dict:
-    path = avatar / META
+def read_json_object(avatar: Path, name: str) -> dict:
+    """The JSON object in ``avatar/name`` ({} when absent), within its size cap and nesting depth."""
+    path = avatar / name
     if not path.exists():
         return {}
-    if path.stat().st_size > MAX_ENTRY_BYTES[META]:
-        raise invalid(avatar, f"{META} is over {MAX_ENTRY_BYTES[META]} bytes")
+    if path.stat().st_size > MAX_ENTRY_BYTES[name]:
+        raise invalid(avatar, f"{name} is over {MAX_ENTRY_BYTES[name]} bytes")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:
-        raise invalid(avatar, f"{META} is not valid JSON: {type(exc).__name__}") from None
-    if not isinstance(meta, dict):
-        raise invalid(avatar, f"{META} must hold a JSON object")
-    if _json_depth(meta) > MAX_META_DEPTH:
-        raise invalid(avatar, f"{META} is nested deeper than {MAX_META_DEPTH} levels")
-    return meta
+        raise invalid(avatar, f"{name} is not valid JSON: {type(exc).__name__}") from None
+    if not isinstance(value, dict):
+        raise invalid(avatar, f"{name} must hold a JSON object")
+    if _json_depth(value) > MAX_META_DEPTH:
+        raise invalid(avatar, f"{name} is nested deeper than {MAX_META_DEPTH} levels")
+    return value
+
+
+def _read_meta(avatar: Path) -> dict:
+    return read_json_object(avatar, META)
 
 
 def frame_size(avatar: Path, frame: Path) -> tuple[int, int]:
@@ -156,21 +163,26 @@ def _check_entries(avatar: Path) -> None:
         raise invalid(avatar, f"missing {COORDS}")
 
 
-Inspected = tuple[AvatarInfo, list[Box], list[Path], list[Path], np.ndarray | None]
+Inspected = tuple[AvatarInfo, list[Box], list[Path], list[Path], np.ndarray | None, StoredMaterial | None]
+MUSETALK_FACE_SIZE = 256
 
 
 def _inspect(avatar: Path, every_frame: bool) -> Inspected:
     _check_entries(avatar)
     coords = read_coords(avatar / COORDS)
-    full, faces = frame_files(avatar, FULL_IMGS), frame_files(avatar, FACE_IMGS)
+    musetalk_only = is_musetalk_only(avatar)  # LiveTalking's musetalk layout: (x1, y1, x2, y2), no face_imgs/
+    if musetalk_only:
+        coords = [xyxy_to_coords(box) for box in coords]
+    full = frame_files(avatar, FULL_IMGS)
+    faces = [] if musetalk_only else frame_files(avatar, FACE_IMGS)
     if not coords:
         raise invalid(avatar, "has no frames")
-    if not len(full) == len(faces) == len(coords):
+    if len(full) != len(coords) or (faces and len(faces) != len(coords)):
         raise invalid(
             avatar, f"frame counts differ: {FULL_IMGS} {len(full)}, {FACE_IMGS} {len(faces)}, {COORDS} {len(coords)}"
         )
     width, height = frame_size(avatar, full[0])
-    face_w, face_h = frame_size(avatar, faces[0])
+    face_w, face_h = frame_size(avatar, faces[0]) if faces else (MUSETALK_FACE_SIZE, MUSETALK_FACE_SIZE)
     if face_w != face_h:
         raise invalid(avatar, f"face crops must be square, {faces[0].name} is {face_w}x{face_h}")
     if every_frame:
@@ -178,8 +190,9 @@ def _inspect(avatar: Path, every_frame: bool) -> Inspected:
         _same_size(avatar, faces, (face_w, face_h))
     _check_boxes(avatar, coords, width, height)
     landmarks = _read_landmarks(avatar, len(coords))
+    material = read_material(avatar, len(coords), width, height)
     info = AvatarInfo(avatar, len(coords), face_w, width, height, landmarks is not None, _read_meta(avatar))
-    return info, coords, full, faces, landmarks
+    return info, coords, full, faces, landmarks, material
 
 
 def validate_avatar_dir(path: Path, label: str | None = None) -> AvatarInfo:
@@ -199,5 +212,5 @@ def validate_avatar_dir(path: Path, label: str | None = None) -> AvatarInfo:
 def load_avatar(path: Path) -> LoadedAvatar:
     """Describe a validated avatar: coords, frame paths, landmarks; frames stay on disk, undecoded. Checks all
     but the size of each frame after the first (``validate_avatar_dir`` did, before it was installed)."""
-    info, coords, full, faces, landmarks = _inspect(path, every_frame=False)
-    return LoadedAvatar(info, coords, full, faces, landmarks, info.meta)
+    info, coords, full, faces, landmarks, material = _inspect(path, every_frame=False)
+    return LoadedAvatar(info, coords, full, faces, landmarks, info.meta, material)
