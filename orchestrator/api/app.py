@@ -26,6 +26,7 @@ Bearer auth (``API_TOKEN``) protects everything but health, metrics and the webh
 import hmac
 import importlib.metadata
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -56,6 +57,29 @@ API_TITLE = "avatarctl API"
 DEFAULT_SYNC_WAIT_S = 120.0
 ERROR_CODES_BY_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
 STORAGE_STATUS = {"not_found": 404, "too_large": 413, "invalid_key": 400, "invalid_uri": 400, "unsupported_uri": 400}
+
+
+ACCESS_LOGGER = "uvicorn.access"
+SECRET_QUERY = re.compile(r"(?<=[?&]token=)[^&\s\"]+")
+
+
+class AccessLogRedaction(logging.Filter):
+    """Masks the webhook token in uvicorn's access log: RunPod can only call a URL, so the token rides in
+    the query string, and an access log is read by more people than the webhook secret should be."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(SECRET_QUERY.sub("***", a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = SECRET_QUERY.sub("***", record.msg)
+        return True
+
+
+def redact_access_log() -> None:
+    """Install ``AccessLogRedaction`` on uvicorn's access logger (once; after uvicorn configured logging)."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    if not any(isinstance(f, AccessLogRedaction) for f in logger.filters):
+        logger.addFilter(AccessLogRedaction())
 
 
 class ErrorBody(BaseModel):
@@ -206,6 +230,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        redact_access_log()
         if not settings.api_token:
             log.warning("API_TOKEN is not set: the HTTP API accepts requests without authentication")
         service.start()

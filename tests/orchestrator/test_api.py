@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import time
 import wave
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from orchestrator.emulator import BackgroundServer
 from orchestrator.models import JobView
 from orchestrator.service import JobService
 from orchestrator.uploads import UploadKind, upload_stream
+from orchestrator.webhooks import webhook_token
 from storage import open_store
 from storage.local import path_from_file_uri
 from tests.media import astronaut_bgr, coffee_bgr, tone
@@ -306,3 +308,30 @@ def test_a_task_that_crashes_its_worker_process_fails_that_job_only(tmp_path: Pa
         time.sleep(0.3)
         assert service.get(crashed.id).attempts == 1  # not retried
     service.stop()
+
+
+def test_webhook_token_never_reaches_the_access_log(tmp_path: Path, local_settings: Settings) -> None:
+    """Webhooks: uvicorn's access log shows the webhook's path, with its token masked."""
+    secret = "access-log-secret"
+    settings = OrchestratorSettings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}", webhook_secret=secret)
+    service = JobService(settings)
+    access = logging.getLogger("uvicorn.access")
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    with BackgroundServer(create_app(service)) as server:
+        level = access.level
+        access.setLevel(logging.INFO)
+        access.addHandler(handler)
+        try:
+            job = service.store.create(task="health", status="queued", backend="local", input={"task": "health"})
+            token = webhook_token(secret, job.id)
+            url = f"{server.url}/v1/webhooks/runpod/{job.id}?token={token}"
+            answer = httpx.post(url, json={"id": job.id, "status": "COMPLETED"})
+        finally:
+            access.removeHandler(handler)
+            access.setLevel(level)
+    service.stop()
+    assert answer.status_code == 200, answer.text
+    assert any(f"/v1/webhooks/runpod/{job.id}?token=***" in line for line in lines), lines
+    assert not any(token in line for line in lines)

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from orchestrator.config import OrchestratorSettings
 from orchestrator.db import utcnow
 from orchestrator.emulator import BackgroundServer
-from orchestrator.models import WebhookRejected
+from orchestrator.models import OrchestratorError, WebhookRejected
 from orchestrator.service import JobService
 from orchestrator.webhooks import webhook_token
 from tests.orchestrator.conftest import eventually
@@ -207,3 +207,26 @@ def test_many_jobs_with_the_poller_running_are_each_submitted_once(emulator, mak
     assert all(service.wait(job.id, 60).status == "completed" for job in jobs)
     stats = emulator.emulator.stats()
     assert stats["submitted"] == stats["executed"] == stats["completed"] == 20
+
+
+def test_webhook_must_name_the_remote_job_and_adopts_only_one_the_backend_knows(emulator, make_service):
+    """Webhooks: a webhook completes only the remote job it names (its `id` is the job's remote id)."""
+    emulator.emulator.faults.hold_queue = True
+    service = make_service(webhook_secret=SECRET)
+    job = service.submit("health", {})
+    token = webhook_token(SECRET, job.id)
+    with pytest.raises(OrchestratorError) as nameless:
+        service.handle_webhook(job.id, token, {"status": "COMPLETED", "output": {"status": "ok"}})
+    assert nameless.value.code == "invalid_webhook" and service.get(job.id).status == "queued"
+    lost_answer = service.store.create(  # its submit's answer was lost: no remote id yet
+        task="health",
+        status="queued",
+        backend="runpod",
+        endpoint=emulator.endpoint_id,
+        input={"task": "health"},
+        attempts=1,
+        error_code="submit_uncertain",
+    )
+    forged = {"id": "made-up", "status": "COMPLETED", "output": {"status": "forged"}}
+    ignored = service.handle_webhook(lost_answer.id, webhook_token(SECRET, lost_answer.id), forged)
+    assert ignored.status == "queued" and ignored.remote_id is None and ignored.output is None
