@@ -17,14 +17,28 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import DBAPIError
 
 import handlers
 from handlers.errors import TaskError
-from handlers.schemas import URI_SCHEMES, Emotion, ImageFormat, LipSyncEngineName, TaskName
+from handlers.logs import configure_logging
+from handlers.schemas import (
+    DEFAULT_USER_ID,
+    URI_SCHEMES,
+    VOICE_PROVIDERS,
+    Emotion,
+    GenerateVideoRequest,
+    ImageFormat,
+    LipSyncEngineName,
+    PreprocessAvatarRequest,
+    RenderEmotionRequest,
+    TaskName,
+)
 from orchestrator.cli_replica import add_replica_commands
 from orchestrator.config import BackendKind, OrchestratorSettings
 from orchestrator.console import err, follow_job, out, print_job, print_rows, progress_of, wait_with_progress
+from orchestrator.db import safe_url
 from orchestrator.models import JobStatus, JobView, OrchestratorError
 from orchestrator.recover import RecoveryEvent, recover_avatars
 from orchestrator.service import JobService
@@ -37,9 +51,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_STILL_RUNNING = 3
-DEFAULT_USER_ID = "default"
 RULE = "=" * 50
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 app = typer.Typer(
     name="avatarctl",
@@ -71,7 +83,12 @@ LogLevelOption = Annotated[
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=LOG_FORMAT)
+    configure_logging(logging.INFO if verbose else logging.WARNING)
+
+
+def contract_default(model: type[BaseModel], name: str) -> Any:
+    """A task field's default, from the contract (handlers/schemas.py) where it is defined once."""
+    return model.model_fields[name].default
 
 
 def fail(code: str, message: str, exit_code: int = EXIT_BAD_INPUT) -> typer.Exit:
@@ -90,6 +107,9 @@ def handled_errors() -> Iterator[None]:
         raise fail(exc.code, exc.message, EXIT_FAILED) from None
     except ValidationError as exc:  # settings from the environment
         raise fail("invalid_settings", str(exc)) from None
+    except DBAPIError:  # no server, refused, bad credentials: the URL (without its password) says which
+        url = safe_url(OrchestratorSettings().database_url)
+        raise fail("database_unreachable", f"database unreachable: {url}", EXIT_FAILED) from None
 
 
 @contextmanager
@@ -158,7 +178,9 @@ def preprocess(
     video: Annotated[str, typer.Option("--video", help="Training video: a local file or a URI.")],
     avatar_id: Annotated[str, typer.Option("--avatar-id", help="Id of the avatar to create.")],
     user_id: UserOption = DEFAULT_USER_ID,
-    img_size: Annotated[int, typer.Option("--img-size", help="Face crop size: 96 or 256.")] = 256,
+    img_size: Annotated[int, typer.Option("--img-size", help="Face crop size: 96 or 256.")] = contract_default(
+        PreprocessAvatarRequest, "img_size"
+    ),
     pads: Annotated[
         tuple[int, int, int, int] | None, typer.Option("--pads", help="Box padding: top bottom left right.")
     ] = None,
@@ -191,8 +213,8 @@ def generate(
     image: Annotated[str | None, typer.Option("--image", help="Portrait (file or URI) instead of an avatar.")] = None,
     text: Annotated[str | None, typer.Option("--text", help="Sentence to speak.")] = None,
     audio: Annotated[str | None, typer.Option("--audio", help="Speech audio (file or URI) instead of text.")] = None,
-    engine: Annotated[LipSyncEngineName, typer.Option("--engine")] = LipSyncEngineName.auto,
-    voice_provider: Annotated[str | None, typer.Option("--voice-provider", help="espeak, fish or openai.")] = None,
+    engine: Annotated[LipSyncEngineName, typer.Option("--engine")] = contract_default(GenerateVideoRequest, "engine"),
+    voice_provider: Annotated[str | None, typer.Option("--voice-provider", help=", ".join(VOICE_PROVIDERS))] = None,
     voice: Annotated[str | None, typer.Option("--voice", help="Voice name (eSpeak: en-us).")] = None,
     user_id: UserOption = DEFAULT_USER_ID,
     video_id: Annotated[str | None, typer.Option("--video-id", help="Output id; the job id when absent.")] = None,
@@ -229,8 +251,12 @@ def generate(
 def emotion(
     image: Annotated[str, typer.Option("--image", help="Portrait: a local file or a URI.")],
     emotions: Annotated[list[Emotion], typer.Option("--emotion", help="Emotion to render (repeat for several).")],
-    intensity: Annotated[float, typer.Option("--intensity", min=0.0, max=1.0)] = 0.7,
-    output_format: Annotated[ImageFormat, typer.Option("--format")] = ImageFormat.png,
+    intensity: Annotated[float, typer.Option("--intensity", min=0.0, max=1.0)] = contract_default(
+        RenderEmotionRequest, "intensity"
+    ),
+    output_format: Annotated[ImageFormat, typer.Option("--format")] = contract_default(
+        RenderEmotionRequest, "output_format"
+    ),
     user_id: UserOption = DEFAULT_USER_ID,
     render_id: Annotated[
         str | None, typer.Option("--render-id", help="Output id prefix; the job id when absent.")

@@ -78,6 +78,15 @@ class OrchestratorSettings(BaseSettings):
     webhook_secret: str | None = Field(None, validation_alias=AliasChoices("WEBHOOK_SECRET"))
     public_base_url: str | None = Field(None, validation_alias=AliasChoices("PUBLIC_BASE_URL"))
 
+    # HTTP request bodies (uploads excepted: they stream to disk under their own limits), and `data:` inputs
+    # over MAX_INLINE_DATA_BYTES, which are stored in the store and passed by URI instead of kept in the job row.
+    max_request_bytes: int = Field(32 * 2**20, ge=1024, validation_alias=AliasChoices("MAX_REQUEST_BYTES"))
+    max_inline_data_bytes: int = Field(256 * 2**10, ge=0, validation_alias=AliasChoices("MAX_INLINE_DATA_BYTES"))
+    # Tenancy: bearer token -> the user ids it may act for (JSON); API_TOKEN stays the operator's, for every user.
+    tenant_tokens: dict[str, list[str]] = Field(default_factory=dict, validation_alias=AliasChoices("TENANT_TOKENS"))
+    # Comma-separated URI prefixes inputs must start with (empty: any); the workers enforce the same variable.
+    allowed_input_prefixes: str = Field("", validation_alias=AliasChoices("ALLOWED_INPUT_PREFIXES"))
+
     poll_interval_s: float = Field(1.0, gt=0, validation_alias=AliasChoices("POLL_INTERVAL_S"))
     poll_max_interval_s: float = Field(15.0, gt=0, validation_alias=AliasChoices("POLL_MAX_INTERVAL_S"))
     local_workers: int = Field(2, ge=1, le=64, validation_alias=AliasChoices("LOCAL_WORKERS"))
@@ -93,6 +102,15 @@ class OrchestratorSettings(BaseSettings):
     @classmethod
     def _no_trailing_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @property
+    def input_prefixes(self) -> tuple[str, ...]:
+        """ALLOWED_INPUT_PREFIXES as a tuple (empty: every input URI is allowed)."""
+        return tuple(prefix.strip() for prefix in self.allowed_input_prefixes.split(",") if prefix.strip())
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.api_token or self.tenant_tokens)
 
     def backend_spec(self, task: str) -> BackendSpec:
         """The backend configured for ``task``."""

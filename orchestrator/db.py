@@ -21,10 +21,12 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    and_,
     create_engine,
     event,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -119,6 +121,11 @@ def normalize_url(database_url: str) -> URL:
     return url
 
 
+def safe_url(database_url: str) -> str:
+    """The database URL with any password hidden (for health, logs and error messages)."""
+    return normalize_url(database_url).render_as_string(hide_password=True)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -193,15 +200,25 @@ class JobStore:
         status: str | None = None,
         task: str | None = None,
         statuses: Iterable[str] | None = None,
+        user_ids: Iterable[str] | None = None,
         limit: int = 100,
         newest_first: bool = True,
+        after: tuple[datetime, str] | None = None,
     ) -> list[JobView]:
+        """Jobs matching every filter given; ``after`` (created_at, id) of the last job of the previous page
+        continues a newest-first listing."""
         query = select(*JobRow.__table__.columns)
         for column, value in ((JobRow.user_id, user_id), (JobRow.status, status), (JobRow.task, task)):
             if value is not None:
                 query = query.where(column == value)
-        if statuses is not None:
-            query = query.where(JobRow.status.in_(list(statuses)))
+        for column, values in ((JobRow.status, statuses), (JobRow.user_id, user_ids)):
+            if values is not None:
+                query = query.where(column.in_(sorted(values)))
+        if after is not None:
+            created_at, job_id = after
+            query = query.where(
+                or_(JobRow.created_at < created_at, and_(JobRow.created_at == created_at, JobRow.id > job_id))
+            )
         order = JobRow.created_at.desc() if newest_first else JobRow.created_at.asc()
         query = query.order_by(order, JobRow.id).limit(max(1, min(limit, MAX_LIST_LIMIT)))
         with self.engine.connect() as conn:

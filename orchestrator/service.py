@@ -16,6 +16,7 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -33,7 +34,9 @@ from orchestrator.health import health_report
 from orchestrator.lifecycle import JobLifecycle
 from orchestrator.models import FINISHED_STATUSES, IdempotencyConflict, JobEvent, JobStatus, JobView, OrchestratorError
 from orchestrator.poller import POLL_BACKOFF, Poller
+from orchestrator.uploads import check_input_prefixes, own_upload_prefixes, stage_inline_data
 from orchestrator.webhooks import check_webhook_token, webhook_token, webhook_url
+from storage import open_store
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +106,12 @@ class JobService:
     def get(self, job_id: str) -> JobView | None:
         return self.store.get(job_id)
 
-    def list(
-        self, user_id: str | None = None, status: str | None = None, task: str | None = None, limit: int = 100
-    ) -> list[JobView]:
+    def list(self, user_id: str | None = None, status: str | None = None, **filters: Any) -> list[JobView]:
+        """Jobs, newest first; ``filters`` are JobStore.list's (task, user_ids, limit, after)."""
         if status is not None and status not in JobStatus._value2member_map_:
             allowed = ", ".join(s.value for s in JobStatus)
             raise OrchestratorError("invalid_filter", f"Unknown status {status!r}: use one of {allowed}.")
-        return self.store.list(user_id=user_id, status=status, task=task, limit=limit)
+        return self.store.list(user_id=user_id, status=status, **filters)
 
     # ---- submit -----------------------------------------------------------------------------
 
@@ -126,6 +128,7 @@ class JobService:
             raise TaskError("invalid_input", f"`task` is {payload['task']!r} but the job is for {task!r}.")
         payload = {**payload, "task": task}
         request = handlers.parse(payload)
+        payload = self._stage_inputs(payload, getattr(request, "user_id", None))
         if idempotency_key and (existing := self.store.get_by_idempotency_key(idempotency_key)):
             return self._same_request(existing, payload)
         backend = self.backend_for_task(task)
@@ -149,6 +152,15 @@ class JobService:
             return self._same_request(self._get_by_key(idempotency_key), payload)
         log.info("job %s (%s) created for %s", job.id, task, backend.spec)
         return self.lifecycle.submit(job)
+
+    def _stage_inputs(self, payload: dict[str, Any], user_id: str | None) -> dict[str, Any]:
+        """Refuse inputs outside ALLOWED_INPUT_PREFIXES; store large ``data:`` inputs and pass their URIs."""
+        store_uri = payload.get("store") or self.handler_settings.avatar_store_uri
+        own = own_upload_prefixes(store_uri, user_id)
+        check_input_prefixes(payload, self.settings.input_prefixes, own)
+        limit = self.settings.max_inline_data_bytes
+        store = functools.partial(open_store, store_uri, self.handler_settings.storage)
+        return stage_inline_data(payload, store, self.handler_settings, limit)
 
     def _get_by_key(self, key: str | None) -> JobView:
         job = self.store.get_by_idempotency_key(key or "")

@@ -2,6 +2,6 @@
 ``compat`` (the seeds' routes), ``context`` (what the routes share)."""
 
 from orchestrator.api.app import create_app
-from orchestrator.api.context import ApiError
+from orchestrator.api.errors import ApiError
 
 __all__ = ["ApiError", "create_app"]

@@ -23,7 +23,7 @@ Bearer auth (``API_TOKEN``) protects everything but health, metrics and the webh
 ``API_TOKEN`` set the API is open (a warning is logged at startup).
 """
 
-import hmac
+import functools
 import importlib.metadata
 import logging
 import re
@@ -34,19 +34,22 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from handlers.errors import TaskError
 from handlers.schemas import REQUEST_MODELS
+from orchestrator.api.compat import FILE_ROUTES as SEED_FILE_ROUTES
 from orchestrator.api.compat import SEED_ERROR_SHAPE_PATHS, add_compat_routes, seed_health_fields
-from orchestrator.api.context import ApiContext, ApiError, refuse_foreign_files
+from orchestrator.api.context import ApiContext, refuse_foreign_files
+from orchestrator.api.v1 import FILE_ROUTES as V1_FILE_ROUTES
 from orchestrator.api.v1 import add_v1_routes
 from orchestrator.config import OrchestratorSettings
 from orchestrator.metrics import ERROR_CODE_STATE, ApiMetrics, MetricsMiddleware
 from orchestrator.models import OrchestratorError
 from orchestrator.service import JobService
+from orchestrator.uploads import multipart_limit
 from realtime.api import realtime_router
 from realtime.manager import SessionManager
 from storage import StorageError
@@ -55,7 +58,13 @@ log = logging.getLogger(__name__)
 
 API_TITLE = "avatarctl API"
 DEFAULT_SYNC_WAIT_S = 120.0
-ERROR_CODES_BY_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+ERROR_CODES_BY_STATUS = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+}
 STORAGE_STATUS = {"not_found": 404, "too_large": 413, "invalid_key": 400, "invalid_uri": 400, "unsupported_uri": 400}
 
 
@@ -80,6 +89,40 @@ def redact_access_log() -> None:
     logger = logging.getLogger(ACCESS_LOGGER)
     if not any(isinstance(f, AccessLogRedaction) for f in logger.filters):
         logger.addFilter(AccessLogRedaction())
+
+
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"The request body is over this route's limit of {limit} bytes.")
+
+
+class BodyLimit:
+    """ASGI middleware refusing request bodies over ``limit_for(path)`` bytes with 413: by Content-Length before
+    the route runs, and by counting while a body without one streams in."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.limit_for(scope["path"])
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            body = {"error": BodyTooLarge(limit).detail, "error_code": "too_large"}
+            return await JSONResponse(body, status_code=413)(scope, receive, send)
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLarge(limit)  # an HTTPException: the route's body parsing lets it through
+            return message
+
+        await self.app(scope, counted, send)
 
 
 class ErrorBody(BaseModel):
@@ -158,26 +201,6 @@ def _add_error_handlers(app: FastAPI) -> None:
 # ---- auth, health, metrics -----------------------------------------------------------------
 
 
-def require_token(ctx: ApiContext) -> Callable[..., None]:
-    """The bearer-token dependency (a no-op when API_TOKEN is not set)."""
-    bearer = HTTPBearer(auto_error=False, description="The API_TOKEN configured on the orchestrator.")
-
-    def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        expected = ctx.settings.api_token
-        if not expected:
-            return
-        given = credentials.credentials if credentials else ""
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "A valid `Authorization: Bearer <API_TOKEN>` header is required.",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    return check
-
-
 def _add_health_routes(router: APIRouter, ctx: ApiContext) -> None:
     def health_report(ok_word: str, authorization: str | None, seed_fields: bool = False) -> JSONResponse:
         report = ctx.health()
@@ -207,6 +230,12 @@ def _add_health_routes(router: APIRouter, ctx: ApiContext) -> None:
 # ---- the app -------------------------------------------------------------------------------
 
 
+def body_limit(settings: OrchestratorSettings, ctx: ApiContext, path: str) -> int:
+    """MAX_REQUEST_BYTES, except for the routes that take a file: the limit of its kind (plus the envelope)."""
+    kinds = {**V1_FILE_ROUTES, **SEED_FILE_ROUTES}.get(path)
+    return multipart_limit(ctx.handler_settings, *kinds) if kinds else settings.max_request_bytes
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("serverless-talking-head")
@@ -231,7 +260,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         redact_access_log()
-        if not settings.api_token:
+        if not settings.auth_required:
             log.warning("API_TOKEN is not set: the HTTP API accepts requests without authentication")
         service.start()
         yield
@@ -243,7 +272,8 @@ def create_app(
     app.state.context = ctx
     _add_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    protected = APIRouter(dependencies=[Depends(require_token(ctx))], responses=ERROR_RESPONSES)
+    app.add_middleware(BodyLimit, limit_for=functools.partial(body_limit, settings, ctx))
+    protected = APIRouter(dependencies=[Depends(ctx.authenticate)], responses=ERROR_RESPONSES)
     public = APIRouter(responses=ERROR_RESPONSES)
     add_v1_routes(protected, public, ctx)
     add_compat_routes(protected, ctx)
@@ -255,7 +285,7 @@ def create_app(
     router = realtime_router(
         sessions,
         check_inputs=lambda inputs: refuse_foreign_files(inputs, store_uri),
-        dependencies=[Depends(require_token(ctx))],
+        dependencies=[Depends(ctx.authenticate)],
     )
     app.include_router(router)
     return app

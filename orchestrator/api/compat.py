@@ -16,29 +16,40 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 from starlette.background import BackgroundTask
 
 import handlers.health
 from handlers.errors import TaskError
-from handlers.schemas import Emotion, Identifier, ImageFormat, LipSyncEngineName, TaskName
-from orchestrator.api.context import ApiContext, ApiError
+from handlers.schemas import (
+    DEFAULT_USER_ID,
+    IMAGE_CONTENT_TYPES,
+    Emotion,
+    Identifier,
+    ImageFormat,
+    LipSyncEngineName,
+    RenderEmotionRequest,
+    TaskName,
+)
+from orchestrator.api.auth import Caller
+from orchestrator.api.context import ApiContext
+from orchestrator.api.errors import ApiError
 from orchestrator.config import parse_backend_spec
 from orchestrator.models import JobStatus, JobView
 from orchestrator.uploads import UploadKind, upload_stream
 from storage import ObjectStore
 from storage.keys import emotion_key
 
-DEFAULT_USER_ID = "default"  # the seed routes carry no user: their jobs and files go under this id
 SEED_DRIVERS = ("sadtalker", "liveportrait")  # seed 002's drivers: both run our `auto` lip-sync engine
+FILE_ROUTES = {"/render": (UploadKind.image,), "/render/batch": (UploadKind.image,)}  # multipart, one file each
+EMOTION_DEFAULTS = {name: RenderEmotionRequest.model_fields[name].default for name in ("intensity", "output_format")}
 SEED_ERROR_SHAPE_PATHS = frozenset({"/generate"})  # seed 002 answers errors with `status` and `message` too
 OUTPUT_FILENAME = re.compile(
     rf"^(?P<render_id>[A-Za-z0-9_-]{{1,64}})_(?P<emotion>{'|'.join(e.value for e in Emotion)})"
     rf"\.(?P<ext>{'|'.join(f.value for f in ImageFormat)})$"
 )
-MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
 # Job error codes that mean the input was at fault (422); any other failure is the worker's (502).
 INPUT_ERROR_CODES = frozenset(
     {"invalid_input", "invalid_image", "image_too_large", "no_face", "not_found", "too_large", "invalid_uri"}
@@ -179,7 +190,8 @@ def _parse_emotions(values: list[str]) -> list[str]:
 
 
 def _add_seed_render_routes(router: APIRouter, ctx: ApiContext) -> None:
-    def render_job(image: UploadFile, user_id: str, fields: dict[str, Any]) -> JobView:
+    def render_job(caller: Caller, image: UploadFile, user_id: str, fields: dict[str, Any]) -> JobView:
+        caller.check_user(user_id)
         with ctx.rollback_uploads() as uploads:
             uploads.append(
                 upload_stream(
@@ -191,41 +203,51 @@ def _add_seed_render_routes(router: APIRouter, ctx: ApiContext) -> None:
                     filename=image.filename,
                 )
             )
-            job = ctx.submit("render_emotion", {"user_id": user_id, "image": uploads[0].uri, **fields})
+            job = ctx.submit(caller, "render_emotion", {"user_id": user_id, "image": uploads[0].uri, **fields})
         job = ctx.wait(job)
         if job.status != JobStatus.completed.value:
             raise _job_failure(job)
         return job
 
-    @router.post("/render", response_model=SeedRenderAnswer, tags=["seed routes"], summary="Render one emotion")
+    @router.post(
+        "/render",
+        response_model=SeedRenderAnswer,
+        tags=["seed routes"],
+        summary="Render one emotion",
+    )
     def render(
         source_image: UploadFile = File(...),
         emotion: Emotion = Form(Emotion.neutral),
-        intensity: float = Form(0.7, ge=0.0, le=1.0),
-        output_format: ImageFormat = Form(ImageFormat.png),
+        intensity: float = Form(EMOTION_DEFAULTS["intensity"], ge=0.0, le=1.0),
+        output_format: ImageFormat = Form(EMOTION_DEFAULTS["output_format"]),
         user_id: Identifier = Form(DEFAULT_USER_ID),
+        caller: Caller = Depends(ctx.authenticate),
     ) -> SeedRenderAnswer:
         fields = {"emotion": emotion.value, "intensity": intensity, "output_format": output_format.value}
-        job = render_job(source_image, user_id, fields)
+        job = render_job(caller, source_image, user_id, fields)
         return _seed_render(job, job.output["renders"][0])
 
     @router.post(
-        "/render/batch", response_model=list[SeedRenderAnswer], tags=["seed routes"], summary="Render emotions"
+        "/render/batch",
+        response_model=list[SeedRenderAnswer],
+        tags=["seed routes"],
+        summary="Render emotions",
     )
     def render_batch(
         source_image: UploadFile = File(...),
         emotions: list[str] = Form(..., description="Repeat the field, separate names with commas, or a JSON array."),
-        intensity: float = Form(0.7, ge=0.0, le=1.0),
-        output_format: ImageFormat = Form(ImageFormat.png),
+        intensity: float = Form(EMOTION_DEFAULTS["intensity"], ge=0.0, le=1.0),
+        output_format: ImageFormat = Form(EMOTION_DEFAULTS["output_format"]),
         user_id: Identifier = Form(DEFAULT_USER_ID),
+        caller: Caller = Depends(ctx.authenticate),
     ) -> list[SeedRenderAnswer]:
         fields = {"emotions": _parse_emotions(emotions), "intensity": intensity, "output_format": output_format.value}
-        job = render_job(source_image, user_id, fields)
+        job = render_job(caller, source_image, user_id, fields)
         return [_seed_render(job, render) for render in job.output["renders"]]
 
 
 def _add_seed_output_routes(router: APIRouter, ctx: ApiContext) -> None:
-    def locate(filename: str) -> tuple[ObjectStore, str, str]:
+    def locate(caller: Caller, filename: str) -> tuple[ObjectStore, str, str]:
         """The store and key of a render named ``{render_id}_{emotion}.{ext}`` whose render id is its job's id."""
         match = OUTPUT_FILENAME.fullmatch(filename)
         if match is None:
@@ -235,6 +257,8 @@ def _add_seed_output_routes(router: APIRouter, ctx: ApiContext) -> None:
         job = ctx.service.get(match["render_id"])
         if job is None or job.task != TaskName.render_emotion.value or job.user_id is None:
             raise ApiError(404, "output_not_found", f"No render named {filename!r}.")
+        if not caller.may_act_for(job.user_id):
+            raise ApiError(404, "output_not_found", f"No render named {filename!r}.")
         store = ctx.store(job.input.get("store"))
         key = emotion_key(job.user_id, match["render_id"], match["emotion"], match["ext"])
         if not store.exists(key):
@@ -242,8 +266,8 @@ def _add_seed_output_routes(router: APIRouter, ctx: ApiContext) -> None:
         return store, key, match["ext"]
 
     @router.get("/output/{filename}", tags=["seed routes"], summary="Download a render", response_class=FileResponse)
-    def get_output(filename: str) -> FileResponse:
-        store, key, ext = locate(filename)
+    def get_output(filename: str, caller: Caller = Depends(ctx.authenticate)) -> FileResponse:
+        store, key, ext = locate(caller, filename)
         tmp = tempfile.mkdtemp(prefix="avatarctl-output-")
         try:
             path = store.get(key, Path(tmp) / filename)
@@ -251,11 +275,11 @@ def _add_seed_output_routes(router: APIRouter, ctx: ApiContext) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         cleanup = BackgroundTask(shutil.rmtree, tmp, ignore_errors=True)
-        return FileResponse(path, media_type=MEDIA_TYPES[ext], filename=filename, background=cleanup)
+        return FileResponse(path, media_type=IMAGE_CONTENT_TYPES[ext], filename=filename, background=cleanup)
 
     @router.delete("/output/{filename}", response_model=DeletedOutput, tags=["seed routes"], summary="Delete a render")
-    def delete_output(filename: str) -> DeletedOutput:
-        store, key, _ = locate(filename)
+    def delete_output(filename: str, caller: Caller = Depends(ctx.authenticate)) -> DeletedOutput:
+        store, key, _ = locate(caller, filename)
         store.delete(key)
         return DeletedOutput(deleted=filename)
 
@@ -270,13 +294,14 @@ def _add_seed_generate_route(router: APIRouter, ctx: ApiContext) -> None:
         return upload.uri
 
     @router.post("/generate", response_model=SeedGenerateAnswer, tags=["seed routes"], summary="Image + audio → video")
-    def generate(body: SeedGenerateBody) -> JSONResponse:
+    def generate(body: SeedGenerateBody, caller: Caller = Depends(ctx.authenticate)) -> JSONResponse:
+        caller.check_user(body.user_id)
         with ctx.rollback_uploads() as uploads:
             image = source("image", body.image_url, body.image_b64, UploadKind.image, body.user_id, uploads)
             audio = source("audio", body.audio_url, body.audio_b64, UploadKind.audio, body.user_id, uploads)
             engine = "auto" if body.driver in SEED_DRIVERS else LipSyncEngineName(body.driver).value
             payload = {"user_id": body.user_id, "image": image, "audio": audio, "engine": engine}
-            job = ctx.submit("generate_video", payload)
+            job = ctx.submit(caller, "generate_video", payload)
         job = ctx.wait(job)
         if job.status == JobStatus.completed.value:
             video = job.output["video"]

@@ -1,9 +1,8 @@
-"""What every route shares: the ``ApiContext`` (job service, stores, metrics, auth) and ``ApiError``."""
+"""What every route shares: the ``ApiContext`` (job service, stores, metrics, the caller's reach)."""
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,24 +11,16 @@ from typing import Any
 
 import handlers
 from handlers.errors import TaskError
+from orchestrator.api.auth import OPERATOR, Caller, authenticator, caller_of
 from orchestrator.config import OrchestratorSettings
 from orchestrator.metrics import ApiMetrics
-from orchestrator.models import JobView, OrchestratorError
+from orchestrator.models import JobView
 from orchestrator.service import JobService
 from orchestrator.uploads import INPUT_FIELD_KINDS, StoredUpload
 from storage import ObjectStore, StorageError, open_store
 from storage.local import path_from_file_uri
 
 HEALTH_CACHE_S = 5.0
-
-
-class ApiError(OrchestratorError):
-    """A refusal with its own HTTP status."""
-
-    def __init__(self, http_status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(code, message)
-        self.http_status = http_status
-        self.headers = headers
 
 
 @dataclass
@@ -41,6 +32,9 @@ class ApiContext:
     owns_service: bool = False
     _stores: dict[str, ObjectStore] = field(default_factory=dict)
     _health: tuple[float, dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        self.authenticate = authenticator(self.settings)  # the routes' dependency: Depends(ctx.authenticate)
 
     def health(self) -> dict[str, Any]:
         """The service's health, reused for HEALTH_CACHE_S: the route is public and each report calls the
@@ -61,11 +55,16 @@ class ApiContext:
             self._stores[uri] = open_store(uri, self.handler_settings.storage)
         return self._stores[uri]
 
-    def submit(self, task: str, payload: dict[str, Any], idempotency_key: str | None = None) -> JobView:
+    def submit(self, caller: Caller, task: str, payload: dict[str, Any], idempotency_key: str | None = None) -> JobView:
+        caller.check_user(payload.get("user_id"))
         refuse_foreign_files(payload, self.handler_settings.avatar_store_uri)
         job = self.service.submit(task, payload, idempotency_key=idempotency_key)
         self.metrics.submitted.labels(task, job.backend).inc()
         return job
+
+    def job(self, caller: Caller, job_id: str) -> JobView:
+        """The job, when this caller may see it (else 404)."""
+        return caller.check_job(self.service.get(job_id), job_id)
 
     def wait(self, job: JobView) -> JobView:
         return self.service.wait(job.id, self.sync_wait_s)
@@ -83,12 +82,9 @@ class ApiContext:
             raise
 
     def token_ok(self, authorization: str | None) -> bool:
-        """Whether an ``Authorization`` header carries API_TOKEN (always true when none is configured)."""
-        expected = self.settings.api_token
-        if not expected:
-            return True
+        """Whether an ``Authorization`` header names the operator (always true when no token is configured)."""
         given = (authorization or "").removeprefix("Bearer ").strip()
-        return hmac.compare_digest(given.encode(), expected.encode())
+        return caller_of(self.settings, given) is OPERATOR
 
 
 def refuse_foreign_files(payload: dict[str, Any], store_uri: str) -> None:

@@ -1,8 +1,10 @@
 """The /v1 routes: submit any task, follow and cancel jobs, upload inputs, RunPod's webhook."""
 
+import base64
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, File, Form, Header, Query, UploadFile
+from fastapi import APIRouter, Body, Depends, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, create_model
 from pydantic.json_schema import SkipJsonSchema
@@ -15,9 +17,11 @@ from handlers.schemas import (
     RenderEmotionRequest,
     TaskName,
 )
+from orchestrator.api.auth import Caller
 from orchestrator.api.context import ApiContext
+from orchestrator.api.errors import ApiError
 from orchestrator.events import sse_stream
-from orchestrator.models import JobNotFound, JobStatus, JobView
+from orchestrator.models import JobStatus, JobView
 from orchestrator.service import MAX_IDEMPOTENCY_KEY_CHARS
 from orchestrator.uploads import StoredUpload, UploadKind, upload_stream
 
@@ -30,6 +34,24 @@ SUBMIT_ROUTES = {
     "/v1/videos": GenerateVideoRequest,
     "/v1/emotions": RenderEmotionRequest,
 }
+
+
+MAX_PAGE_SIZE = 200
+FILE_ROUTES = {"/v1/uploads": tuple(UploadKind)}  # multipart, one file of any kind
+NEXT_CURSOR_HEADER = "X-Next-Cursor"
+
+
+def encode_cursor(job: JobView) -> str:
+    """Where the next page of a newest-first listing starts: after this job."""
+    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created_at, _, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(created_at), job_id
+    except ValueError:
+        raise ApiError(400, "invalid_cursor", "`cursor` is not one this API gave (X-Next-Cursor).") from None
 
 
 class WebhookAck(BaseModel):
@@ -50,8 +72,9 @@ def _submit_endpoint(ctx: ApiContext, task: str, body_model: type[BaseModel]) ->
     def submit(
         body: body_model,  # type: ignore[valid-type]
         idempotency_key: str | None = Header(None, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
+        caller: Caller = Depends(ctx.authenticate),
     ) -> JobView:
-        return ctx.submit(task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
+        return ctx.submit(caller, task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
 
     return submit
 
@@ -74,17 +97,15 @@ def _add_submit_routes(router: APIRouter, ctx: ApiContext) -> None:
     def submit_any(
         body: Annotated[AnyTaskRequest, Body()],
         idempotency_key: str | None = Header(None, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
+        caller: Caller = Depends(ctx.authenticate),
     ) -> JobView:
-        return ctx.submit(body.task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
+        return ctx.submit(caller, body.task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
 
 
 def _add_job_routes(router: APIRouter, ctx: ApiContext) -> None:
     @router.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"], summary="Get a job")
-    def get_job(job_id: str) -> JobView:
-        job = ctx.service.get(job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        return job
+    def get_job(job_id: str, caller: Caller = Depends(ctx.authenticate)) -> JobView:
+        return ctx.job(caller, job_id)
 
     @router.get(
         "/v1/jobs/{job_id}/events",
@@ -93,35 +114,56 @@ def _add_job_routes(router: APIRouter, ctx: ApiContext) -> None:
         summary="Follow a job (Server-Sent Events)",
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    def job_events(job_id: str) -> StreamingResponse:
+    def job_events(job_id: str, caller: Caller = Depends(ctx.authenticate)) -> StreamingResponse:
         """`progress` events, a streamed video's `segment` events as they are stored, then one event named
         after the final status (`completed` with the output; `failed`, `cancelled`, `timed_out` with the error)."""
-        if ctx.service.get(job_id) is None:
-            raise JobNotFound(job_id)
+        ctx.job(caller, job_id)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(sse_stream(ctx.service, job_id), media_type="text/event-stream", headers=headers)
 
     @router.delete("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"], summary="Cancel a job")
-    def cancel_job(job_id: str) -> JobView:
-        return ctx.service.cancel(job_id)
+    def cancel_job(job_id: str, caller: Caller = Depends(ctx.authenticate)) -> JobView:
+        return ctx.service.cancel(ctx.job(caller, job_id).id)
 
     @router.get("/v1/jobs", response_model=list[JobView], tags=["jobs"], summary="List jobs, newest first")
     def list_jobs(
+        response: Response,
         user_id: str | None = None,
         status: JobStatus | None = None,
         task: TaskName | None = None,
-        limit: int = Query(100, ge=1, le=1000),
+        limit: int = Query(100, ge=1, le=MAX_PAGE_SIZE),
+        cursor: str | None = Query(None, description="The `X-Next-Cursor` header of the previous page."),
+        caller: Caller = Depends(ctx.authenticate),
     ) -> list[JobView]:
-        return ctx.service.list(
-            user_id=user_id, status=status.value if status else None, task=task.value if task else None, limit=limit
+        """One page of jobs; when more follow, the `X-Next-Cursor` header is the `cursor` of the next page."""
+        if user_id is not None:
+            caller.check_user(user_id)
+        jobs = ctx.service.list(
+            user_id=user_id,
+            status=status.value if status else None,
+            task=task.value if task else None,
+            user_ids=caller.user_ids,
+            limit=limit,
+            after=decode_cursor(cursor) if cursor else None,
         )
+        if len(jobs) == limit:
+            response.headers[NEXT_CURSOR_HEADER] = encode_cursor(jobs[-1])
+        return jobs
 
-    @router.post("/v1/uploads", response_model=StoredUpload, status_code=201, tags=["jobs"], summary="Upload input")
+    @router.post(
+        "/v1/uploads",
+        response_model=StoredUpload,
+        status_code=201,
+        tags=["jobs"],
+        summary="Upload input",
+    )
     def upload(
         file: UploadFile = File(...),
         user_id: Identifier = Form(...),
         kind: UploadKind = Form(...),
+        caller: Caller = Depends(ctx.authenticate),
     ) -> StoredUpload:
+        caller.check_user(user_id)
         return upload_stream(
             ctx.store(), file.file, kind=kind, user_id=user_id, settings=ctx.handler_settings, filename=file.filename
         )

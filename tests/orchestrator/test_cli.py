@@ -149,3 +149,13 @@ def test_demo_makes_an_avatar_a_video_and_seven_stills(tmp_path: Path, monkeypat
     assert len(videos) == 1 and str(videos[0]) in result.stdout
     assert stills == sorted(f"{emotion.value}.png" for emotion in Emotion)
     assert "3. the seven emotions" in result.stdout and "total" in result.stdout
+
+
+def test_an_unreachable_database_is_one_line_without_its_password(cli_env, monkeypatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://avatar:s3cr3t@127.0.0.1:9/jobs?connect_timeout=2")
+    result = runner.invoke(app, ["jobs", "list"])
+    assert result.exit_code == 1 and "Traceback" not in result.output and "s3cr3t" not in result.output
+    lines = result.output.strip().splitlines()
+    assert lines == [
+        "error [database_unreachable]: database unreachable: postgresql+psycopg://avatar:***@127.0.0.1:9/jobs?connect_timeout=2"
+    ]

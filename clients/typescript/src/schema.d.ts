@@ -165,7 +165,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List jobs, newest first */
+        /**
+         * List jobs, newest first
+         * @description One page of jobs; when more follow, the `X-Next-Cursor` header is the `cursor` of the next page.
+         */
         get: operations["list_jobs_v1_jobs_get"];
         put?: never;
         /** Submit any task */
@@ -1476,6 +1479,8 @@ export interface operations {
                 status?: components["schemas"]["JobStatus"] | null;
                 task?: components["schemas"]["TaskName"] | null;
                 limit?: number;
+                /** @description The `X-Next-Cursor` header of the previous page. */
+                cursor?: string | null;
             };
             header?: never;
             path?: never;
