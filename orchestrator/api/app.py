@@ -27,6 +27,7 @@ import functools
 import importlib.metadata
 import logging
 import re
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -41,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from handlers.errors import TaskError
 from handlers.schemas import REQUEST_MODELS
 from orchestrator.api.compat import FILE_ROUTES as SEED_FILE_ROUTES
-from orchestrator.api.compat import SEED_ERROR_SHAPE_PATHS, add_compat_routes, seed_health_fields
+from orchestrator.api.compat import SEED_ERROR_SHAPE_PATHS, add_compat_routes, seed_device_info, seed_health_fields
 from orchestrator.api.context import ApiContext, refuse_foreign_files
 from orchestrator.api.v1 import FILE_ROUTES as V1_FILE_ROUTES
 from orchestrator.api.v1 import add_v1_routes
@@ -263,6 +264,8 @@ def create_app(
         if not settings.auth_required:
             log.warning("API_TOKEN is not set: the HTTP API accepts requests without authentication")
         service.start()
+        # Seed /health reports this process's device: torch's import takes seconds, not a health check's.
+        threading.Thread(target=seed_device_info, name="device-info", daemon=True).start()
         yield
         await sessions.close_all()
         if ctx.owns_service:

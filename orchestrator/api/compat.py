@@ -315,7 +315,7 @@ def _add_seed_generate_route(router: APIRouter, ctx: ApiContext) -> None:
 
 
 @functools.cache
-def _this_device() -> dict[str, Any]:
+def seed_device_info() -> dict[str, Any]:
     return handlers.health.device()
 
 
@@ -324,7 +324,7 @@ def seed_health_fields(ctx: ApiContext, report: dict[str, Any]) -> dict[str, Any
 
     The GPU is this process's when the renders run here (local backend), else unknown (null)."""
     local = parse_backend_spec(ctx.settings.backend_render_emotion).kind == "local"
-    device = _this_device() if local else {}
+    device = seed_device_info() if local else {}
     gpu = bool(device.get("cuda")) if local else None
     backends = report.get("backends") or {}
     fields = {
