@@ -1,9 +1,10 @@
-"""The object-store interface every scheme implements, and the helpers the schemes share."""
+"""The object-store interface every scheme implements, and the helpers the schemes share (BucketStore: s3, gs)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 from abc import ABC, abstractmethod
@@ -197,3 +198,82 @@ class HashingReader:
                 self._absorb(self._hashed_upto, chunk)
             self._fh.seek(position)
         return self._hash.hexdigest()
+
+
+# --- what the bucket stores (s3://, gs://) share ------------------------------------------------------
+
+_unsigned_logged: set[str] = set()
+
+
+class BucketStore(ObjectStore):
+    """Objects stored as ``{prefix}/{key}`` in ``bucket``; the root URI is ``{scheme}://bucket/prefix``."""
+
+    def __init__(self, scheme: str, bucket: str, prefix: str) -> None:
+        prefix = prefix.strip("/")
+        self.bucket = bucket
+        self._name_prefix = f"{check_key(prefix)}/" if prefix else ""
+        self.root_uri = f"{scheme}://{bucket}/{prefix}".rstrip("/")
+
+    def _name(self, key: str) -> str:
+        """The object's name in the bucket."""
+        return self._name_prefix + check_key(key)
+
+    def _listing_prefix(self, prefix: str) -> str:
+        return self._name_prefix + check_prefix(prefix)
+
+    def _key(self, name: str) -> str:
+        """The key of a listed object's name."""
+        return name[len(self._name_prefix) :]
+
+    @staticmethod
+    @abstractmethod
+    def _error(exc: Exception, uri: str, action: str) -> StorageError:
+        """The StorageError (with its error_code) for a client library's exception."""
+
+    @abstractmethod
+    def _head(self, key: str) -> ObjectInfo:
+        """The object's size and fingerprint (client exceptions propagate)."""
+
+    @abstractmethod
+    def _download(self, key: str, expected: ObjectInfo, out: BinaryIO) -> None:
+        """Write the object ``expected`` describes to ``out``; a replaced object must fail, not mix versions."""
+
+    @abstractmethod
+    def _upload(self, body: HashingReader, key: str, content_type: str | None) -> None:
+        """Send the whole body as ``key``'s object; a failed upload must not leave an object behind."""
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            return self._head(key)
+        except Exception as exc:
+            raise self._error(exc, self.uri(key), "check") from exc
+
+    def get(self, key: str, dest: Path, max_bytes: int | None = None) -> Path:
+        uri = self.uri(key)
+        try:
+            expected = self._head(key)
+            check_size(expected.size, max_bytes, uri)
+            with atomic_file(dest) as fh:
+                self._download(key, expected, fh)
+        except Exception as exc:
+            raise self._error(exc, uri, "download") from exc
+        return dest
+
+    def put(self, src: Path, key: str, content_type: str | None = None) -> PutResult:
+        uri = self.uri(key)
+        with src.open("rb") as fh:
+            reader = HashingReader(fh)
+            try:
+                self._upload(reader, key, content_type)
+            except Exception as exc:
+                err = self._error(exc, uri, "upload")
+                if err.code == "storage_error":
+                    err = StorageError("upload_failed", err.message)
+                raise err from exc
+            return PutResult(uri=uri, bytes=reader.size, sha256=reader.hexdigest())
+
+    def _log_unsigned_once(self, level: int, message: str, *args: object) -> None:
+        """Say once per store root and process why result URLs will be null."""
+        if self.root_uri not in _unsigned_logged:
+            _unsigned_logged.add(self.root_uri)
+            logging.getLogger(type(self).__module__).log(level, message, *args)

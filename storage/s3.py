@@ -6,28 +6,16 @@ import functools
 import logging
 import threading
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from storage.base import (
-    HashingReader,
-    ObjectInfo,
-    ObjectStore,
-    PutResult,
-    atomic_file,
-    check_key,
-    check_prefix,
-    check_size,
-)
+from storage.base import BucketStore, HashingReader, ObjectInfo
 from storage.config import StorageSettings
 from storage.errors import StorageError
-
-log = logging.getLogger(__name__)
 
 LIST_PAGE_SIZE = 1000
 MAX_PRESIGN_TTL_S = 7 * 24 * 3600  # SigV4 presigned URLs are refused by S3 beyond 7 days.
@@ -36,7 +24,6 @@ NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 DENIED_CODES = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 
 _client_lock = threading.Lock()
-_unsigned_logged: set[str] = set()
 
 
 @functools.lru_cache(maxsize=16)
@@ -56,28 +43,7 @@ def s3_client(settings: StorageSettings) -> Any:
         )
 
 
-def _error(exc: Exception, uri: str, action: str) -> StorageError:
-    if isinstance(exc, StorageError):
-        return exc
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        if code in NOT_FOUND_CODES:
-            what = "its bucket does not exist" if code == "NoSuchBucket" else "no such object"
-            return StorageError("not_found", f"{uri} does not exist ({what})")
-        if code in DENIED_CODES:
-            return StorageError("access_denied", f"{action} {uri}: access denied ({code}); check the S3 credentials")
-        return StorageError("storage_error", f"{action} {uri}: S3 error {code}: {err.get('Message', exc)}")
-    if isinstance(exc, NoCredentialsError):
-        return StorageError(
-            "access_denied", f"{action} {uri}: no S3 credentials; set S3_AWS_ACCESS_KEY_ID/S3_AWS_SECRET_ACCESS_KEY"
-        )
-    if isinstance(exc, BotoCoreError):
-        return StorageError("storage_unavailable", f"{action} {uri}: {exc}")
-    return StorageError("storage_error", f"{action} {uri}: {type(exc).__name__}: {exc}")
-
-
-class S3Store(ObjectStore):
+class S3Store(BucketStore):
     """Objects under ``s3://bucket/prefix``."""
 
     def __init__(
@@ -89,61 +55,53 @@ class S3Store(ObjectStore):
         transfer: TransferConfig = DEFAULT_TRANSFER,
         page_size: int = LIST_PAGE_SIZE,
     ) -> None:
-        prefix = prefix.strip("/")
-        self.bucket = bucket
-        self._name_prefix = f"{check_key(prefix)}/" if prefix else ""
-        self.root_uri = f"s3://{bucket}/{prefix}".rstrip("/")
+        super().__init__("s3", bucket, prefix)
         self._client = s3_client(settings or StorageSettings())
         self._transfer = transfer
         self._page_size = page_size
 
-    def _name(self, key: str) -> str:
-        return self._name_prefix + check_key(key)
+    @staticmethod
+    def _error(exc: Exception, uri: str, action: str) -> StorageError:
+        if isinstance(exc, StorageError):
+            return exc
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            if code in NOT_FOUND_CODES:
+                what = "its bucket does not exist" if code == "NoSuchBucket" else "no such object"
+                return StorageError("not_found", f"{uri} does not exist ({what})")
+            if code in DENIED_CODES:
+                return StorageError(
+                    "access_denied", f"{action} {uri}: access denied ({code}); check the S3 credentials"
+                )
+            return StorageError("storage_error", f"{action} {uri}: S3 error {code}: {err.get('Message', exc)}")
+        if isinstance(exc, NoCredentialsError):
+            return StorageError(
+                "access_denied", f"{action} {uri}: no S3 credentials; set S3_AWS_ACCESS_KEY_ID/S3_AWS_SECRET_ACCESS_KEY"
+            )
+        if isinstance(exc, BotoCoreError):
+            return StorageError("storage_unavailable", f"{action} {uri}: {exc}")
+        return StorageError("storage_error", f"{action} {uri}: {type(exc).__name__}: {exc}")
 
-    def get(self, key: str, dest: Path, max_bytes: int | None = None) -> Path:
-        name, uri = self._name(key), self.uri(key)
-        try:
-            head = self._client.head_object(Bucket=self.bucket, Key=name)
-            check_size(head["ContentLength"], max_bytes, uri)
-            with atomic_file(dest) as fh:
-                # Ranged, parallel GETs (the transfer manager pins their ETag); an object replaced since the
-                # size check shows up as a length mismatch.
-                self._client.download_fileobj(self.bucket, name, fh, Config=self._transfer)
-                received = fh.seek(0, 2)
-                if received != head["ContentLength"]:
-                    raise StorageError(
-                        "storage_error", f"{uri}: received {received} bytes, expected {head['ContentLength']}"
-                    )
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise _error(exc, uri, "download") from exc
-        return dest
-
-    def put(self, src: Path, key: str, content_type: str | None = None) -> PutResult:
-        name, uri = self._name(key), self.uri(key)
-        extra = {"ContentType": content_type} if content_type else {}
-        with src.open("rb") as fh:
-            reader = HashingReader(fh)
-            try:
-                # A failed multipart upload is aborted by the transfer manager; a failed single PUT stores nothing.
-                self._client.upload_fileobj(reader, self.bucket, name, ExtraArgs=extra, Config=self._transfer)
-            except Exception as exc:
-                err = _error(exc, uri, "upload")
-                if err.code == "storage_error":
-                    err = StorageError("upload_failed", err.message)
-                raise err from exc
-            return PutResult(uri=uri, bytes=reader.size, sha256=reader.hexdigest())
-
-    def stat(self, key: str) -> ObjectInfo:
-        try:
-            head = self._client.head_object(Bucket=self.bucket, Key=self._name(key))
-        except (ClientError, BotoCoreError) as exc:
-            raise _error(exc, self.uri(key), "check") from exc
+    def _head(self, key: str) -> ObjectInfo:
+        head = self._client.head_object(Bucket=self.bucket, Key=self._name(key))
         return ObjectInfo(key=key, size=head["ContentLength"], fingerprint=head["ETag"])
 
+    def _download(self, key: str, expected: ObjectInfo, out: BinaryIO) -> None:
+        # Ranged, parallel GETs (the transfer manager pins their ETag); an object replaced since the
+        # size check shows up as a length mismatch.
+        self._client.download_fileobj(self.bucket, self._name(key), out, Config=self._transfer)
+        received = out.seek(0, 2)
+        if received != expected.size:
+            raise StorageError("storage_error", f"{self.uri(key)}: received {received} bytes, expected {expected.size}")
+
+    def _upload(self, body: HashingReader, key: str, content_type: str | None) -> None:
+        # A failed multipart upload is aborted by the transfer manager; a failed single PUT stores nothing.
+        extra = {"ContentType": content_type} if content_type else {}
+        self._client.upload_fileobj(body, self.bucket, self._name(key), ExtraArgs=extra, Config=self._transfer)
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        full_prefix = self._name_prefix + check_prefix(prefix)
+        full_prefix = self._listing_prefix(prefix)
         paginator = self._client.get_paginator("list_objects_v2")
         pages = paginator.paginate(
             Bucket=self.bucket, Prefix=full_prefix, PaginationConfig={"PageSize": self._page_size}
@@ -151,16 +109,15 @@ class S3Store(ObjectStore):
         try:
             for page in pages:
                 for obj in page.get("Contents", []):
-                    key = obj["Key"][len(self._name_prefix) :]
-                    yield ObjectInfo(key=key, size=obj["Size"], fingerprint=obj["ETag"])
+                    yield ObjectInfo(key=self._key(obj["Key"]), size=obj["Size"], fingerprint=obj["ETag"])
         except (ClientError, BotoCoreError) as exc:
-            raise _error(exc, f"{self.root_uri}/{prefix}", "list") from exc
+            raise self._error(exc, f"{self.root_uri}/{prefix}", "list") from exc
 
     def delete(self, key: str) -> None:
         try:
             self._client.delete_object(Bucket=self.bucket, Key=self._name(key))
         except (ClientError, BotoCoreError) as exc:
-            raise _error(exc, self.uri(key), "delete") from exc
+            raise self._error(exc, self.uri(key), "delete") from exc
 
     def signed_url(self, key: str, ttl_s: int) -> str | None:
         params = {"Bucket": self.bucket, "Key": self._name(key)}
@@ -169,7 +126,7 @@ class S3Store(ObjectStore):
                 "get_object", Params=params, ExpiresIn=min(ttl_s, MAX_PRESIGN_TTL_S)
             )
         except NoCredentialsError:
-            if self.root_uri not in _unsigned_logged:
-                _unsigned_logged.add(self.root_uri)
-                log.warning("no S3 credentials to presign URLs for %s; returning none", self.root_uri)
+            self._log_unsigned_once(
+                logging.WARNING, "no S3 credentials to presign URLs for %s; returning none", self.root_uri
+            )
             return None
