@@ -84,30 +84,34 @@ class _Capture:
     error: BaseException | None = None
 
 
-def _bind(lib: ctypes.CDLL) -> None:
-    c_int, c_char_p, c_void_p, c_size_t, c_uint = (
+_C_SIGNATURES = {  # function: (argtypes, restype)
+    "espeak_Initialize": ([ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int], ctypes.c_int),
+    "espeak_SetSynthCallback": ([_SYNTH_CALLBACK], None),
+    "espeak_SetVoiceByName": ([ctypes.c_char_p], ctypes.c_int),
+    "espeak_SetParameter": ([ctypes.c_int, ctypes.c_int, ctypes.c_int], ctypes.c_int),
+    "espeak_GetParameter": ([ctypes.c_int, ctypes.c_int], ctypes.c_int),
+    "espeak_Synth": (
+        [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ],
         ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_uint,
-    )
-    lib.espeak_Initialize.argtypes = [c_int, c_int, c_char_p, c_int]
-    lib.espeak_Initialize.restype = c_int
-    lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
-    lib.espeak_SetSynthCallback.restype = None
-    lib.espeak_SetVoiceByName.argtypes = [c_char_p]
-    lib.espeak_SetVoiceByName.restype = c_int
-    lib.espeak_SetParameter.argtypes = [c_int, c_int, c_int]
-    lib.espeak_SetParameter.restype = c_int
-    lib.espeak_GetParameter.argtypes = [c_int, c_int]
-    lib.espeak_GetParameter.restype = c_int
-    lib.espeak_Synth.argtypes = [c_void_p, c_size_t, c_uint, c_int, c_uint, c_uint, c_void_p, c_void_p]
-    lib.espeak_Synth.restype = c_int
-    lib.espeak_Synchronize.argtypes = []
-    lib.espeak_Synchronize.restype = c_int
-    lib.espeak_ListVoices.argtypes = [c_void_p]
-    lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
+    ),
+    "espeak_Synchronize": ([], ctypes.c_int),
+    "espeak_ListVoices": ([ctypes.c_void_p], ctypes.POINTER(ctypes.POINTER(_Voice))),
+}
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    for name, (argtypes, restype) in _C_SIGNATURES.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, restype
 
 
 class _EspeakLibrary:
