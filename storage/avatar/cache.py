@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 from storage import keys
 from storage.avatar.archive import ArchiveLimits, extract_avatar
-from storage.avatar.flat import usable_flat_avatar
+from storage.avatar.flat import hand_placed_avatar
 from storage.avatar.layout import check_avatar_id
 from storage.avatar.validate import validate_avatar_dir
 from storage.base import ObjectStore
@@ -95,12 +95,13 @@ class AvatarCache:
     def acquire(self, store: ObjectStore, user_id: str, avatar_id: str) -> Iterator[Path]:
         """The avatar's folder for as long as the ``with`` block runs, downloading its TAR once if needed.
 
-        The folder never changes while held. An avatar placed by hand in ``{root}/{avatar_id}`` is used as
-        it is (by anyone, unless its owner record names another TAR).
+        The folder never changes while held; a cached version is checked against the store's TAR at most once
+        per ``revalidate_s``. An avatar placed by hand in ``{root}/{avatar_id}`` is used as it is, by anyone
+        (one unpacked there from a store TAR, with an owner record, is not: its TAR is served from here).
         """
         key = keys.avatar_key(user_id, check_avatar_id(avatar_id))
         owner = store.uri(key)
-        flat = usable_flat_avatar(self.root, avatar_id, owner)
+        flat = hand_placed_avatar(self.root, avatar_id)
         if flat is not None:
             yield flat
             return

@@ -1,8 +1,9 @@
 """LiveTalking's own layout of unpacked avatars: ``{root}/{avatar_id}/``, one folder per avatar id.
 
-People place avatars there by hand (earlier ``avatarctl recover-avatars`` wrote them too); the worker cache
-(``cache.py``) reads it. A folder written by :func:`unpack_avatar` may carry an owner record beside it
-(``.{avatar_id}.owner``: the store URI of the TAR it came from); a folder without one was placed by hand.
+People place avatars there by hand, and the worker cache (``cache.py``) serves those as they are. A folder
+written by :func:`unpack_avatar` (earlier ``avatarctl recover-avatars`` too) may carry an owner record beside
+it (``.{avatar_id}.owner``: the store URI of the TAR it came from); the cache leaves such folders alone and
+serves their TAR through its versions, so replacements in the store are noticed.
 """
 
 from __future__ import annotations
@@ -45,17 +46,12 @@ def unpack_avatar(
     return target
 
 
-def usable_flat_avatar(root: Path, avatar_id: str, owner: str) -> Path | None:
-    """``root/avatar_id`` when it is a valid avatar that ``owner`` may use (placed by hand, or unpacked from
-    ``owner``'s TAR), else None; a broken folder is logged and left alone."""
+def hand_placed_avatar(root: Path, avatar_id: str) -> Path | None:
+    """``root/avatar_id`` when it is a valid avatar placed by hand, else None; a broken folder is logged and
+    left alone. A folder with an owner record was unpacked from a store TAR: that TAR is the versioned
+    cache's to serve (and to check for replacements), so such a folder is not used."""
     folder = root / avatar_id
-    if not folder.is_dir():
-        return None
-    try:
-        recorded: str | None = _owner_file(root, avatar_id).read_text()
-    except FileNotFoundError:
-        recorded = None
-    if recorded is not None and recorded != owner:
+    if not folder.is_dir() or _owner_file(root, avatar_id).exists():
         return None
     try:
         validate_avatar_dir(folder)

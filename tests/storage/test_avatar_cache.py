@@ -17,6 +17,7 @@ import pytest
 from storage import ObjectInfo, ObjectStore, PutResult, StorageError, open_store
 from storage.avatar.archive import pack_avatar
 from storage.avatar.cache import LOCK_STRIPES, AvatarCache
+from storage.avatar.flat import unpack_avatar
 from storage.avatar.validate import load_avatar
 from storage.keys import avatar_key
 from tests.storage.avatar_factory import make_avatar_dir
@@ -305,3 +306,19 @@ def test_an_install_records_the_fingerprint_it_was_given(tmp_path: Path) -> None
     assert frames_of(cache, store, "u1") == 3 and store.gets == 0
     cache.install(make_avatar_dir(tmp_path / "built2", "av", frames=2), store.uri(key))  # fingerprint unknown
     assert frames_of(cache, store, "u1") == 3 and store.gets == 1
+
+
+def test_a_flat_folder_unpacked_from_the_store_is_not_served_stale(tmp_path: Path) -> None:
+    """Class: stale cache: {root}/{avatar_id} written from a store TAR (owner record beside it, as earlier
+    recover-avatars did) never shadows that TAR: renders use the versioned cache, which notices replacements."""
+    store = CountingStore(open_store((tmp_path / "store").as_uri()))
+    upload_avatar(store, tmp_path, "u1", "av", frames=3)
+    root = tmp_path / "cache"
+    key = avatar_key("u1", "av")
+    unpack_avatar(store.inner.get(key, tmp_path / "av.tar"), root, "av", owner=store.uri(key))
+    cache = AvatarCache(root, revalidate_s=0)
+    with cache.acquire(store, "u1", "av") as path:
+        assert path == cache.current_path(store.uri(key)) and store.gets == 1
+    upload_avatar(store, tmp_path, "u1", "av", frames=2)
+    assert frames_of(cache, store, "u1") == 2
+    assert load_avatar(root / "av").info.num_frames == 3  # left alone
