@@ -11,14 +11,11 @@ job was still running.
 
 import json
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel, ValidationError
-from sqlalchemy.exc import DBAPIError
+from pydantic import BaseModel
 
 import handlers
 from handlers.errors import TaskError
@@ -35,23 +32,33 @@ from handlers.schemas import (
     RenderEmotionRequest,
     TaskName,
 )
+from orchestrator.cli_ops import add_operation_commands
 from orchestrator.cli_replica import add_replica_commands
-from orchestrator.config import BackendKind, OrchestratorSettings
-from orchestrator.console import err, follow_job, out, print_job, print_rows, progress_of, wait_with_progress
-from orchestrator.db import safe_url
-from orchestrator.models import JobStatus, JobView, OrchestratorError
-from orchestrator.recover import RecoveryEvent, recover_avatars
-from orchestrator.service import JobService
+from orchestrator.config import BackendKind
+from orchestrator.console import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_STILL_RUNNING,
+    JsonOption,
+    StoreOption,
+    TimeoutOption,
+    UserOption,
+    WaitOption,
+    err,
+    fail,
+    follow_job,
+    handled_errors,
+    job_service,
+    print_job,
+    print_rows,
+    progress_of,
+    wait_with_progress,
+)
+from orchestrator.models import JobStatus, JobView
 from orchestrator.uploads import UploadKind, upload_file
-from storage import StorageError, open_store
+from storage import open_store
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_STILL_RUNNING = 3
-RULE = "=" * 50
 
 app = typer.Typer(
     name="avatarctl",
@@ -64,20 +71,6 @@ jobs_app = typer.Typer(help="List, show, wait for and cancel jobs.", no_args_is_
 app.add_typer(jobs_app, name="jobs")
 add_replica_commands(app)
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for machines) instead of text.")]
-WaitOption = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the job with a progress bar.")]
-TimeoutOption = Annotated[
-    float | None, typer.Option("--timeout", help="Seconds to wait; default: the task's queue + execution limits.")
-]
-UserOption = Annotated[str, typer.Option("--user-id", help="Owner of the job and of its files in the store.")]
-StoreOption = Annotated[
-    str | None, typer.Option("--store", help="Store root URI (s3://, gs://, file://); default AVATAR_STORE_URI.")
-]
-LogLevelOption = Annotated[
-    str, typer.Option("--log-level", help="uvicorn's log level: critical, error, warning, info, debug, trace.")
-]
-
-
 # ---- plumbing ------------------------------------------------------------------------------
 
 
@@ -89,38 +82,6 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at I
 def contract_default(model: type[BaseModel], name: str) -> Any:
     """A task field's default, from the contract (handlers/schemas.py) where it is defined once."""
     return model.model_fields[name].default
-
-
-def fail(code: str, message: str, exit_code: int = EXIT_BAD_INPUT) -> typer.Exit:
-    err.print(f"error [{code}]: {message}", markup=False)
-    return typer.Exit(exit_code)
-
-
-@contextmanager
-def handled_errors() -> Iterator[None]:
-    """Refusals become a one-line message and an exit code instead of a traceback."""
-    try:
-        yield
-    except (TaskError, OrchestratorError) as exc:
-        raise fail(exc.code, exc.message) from None
-    except StorageError as exc:
-        raise fail(exc.code, exc.message, EXIT_FAILED) from None
-    except ValidationError as exc:  # settings from the environment
-        raise fail("invalid_settings", str(exc)) from None
-    except DBAPIError:  # no server, refused, bad credentials: the URL (without its password) says which
-        url = safe_url(OrchestratorSettings().database_url)
-        raise fail("database_unreachable", f"database unreachable: {url}", EXIT_FAILED) from None
-
-
-@contextmanager
-def job_service() -> Iterator[JobService]:
-    with handled_errors():
-        service = JobService(OrchestratorSettings())
-    try:
-        with handled_errors():
-            yield service
-    finally:
-        service.stop()
 
 
 def exit_code(job: JobView) -> int:
@@ -341,146 +302,6 @@ def jobs_cancel(job_id: str, as_json: JsonOption = False) -> None:
     print_job(job, as_json)
 
 
-# ---- operations ----------------------------------------------------------------------------
-
-
-@app.command()
-def health(as_json: JsonOption = False) -> None:
-    """Database, object store and each task's backend."""
-    with job_service() as service:
-        report = service.health()
-    if as_json:
-        typer.echo(json.dumps(report, indent=2, default=str))
-    else:
-        rows = [
-            (name, str(part.get("ok")), str(part.get(detail, part.get("error"))))
-            for name, part, detail in (("database", report["db"], "url"), ("store", report["store"], "uri"))
-        ]
-        for spec, part in report["backends"].items():
-            details = ", ".join(part.get("tasks", [])) + (f" ({part['error']})" if part.get("error") else "")
-            rows.append((f"backend {spec}", str(part.get("ok")), details))
-        print_rows(("PART", "OK", "DETAILS"), rows)
-        out.print(f"status: {report['status']}", markup=False)
-    raise typer.Exit(EXIT_OK if report["status"] == "ok" else EXIT_FAILED)
-
-
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8000,
-    log_level: LogLevelOption = "info",
-) -> None:
-    """Serve the HTTP API (and run the job poller) under uvicorn."""
-    import uvicorn
-
-    from orchestrator.api import create_app
-
-    with handled_errors():
-        api = create_app(settings=OrchestratorSettings())
-    uvicorn.run(api, host=host, port=port, log_level=log_level)
-
-
-@app.command("emulate-runpod")
-def emulate_runpod(
-    endpoint_ids: Annotated[list[str], typer.Option("--endpoint-id", help="Endpoint id to serve (repeatable).")],
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8090,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=64)] = 2,
-    api_key: Annotated[str | None, typer.Option(envvar="EMULATOR_API_KEY", help="Require this key.")] = None,
-    handler: Annotated[str | None, typer.Option(help="A RunPod handler to run: module:function.")] = None,
-    return_aggregate_stream: Annotated[bool, typer.Option(help="A generator's output: all its items.")] = False,
-    log_level: LogLevelOption = "info",
-) -> None:
-    """Serve a local RunPod API emulator that runs jobs with this checkout's handlers."""
-    import uvicorn
-
-    from orchestrator.emulator import create_emulator_app
-
-    options = {"handler": handler, "return_aggregate_stream": return_aggregate_stream}
-    emulator = create_emulator_app(endpoint_ids, workers=workers, api_key=api_key, **options)
-    err.print(
-        f"RunPod emulator: set RUNPOD_BASE_URL=http://{host}:{port}/v2 and e.g."
-        f" BACKEND_RENDER_EMOTION=runpod:{endpoint_ids[0]}",
-        markup=False,
-    )
-    uvicorn.run(emulator, host=host, port=port, log_level=log_level)
-
-
-def _recovery_printer(as_json: bool) -> Callable[[RecoveryEvent], None]:
-    def show(event: RecoveryEvent) -> None:
-        if as_json:
-            return
-        entry = event.avatar
-        if event.index == 1:
-            out.print(f"Found {event.total} avatar(s) in the store\n", markup=False)
-        head = f"[{event.index}/{event.total}] {entry.avatar_id}"
-        lines = {
-            "found": [f"{head}  user {entry.user_id}  {entry.key} ({entry.size} bytes)"],
-            "downloading": [head, f"  Downloading: {entry.key}..."],
-            "downloaded": [f"  {event.message}", f"  SUCCESS: {entry.avatar_id} ({event.num_frames} frames)"],
-            "skipped": [head, f"  SKIP: {entry.avatar_id} ({event.message})"],
-            "would_download": [head, f"  WOULD DOWNLOAD: {entry.key}"],
-            "failed": [f"  FAILED: {entry.avatar_id} ({event.message})"],
-        }
-        for line in lines.get(event.action, []):
-            out.print(line, markup=False)
-
-    return show
-
-
-@app.command("recover-avatars")
-def recover_avatars_command(
-    list_only: Annotated[bool, typer.Option("--list-only", help="Only list the avatars in the store.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be downloaded.")] = False,
-    user_id: Annotated[str | None, typer.Option("--user-id", help="Only this user's avatars.")] = None,
-    avatar_id: Annotated[str | None, typer.Option("--avatar-id", help="Only this avatar.")] = None,
-    output_dir: Annotated[
-        Path | None, typer.Option("--output-dir", help="Avatar cache; default AVATAR_LOCAL_PATH.")
-    ] = None,
-    store: StoreOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Restore avatars from the store's avatars/{user_id}/{avatar_id}.tar into the local avatar cache."""
-    with handled_errors():
-        settings = handlers.Settings()
-    store_uri = store or settings.avatar_store_uri
-    output = output_dir or settings.avatar_local_path
-    if not as_json:
-        header = ["Avatar Recovery", RULE, f"Output directory: {output}", f"Store: {store_uri}", RULE, ""]
-        out.print("\n".join([*header, "Scanning the store for avatar TAR files..."]), markup=False)
-    with handled_errors():
-        summary = recover_avatars(
-            open_store(store_uri, settings.storage),
-            output,
-            list_only=list_only,
-            dry_run=dry_run,
-            user_id=user_id,
-            avatar_id=avatar_id,
-            on_event=_recovery_printer(as_json),
-        )
-    if as_json:
-        fields = ("downloaded", "skipped", "failed", "would_download", "total", "failures")
-        body = {name: getattr(summary, name) for name in fields}
-        body["avatars"] = [vars(entry) for entry in summary.avatars]
-        typer.echo(json.dumps(body, indent=2))
-    else:
-        if summary.total == 0:
-            out.print("Found 0 avatar(s) in the store", markup=False)
-        title = "Listing Complete" if list_only else ("Dry Run Complete" if dry_run else "Recovery Complete")
-        out.print("\n".join(["", RULE, title, RULE, *summary.lines()]), markup=False)
-    raise typer.Exit(EXIT_FAILED if summary.failed else EXIT_OK)
-
-
-@app.command()
-def demo(
-    root: Annotated[Path, typer.Option("--root", help="Where the demo keeps its database, store and files.")] = Path(
-        "var"
-    ),
-) -> None:
-    """Make an avatar from a generated video, a talking video and seven emotion stills, all locally."""
-    from orchestrator.demo import run_demo
-
-    raise typer.Exit(run_demo(root, out))
-
+add_operation_commands(app)
 
 __all__ = ["app"]

@@ -1,16 +1,25 @@
-"""What the CLI and the demo print: jobs, their outputs, aligned tables, and a progress bar while waiting."""
+"""What the CLI and the demo print: jobs, their outputs, aligned tables, a progress bar while waiting; and the
+CLI's plumbing (exit codes, shared options, refusals as one line instead of a traceback)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from sqlalchemy.exc import DBAPIError
 
+from handlers.errors import TaskError
 from handlers.schemas import TaskName
+from orchestrator.config import OrchestratorSettings
+from orchestrator.db import safe_url
 from orchestrator.events import job_events
-from orchestrator.models import JobStatus, JobView
+from orchestrator.models import JobStatus, JobView, OrchestratorError
 from orchestrator.service import JobService
 from storage import StorageError
 from storage.local import path_from_file_uri
@@ -123,3 +132,58 @@ def follow_job(service: JobService, job: JobView, as_json: bool) -> JobView:
                 f"{job.task} {job.id[:8]} {event.data['status']}" + (f" · {stage}" if stage else ""), markup=False
             )
     return service.get(job.id) or job
+
+
+# ---- the CLI's plumbing: exit codes, shared options, one-line errors ----------------------
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_STILL_RUNNING = 3
+RULE = "=" * 50  # recover-avatars' banner lines
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for machines) instead of text.")]
+WaitOption = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the job with a progress bar.")]
+TimeoutOption = Annotated[
+    float | None, typer.Option("--timeout", help="Seconds to wait; default: the task's queue + execution limits.")
+]
+UserOption = Annotated[str, typer.Option("--user-id", help="Owner of the job and of its files in the store.")]
+StoreOption = Annotated[
+    str | None, typer.Option("--store", help="Store root URI (s3://, gs://, file://); default AVATAR_STORE_URI.")
+]
+LogLevelOption = Annotated[
+    str, typer.Option("--log-level", help="uvicorn's log level: critical, error, warning, info, debug, trace.")
+]
+
+
+def fail(code: str, message: str, exit_code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    err.print(f"error [{code}]: {message}", markup=False)
+    return typer.Exit(exit_code)
+
+
+@contextmanager
+def handled_errors() -> Iterator[None]:
+    """Refusals become a one-line message and an exit code instead of a traceback."""
+    try:
+        yield
+    except (TaskError, OrchestratorError) as exc:
+        raise fail(exc.code, exc.message) from None
+    except StorageError as exc:
+        raise fail(exc.code, exc.message, EXIT_FAILED) from None
+    except ValidationError as exc:  # settings from the environment
+        raise fail("invalid_settings", str(exc)) from None
+    except DBAPIError:  # no server, refused, bad credentials: the URL (without its password) says which
+        url = safe_url(OrchestratorSettings().database_url)
+        raise fail("database_unreachable", f"database unreachable: {url}", EXIT_FAILED) from None
+
+
+@contextmanager
+def job_service() -> Iterator[JobService]:
+    with handled_errors():
+        service = JobService(OrchestratorSettings())
+    try:
+        with handled_errors():
+            yield service
+    finally:
+        service.stop()
