@@ -269,6 +269,15 @@ def pinned_sha256(entry: WeightsFile, path: Path) -> str | None:
     return None
 
 
+def verify_engine_files(entry: WeightsFile, path: Path) -> bool:
+    """``verify_file`` for ``path``; for a MuseTalk file, for every file of the set present beside it."""
+    if entry.variant != "musetalk":
+        return verify_file(entry, path)
+    root = path.parents[len(Path(entry.filename).parts) - 1]  # the weights dir holding musetalk/
+    present = [(w, root / w.filename) for w in MANIFEST if w.variant == "musetalk" and (root / w.filename).is_file()]
+    return all([verify_file(w, p) for w, p in present])
+
+
 def verify_file(entry: WeightsFile, path: Path) -> bool:
     """True when the file matches its pinned checksum, False when none is pinned; raises on a mismatch."""
     size = path.stat().st_size

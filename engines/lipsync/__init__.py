@@ -28,6 +28,7 @@ class AvatarFrames:
     landmarks: np.ndarray | None = None  # (frames, 68, 2) float32 full-frame pixels, when stored
     fps: float = FPS
     material: dict[str, Any] = field(default_factory=dict)  # per-engine precomputed data (MuseTalk latents...)
+    key: str | None = None  # identity of a stored avatar's unchanging version, for engines' own caches
 
     def __len__(self) -> int:
         return len(self.coords)

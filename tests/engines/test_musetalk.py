@@ -238,6 +238,12 @@ def test_engine_renders_every_frame_and_keeps_the_upper_face(models_root: Path, 
         assert rows.min() >= ys + (ye - ys) // 2 - blur and rows.max() < y2 + blur
         assert cols.min() >= x1 - blur and cols.max() < x2 + blur
     assert list(engine.render(avatar, audio))[4].tobytes() == frames[4].tobytes()
+    # a stored avatar version (key) computes its material once per engine, not once per request
+    first, again = (small_avatar(frames=3, with_crops=False) for _ in range(2))
+    first.key = again.key = "avatars/u1/a1@v1"
+    next(engine.render(first, audio))
+    next(engine.render(again, audio))
+    assert "musetalk" not in again.material and engine._computed["avatars/u1/a1@v1"] is first.material["musetalk"]
 
 
 # ---- avatar material -----------------------------------------------------------------------------

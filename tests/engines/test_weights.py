@@ -257,5 +257,10 @@ def test_fetch_weights_musetalk_fills_upstreams_layout(server: RangeServer, tmp_
     entry, path = weights.find_for_engine("musetalk", tmp_path)
     assert entry.name == "musetalk_unet" and entry.commercial_use and path == tmp_path / "musetalk/musetalkV15/unet.pth"
     assert weights.resolve("musetalk_vae", tmp_path).verified
+    assert weights.verify_engine_files(entry, path)  # the whole set, from the file the resolver found
+    (tmp_path / "musetalk/sd-vae/config.json").write_text("{}")
+    with pytest.raises(EngineError) as err:
+        weights.verify_engine_files(entry, path)
+    assert err.value.code == "checksum_mismatch" and "config.json" in err.value.message
     (tmp_path / "musetalk/whisper/pytorch_model.bin").unlink()  # a set without its whisper file serves nothing
     assert weights.find_musetalk_root(tmp_path) is None

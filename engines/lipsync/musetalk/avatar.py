@@ -137,6 +137,8 @@ def paste_face(
     height, width = frame.shape[:2]
     cx1, cy1, cx2, cy2 = max(xs, 0), max(ys, 0), min(xe, width), min(ye, height)
     inner = (slice(cy1 - ys, cy2 - ys), slice(cx1 - xs, cx2 - xs))
+    if mask.ndim == 3:  # a mask PNG decoded as BGR (LiveTalking's are grey saved as colour)
+        mask = mask[..., 0]
     weights = np.ascontiguousarray(mask[inner], dtype=np.float32) / 255.0
     region = out[cy1:cy2, cx1:cx2]
     region[:] = cv2.blendLinear(np.ascontiguousarray(large[inner]), region, weights, 1.0 - weights)

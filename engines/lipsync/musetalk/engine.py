@@ -4,13 +4,15 @@ Per output frame: the avatar frame (ping-pong), its stored input latents and the
 go through one UNet step and the VAE decoder in batches; the 256x256 face is resized into the face box
 and blended through the frame's jaw mask. An avatar prepared for MuseTalk carries its material
 (``AvatarFrames.material["musetalk"]``); one without it gets the material computed on first use and
-kept with the avatar (its frames are cached, so later requests reuse it), with a logged note.
+kept by the engine for that stored avatar version (a few avatars), with a logged note.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +36,7 @@ ENGINE_NAME = "musetalk"
 ENGINE_VERSION = "1.5"
 BATCH_SIZE = {"cpu": 4, "cuda": 16}
 LATENT_BATCH = 8  # faces encoded at once when building material
+COMPUTED_KEPT = 4  # avatars whose computed material the engine keeps (by stored version)
 
 
 def box_from_coords(coords: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
@@ -89,13 +92,19 @@ class MuseTalkEngine:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         self.parser = parser
         self.weights = weights
+        self._computed: OrderedDict[str, MuseTalkMaterial] = OrderedDict()
+        self._lock = threading.Lock()
 
     @classmethod
     def load(
         cls, root: str | Path, device: str | None = None, precision: str | None = None, batch_size: int | None = None
     ) -> MuseTalkEngine:
+        """``root``: upstream's ``models/`` folder, or its ``musetalkV15/unet.pth`` (as the weights resolver finds)."""
         from engines.lipsync.musetalk.face_parsing import load_face_parser
 
+        root = Path(root)
+        if root.is_file():
+            root = root.parent.parent
         model = load_musetalk(root, precision=precision, device=device)
         engine = cls(model, batch_size=batch_size, parser=load_face_parser(Path(root), model.device), weights=str(root))
         log.info("musetalk ready: %s", engine.info)
@@ -109,20 +118,34 @@ class MuseTalkEngine:
         }
 
     def material(self, avatar: AvatarFrames) -> MuseTalkMaterial:
-        """The avatar's MuseTalk material, computed once and kept with the avatar when it has none."""
+        """The avatar's MuseTalk material; for an avatar without it, computed once per stored version."""
         found = avatar.material.get(ENGINE_NAME)
+        if found is None and avatar.key is not None:
+            with self._lock:
+                found = self._computed.get(avatar.key)
+                if found is not None:
+                    self._computed.move_to_end(avatar.key)
         if found is not None:
             if len(found) != len(avatar):
                 raise EngineError(
                     "invalid_avatar", f"The avatar's MuseTalk material has {len(found)} frames, not {len(avatar)}."
                 )
             return found
+        material = self._compute(avatar)
+        if avatar.key is not None:
+            with self._lock:
+                self._computed[avatar.key] = material
+                while len(self._computed) > COMPUTED_KEPT:
+                    self._computed.popitem(last=False)
+        return material
+
+    def _compute(self, avatar: AvatarFrames) -> MuseTalkMaterial:
         started = time.perf_counter()
         frames = [avatar.frames[i] for i in range(len(avatar))]
         material = build_material(self.model, frames, avatar_boxes(avatar), avatar.landmarks, self.parser)
         avatar.material[ENGINE_NAME] = material
         log.info(
-            "avatar has no MuseTalk material: computed it for %d frames in %.1f s (kept with the cached avatar; "
+            "avatar has no MuseTalk material: computed it for %d frames in %.1f s (kept for this avatar version; "
             "preprocess_avatar with model 'musetalk' stores it and saves this time)",
             len(avatar),
             time.perf_counter() - started,
