@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from storage.avatar.coords import Box, read_boxes_file
+from storage.avatar.entries import frame_files, frame_size, invalid, read_json_object
 from storage.avatar.layout import (
     AVATAR_INFO,
     COORDS,
@@ -36,15 +38,21 @@ from storage.avatar.layout import (
     frame_name,
 )
 from storage.base import atomic_file
-from storage.errors import StorageError
 
 if TYPE_CHECKING:
     import torch
 
-    from engines.lipsync.musetalk.avatar import MuseTalkMaterial
-
 LATENT_SHAPE = (8, 32, 32)
 MUSETALK_VERSION = "v15"
+
+
+class MaterialLike(Protocol):
+    """What the MuseTalk engine computes per avatar (``engines.lipsync.musetalk.avatar.MuseTalkMaterial``)."""
+
+    boxes: Sequence[Sequence[int]]
+    crop_boxes: Sequence[Sequence[int]]
+    masks: Sequence[np.ndarray]
+    latents: torch.Tensor
 
 
 @dataclass
@@ -55,10 +63,6 @@ class StoredMaterial:
     crop_boxes: list[Box]
     mask_paths: list[Path]
     latents: torch.Tensor
-
-
-def invalid(avatar: Path, problem: str) -> StorageError:
-    return StorageError("invalid_avatar", f"avatar {avatar}: {problem}")
 
 
 def has_material(avatar: Path) -> bool:
@@ -124,8 +128,6 @@ def _check_boxes(avatar: Path, label: str, boxes: list[Box], width: int, height:
 
 def _check_masks(avatar: Path, masks: list[Path], crop_boxes: list[Box]) -> None:
     """Each mask's header declares its crop box's size (headers only: nothing is decoded here)."""
-    from storage.avatar.validate import frame_size
-
     for mask, (x1, y1, x2, y2) in zip(masks, crop_boxes, strict=True):
         if frame_size(avatar, mask) != (x2 - x1, y2 - y1):
             raise invalid(avatar, f"{MASK_DIR}/{mask.name} is not the size of its crop box {(x1, y1, x2, y2)}")
@@ -133,8 +135,6 @@ def _check_masks(avatar: Path, masks: list[Path], crop_boxes: list[Box]) -> None
 
 def read_material(avatar: Path, num_frames: int, width: int, height: int) -> StoredMaterial | None:
     """The avatar's MuseTalk material, checked for counts and boxes; None when it has none."""
-    from storage.avatar.validate import frame_files, read_json_object
-
     if not has_material(avatar):
         return None
     for name in (MASK_COORDS,):
@@ -153,10 +153,8 @@ def read_material(avatar: Path, num_frames: int, width: int, height: int) -> Sto
     return StoredMaterial(boxes, crop_boxes, masks, read_latents(avatar, num_frames))
 
 
-def write_material(
-    avatar: Path, material: MuseTalkMaterial, info: dict[str, Any], with_face_boxes: bool = True
-) -> None:
-    """Add ``material`` to an avatar folder in LiveTalking's musetalk layout (see the module docstring).
+def write_material(avatar: Path, material: MaterialLike, info: dict[str, Any], with_face_boxes: bool = True) -> None:
+    """Add ``material`` (the engine's MuseTalkMaterial) to an avatar folder in LiveTalking's musetalk layout.
 
     ``with_face_boxes`` records MuseTalk's face boxes in ``avator_info.json`` (our TARs, whose
     ``coords.pkl`` holds the wav2lip boxes); without it the caller writes them as ``coords.pkl``.
