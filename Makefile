@@ -38,6 +38,7 @@ client: setup
 
 demo: setup
 	$(VENV)/bin/avatarctl demo
+	@echo "Live demo page: run '$(VENV)/bin/avatarctl serve' and open http://127.0.0.1:8000/"
 
 test: setup
 	@command -v node >/dev/null 2>&1 || echo "node not found: the TypeScript client's tests are skipped"

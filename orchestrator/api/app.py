@@ -30,11 +30,12 @@ import re
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,6 +57,8 @@ from realtime.manager import SessionManager
 from storage import StorageError
 
 log = logging.getLogger(__name__)
+
+DEMO_PAGE = Path(__file__).with_name("static") / "demo.html"
 
 API_TITLE = "avatarctl API"
 DEFAULT_SYNC_WAIT_S = 120.0
@@ -228,6 +231,13 @@ def _add_health_routes(router: APIRouter, ctx: ApiContext) -> None:
         return Response(content, media_type=content_type)
 
 
+def _add_demo_page(router: APIRouter) -> None:
+    @router.get("/", include_in_schema=False, response_class=HTMLResponse)
+    def demo_page() -> HTMLResponse:
+        """The live demo: plain HTML and the browser's own WebRTC; its API calls carry the token typed in."""
+        return HTMLResponse(DEMO_PAGE.read_text(encoding="utf-8"))
+
+
 # ---- the app -------------------------------------------------------------------------------
 
 
@@ -281,6 +291,7 @@ def create_app(
     add_v1_routes(protected, public, ctx)
     add_compat_routes(protected, ctx)
     _add_health_routes(public, ctx)
+    _add_demo_page(public)
     app.include_router(protected)
     app.include_router(public)
     app.state.sessions = sessions

@@ -7,11 +7,8 @@ import asyncio
 import fractions
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import cv2
 import httpx
 import numpy as np
 import pytest
@@ -21,38 +18,11 @@ pytest.importorskip("aiortc", reason="live sessions need the `realtime` extra (a
 from aiortc import RTCPeerConnection, RTCSessionDescription  # noqa: E402
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
 
-from engines.face import FaceAnalyzer, load_face_analyzer  # noqa: E402
-from handlers.settings import Settings  # noqa: E402
-from orchestrator.api import create_app  # noqa: E402
-from orchestrator.config import OrchestratorSettings  # noqa: E402
-from orchestrator.emulator import BackgroundServer  # noqa: E402
-from orchestrator.service import JobService  # noqa: E402
-from storage.local import path_from_file_uri  # noqa: E402
-from tests.media import astronaut_bgr  # noqa: E402
+from engines.face import load_face_analyzer  # noqa: E402
+from tests.realtime.conftest import AUTH, LiveApi, mouth_openings  # noqa: E402
 
-TOKEN = "live-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MIC_RATE = 48000
 BURST = (2.0, 3.2)  # seconds after the client's microphone starts: a loud voiced burst; silence around it
-
-
-@dataclass
-class LiveApi:
-    url: str
-    portrait_uri: str
-    app: object
-
-
-@pytest.fixture
-def live_api(tmp_path: Path, local_settings: Settings) -> Iterator[LiveApi]:
-    store = path_from_file_uri(local_settings.avatar_store_uri)
-    cv2.imwrite(str(store / "portrait.png"), astronaut_bgr(512)[0:256, 96:352])  # the face, 256 px
-    settings = OrchestratorSettings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}", api_token=TOKEN)
-    service = JobService(settings)
-    app = create_app(service)
-    with BackgroundServer(app) as server:
-        yield LiveApi(server.url, (store / "portrait.png").as_uri(), app)
-    service.stop()
 
 
 class MicTrack(MediaStreamTrack):
@@ -111,20 +81,6 @@ async def open_session(client: httpx.AsyncClient, api: LiveApi, pc: RTCPeerConne
     body = answer.json()
     await pc.setRemoteDescription(RTCSessionDescription(**body["answer"]))
     return body
-
-
-def mouth_openings(frames: list[np.ndarray], analyzer: FaceAnalyzer) -> np.ndarray:
-    """Inner-lip gap over face width per frame (NaN where no face is found)."""
-    out = []
-    for frame in frames:
-        boxes = analyzer.detect(frame)
-        if not boxes:
-            out.append(np.nan)
-            continue
-        lm = analyzer.landmarks(frame, boxes[0])
-        gap = sum(np.linalg.norm(lm[a] - lm[b]) for a, b in ((61, 67), (62, 66), (63, 65))) / 3.0
-        out.append(gap / np.linalg.norm(lm[16] - lm[0]))
-    return np.asarray(out)
 
 
 def test_a_live_session_streams_25_fps_idles_and_lip_syncs_the_microphone(live_api: LiveApi) -> None:
