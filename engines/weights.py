@@ -3,38 +3,27 @@
 The serving path never downloads: ``resolve`` looks in the weights directories and verifies the file's
 checksum (once per process per path, size and mtime); a missing file is an error naming the
 ``fetch-weights`` command. ``fetch-weights`` (run at image build time or into a Modal/RunPod volume)
-downloads with resume (HTTP Range on a ``.part`` file), checks the checksum and renames atomically.
+downloads through ``engines.download`` (resume, retries, checksum, atomic rename).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from engines.download import CHECKSUM_SUFFIX, download, hash_file
 from engines.errors import EngineError
-
-if TYPE_CHECKING:
-    import httpx
-    from rich.progress import Progress
 
 log = logging.getLogger(__name__)
 
 MODAL_VOLUME = Path("/weights")
 RUNPOD_VOLUME = Path("/runpod-volume")
 MOUNT_DIRS = (MODAL_VOLUME, RUNPOD_VOLUME / "weights", RUNPOD_VOLUME)
-CHECKSUM_SUFFIX = ".sha256"  # sidecar written by fetch-weights: pins unpinned manifest entries
-PART_SUFFIX = ".part"
-CHUNK_BYTES = 1 << 20
-FETCH_ATTEMPTS = 4
-CONNECT_TIMEOUT_S = 30.0
-READ_TIMEOUT_S = 120.0
 
 NON_COMMERCIAL = (
     "Non-commercial: research/academic/personal use only (Rudrabha/Wav2Lip README: trained on LRS2, "
@@ -150,13 +139,44 @@ MANIFEST += (
     ),
 )
 MUSETALK_REQUIRED = tuple(name for name, (_, required) in _MUSETALK_FILES.items() if required)
-GROUPS = {"musetalk": (*_MUSETALK_FILES, "musetalk_face_parsing")}  # `fetch-weights musetalk`: the whole set
+# LivePortrait: the official Hugging Face layout under `liveportrait/` (the engine's root). MIT (code and weights;
+# only upstream's InsightFace cropper is non-commercial, and the engine crops with our own landmarks instead).
+# No checksums are published beside the files: fetch-weights pins them at fetch time.
+LIVEPORTRAIT_DIR = "liveportrait"
+LIVEPORTRAIT_URL = f"https://huggingface.co/KwaiVGI/LivePortrait/resolve/main/{LIVEPORTRAIT_DIR}"
+LIVEPORTRAIT_LICENCE = "MIT (KwaiVGI/LivePortrait: code and weights, commercial use allowed)"
+_LIVEPORTRAIT_FILES = {
+    "liveportrait_appearance": "base_models/appearance_feature_extractor.pth",
+    "liveportrait_motion": "base_models/motion_extractor.pth",
+    "liveportrait_warping": "base_models/warping_module.pth",
+    "liveportrait_spade": "base_models/spade_generator.pth",
+    "liveportrait_stitching": "retargeting_models/stitching_retargeting_module.pth",
+}
+MANIFEST += tuple(
+    WeightsFile(
+        name,
+        f"{LIVEPORTRAIT_DIR}/{path}",
+        "liveportrait",
+        None,
+        None,
+        LIVEPORTRAIT_LICENCE,
+        True,
+        "https://github.com/KwaiVGI/LivePortrait#2-download-pretrained-weights",
+        f"{LIVEPORTRAIT_URL}/{path}",
+    )
+    for name, path in _LIVEPORTRAIT_FILES.items()
+)
+GROUPS = {  # `fetch-weights musetalk` / `fetch-weights liveportrait`: the whole set
+    "musetalk": (*_MUSETALK_FILES, "musetalk_face_parsing"),
+    "liveportrait": tuple(_LIVEPORTRAIT_FILES),
+}
 BY_NAME = {w.name: w for w in MANIFEST}
 # Which manifest entries serve each engine, in order of preference (musetalk: all its required files).
 ENGINE_WEIGHTS = {
     "wav2lip96": ("wav2lip96_gan", "wav2lip96"),
     "wav2lip256": ("wav2lip256",),
     "musetalk": MUSETALK_REQUIRED,
+    "liveportrait": tuple(_LIVEPORTRAIT_FILES),
 }
 
 
@@ -189,12 +209,18 @@ def locate(entry: WeightsFile, dirs: Sequence[Path]) -> Path | None:
     return next((d / entry.filename for d in dirs if (d / entry.filename).is_file()), None)
 
 
+def find_engine_root(engine: str, weights_dir: Path | None) -> Path | None:
+    """The first ``musetalk/`` or ``liveportrait/`` folder holding every required file of ``engine``."""
+    folder_name = {"musetalk": MUSETALK_DIR, "liveportrait": LIVEPORTRAIT_DIR}[engine]
+    for folder in search_dirs(weights_dir):
+        if all((folder / BY_NAME[name].filename).is_file() for name in ENGINE_WEIGHTS[engine]):
+            return folder / folder_name
+    return None
+
+
 def find_musetalk_root(weights_dir: Path | None) -> Path | None:
     """The first ``musetalk/`` folder holding every required MuseTalk file (UNet, VAE, whisper weights)."""
-    for folder in search_dirs(weights_dir):
-        if all((folder / BY_NAME[name].filename).is_file() for name in MUSETALK_REQUIRED):
-            return folder / MUSETALK_DIR
-    return None
+    return find_engine_root("musetalk", weights_dir)
 
 
 def find_for_engine(engine: str, weights_dir: Path | None) -> tuple[WeightsFile, Path] | None:
@@ -234,19 +260,11 @@ def _stat_key(path: Path) -> tuple[str, int, int]:
     return str(path.resolve()), st.st_size, st.st_mtime_ns
 
 
-def _hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def sha256_file(path: Path) -> str:
     """The file's sha256, computed once per process for an unchanged file (path, size, mtime)."""
     key = _stat_key(path)
     if key not in _DIGESTS:
-        _DIGESTS[key] = _hash(path)
+        _DIGESTS[key] = hash_file(path)
     return _DIGESTS[key]
 
 
@@ -302,73 +320,6 @@ def verify_file(entry: WeightsFile, path: Path) -> bool:
 
 
 # ---- fetching (build time only) ---------------------------------------------------------------
-
-
-def _stream_to_part(client: httpx.Client, url: str, part: Path, progress: Progress) -> None:
-    """Append the remaining bytes of ``url`` to ``part`` (HTTP Range from its current size)."""
-    have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
-    with client.stream("GET", url, headers=headers) as response:
-        if response.status_code == 416 and have:  # nothing left to send: the part is complete
-            return
-        response.raise_for_status()
-        if response.headers.get("content-type", "").startswith("text/html"):
-            raise EngineError(
-                "download_failed",
-                f"{url} answered with a web page, not the file (a sign-in or confirmation page?): "
-                "download it by hand and pass --url/--sha256, or use --base-url with a mirror.",
-            )
-        resumed = response.status_code == 206
-        if have and not resumed:
-            log.info("server ignored the range request: restarting %s", part.name)
-            have = 0
-        length = response.headers.get("content-length")
-        total = have + int(length) if length else None
-        task = progress.add_task(part.name.removesuffix(PART_SUFFIX), total=total, completed=have)
-        with part.open("ab" if resumed else "wb") as f:
-            for chunk in response.iter_bytes():  # as received: an interrupted stream keeps every byte
-                f.write(chunk)
-                progress.advance(task, len(chunk))
-
-
-def download(url: str, dest: Path, sha256: str | None, show_progress: bool = True) -> Path:
-    """Download ``url`` to ``dest`` with resume and retries; check ``sha256``; rename atomically."""
-    import httpx
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + PART_SUFFIX)
-    timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with (
-        httpx.Client(follow_redirects=True, timeout=timeout) as client,
-        Progress(*columns, disable=not show_progress, transient=True) as progress,
-    ):
-        for attempt in range(1, FETCH_ATTEMPTS + 1):
-            try:
-                _stream_to_part(client, url, part, progress)
-                break
-            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                status = getattr(getattr(exc, "response", None), "status_code", 0)
-                if attempt == FETCH_ATTEMPTS or 400 <= status < 500:
-                    raise EngineError("download_failed", f"Downloading {url} failed: {exc}") from None
-                log.warning("download of %s interrupted (%s); resuming (attempt %d)", dest.name, exc, attempt + 1)
-    return _finish(part, dest, sha256)
-
-
-def _finish(part: Path, dest: Path, sha256: str | None) -> Path:
-    actual = _hash(part)
-    if sha256 and actual != sha256.lower():
-        part.unlink()  # a wrong file cannot be resumed into the right one
-        raise EngineError("checksum_mismatch", f"{dest.name}: downloaded sha256 {actual}, expected {sha256}.")
-    # the checksum record lands (atomically) before the file it pins, so a crash never leaves an unpinned file
-    sidecar = dest.with_name(dest.name + CHECKSUM_SUFFIX)
-    staged = sidecar.with_name(sidecar.name + ".tmp")
-    staged.write_text(f"{actual}  {dest.name}\n")
-    os.replace(staged, sidecar)
-    os.replace(part, dest)
-    log.info("fetched %s (sha256 %s)", dest, actual)
-    return dest
 
 
 def fetch_weights(

@@ -173,7 +173,7 @@ def test_resolve_verifies_once_per_process(
         calls.append(1)
         return real_sha256(*args)
 
-    monkeypatch.setattr(weights.hashlib, "sha256", counting_sha256)
+    monkeypatch.setattr(hashlib, "sha256", counting_sha256)
     first = weights.resolve("wav2lip96", tmp_path)
     second = weights.resolve("wav2lip96", tmp_path)
     assert first.path == tmp_path / "wav2lip.pth" and first.verified and second.verified
