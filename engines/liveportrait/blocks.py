@@ -164,9 +164,16 @@ class SPADE(nn.Module):
         self.mlp_beta = nn.Conv2d(SPADE_HIDDEN, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        normalized = F.instance_norm(x.float()).to(x.dtype)  # statistics in float32, as upstream's autocast does
-        actv = self.mlp_shared(F.interpolate(seg, size=x.shape[2:], mode="nearest"))
-        return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+        """``seg`` is the label map, already resized (nearest) to ``x``'s size by the caller."""
+        # fp16 statistics in float32 (as upstream's autocast does); bf16 has float32's range
+        normalized = F.instance_norm(x.float()).to(x.dtype) if x.dtype == torch.float16 else F.instance_norm(x)
+        actv = self.mlp_shared(seg)
+        return self.mlp_gamma(actv).add_(1).mul_(normalized).add_(self.mlp_beta(actv))
+
+
+def resize_label(seg: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The label map at ``like``'s spatial size (nearest), as every SPADE in a block sees it."""
+    return seg if seg.shape[2:] == like.shape[2:] else F.interpolate(seg, size=like.shape[2:], mode="nearest")
 
 
 class SPADEResnetBlock(nn.Module):
@@ -184,6 +191,7 @@ class SPADEResnetBlock(nn.Module):
             self.norm_s = SPADE(cin, label_channels)
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        seg = resize_label(seg, x)
         shortcut = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
         dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), SPADE_SLOPE))
         dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), SPADE_SLOPE))
@@ -237,3 +245,30 @@ def freeze_spectral(model: nn.Module) -> nn.Module:
                     plain.bias.copy_(child.bias)
                 setattr(parent, name, plain)
     return model
+
+
+class ChannelPaddedConv(nn.Module):
+    """A conv whose channel counts are zero-padded to multiples oneDNN blocks well; same outputs.
+
+    The dense-motion mask conv (142 -> 22 channels, 7x7x7) runs about 3x faster in bf16 as 144 -> 32.
+    """
+
+    def __init__(self, conv: nn.Conv2d | nn.Conv3d, multiple: int = 16) -> None:
+        super().__init__()
+        cin, cout = conv.in_channels, conv.out_channels
+        self.pad_in = -cin % multiple
+        self.out_channels = cout
+        padded = torch.zeros(cout + -cout % (2 * multiple), cin + self.pad_in, *conv.weight.shape[2:])
+        padded[:cout, :cin] = conv.weight.detach()
+        bias = torch.zeros(padded.shape[0])
+        if conv.bias is not None:
+            bias[:cout] = conv.bias.detach()
+        self.weight = nn.Parameter(padded.to(conv.weight), requires_grad=False)
+        self.bias = nn.Parameter(bias.to(conv.weight), requires_grad=False)
+        self.padding = conv.padding
+        self.conv = F.conv3d if conv.weight.dim() == 5 else F.conv2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad_in:
+            x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, self.pad_in))
+        return self.conv(x, self.weight, self.bias, padding=self.padding)[:, : self.out_channels]

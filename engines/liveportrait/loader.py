@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engines.checkpoints import check_state, module_shapes, read_tensors
 from engines.errors import EngineError
 from engines.liveportrait.model import (
     EYE_SIZES,
@@ -38,7 +39,6 @@ from engines.liveportrait.warping import WarpingNetwork
 log = logging.getLogger(__name__)
 
 DATA_PARALLEL_PREFIX = "module."
-KEYS_SHOWN = 5
 SAFETENSORS = ".safetensors"
 
 
@@ -83,38 +83,38 @@ def weights_file(root: Path, stem: str) -> Path:
     )
 
 
-def _read_any(path: Path) -> object:
+def _read_sub_dicts(path: Path) -> dict:
+    """The retargeting file's top-level dict (of state dicts, or of flat prefixed tensors in safetensors)."""
+    if path.suffix == SAFETENSORS:
+        return read_tensors(path, "LivePortrait retargeting file")
     try:
-        if path.suffix == SAFETENSORS:
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # bad zip, pickle with code, truncated file, bad safetensors header...
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # bad zip, pickle with code, truncated file...
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise EngineError(
             "invalid_checkpoint", f"`{path}` is not a readable checkpoint of tensors ({reason})."
         ) from None
+    if not isinstance(obj, dict):
+        raise EngineError("invalid_checkpoint", f"`{path}` is not a dict of the three retargeting state dicts.")
+    return obj
 
 
-def _tensors(obj: object, path: Path, what: str) -> dict[str, torch.Tensor]:
-    if not isinstance(obj, dict) or not obj:
+def _strip(state: dict, path: Path, what: str) -> dict[str, torch.Tensor]:
+    if not isinstance(state, dict) or not state:
         raise EngineError("invalid_checkpoint", f"`{path}`: {what} is not a non-empty dict of tensors.")
-    non_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if non_tensors:
         raise EngineError(
-            "invalid_checkpoint", f"`{path}`: {what} has entries that are not tensors: {non_tensors[:KEYS_SHOWN]}."
+            "invalid_checkpoint", f"`{path}`: {what} has entries that are not tensors: {non_tensors[:5]}."
         )
-    return {str(k).removeprefix(DATA_PARALLEL_PREFIX): v for k, v in obj.items()}
+    return {str(k).removeprefix(DATA_PARALLEL_PREFIX): v for k, v in state.items()}
 
 
 def read_part_states(path: Path, parts: tuple[Part, ...]) -> dict[str, dict[str, torch.Tensor]]:
     """The state dict of each part stored in ``path`` (one plain dict, or the retargeting file's sub-dicts)."""
-    obj = _read_any(path)
     if parts[0].sub_dict is None:
-        return {parts[0].name: _tensors(obj, path, "the file")}
-    if not isinstance(obj, dict):
-        raise EngineError("invalid_checkpoint", f"`{path}` is not a dict of the three retargeting state dicts.")
+        return {parts[0].name: _strip(read_tensors(path, "LivePortrait weights file"), path, "the file")}
+    obj = _read_sub_dicts(path)
     states = {}
     for part in parts:
         sub = obj.get(part.sub_dict)
@@ -123,7 +123,7 @@ def read_part_states(path: Path, parts: tuple[Part, ...]) -> dict[str, dict[str,
             sub = {k.removeprefix(prefix): v for k, v in obj.items() if k.startswith(prefix)}
         if not sub:
             raise EngineError("invalid_checkpoint", f"`{path}` has no `{part.sub_dict}` state dict ({part.name}).")
-        states[part.name] = _tensors(sub, path, f"`{part.sub_dict}`")
+        states[part.name] = _strip(sub, path, f"`{part.sub_dict}`")
     return states
 
 
@@ -132,35 +132,12 @@ def expected_shapes(name: str) -> dict[str, tuple[int, ...]]:
     """Every state-dict key of part ``name`` and its shape (built on the meta device: no memory)."""
     part = next(p for p in PARTS if p.name == name)
     with torch.device("meta"):
-        module = part.build()
-    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
-
-
-def _listing(label: str, keys: list[str]) -> str:
-    more = f" and {len(keys) - KEYS_SHOWN} more" if len(keys) > KEYS_SHOWN else ""
-    return f"{len(keys)} {label} ({', '.join(keys[:KEYS_SHOWN])}{more})"
+        return module_shapes(part.build())
 
 
 def check_part_state(state: dict[str, torch.Tensor], name: str, path: Path) -> None:
     """Exactly the keys and shapes of part ``name``, finite values; else ``invalid_checkpoint``."""
-    expected = expected_shapes(name)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {tuple(v.shape)} != {expected[k]}"
-        for k, v in state.items()
-        if k in expected and tuple(v.shape) != expected[k]
-    ]
-    problems = [
-        _listing(label, keys)
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
-        if keys
-    ]
-    if problems:
-        raise EngineError("invalid_checkpoint", f"`{path}` is not a LivePortrait {name}: {'; '.join(problems)}.")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise EngineError("invalid_checkpoint", f"`{path}` ({name}) has non-finite values in {bad[:KEYS_SHOWN]}.")
+    check_state(state, expected_shapes(name), path, f"LivePortrait {name}")
 
 
 def load_parts(root: str | Path) -> dict[str, nn.Module]:

@@ -18,8 +18,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from engines import weights
 from engines.errors import EngineError
-from engines.liveportrait import PARTS, LivePortrait, load_liveportrait
+from engines.liveportrait import FILES, PARTS, LivePortrait, load_liveportrait
 from engines.liveportrait.loader import (
     RETARGETING_FILE,
     check_part_state,
@@ -269,3 +270,22 @@ def test_reduced_precision_stays_close_to_fp32(lp: LivePortrait, lp_fp32: LivePo
     diff = (a - b).abs()
     assert float(diff.mean()) < 0.015  # measured 0.009: about two 8-bit levels on average
     assert float(diff.max()) < 0.2
+
+
+# ---- weights manifest ----------------------------------------------------------------------------
+
+
+def test_manifest_lists_the_official_files_under_mit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = [weights.BY_NAME[n] for n in weights.GROUPS["liveportrait"]]
+    assert sorted(e.filename for e in entries) == sorted(f"liveportrait/{f}" for f in FILES)
+    assert all(e.commercial_use and e.licence.startswith("MIT") for e in entries)
+    official = "https://huggingface.co/KwaiVGI/LivePortrait/resolve/main/liveportrait/"
+    assert all(e.url == official + e.filename.removeprefix("liveportrait/") for e in entries)
+    monkeypatch.setattr(weights, "MOUNT_DIRS", ())
+    for entry in entries[:-1]:
+        (tmp_path / entry.filename).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / entry.filename).write_bytes(b"x")
+    assert weights.find_engine_root("liveportrait", tmp_path) is None  # one file short
+    (tmp_path / entries[-1].filename).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / entries[-1].filename).write_bytes(b"x")
+    assert weights.find_engine_root("liveportrait", tmp_path) == tmp_path / "liveportrait"
