@@ -1,0 +1,68 @@
+"""``liveportrait`` expression engine: emotion stills from one portrait (render_emotion, GPU).
+
+The face is found with the CPU engine's analysis (dlib box and 68 landmarks), then F and M run once per
+portrait; each emotion is an edit of the source expression and pose (``editing.EMOTION_PRESETS`` scaled by
+intensity), stitched, warped, decoded and pasted back into the full image.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engines.expression import check_render_args, register
+from engines.liveportrait.animate import FrameEdits, PortraitAnimator, PortraitSource
+from engines.liveportrait.crop import INPUT_SIZE
+from engines.liveportrait.editing import emotion_edit
+from engines.liveportrait.pipeline import LivePortrait, load_liveportrait
+
+log = logging.getLogger(__name__)
+
+ENGINE_VERSION = "1.0"
+
+
+@dataclass
+class PortraitAnalysis:
+    """What ``render`` needs of one portrait; computed once, shared by every emotion."""
+
+    source: PortraitSource
+    landmarks: np.ndarray  # (68, 2) in the portrait's pixels
+
+
+@register("liveportrait")
+class LivePortraitExpressionEngine:
+    version = ENGINE_VERSION
+    gpu = True
+
+    def __init__(self, lp: LivePortrait, input_size: int = INPUT_SIZE) -> None:
+        self.animator = PortraitAnimator(lp, input_size)
+        self.gpu = lp.device.type == "cuda"
+
+    @classmethod
+    def load(
+        cls, root: str | Path, precision: str | None = None, device: str | None = None
+    ) -> LivePortraitExpressionEngine:
+        return cls(load_liveportrait(root, precision, device))
+
+    @property
+    def info(self) -> dict[str, object]:
+        return self.animator.lp.info
+
+    def analyze(self, image_bgr: np.ndarray) -> PortraitAnalysis:
+        """Largest face (EngineError ``no_face`` / ``invalid_image`` as the CPU engine), then F and M once."""
+        from engines.expression.landmark_warp import LandmarkWarpEngine
+
+        landmarks = LandmarkWarpEngine.shared().analyze(image_bgr).landmarks
+        return PortraitAnalysis(self.animator.prepare(image_bgr, landmarks), landmarks)
+
+    def render(self, analysis: PortraitAnalysis, emotion: str, intensity: float) -> np.ndarray:
+        check_render_args(emotion, intensity)
+        if emotion == "neutral" or intensity == 0.0:
+            return analysis.source.image.copy()
+        delta, pose = emotion_edit(emotion, intensity)
+        edits = FrameEdits(exp=delta[None], pose=np.array([[pose["pitch"], pose["yaw"], pose["roll"]]], np.float32))
+        kp_driving = self.animator.drive(analysis.source, edits)
+        return self.animator.render(analysis.source, kp_driving)[0]
