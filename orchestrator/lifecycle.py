@@ -18,7 +18,15 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from orchestrator.backends import Backend, BackendError, Ownership, RemoteState, RemoteStatus, SubmitUncertain
+from orchestrator.backends import (
+    Backend,
+    BackendError,
+    Ownership,
+    RemoteState,
+    RemoteStatus,
+    Submission,
+    SubmitUncertain,
+)
 from orchestrator.config import OrchestratorSettings
 from orchestrator.db import JobStore, utcnow
 from orchestrator.models import JobEvent, JobNotFound, JobStatus, JobView
@@ -83,14 +91,15 @@ class JobLifecycle:
         if not self.store.transition(job.id, JobEvent.claim, claim, where={"attempts": job.attempts}):
             return self.get(job.id)
         try:
-            remote_id = backend.submit(
+            submission = Submission(
                 job.task,
                 job.payload,
-                job_id=job.id,
-                webhook_url=self.webhook_url(job.id),
+                job.id,
                 timeout_s=self.settings.timeout_for(job.task),
+                webhook_url=self.webhook_url(job.id),
                 ttl_s=self.queued_limit_s(job.task) + REMOTE_TTL_GRACE_S,
             )
+            remote_id = backend.submit(submission)
         except SubmitUncertain as exc:
             return self._submit_uncertain(job, exc.message)
         except BackendError as exc:

@@ -1,4 +1,5 @@
-"""Where jobs run: ``backend_for(spec)`` builds one; the protocol and its types live in ``backends.base``.
+"""Where jobs run: ``backend_for(spec)`` builds one; the protocol and its types live in ``backends.base``,
+what its calls raise in ``backends.errors``.
 
 Backends: ``local`` (handlers.dispatch in worker processes of this orchestrator), ``runpod:<endpoint_id>``
 (RunPod's REST API, or the emulator) and ``modal:<app>/<Class>`` (a deployed Modal class).
@@ -8,16 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from orchestrator.backends.base import (
-    Backend,
-    BackendError,
-    BackendUnavailable,
-    Ownership,
-    RemoteState,
-    RemoteStatus,
-    SubmitRejected,
-    SubmitUncertain,
-)
+from orchestrator.backends.base import Backend, Ownership, RemoteState, RemoteStatus, Submission
+from orchestrator.backends.errors import BackendError, BackendUnavailable, SubmitRejected, SubmitUncertain
 from orchestrator.config import BackendKind, BackendSpec, OrchestratorSettings, parse_backend_spec
 
 
@@ -54,5 +47,6 @@ __all__ = [
     "RemoteStatus",
     "SubmitRejected",
     "SubmitUncertain",
+    "Submission",
     "backend_for",
 ]

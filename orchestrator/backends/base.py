@@ -1,4 +1,4 @@
-"""The ``Backend`` protocol, the remote status a backend reports, and its errors.
+"""The ``Backend`` protocol, the job a submit hands over (``Submission``) and the status a backend reports.
 
 Everything that differs between backends sits behind the protocol: who may follow a job
 (``ownership``), what claiming a job for a (re-)submit records (``claim_values``), whether ``status`` is
@@ -12,17 +12,13 @@ from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
 from orchestrator.config import BackendKind
-from orchestrator.models import JobView
+from orchestrator.models import JobStatus, JobView
 
-
-class RemoteState(str, Enum):
-    queued = "queued"
-    running = "running"
-    completed = "completed"
-    failed = "failed"
-    cancelled = "cancelled"
-    timed_out = "timed_out"
-    lost = "lost"  # the backend no longer knows the job (expired past its TTL, or its runner is gone)
+# A job's statuses as its backend reports them, and `lost`: the backend no longer knows the job (expired
+# past its TTL, or its runner is gone).
+RemoteState = Enum(  # type: ignore[misc]
+    "RemoteState", [*((s.name, s.value) for s in JobStatus), ("lost", "lost")], type=str, module=__name__
+)
 
 
 @dataclass(frozen=True)
@@ -34,25 +30,16 @@ class RemoteStatus:
     progress: dict[str, Any] | float | None = None
 
 
-class BackendError(Exception):
-    """A backend call failed; ``code`` is a stable snake_case name for the job's error_code."""
+@dataclass(frozen=True)
+class Submission:
+    """One job handed to a backend."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class SubmitRejected(BackendError):
-    """The backend certainly did not accept the job (nothing runs remotely)."""
-
-
-class SubmitUncertain(BackendError):
-    """The request may have reached the backend: a job may exist remotely, so it must not be resent blindly."""
-
-
-class BackendUnavailable(BackendError):
-    """A status, cancel or health call failed after its retries; try again later."""
+    task: str
+    payload: dict[str, Any]
+    job_id: str
+    timeout_s: float = 0.0  # its execution limit
+    webhook_url: str | None = None  # where the backend posts its final state, when it can
+    ttl_s: float | None = None  # how long the backend may keep it before it starts
 
 
 class Ownership(str, Enum):
@@ -72,16 +59,7 @@ class Backend(Protocol):
     @property
     def spec(self) -> str: ...
 
-    def submit(
-        self,
-        task: str,
-        payload: dict[str, Any],
-        *,
-        job_id: str,
-        webhook_url: str | None,
-        timeout_s: float,
-        ttl_s: float | None = None,
-    ) -> str:
+    def submit(self, job: Submission) -> str:
         """Start the job; returns the backend's id for it. Raises SubmitRejected or SubmitUncertain."""
         ...
 
@@ -122,12 +100,9 @@ class RemoteBackend:
 
 __all__ = [
     "Backend",
-    "BackendError",
-    "BackendUnavailable",
-    "RemoteState",
-    "RemoteStatus",
-    "SubmitRejected",
     "Ownership",
     "RemoteBackend",
-    "SubmitUncertain",
+    "RemoteState",
+    "RemoteStatus",
+    "Submission",
 ]

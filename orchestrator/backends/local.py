@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import handlers
-from orchestrator.backends.base import Ownership, RemoteState, RemoteStatus, SubmitRejected
+from orchestrator.backends.base import Ownership, RemoteState, RemoteStatus, Submission
+from orchestrator.backends.errors import SubmitRejected
 from orchestrator.backends.worker_pool import TaskRunner, WorkerPool
 from orchestrator.config import BackendKind
 from orchestrator.models import JobView
@@ -123,25 +124,16 @@ class LocalBackend:
                 self._pool = WorkerPool(self.workers, self.settings, self._run_task)
             return self._pool
 
-    def submit(
-        self,
-        task: str,
-        payload: dict[str, Any],
-        *,
-        job_id: str,
-        webhook_url: str | None = None,
-        timeout_s: float = 0,
-        ttl_s: float | None = None,
-    ) -> str:
+    def submit(self, job: Submission) -> str:
         if self._closed:
             raise SubmitRejected("backend_closed", "The local backend is shut down.")
-        run = _Run(job_id, {**payload, "task": task}, self._changed)
+        run = _Run(job.job_id, {**job.payload, "task": job.task}, self._changed)
         with self._lock:
-            self._runs[job_id] = run
-            self._runs.move_to_end(job_id)
+            self._runs[job.job_id] = run
+            self._runs.move_to_end(job.job_id)
             self._evict_finished()
         self.pool.put(run)
-        return job_id
+        return job.job_id
 
     def _changed(self, job_id: str) -> None:
         if self.on_change is not None:

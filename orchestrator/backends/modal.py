@@ -12,14 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from orchestrator.backends.base import (
-    BackendUnavailable,
-    RemoteBackend,
-    RemoteState,
-    RemoteStatus,
-    SubmitRejected,
-    SubmitUncertain,
-)
+from orchestrator.backends.base import RemoteBackend, RemoteState, RemoteStatus, Submission
+from orchestrator.backends.errors import BackendUnavailable, SubmitRejected, SubmitUncertain
 from orchestrator.config import BackendKind
 
 log = logging.getLogger(__name__)
@@ -56,18 +50,10 @@ class ModalBackend(RemoteBackend):
     def spec(self) -> str:
         return f"modal:{self.endpoint}"
 
-    def submit(
-        self,
-        task: str,
-        payload: dict[str, Any],
-        *,
-        job_id: str,
-        webhook_url: str | None = None,
-        timeout_s: float = 0,
-        ttl_s: float | None = None,
-    ) -> str:
+    def submit(self, job: Submission) -> str:
         modal = _modal()
-        fields = {k: v for k, v in payload.items() if k != "task"}
+        task = job.task
+        fields = {k: v for k, v in job.payload.items() if k != "task"}
         certain = (modal.exception.NotFoundError, modal.exception.AuthError, modal.exception.InvalidError)
         try:
             worker = modal.Cls.from_name(self.app_name, self.class_name)()

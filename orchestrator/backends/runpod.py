@@ -28,14 +28,8 @@ from typing import Any
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from orchestrator.backends.base import (
-    BackendUnavailable,
-    RemoteBackend,
-    RemoteState,
-    RemoteStatus,
-    SubmitRejected,
-    SubmitUncertain,
-)
+from orchestrator.backends.base import RemoteBackend, RemoteState, RemoteStatus, Submission
+from orchestrator.backends.errors import BackendUnavailable, SubmitRejected, SubmitUncertain
 from orchestrator.config import BackendKind
 
 log = logging.getLogger(__name__)
@@ -182,22 +176,13 @@ class RunpodBackend(RemoteBackend):
         )
         return retrying(self._send, method, path, body)
 
-    def submit(
-        self,
-        task: str,
-        payload: dict[str, Any],
-        *,
-        job_id: str,
-        webhook_url: str | None,
-        timeout_s: float,
-        ttl_s: float | None = None,
-    ) -> str:
-        policy = {"executionTimeout": int(timeout_s * 1000)}
-        if ttl_s:
-            policy["ttl"] = int(ttl_s * 1000)
-        body: dict[str, Any] = {"input": {**payload, "task": task}, "policy": policy}
-        if webhook_url:
-            body["webhook"] = webhook_url
+    def submit(self, job: Submission) -> str:
+        policy = {"executionTimeout": int(job.timeout_s * 1000)}
+        if job.ttl_s:
+            policy["ttl"] = int(job.ttl_s * 1000)
+        body: dict[str, Any] = {"input": {**job.payload, "task": job.task}, "policy": policy}
+        if job.webhook_url:
+            body["webhook"] = job.webhook_url
         try:
             response = self._call("POST", "/run", body=body, retry_if=_resend_is_safe)
         except _RetryableStatus as exc:

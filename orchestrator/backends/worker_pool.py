@@ -70,7 +70,18 @@ def _worker_main(conn: Connection, settings: handlers.Settings, run_task: TaskRu
                     raise LocalJobAborted(f"job {job_id} was stopped")
             conn.send(("progress", job_id, stage, float(fraction)))
 
-        conn.send(("result", job_id, run_task(payload, settings, progress)))
+        conn.send(("result", job_id, _run_safely(run_task, payload, settings, progress)))
+
+
+def _run_safely(run_task: TaskRunner, payload: dict[str, Any], settings: handlers.Settings, progress: Any) -> Any:
+    """``run_task``'s result; an exception it lets out (dispatch lets none) fails the job, not the worker."""
+    try:
+        return run_task(payload, settings, progress)
+    except TaskCancelled as exc:
+        return {"error": f"The task was stopped before it finished ({exc}).", "error_code": "cancelled"}
+    except Exception as exc:
+        log.exception("local task failed outside its error boundary")
+        return {"error": f"Local run failed: {exc!r}", "error_code": "internal_error"}
 
 
 def crash_result(exitcode: int | None) -> dict[str, Any]:
@@ -133,15 +144,14 @@ class _Slot:
                 return message[2]
             if message is not None:
                 job.on_progress(message[2], message[3])
-                continue
-            if not self.process.is_alive():
+            elif self.pool.closed:
+                self._stop_process()
+                return {"error": "The orchestrator stopped while the job ran.", "error_code": "cancelled"}
+            elif not self.process.is_alive():
                 log.error("%s died running job %s (exit %s)", self.name, job.job_id, self.process.exitcode)
                 exitcode = self.process.exitcode
                 self._stop_process()
                 return crash_result(exitcode)
-            if self.pool.closed:
-                self._stop_process()
-                return {"error": "The orchestrator stopped while the job ran.", "error_code": "cancelled"}
             if job.cancel.is_set() and cancel_sent_at is None:
                 self.conn.send(("cancel", job.job_id))
                 cancel_sent_at = time.monotonic()

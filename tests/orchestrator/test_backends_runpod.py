@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 import handlers
-from orchestrator.backends import BackendUnavailable, RemoteState, SubmitRejected
+from orchestrator.backends import BackendUnavailable, RemoteState, Submission, SubmitRejected
 from orchestrator.backends.modal import ModalBackend
 from orchestrator.backends.runpod import RunpodBackend, parse_job
 from orchestrator.emulator import BackgroundServer, create_emulator_app
@@ -32,7 +32,7 @@ def final_status(rp: RunpodBackend, remote_id: str, timeout_s: float = 20.0):
 
 def test_health_task_completes_with_its_output(emulator):
     rp = backend(emulator)
-    remote_id = rp.submit("health", {}, job_id="j1", webhook_url=None, timeout_s=60, ttl_s=120)
+    remote_id = rp.submit(Submission("health", {}, "j1", timeout_s=60, ttl_s=120))
     status = final_status(rp, remote_id)
     assert status.state is RemoteState.completed
     assert status.output["status"] == "ok" and "render_emotion" in status.output["tasks"]
@@ -43,7 +43,7 @@ def test_health_task_completes_with_its_output(emulator):
 
 def test_contract_errors_arrive_with_their_code(emulator):
     rp = backend(emulator)
-    remote_id = rp.submit("health", {"colour": "blue"}, job_id="j2", webhook_url=None, timeout_s=60)
+    remote_id = rp.submit(Submission("health", {"colour": "blue"}, "j2", timeout_s=60))
     status = final_status(rp, remote_id)
     assert status.state is RemoteState.failed
     assert status.error_code == "invalid_input" and "`colour`" in status.error
@@ -53,7 +53,7 @@ def test_unknown_job_is_lost_and_cancel_stops_a_queued_job(emulator):
     rp = backend(emulator)
     assert rp.status("no-such-job").state is RemoteState.lost
     emulator.emulator.faults.hold_queue = True
-    remote_id = rp.submit("health", {}, job_id="j3", webhook_url=None, timeout_s=60)
+    remote_id = rp.submit(Submission("health", {}, "j3", timeout_s=60))
     assert rp.status(remote_id).state is RemoteState.queued
     rp.cancel(remote_id)
     assert rp.status(remote_id).state is RemoteState.cancelled
@@ -67,16 +67,16 @@ def test_bearer_key_is_checked(local_settings):
     with BackgroundServer(app) as server:
         wrong = RunpodBackend(ENDPOINT_ID, base_url=f"{server.url}/v2", api_key="nope")
         with pytest.raises(SubmitRejected) as refused:
-            wrong.submit("health", {}, job_id="j", webhook_url=None, timeout_s=10)
+            wrong.submit(Submission("health", {}, "j", timeout_s=10))
         assert refused.value.code == "runpod_unauthorized"
         assert not wrong.health()["ok"]
         right = RunpodBackend(ENDPOINT_ID, base_url=f"{server.url}/v2", api_key="s3cret")
-        assert final_status(right, right.submit("health", {}, job_id="j", webhook_url=None, timeout_s=10)).state is (
+        assert final_status(right, right.submit(Submission("health", {}, "j", timeout_s=10))).state is (
             RemoteState.completed
         )
         missing = RunpodBackend("other-endpoint", base_url=f"{server.url}/v2", api_key="s3cret")
         with pytest.raises(SubmitRejected) as not_found:
-            missing.submit("health", {}, job_id="j", webhook_url=None, timeout_s=10)
+            missing.submit(Submission("health", {}, "j", timeout_s=10))
         assert not_found.value.code == "runpod_endpoint_not_found"
 
 
@@ -85,14 +85,14 @@ def test_unreachable_endpoint_is_a_certain_refusal():
         url = server.url
     rp = RunpodBackend(ENDPOINT_ID, base_url=f"{url}/v2", retry_wait_s=0.01, max_attempts=2)
     with pytest.raises(SubmitRejected) as refused:
-        rp.submit("health", {}, job_id="j", webhook_url=None, timeout_s=10)
+        rp.submit(Submission("health", {}, "j", timeout_s=10))
     assert refused.value.code == "runpod_unreachable"
 
 
 def test_a_base_url_without_scheme_is_a_certain_refusal():
     rp = RunpodBackend(ENDPOINT_ID, base_url="127.0.0.1:9/v2", retry_wait_s=0.01)
     with pytest.raises(SubmitRejected) as refused:
-        rp.submit("health", {}, job_id="j", webhook_url=None, timeout_s=10)
+        rp.submit(Submission("health", {}, "j", timeout_s=10))
     assert refused.value.code == "runpod_unreachable"
 
 
@@ -128,7 +128,7 @@ def test_render_emotion_runs_remotely_and_writes_the_still(emulator, local_setti
     image = "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode()
     rp = backend(emulator)
     payload = {"user_id": "u1", "image": image, "emotion": "happy", "render_id": "r1"}
-    remote_id = rp.submit("render_emotion", payload, job_id="j4", webhook_url=None, timeout_s=120)
+    remote_id = rp.submit(Submission("render_emotion", payload, "j4", timeout_s=120))
     status = final_status(rp, remote_id, timeout_s=120)
     assert status.state is RemoteState.completed, status
     render = status.output["renders"][0]
@@ -157,7 +157,7 @@ def test_modal_backend_without_a_token_refuses_clearly(monkeypatch):
     modal_backend = ModalBackend("talking-head", "Worker")
     assert modal_backend.spec == "modal:talking-head/Worker"
     with pytest.raises(SubmitRejected) as refused:
-        modal_backend.submit("health", {"task": "health"}, job_id="j", webhook_url=None, timeout_s=10)
+        modal_backend.submit(Submission("health", {"task": "health"}, "j", timeout_s=10))
     assert refused.value.code == "modal_rejected" and "Token" in refused.value.message
     assert modal_backend.health()["ok"] is False
 

@@ -13,6 +13,7 @@ import pytest
 
 import handlers
 from handlers.errors import TaskError
+from orchestrator.backends import Submission, worker_pool
 from orchestrator.backends.local import LocalBackend, runner_is_gone
 from orchestrator.config import OrchestratorSettings, parse_backend_spec
 from orchestrator.db import JobStore, utcnow
@@ -21,7 +22,7 @@ from orchestrator.service import JobService
 from orchestrator.webhooks import webhook_token
 from tests.media import astronaut_bgr
 from tests.orchestrator.conftest import eventually
-from tests.orchestrator.worker_tasks import BLOCK_USER, dispatch_or_crash
+from tests.orchestrator.worker_tasks import BLOCK_USER, HANG_USER, dispatch_or_crash, dispatch_or_hang
 
 
 @pytest.fixture
@@ -260,14 +261,14 @@ def test_local_runs_cancelled_before_they_start_are_evicted_like_finished_ones(l
     backend = LocalBackend(workers=1, settings=local_settings, run_task=dispatch_or_crash)
     release = tmp_path / "release"
     try:  # the only worker is busy: the next run stays queued
-        backend.submit("render_emotion", {"user_id": BLOCK_USER, "image": release.as_uri()}, job_id="busy")
+        backend.submit(Submission("render_emotion", {"user_id": BLOCK_USER, "image": release.as_uri()}, "busy"))
         eventually(lambda: backend.status("busy").state.value == "running")
-        backend.submit("health", {}, job_id="never-started")
+        backend.submit(Submission("health", {}, "never-started"))
         backend.cancel("never-started")
         assert backend.status("never-started").state.value == "cancelled"
         release.touch()
         eventually(lambda: backend.status("busy").state.value == "failed")
-        backend.submit("health", {}, job_id="next")
+        backend.submit(Submission("health", {}, "next"))
         assert "never-started" not in backend._runs
     finally:
         release.touch()
@@ -296,3 +297,36 @@ def test_a_resumed_job_is_submitted_with_its_original_payload_not_the_masked_cop
     assert resumed.attempts == 1 and resumed.remote_id in emulator.emulator.jobs
     assert emulator.emulator.jobs[resumed.remote_id].input == payload
     assert resumed.input["api_key"] == "***"
+
+
+def test_cancel_reaches_a_local_job_in_its_worker_process_and_the_worker_serves_on(local_settings, tmp_path):
+    settings = OrchestratorSettings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}", poll_interval_s=0.05)
+    local = LocalBackend(workers=1, settings=local_settings, run_task=dispatch_or_crash)
+    service = JobService(settings, backends={"render_emotion": local, "health": local})
+    try:
+        body = {"user_id": BLOCK_USER, "image": (tmp_path / "never").as_uri(), "emotion": "happy"}
+        job = service.submit("render_emotion", body)
+        eventually(lambda: service.refresh(job.id).progress == {"stage": "blocked", "fraction": 0.0})
+        pids = local.pool.pids()
+        assert service.cancel(job.id).status == "cancelled"
+        eventually(lambda: local.status(job.id).state.value == "cancelled")  # its worker stopped at its next stage
+        assert service.wait(service.submit("health", {}).id, 60).status == "completed"
+        assert local.pool.pids() == pids  # the same worker, not a replacement
+    finally:
+        service.stop()
+
+
+def test_a_local_job_stuck_in_native_code_is_killed_with_its_worker_on_cancel(local_settings, tmp_path, monkeypatch):
+    monkeypatch.setattr(worker_pool, "CANCEL_GRACE_S", 0.5)
+    settings = OrchestratorSettings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}", poll_interval_s=0.05)
+    local = LocalBackend(workers=1, settings=local_settings, run_task=dispatch_or_hang)
+    service = JobService(settings, backends={"render_emotion": local, "health": local})
+    try:
+        job = service.submit("render_emotion", {"user_id": HANG_USER, "image": "s3://b/face.png", "emotion": "sad"})
+        eventually(lambda: service.refresh(job.id).status == "running")
+        pids = local.pool.pids()
+        assert service.cancel(job.id).status == "cancelled"
+        eventually(lambda: local.pool.pids() != pids, timeout_s=10)  # killed after the grace
+        assert service.wait(service.submit("health", {}).id, 60).status == "completed"
+    finally:
+        service.stop()

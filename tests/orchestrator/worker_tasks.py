@@ -27,3 +27,14 @@ def dispatch_or_crash(payload: dict[str, Any], settings: handlers.Settings, prog
             progress("blocked", 0.0)  # a cancelled job stops here
             time.sleep(0.1)
     return handlers.dispatch(payload, settings, progress)
+
+
+HANG_USER = "hang-worker"  # ... of this user hangs without ever reporting progress (a stuck native call)
+
+
+def dispatch_or_hang(payload: dict[str, Any], settings: handlers.Settings, progress: Any) -> dict[str, Any]:
+    if payload.get("user_id") == HANG_USER:
+        progress("hanging", 0.5)
+        while True:
+            time.sleep(1)
+    return dispatch_or_crash(payload, settings, progress)
