@@ -1,6 +1,6 @@
 """``liveportrait`` expression engine: emotion stills from one portrait (render_emotion, GPU).
 
-The face is found with the CPU engine's analysis (dlib box and 68 landmarks), then F and M run once per
+The face is found by the face analyzer it is given (largest face, 68 landmarks), then F and M run once per
 portrait; each emotion is an edit of the source expression and pose (``editing.EMOTION_PRESETS`` scaled by
 intensity), stitched, warped, decoded and pasted back into the full image.
 """
@@ -13,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.errors import EngineError
 from engines.expression import check_render_args, register
+from engines.face import FaceAnalyzer
+from engines.lipsync.portrait_avatar import find_face
 from engines.liveportrait.animate import FrameEdits, PortraitAnimator, PortraitSource
 from engines.liveportrait.crop import INPUT_SIZE
 from engines.liveportrait.editing import emotion_edit
@@ -37,25 +40,26 @@ class LivePortraitExpressionEngine:
     version = ENGINE_VERSION
     gpu = True
 
-    def __init__(self, lp: LivePortrait, input_size: int = INPUT_SIZE) -> None:
+    def __init__(self, lp: LivePortrait, faces: FaceAnalyzer, input_size: int = INPUT_SIZE) -> None:
         self.animator = PortraitAnimator(lp, input_size)
+        self.faces = faces
         self.gpu = lp.device.type == "cuda"
 
     @classmethod
     def load(
-        cls, root: str | Path, precision: str | None = None, device: str | None = None
+        cls, root: str | Path, faces: FaceAnalyzer, precision: str | None = None, device: str | None = None
     ) -> LivePortraitExpressionEngine:
-        return cls(load_liveportrait(root, precision, device))
+        return cls(load_liveportrait(root, precision, device), faces)
 
     @property
     def info(self) -> dict[str, object]:
         return self.animator.lp.info
 
     def analyze(self, image_bgr: np.ndarray) -> PortraitAnalysis:
-        """Largest face (EngineError ``no_face`` / ``invalid_image`` as the CPU engine), then F and M once."""
-        from engines.expression.landmark_warp import LandmarkWarpEngine
-
-        landmarks = LandmarkWarpEngine.shared().analyze(image_bgr).landmarks
+        """Largest face (EngineError ``no_face`` / ``invalid_image``), then F and M once."""
+        if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
+            raise EngineError("invalid_image", "Expected a BGR uint8 image.")
+        _, landmarks = find_face(image_bgr, self.faces)
         return PortraitAnalysis(self.animator.prepare(image_bgr, landmarks), landmarks)
 
     def render(self, analysis: PortraitAnalysis, emotion: str, intensity: float) -> np.ndarray:

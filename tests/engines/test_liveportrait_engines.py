@@ -40,7 +40,8 @@ def portrait() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def expression_engine(tmp_path_factory: pytest.TempPathFactory) -> LivePortraitExpressionEngine:
     root = write_random_weights(tmp_path_factory.mktemp("lp-weights"), seed=2)
-    return LivePortraitExpressionEngine(load_liveportrait(root, device="cpu"), input_size=SMALL_INPUT)
+    lp = load_liveportrait(root, device="cpu")
+    return LivePortraitExpressionEngine(lp, load_face_analyzer(), input_size=SMALL_INPUT)
 
 
 def _rotated(image: np.ndarray, landmarks: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
