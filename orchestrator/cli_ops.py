@@ -58,6 +58,7 @@ def serve(
 
     with handled_errors():
         api = create_app(settings=OrchestratorSettings())
+        api.state.context.service.start()  # before serving: a second replica on SQLite is refused here
     uvicorn.run(api, host=host, port=port, log_level=log_level)
 
 

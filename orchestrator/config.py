@@ -92,6 +92,9 @@ class OrchestratorSettings(BaseSettings):
     local_workers: int = Field(2, ge=1, le=64, validation_alias=AliasChoices("LOCAL_WORKERS"))
     # Tries of one remote call on transient errors, and runs of a local job across restarts.
     max_attempts: int = Field(3, ge=1, le=20, validation_alias=AliasChoices("MAX_ATTEMPTS"))
+    # Replicas: how long a replica's claim on a job lasts without renewal (renewed every third of it), and
+    # how long a local runner may stay silent before another replica runs its job again.
+    lease_s: float = Field(15.0, ge=0.5, le=3600, validation_alias=AliasChoices("LEASE_S"))
 
     @field_validator("backend_preprocess_avatar", "backend_generate_video", "backend_render_emotion", "backend_health")
     @classmethod

@@ -103,11 +103,28 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Scale-out (orchestrator.leases): the replica working on the job and until when; a local runner's last beat.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_task_created", "task", "created_at"),
     )
+
+
+class ReplicaRow(Base):
+    """A running replica (``avatarctl serve`` or ``work``) and its last heartbeat."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 COLUMNS = tuple(c.name for c in JobRow.__table__.columns)
@@ -184,6 +201,12 @@ class JobStore:
 
     def get(self, job_id: str) -> JobView | None:
         return self._one(JobRow.id == job_id)
+
+    def list_by_ids(self, ids: Iterable[str]) -> list[JobView]:
+        """The jobs with these ids, oldest first."""
+        query = select(*JobRow.__table__.columns).where(JobRow.id.in_(list(ids)))
+        with self.engine.connect() as conn:
+            return [_view(row) for row in conn.execute(query.order_by(JobRow.created_at, JobRow.id))]
 
     def get_by_idempotency_key(self, key: str) -> JobView | None:
         return self._one(JobRow.idempotency_key == key)

@@ -185,14 +185,15 @@ class JobLifecycle:
 
     # ---- refresh ----------------------------------------------------------------------------
 
-    def refresh(self, job: JobView) -> JobView:
-        """Bring one job up to date with its backend now."""
+    def refresh(self, job: JobView, *, adopted: bool = False) -> JobView:
+        """Bring one job up to date with its backend now. ``adopted``: this process leased the job from no one
+        or from a dead replica, so a never-claimed job is submitted at once (its creator is not doing it)."""
         if job.finished:
             return job
         if job.deadline_at and utcnow() >= job.deadline_at:
             return self.time_out(job)
         if job.attempts == 0:
-            return self.submit(job) if _unclaimed_for_long(job) else job
+            return self.submit(job) if adopted or _unclaimed_for_long(job) else job
         backend = self.backend_of(job)
         ownership = backend.ownership(job)
         if ownership is Ownership.elsewhere:

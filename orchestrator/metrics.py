@@ -4,7 +4,10 @@
 - ``avatarctl_http_request_duration_seconds{method, route}``: latency histogram;
 - ``avatarctl_http_errors_total{route, error_code}``: answers with status >= 400, by error code;
 - ``avatarctl_submissions_total{task, backend}``: job submissions accepted (idempotent replays included);
-- ``avatarctl_jobs{task, status}``: jobs in the database, read at scrape time.
+- ``avatarctl_jobs{task, status}``: jobs in the database, read at scrape time;
+- ``avatarctl_leases_held{replica}``, ``avatarctl_lease_acquisitions_total{replica}`` (jobs this replica took
+  from no one or from another replica), ``avatarctl_lease_takeovers_total{replica}`` (of those, jobs whose
+  replica's lease had expired), ``avatarctl_replica_heartbeat_failures_total{replica}``.
 
 Seed 004's names, for the LivePortrait service's dashboards, over its routes (``/render``, ``/render/batch``,
 ``/output/{filename}``, ``/health``): ``liveportrait_requests_total{endpoint, status}``,
@@ -22,7 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from handlers.schemas import TaskName
@@ -60,10 +63,37 @@ class JobsCollector(Collector):
         yield gauge
 
 
+class LeaseCollector(Collector):
+    """This replica's lease gauge and counters (``Replica.stats``) at scrape time."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self._stats()
+        replica = [str(stats["replica"])]
+        held = GaugeMetricFamily("avatarctl_leases_held", "Active jobs this replica holds.", labels=["replica"])
+        held.add_metric(replica, stats["held"])
+        yield held
+        for name, key, doc in LEASE_COUNTERS:
+            counter = CounterMetricFamily(name, doc, labels=["replica"])
+            counter.add_metric(replica, stats[key])
+            yield counter
+
+
+LEASE_COUNTERS = (
+    ("avatarctl_lease_acquisitions", "acquired_total", "Jobs this replica took from no one or from another."),
+    ("avatarctl_lease_takeovers", "takeovers_total", "Jobs taken over after another replica's lease expired."),
+    ("avatarctl_replica_heartbeat_failures", "beat_failures_total", "Heartbeats that failed (database errors)."),
+)
+
+
 class ApiMetrics:
     """The metrics of one API app (recorded by ``MetricsMiddleware``)."""
 
-    def __init__(self, job_counts: JobCounts | None = None) -> None:
+    def __init__(
+        self, job_counts: JobCounts | None = None, lease_stats: Callable[[], dict[str, Any]] | None = None
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "avatarctl_http_requests_total",
@@ -93,6 +123,8 @@ class ApiMetrics:
         self._add_seed_metrics()
         if job_counts is not None:
             self.registry.register(JobsCollector(job_counts))
+        if lease_stats is not None:
+            self.registry.register(LeaseCollector(lease_stats))
 
     def _add_seed_metrics(self) -> None:
         self.seed_requests = Counter(

@@ -128,6 +128,7 @@ class JobView(BaseModel):
     deadline_at: datetime | None = None
 
     _payload: dict[str, Any] | None = PrivateAttr(None)
+    _heartbeat_at: datetime | None = PrivateAttr(None)
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -139,7 +140,13 @@ class JobView(BaseModel):
         """The job of a database row; callers see ``input`` masked, the backend gets ``payload`` whole."""
         view = cls.model_validate({**row, "input": redact(row["input"])})
         view._payload = row["input"]
+        view._heartbeat_at = row.get("heartbeat_at")
         return view
+
+    @property
+    def heartbeat_at(self) -> datetime | None:
+        """When the job's local runner last said it still runs it (not part of the API's answer)."""
+        return self._heartbeat_at
 
     @property
     def finished(self) -> bool:

@@ -26,8 +26,10 @@ class Poller:
         settings: OrchestratorSettings,
         refresh: Callable[[JobView], JobView],
         needs_work: Callable[[JobView], bool],
+        active: Callable[[], list[JobView]] | None = None,
     ) -> None:
         self.store = store
+        self.active = active or store.active  # a replica passes its leased jobs
         self.settings = settings
         self.refresh = refresh
         self.needs_work = needs_work
@@ -73,7 +75,7 @@ class Poller:
         now = time.monotonic()
         first = self.settings.poll_interval_s
         schedule: dict[str, tuple[float, float]] = {}
-        for job in self.store.active():
+        for job in self.active():
             if self._stop.is_set():
                 break
             due_at, interval = self._schedule.get(job.id, (now + first, first))

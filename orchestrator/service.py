@@ -34,6 +34,7 @@ from orchestrator.health import health_report
 from orchestrator.lifecycle import JobLifecycle
 from orchestrator.models import FINISHED_STATUSES, IdempotencyConflict, JobEvent, JobStatus, JobView, OrchestratorError
 from orchestrator.poller import POLL_BACKOFF, Poller
+from orchestrator.replica import Replica
 from orchestrator.uploads import check_input_prefixes, own_upload_prefixes, stage_inline_data
 from orchestrator.webhooks import check_webhook_token, webhook_token, webhook_url
 from storage import open_store
@@ -80,7 +81,8 @@ class JobService:
         self.lifecycle = JobLifecycle(
             self.store, self.settings, self._backend_of, lambda job_id: webhook_url(self.settings, job_id), self._notify
         )
-        self._poller = Poller(self.store, self.settings, self.lifecycle.refresh, self._needs_work)
+        self._poller = Poller(self.store, self.settings, self._refresh_leased, self._needs_work, self._claim)
+        self.replica = Replica(self.store, self.settings, self._poller.wake, self._local_runners)
 
     # ---- backends ---------------------------------------------------------------------------
 
@@ -97,6 +99,10 @@ class JobService:
         spec = str(backend_spec_of(job))
         injected = self._by_task.get(job.task)
         return injected if injected is not None and injected.spec == spec else self._backend_by_spec(spec)
+
+    def _local_runners(self) -> list[str]:
+        with self._lock:
+            return [b.endpoint for b in self._by_spec.values() if b.kind is BackendKind.local]
 
     def _needs_work(self, job: JobView) -> bool:
         return job.remote_id is None or self._backend_of(job).cheap_status
@@ -115,9 +121,12 @@ class JobService:
 
     # ---- submit -----------------------------------------------------------------------------
 
-    def submit(self, task: str, payload: dict[str, Any], *, idempotency_key: str | None = None) -> JobView:
+    def submit(
+        self, task: str, payload: dict[str, Any], *, idempotency_key: str | None = None, start: bool = True
+    ) -> JobView:
         """Validate and start a job. TaskError for a payload the contract refuses (nothing stored);
-        the same idempotency key returns the job it first created, without a second submit."""
+        the same idempotency key returns the job it first created, without a second submit.
+        ``start=False`` stores the job for a running replica to take (woken at once on PostgreSQL)."""
         if not isinstance(payload, dict):
             raise TaskError("invalid_input", "The payload must be a JSON object.")
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
@@ -147,10 +156,14 @@ class JobService:
                 input=_as_json(full),
                 idempotency_key=idempotency_key,
                 deadline_at=utcnow() + timedelta(seconds=self.lifecycle.queued_limit_s(task)),
+                **(self.replica.lease_values() if start else {}),
             )
         except DuplicateIdempotencyKey:
             return self._same_request(self._get_by_key(idempotency_key), payload)
         log.info("job %s (%s) created for %s", job.id, task, backend.spec)
+        if not start:
+            self.replica.announce(job.id)
+            return job
         return self.lifecycle.submit(job)
 
     def _stage_inputs(self, payload: dict[str, Any], user_id: str | None) -> dict[str, Any]:
@@ -185,6 +198,7 @@ class JobService:
     # ---- polling ----------------------------------------------------------------------------
 
     def _notify(self, job_id: str | None = None) -> None:
+        self.replica.ensure_beating()  # a local job of this process is alive: its runner beats
         self._poller.wake()
         with self._changed:
             self._changed.notify_all()
@@ -193,8 +207,16 @@ class JobService:
         """Bring one job up to date with its backend now."""
         return self.lifecycle.refresh(self.lifecycle.get(job_id))
 
+    def _claim(self) -> list[JobView]:
+        return self.replica.claim()
+
+    def _refresh_leased(self, job: JobView) -> JobView:
+        return self.lifecycle.refresh(job, adopted=self.replica.adopted(job))
+
     def start(self) -> None:
-        """Start the poller thread; it resumes every unfinished job found in the database."""
+        """Start as a replica: leases, heartbeats, and the poller thread, which works on every unfinished job
+        this replica holds (SingleReplicaDatabase when another replica already runs on a SQLite file)."""
+        self.replica.start()
         self._poller.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -204,6 +226,7 @@ class JobService:
             backends = list(self._by_spec.values())
         for backend in backends:
             backend.close()
+        self.replica.stop()
         if self._owns_store:
             self.store.close()
 
@@ -287,7 +310,22 @@ class JobService:
 
     def health(self) -> dict[str, Any]:
         """Database, object store and each task's backend; ``status`` is ``ok`` or ``degraded``."""
-        return health_report(self.store, self.handler_settings, self.backend_for_task, self.polling)
+        report = health_report(self.store, self.handler_settings, self.backend_for_task, self.polling)
+        leases = self.replica.stats()
+        if leases["started"]:
+            leases["replicas"] = _checked_replicas(self.replica)
+        healthy = report["status"] == "ok" and leases["ok"]
+        return {**report, "status": "ok" if healthy else "degraded", "leases": leases}
+
+    def lease_stats(self) -> dict[str, Any]:
+        return self.replica.stats()
+
+
+def _checked_replicas(replica: Replica) -> list[dict[str, Any]] | str:
+    try:
+        return replica.leases.live_replicas(within_s=replica.lease_s)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
 __all__ = ["FINISHED_STATUSES", "JobService", "JobView", "webhook_token"]

@@ -264,7 +264,7 @@ def create_app(
     settings = settings or (service.settings if service is not None else OrchestratorSettings())
     owns_service = service is None
     service = service or JobService(settings)
-    metrics = ApiMetrics(job_counts=service.store.counts)
+    metrics = ApiMetrics(job_counts=service.store.counts, lease_stats=service.lease_stats)
     ctx = ApiContext(service, settings, metrics, sync_wait_s, owns_service)
     sessions = SessionManager(ctx.handler_settings)
 

@@ -35,7 +35,7 @@ def backend_for(
         return ModalBackend(app_name, class_name)
     from orchestrator.backends.local import LocalBackend
 
-    return LocalBackend(workers=settings.local_workers, on_change=on_change)
+    return LocalBackend(workers=settings.local_workers, on_change=on_change, silent_after_s=settings.lease_s)
 
 
 __all__ = [

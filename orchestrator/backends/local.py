@@ -2,7 +2,8 @@
 
 Each backend instance is a *runner* named ``host:pid:token``; the job service records that name as
 the job's endpoint, so another orchestrator process on the same database leaves the job alone while
-its runner lives, and adopts it once the runner is gone (``runner_is_gone``). Tasks run in a
+its runner lives, and adopts it once the runner is gone (``runner_is_gone``) or has stopped beating on it
+(``heartbeat_at`` older than ``silent_after_s``, LEASE_S: a runner on a host that died). Tasks run in a
 ``WorkerPool``: a task that crashes its process fails with ``worker_crashed`` and the pool replaces the
 process; the orchestrator keeps serving.
 """
@@ -24,6 +25,7 @@ from orchestrator.backends.base import Ownership, RemoteState, RemoteStatus, Sub
 from orchestrator.backends.errors import SubmitRejected
 from orchestrator.backends.worker_pool import TaskRunner, WorkerPool
 from orchestrator.config import BackendKind
+from orchestrator.db import utcnow
 from orchestrator.models import JobView
 
 log = logging.getLogger(__name__)
@@ -99,12 +101,14 @@ class LocalBackend:
         settings: handlers.Settings | None = None,
         on_change: Callable[[str], None] | None = None,
         run_task: TaskRunner = handlers.dispatch,
+        silent_after_s: float | None = None,
     ) -> None:
         self.endpoint = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.workers = workers
         self.on_change = on_change
         self.settings = settings or handlers.Settings()
         self._run_task = run_task
+        self.silent_after_s = silent_after_s
         self._pool: WorkerPool | None = None
         self._runs: OrderedDict[str, _Run] = OrderedDict()
         self._lock = threading.Lock()
@@ -166,12 +170,24 @@ class LocalBackend:
 
     def claim_values(self, job: JobView) -> dict[str, Any]:
         """A (re-)run starts from scratch in this process, which becomes the job's runner."""
-        return {"endpoint": self.endpoint, "remote_id": job.id, "started_at": None, "progress": None}
+        return {
+            "endpoint": self.endpoint,
+            "remote_id": job.id,
+            "started_at": None,
+            "progress": None,
+            "heartbeat_at": utcnow(),
+        }
 
     def ownership(self, job: JobView) -> Ownership:
         if job.endpoint == self.endpoint:
             return Ownership.here if job.id in self._runs else Ownership.gone
-        return Ownership.gone if runner_is_gone(job.endpoint) else Ownership.elsewhere
+        return Ownership.gone if runner_is_gone(job.endpoint) or self._silent(job) else Ownership.elsewhere
+
+    def _silent(self, job: JobView) -> bool:
+        """The job's runner stopped beating (it runs on a host that died, or lost its database)."""
+        if self.silent_after_s is None or job.heartbeat_at is None:
+            return False
+        return (utcnow() - job.heartbeat_at).total_seconds() > self.silent_after_s
 
     def parse_webhook(self, body: dict[str, Any]) -> tuple[str, RemoteStatus] | None:
         return None

@@ -126,4 +126,4 @@ def test_avatarctl_db_upgrade_names_an_unreachable_database(monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u:secret@127.0.0.1:9/none?connect_timeout=2")
     result = CliRunner().invoke(app, ["db", "upgrade"])
     assert result.exit_code == 1
-    assert "database_unavailable" in result.output and "secret" not in result.output
+    assert "database_unreachable" in result.output and "secret" not in result.output
