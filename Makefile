@@ -56,6 +56,7 @@ bench: setup
 	$(PY) bench/musetalk.py
 	$(PY) bench/coldstart.py
 	$(PY) bench/orchestrator.py
+	$(PY) bench/faults.py
 	$(PY) bench/hostile.py
 
 # Refresh constraints.txt from the packages installed in .venv (after changing pyproject.toml).
