@@ -209,9 +209,13 @@ def locate(entry: WeightsFile, dirs: Sequence[Path]) -> Path | None:
     return next((d / entry.filename for d in dirs if (d / entry.filename).is_file()), None)
 
 
+# Engines whose weights are a set of files under one folder: (folder, the file that stands for the set)
+SET_ENGINES = {"musetalk": (MUSETALK_DIR, "musetalk_unet"), "liveportrait": (LIVEPORTRAIT_DIR, "liveportrait_warping")}
+
+
 def find_engine_root(engine: str, weights_dir: Path | None) -> Path | None:
     """The first ``musetalk/`` or ``liveportrait/`` folder holding every required file of ``engine``."""
-    folder_name = {"musetalk": MUSETALK_DIR, "liveportrait": LIVEPORTRAIT_DIR}[engine]
+    folder_name = SET_ENGINES[engine][0]
     for folder in search_dirs(weights_dir):
         if all((folder / BY_NAME[name].filename).is_file() for name in ENGINE_WEIGHTS[engine]):
             return folder / folder_name
@@ -224,11 +228,12 @@ def find_musetalk_root(weights_dir: Path | None) -> Path | None:
 
 
 def find_for_engine(engine: str, weights_dir: Path | None) -> tuple[WeightsFile, Path] | None:
-    """The preferred weights file present for ``engine``; for ``musetalk`` its UNet, when the whole set is there."""
+    """The preferred weights file present for ``engine``; for a set engine its main file, when the set is complete."""
+    if engine in SET_ENGINES:
+        root = find_engine_root(engine, weights_dir)
+        main = BY_NAME[SET_ENGINES[engine][1]]
+        return (main, root.parent / main.filename) if root else None
     dirs = search_dirs(weights_dir)
-    if engine == "musetalk":
-        root = find_musetalk_root(weights_dir)
-        return (BY_NAME["musetalk_unet"], root.parent / BY_NAME["musetalk_unet"].filename) if root else None
     for name in ENGINE_WEIGHTS.get(engine, ()):
         path = locate(BY_NAME[name], dirs)
         if path is not None:
@@ -288,12 +293,12 @@ def pinned_sha256(entry: WeightsFile, path: Path) -> str | None:
 
 
 def verify_engine_files(entry: WeightsFile, path: Path) -> bool:
-    """``verify_file`` for ``path``; for a MuseTalk file, for every file of the set present beside it."""
-    if entry.variant != "musetalk":
+    """``verify_file`` for ``path``; for a file of a set engine, for every file of the set present beside it."""
+    if entry.variant not in SET_ENGINES:
         return verify_file(entry, path)
-    root = path.parents[len(Path(entry.filename).parts) - 1]  # the weights dir holding musetalk/
-    present = [(w, root / w.filename) for w in MANIFEST if w.variant == "musetalk" and (root / w.filename).is_file()]
-    return all([verify_file(w, p) for w, p in present])
+    root = path.parents[len(Path(entry.filename).parts) - 1]  # the weights dir holding the set's folder
+    siblings = [w for w in MANIFEST if w.variant == entry.variant]
+    return all([verify_file(w, root / w.filename) for w in siblings if (root / w.filename).is_file()])
 
 
 def verify_file(entry: WeightsFile, path: Path) -> bool:

@@ -289,3 +289,5 @@ def test_manifest_lists_the_official_files_under_mit(tmp_path: Path, monkeypatch
     (tmp_path / entries[-1].filename).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / entries[-1].filename).write_bytes(b"x")
     assert weights.find_engine_root("liveportrait", tmp_path) == tmp_path / "liveportrait"
+    entry, path = weights.find_for_engine("liveportrait", tmp_path)
+    assert entry.name == "liveportrait_warping" and path == tmp_path / "liveportrait/base_models/warping_module.pth"
