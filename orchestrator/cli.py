@@ -95,15 +95,17 @@ def run_job(
 ) -> None:
     """Submit a job, wait for it unless told not to (``follow``: printing its events), print it, exit with its code."""
     with job_service() as service:
-        job = service.submit(task, payload)
+        # a local job nobody here waits for is left to a replica, not started in this short-lived process
+        here = wait or follow or service.backend_for_task(task).kind is not BackendKind.local
+        job = service.submit(task, payload, start=here)
         if follow:
             job = follow_job(service, job, as_json)
         elif wait and not job.finished:
             job = wait_with_progress(service, job, timeout_s, quiet=as_json)
-        elif job.backend == BackendKind.local and not job.finished:
+        elif not here:
             err.print(
-                "note: this job runs in this process on the local backend; it is resumed by the next"
-                f" `avatarctl jobs wait {job.id}` or `avatarctl serve`.",
+                "note: stored for a replica: a running `avatarctl serve` or `avatarctl work` starts this local job"
+                f" at once (or `avatarctl jobs wait {job.id}` runs it here).",
                 markup=False,
             )
         print_job(job, as_json)

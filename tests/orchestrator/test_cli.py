@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 from handlers.schemas import Emotion
 from handlers.settings import Settings
 from orchestrator.cli import app
+from orchestrator.config import OrchestratorSettings
+from orchestrator.service import JobService
 from storage import open_store
 from storage.avatar.archive import pack_avatar
 from storage.avatar.cache import AvatarCache
@@ -107,6 +109,23 @@ def test_preprocess_uploads_the_local_video_then_no_wait_and_cancel(
     cancelled = invoke("jobs", "cancel", job["id"], "--json")
     assert cancelled.exit_code == 0 and json.loads(cancelled.stdout)["status"] == "cancelled"
     assert emulator.emulator.jobs[job["remote_id"]].status == "CANCELLED"
+
+
+def test_a_local_job_not_waited_for_is_left_to_a_replica(cli_env: Settings, tmp_path: Path) -> None:
+    portrait = tmp_path / "face.png"
+    cv2.imwrite(str(portrait), astronaut_bgr(256))
+    result = invoke("emotion", "--image", str(portrait), "--emotion", "happy", "--no-wait", "--json")
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.stdout)
+    assert job["status"] == "queued" and job["attempts"] == 0 and job["remote_id"] is None
+    assert "stored for a replica" in result.stderr
+    replica = JobService(OrchestratorSettings(poll_interval_s=0.05))
+    try:
+        replica.start()
+        done = replica.wait(job["id"], 60)
+    finally:
+        replica.stop()
+    assert done.status == "completed" and done.attempts == 1
 
 
 def test_recover_avatars_against_s3(cli_env: Settings, s3_bucket: str, tmp_path: Path) -> None:
