@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import handlers
 from handlers.logs import configure_logging
+from handlers.runtime import WorkerRuntime
 from handlers.schemas import DEFAULT_USER_ID, URI_SCHEMES, TaskName
 from handlers.settings import Settings
 from storage import StorageError, open_store
@@ -44,8 +45,6 @@ PYTHON_VERSION = "3.11"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 WEIGHTS_MOUNT = "/weights"
 ENV_PREFIX = "MODAL_WORKER_"
-# Load statuses that are not failures: a task whose module is not built answers not_implemented itself.
-LOAD_OK = frozenset({"ok", "not_implemented"})
 # Downloading hundreds of MB of checkpoints (with resumed retries) can take a while on a slow mirror.
 FILL_WEIGHTS_TIMEOUT_S = 3600
 
@@ -121,16 +120,16 @@ class Worker:
     @modal.enter(snap=CONFIG.memory_snapshot)
     def load(self) -> None:
         configure_logging()
-        self.settings = Settings()
-        status = handlers.load_engines(self.settings, self.settings.served_tasks)
-        self.load_errors = {task: s for task, s in status.items() if s not in LOAD_OK}
+        self.runtime = WorkerRuntime.from_env()
+        status = handlers.load_engines(self.runtime)
+        self.load_errors = {task: s for task, s in status.items() if s != "ok"}
         if self.load_errors:
             log.error("worker unhealthy, engines failed to load: %s", self.load_errors)
 
     def _run(self, task: TaskName, fields: dict[str, Any]) -> dict[str, Any]:
         if self.load_errors:
             return self._unhealthy()
-        return handlers.dispatch({**fields, "task": task.value}, self.settings)
+        return handlers.dispatch({**fields, "task": task.value}, self.runtime)
 
     def _unhealthy(self) -> dict[str, Any]:
         """Refuse the call and, in a Modal container, take no more inputs so a fresh container replaces this one."""
@@ -154,7 +153,7 @@ class Worker:
         if self.load_errors:
             yield self._unhealthy()
             return
-        yield from handlers.dispatch_stream({**fields, "task": TaskName.generate_video.value}, self.settings)
+        yield from handlers.dispatch_stream({**fields, "task": TaskName.generate_video.value}, self.runtime)
 
     @modal.method()
     def render_emotion(self, **fields: Any) -> dict[str, Any]:

@@ -25,30 +25,26 @@ import importlib
 import json
 import logging
 import os
-import platform
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import handlers
+from handlers.health import cpu_name
 from handlers.logs import configure_logging
-from handlers.settings import Settings
+from handlers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
-# Load statuses that are not failures: a task whose module is not built answers not_implemented itself.
-LOAD_OK = frozenset({"ok", "not_implemented"})
 # Progress posts between two stages are throttled to this step of the fraction done.
 PROGRESS_MIN_STEP = 0.05
 # Set by RunPod in deployed workers: where progress and results are posted. Absent in local modes.
 RUNPOD_OUTPUT_URL_ENV = "RUNPOD_WEBHOOK_POST_OUTPUT"
-PROC_CPUINFO = Path("/proc/cpuinfo")
 SDK_MODULE = "runpod.serverless"
 STREAM_ENV = "WORKER_STREAM"  # "1": serve the generator handler (streamed segments)
 
@@ -57,15 +53,15 @@ ProgressSender = Callable[[dict[str, Any], dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class WorkerState:
-    """What a worker process keeps between jobs: its settings and how loading its engines went."""
+    """What a worker process keeps between jobs: its runtime and how loading its engines went."""
 
-    settings: Settings
+    runtime: WorkerRuntime
     load_status: dict[str, str]
     send_progress: ProgressSender
 
     @property
     def load_errors(self) -> dict[str, str]:
-        return {task: status for task, status in self.load_status.items() if status not in LOAD_OK}
+        return {task: status for task, status in self.load_status.items() if status != "ok"}
 
 
 _state: WorkerState | None = None
@@ -74,13 +70,7 @@ _state_lock = threading.Lock()
 
 def _cpu_label() -> dict[str, str]:
     """The processor's name as py-cpuinfo's ``brand_raw``, read without spawning a process."""
-    try:
-        for line in PROC_CPUINFO.read_text().splitlines():
-            if line.startswith("model name"):
-                return {"brand_raw": line.split(":", 1)[1].strip()}
-    except OSError:
-        pass
-    return {"brand_raw": platform.processor() or platform.machine()}
+    return {"brand_raw": cpu_name()}
 
 
 @contextmanager
@@ -116,15 +106,15 @@ def _progress_sender() -> ProgressSender:
     return lambda job, update: log.debug("job %s progress %s", job.get("id"), update)
 
 
-def init_worker(settings: Settings | None = None) -> WorkerState:
-    """Load the served tasks' engines once per process; later calls return the same state."""
+def init_worker() -> WorkerState:
+    """Build the process's runtime and load the served tasks' engines once; later calls return the same state."""
     global _state
     with _state_lock:
         if _state is None:
-            settings = settings or Settings()
+            runtime = WorkerRuntime.from_env()
             started = time.perf_counter()
-            status = handlers.load_engines(settings, settings.served_tasks)
-            _state = WorkerState(settings, status, _progress_sender())
+            status = handlers.load_engines(runtime)
+            _state = WorkerState(runtime, status, _progress_sender())
             log.info("engines loaded in %.2f s: %s", time.perf_counter() - started, status)
             if _state.load_errors:
                 log.error("worker unhealthy, engines failed to load: %s", _state.load_errors)
@@ -168,7 +158,7 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
     if state.load_errors:
         return unhealthy(state.load_errors)
     started = time.perf_counter()
-    result = handlers.dispatch(job.get("input"), state.settings, JobProgress(job, state.send_progress))
+    result = handlers.dispatch(job.get("input"), state.runtime, JobProgress(job, state.send_progress))
     return _finished(job, result, started)
 
 
@@ -180,7 +170,7 @@ def stream_handler(job: dict[str, Any]) -> Iterator[dict[str, Any]]:
         return
     started = time.perf_counter()
     progress = JobProgress(job, state.send_progress)
-    for item in handlers.dispatch_stream(job.get("input"), state.settings, progress):
+    for item in handlers.dispatch_stream(job.get("input"), state.runtime, progress):
         if "error_code" in item:  # always the last item
             yield _finished(job, item, started)
             return

@@ -123,7 +123,7 @@ def bench_overhead(health_calls: int, emotion_calls: int, store: Path) -> None:
         if "error_code" in first:
             print(f"  {task}: skipped, {first['error_code']}: {json.loads(first['error'])['error']}")
             continue
-        direct = median_ms(lambda p=payload: handlers.dispatch(p, state.settings), n)
+        direct = median_ms(lambda p=payload: handlers.dispatch(p, state.runtime), n)
         via_handler = median_ms(lambda j=job: runpod_handler.handler(j), n)
         via_sdk = median_ms(lambda j=job: asyncio.run(run_job(runpod_handler.handler, dict(j))), n)
         print(

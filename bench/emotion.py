@@ -43,10 +43,11 @@ def measure(fn: Callable[[], object], iters: int, warmup: int) -> tuple[float, f
 
 
 def engine_cases(side: int) -> dict[str, Callable[[], object]]:
-    from engines.expression import EMOTIONS, encode_image, load_expression_engine
+    from engines.expression import DEFAULT_ENGINE, EMOTIONS, encode_image, load_expression_engine
+    from engines.face import load_face_analyzer
     from tests.media import astronaut_bgr
 
-    engine = load_expression_engine()
+    engine = load_expression_engine(DEFAULT_ENGINE, load_face_analyzer())
     image = astronaut_bgr(side)
     analysis = engine.analyze(image)
     happy = engine.render(analysis, "happy", 0.7)
@@ -78,12 +79,12 @@ def dispatch_cases(side: int, store_dir: Path) -> dict[str, Callable[[], object]
     from handlers.settings import Settings
     from tests.media import astronaut_bgr
 
-    settings = Settings(avatar_store_uri=store_dir.as_uri())
+    runtime = handlers.worker_runtime(Settings(avatar_store_uri=store_dir.as_uri()))
     png = cv2.imencode(".png", astronaut_bgr(side))[1].tobytes()
     uri = "data:image/png;base64," + base64.b64encode(png).decode()
 
     def run(**fields) -> None:
-        result = handlers.dispatch({"task": "render_emotion", "user_id": "bench", "image": uri, **fields}, settings)
+        result = handlers.dispatch({"task": "render_emotion", "user_id": "bench", "image": uri, **fields}, runtime)
         if "error" in result:
             raise RuntimeError(result)
 

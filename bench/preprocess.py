@@ -29,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from engines.constants import FPS  # noqa: E402  (after the path insert)
+from handlers.runtime import WorkerRuntime  # noqa: E402
 
 TARGET_FPS = 50.0
 STAGES = (
@@ -44,7 +45,7 @@ def make_video(work: Path, seconds: float, side: int) -> Path:
     return write_video(work / "training.mp4", frames, FPS)
 
 
-def run_once(video: Path, work: Path, run: int) -> dict:
+def run_once(video: Path, work: Path, run: int, runtime: WorkerRuntime) -> dict:
     import handlers
     from handlers.settings import Settings
 
@@ -53,7 +54,7 @@ def run_once(video: Path, work: Path, run: int) -> dict:
     os.environ["AVATAR_STORE_URI"] = store.as_uri()
     os.environ["AVATAR_LOCAL_PATH"] = str(work / f"avatars{run}")
     payload = {"task": "preprocess_avatar", "user_id": "bench", "avatar_id": f"a{run}", "video": video.as_uri()}
-    result = handlers.dispatch(payload, Settings())
+    result = handlers.dispatch(payload, runtime.with_settings(Settings()))
     if "error" in result:
         raise SystemExit(f"preprocess_avatar failed: {result}")
     return result
@@ -99,13 +100,14 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=512)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from engines.face import load_face_analyzer
+    import handlers
 
-    load_face_analyzer()  # model loading is a worker start-up cost, not a per-request one
+    runtime = handlers.worker_runtime()
+    runtime.engines.face_analyzer()  # model loading is a worker start-up cost, not a per-request one
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
         work = Path(tmp)
         video = make_video(work, args.seconds, args.side)
-        results = [run_once(video, work, run) for run in range(args.runs)]
+        results = [run_once(video, work, run, runtime) for run in range(args.runs)]
         baseline = baseline_fps(video, limit=50)
     print_table(results, baseline)
 

@@ -2,15 +2,20 @@
 
 Each task lives in its own module (``handlers/<task>.py``) exposing:
 
-- ``load(settings)``: load its engines once per process (idempotent);
-- ``describe(settings)``: the engine it would use and why, for ``health`` (no heavy work);
-- ``run(request, settings, progress)``: do the task and return its result model.
+- ``load(runtime)``: load its engines into the runtime (idempotent); absent when the task loads nothing;
+- ``describe(runtime)``: the engine it would use and why, for ``health`` (no heavy work);
+- ``run(request, runtime, progress)``: do the task and return its result model.
+
+The runtime (``handlers.runtime.WorkerRuntime``: settings, loaded engines, caches) is built once per
+process by the entry point and passed in; ``dispatch(payload)`` without one uses a default runtime
+built from the environment on first use.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -19,6 +24,7 @@ from pydantic import ValidationError
 
 from engines.errors import EngineError
 from handlers.errors import TaskCancelled, TaskError
+from handlers.runtime import WorkerRuntime
 from handlers.schemas import REQUEST_MODELS, TaskName
 from handlers.settings import Settings
 from storage.errors import StorageError
@@ -32,18 +38,29 @@ WORK_TASKS = [t.value for t in TaskName if t is not TaskName.health]
 
 
 def _no_progress(stage: str, fraction: float) -> None:
-    pass
+    """The progress callback of callers that do not follow progress."""
 
 
-def task_module(task: str) -> ModuleType | None:
-    """The module that implements ``task``, or None when it is not built yet."""
-    name = f"handlers.{task}"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return None
-        raise
+def task_module(task: str) -> ModuleType:
+    """The module that implements ``task`` (one of ``TaskName``), imported on first use."""
+    return importlib.import_module(f"handlers.{TaskName(task).value}")
+
+
+def worker_runtime(settings: Settings | None = None) -> WorkerRuntime:
+    """A new runtime for an entry point: under ``settings`` when given, else read from the environment."""
+    return WorkerRuntime.build(settings) if settings is not None else WorkerRuntime.from_env()
+
+
+_default: list[WorkerRuntime] = []
+_default_lock = threading.Lock()
+
+
+def default_runtime() -> WorkerRuntime:
+    """The process's runtime for callers that pass none, built from the environment on first use."""
+    with _default_lock:
+        if not _default:
+            _default.append(WorkerRuntime.from_env())
+        return _default[0]
 
 
 def error(code: str, message: str) -> dict[str, str]:
@@ -77,16 +94,13 @@ def parse(payload: Any) -> Any:
         raise TaskError("invalid_input", _validation_message(exc)) from None
 
 
-def _served(payload: Any, settings: Settings | None) -> tuple[Any, Settings, ModuleType]:
-    """The validated request, the settings and the task's module; TaskError when this worker cannot run it."""
+def _served(payload: Any, runtime: WorkerRuntime | None) -> tuple[Any, WorkerRuntime, ModuleType]:
+    """The validated request, the runtime and the task's module; TaskError when this worker cannot run it."""
     request = parse(payload)
-    settings = settings or Settings()
-    if request.task not in (TaskName.health.value, *settings.served_tasks):
+    runtime = runtime or default_runtime()
+    if request.task not in (TaskName.health.value, *runtime.settings.served_tasks):
         raise TaskError("task_not_served", f"This worker does not serve `{request.task}` (WORKER_TASKS).")
-    module = task_module(request.task)
-    if module is None:
-        raise TaskError("not_implemented", f"Task `{request.task}` is not implemented in this version.")
-    return request, settings, module
+    return request, runtime, task_module(request.task)
 
 
 def _as_dict(result: Any) -> dict[str, Any]:
@@ -106,18 +120,18 @@ def _refusal(exc: Exception) -> dict[str, str]:
 
 
 def dispatch(
-    payload: dict[str, Any], settings: Settings | None = None, progress: Progress | None = None
+    payload: dict[str, Any], runtime: WorkerRuntime | None = None, progress: Progress | None = None
 ) -> dict[str, Any]:
     """Run one task. Never raises for bad input: returns ``{"error", "error_code"}`` instead."""
     try:
-        request, settings, module = _served(payload, settings)
-        return _as_dict(module.run(request, settings, progress or _no_progress))
+        request, runtime, module = _served(payload, runtime)
+        return _as_dict(module.run(request, runtime, progress or _no_progress))
     except Exception as exc:
         return _refusal(exc)
 
 
 def dispatch_stream(
-    payload: dict[str, Any], settings: Settings | None = None, progress: Progress | None = None
+    payload: dict[str, Any], runtime: WorkerRuntime | None = None, progress: Progress | None = None
 ) -> Iterator[dict[str, Any]]:
     """Run one task as a sequence of dicts: the items a task streams as they are made, its result last.
 
@@ -126,28 +140,23 @@ def dispatch_stream(
     Stopping the iteration early stops the task (and a streamed video's published segments are deleted).
     """
     try:
-        request, settings, module = _served(payload, settings)
+        request, runtime, module = _served(payload, runtime)
         stream = getattr(module, "stream", None)
         if stream is None:
-            yield _as_dict(module.run(request, settings, progress or _no_progress))
+            yield _as_dict(module.run(request, runtime, progress or _no_progress))
             return
-        for item in stream(request, settings, progress or _no_progress):
+        for item in stream(request, runtime, progress or _no_progress):
             yield _as_dict(item)
     except Exception as exc:
         yield _refusal(exc)
 
 
-def load_engines(settings: Settings | None = None, tasks: list[str] | None = None) -> dict[str, str]:
-    """Load the engines of the served tasks once; returns task -> "ok" or the load error."""
-    settings = settings or Settings()
+def load_engines(runtime: WorkerRuntime, tasks: list[str] | None = None) -> dict[str, str]:
+    """Load the engines of the served tasks into ``runtime``; returns task -> "ok" or the load error."""
     status = {}
-    for task in tasks if tasks is not None else settings.served_tasks:
-        module = task_module(task)
-        if module is None:
-            status[task] = "not_implemented"
-            continue
+    for task in tasks if tasks is not None else runtime.settings.served_tasks:
         try:
-            module.load(settings)
+            task_module(task).load(runtime)
             status[task] = "ok"
         except Exception as exc:
             log.exception("loading engines for %s failed", task)
@@ -155,4 +164,16 @@ def load_engines(settings: Settings | None = None, tasks: list[str] | None = Non
     return status
 
 
-__all__ = ["dispatch", "dispatch_stream", "load_engines", "parse", "task_module", "Progress", "Settings", "TaskError"]
+__all__ = [
+    "dispatch",
+    "dispatch_stream",
+    "default_runtime",
+    "worker_runtime",
+    "load_engines",
+    "parse",
+    "task_module",
+    "Progress",
+    "Settings",
+    "TaskError",
+    "WorkerRuntime",
+]

@@ -10,10 +10,9 @@ weights directories (manifest files, checksum-verified). Loaded engines are cach
 
 from __future__ import annotations
 
+import importlib
 import logging
-import threading
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,32 @@ from engines import weights
 from engines.errors import EngineError
 from engines.lipsync import LipSyncEngine
 from handlers.errors import TaskError
+from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
 
 log = logging.getLogger(__name__)
 
 CPU_ENGINE = "viseme_warp"
 AUTO = "auto"
-NEURAL_ENGINES = ("wav2lip256", "wav2lip96")  # auto's order of preference
-CHECKPOINT_SETTINGS = {"wav2lip96": "wav2lip96_checkpoint", "wav2lip256": "wav2lip256_checkpoint"}
 USER_CHECKPOINT_LICENCE = "User-supplied checkpoint: the terms its owner grants."
 
-_lock = threading.Lock()
-_engines: dict[tuple[Any, ...], LipSyncEngine] = {}
-_failures: dict[tuple[Any, ...], EngineError] = {}  # keyed by file stat: a replaced file is tried again
+
+@dataclass(frozen=True)
+class NeuralEngine:
+    """A lip-sync engine that loads weights: where they come from and when auto may pick it."""
+
+    name: str
+    module: str  # imported on first load: registers the engine class (and imports torch)
+    checkpoint_setting: str | None  # the Settings field naming a user's own checkpoint, if the engine takes one
+    needs_cuda: bool = False  # auto passes it over without CUDA (a few frames/s on a CPU)
+
+
+# auto's order of preference; the CPU engine comes after all of them. A new engine is one more row.
+NEURAL_ENGINES = (
+    NeuralEngine("wav2lip256", "engines.lipsync.wav2lip", "wav2lip256_checkpoint", needs_cuda=True),
+    NeuralEngine("wav2lip96", "engines.lipsync.wav2lip", "wav2lip96_checkpoint"),
+)
+NEURAL_BY_NAME = {engine.name: engine for engine in NEURAL_ENGINES}
 
 
 @dataclass(frozen=True)
@@ -63,9 +75,10 @@ def cuda_available() -> bool:
 
 def find_weights(engine: str, settings: Settings) -> WeightsFound | None:
     """The weights ``engine`` would load: the user's checkpoint setting first, else a manifest file."""
-    user_checkpoint = getattr(settings, CHECKPOINT_SETTINGS[engine])
-    if user_checkpoint is not None:
-        return WeightsFound(engine, Path(user_checkpoint), CHECKPOINT_SETTINGS[engine].upper(), None)
+    setting = NEURAL_BY_NAME[engine].checkpoint_setting
+    user_checkpoint = getattr(settings, setting) if setting else None
+    if setting and user_checkpoint is not None:
+        return WeightsFound(engine, Path(user_checkpoint), setting.upper(), None)
     found = weights.find_for_engine(engine, settings.weights_dir)
     return WeightsFound(engine, found[1], found[0].name, found[0]) if found else None
 
@@ -76,10 +89,11 @@ def _missing_message(engine: str, settings: Settings, found: WeightsFound | None
     names = weights.ENGINE_WEIGHTS[engine]
     files = " or ".join(f"`{weights.BY_NAME[n].filename}`" for n in names)
     dirs = ", ".join(str(d) for d in weights.search_dirs(settings.weights_dir))
+    setting = NEURAL_BY_NAME[engine].checkpoint_setting
+    own = f" or set {setting.upper()} to your own checkpoint" if setting else ""
     return (
         f"Engine `{engine}` needs its weights: {files} not found in {dirs}. Fetch them with "
-        f"`{weights.fetch_command(names[:1], settings.weights_dir)}` or set "
-        f"{CHECKPOINT_SETTINGS[engine].upper()} to your own checkpoint; or use `auto` / `{CPU_ENGINE}`."
+        f"`{weights.fetch_command(names[:1], settings.weights_dir)}`{own}; or use `auto` / `{CPU_ENGINE}`."
     )
 
 
@@ -88,75 +102,76 @@ def _present(engine: str, settings: Settings) -> WeightsFound | None:
     return found if found is not None and found.path.is_file() else None
 
 
-def _auto_candidates(settings: Settings) -> list[tuple[str, str]]:
+def _auto_candidates(runtime: WorkerRuntime) -> list[tuple[str, str]]:
     """(engine, reason) in the order auto tries them; the CPU engine always ends the list."""
+    settings, failures = runtime.settings, runtime.engines.failures
     candidates, notes = [], []
-    for engine in NEURAL_ENGINES:
-        found = _present(engine, settings)
-        configured = find_weights(engine, settings) if found is None else None
+    for spec in NEURAL_ENGINES:
+        found = _present(spec.name, settings)
+        configured = find_weights(spec.name, settings) if found is None else None
         if configured is not None:
             notes.append(f"{configured.origin} `{configured.path}` does not exist")
         elif found is None:
-            notes.append(f"no {engine} weights")
-        elif engine == "wav2lip256" and not cuda_available():  # torch imported only when weights exist
-            notes.append("wav2lip256 weights found but no CUDA device")
-        elif found.key in _failures:
-            notes.append(f"{engine} failed to load ({_failures[found.key].code})")
+            notes.append(f"no {spec.name} weights")
+        elif spec.needs_cuda and not cuda_available():  # torch imported only when weights exist
+            notes.append(f"{spec.name} weights found but no CUDA device")
+        elif found.key in failures:
+            notes.append(f"{spec.name} failed to load ({failures[found.key].code})")
         else:
-            candidates.append((engine, f"auto: {engine} weights found ({found.path})"))
+            candidates.append((spec.name, f"auto: {spec.name} weights found ({found.path})"))
     candidates.append((CPU_ENGINE, "auto: " + "; ".join(notes)))
     return candidates
 
 
-def choose(requested: str, settings: Settings) -> tuple[str, str]:
+def choose(requested: str, runtime: WorkerRuntime) -> tuple[str, str]:
     """(engine name, reason) for a requested engine name, without loading anything."""
     if requested == AUTO:
-        return _auto_candidates(settings)[0]
+        return _auto_candidates(runtime)[0]
     if requested == CPU_ENGINE:
         return CPU_ENGINE, "requested"
-    if requested in NEURAL_ENGINES:
-        if _present(requested, settings) is None:
-            missing = _missing_message(requested, settings, find_weights(requested, settings))
+    if requested in NEURAL_BY_NAME:
+        if _present(requested, runtime.settings) is None:
+            missing = _missing_message(requested, runtime.settings, find_weights(requested, runtime.settings))
             raise TaskError("engine_unavailable", missing)
         return requested, "requested"
-    allowed = ", ".join((AUTO, *NEURAL_ENGINES, CPU_ENGINE))
+    allowed = ", ".join((AUTO, *NEURAL_BY_NAME, CPU_ENGINE))
     raise TaskError("engine_unavailable", f"Unknown engine `{requested}`: use one of {allowed}.")
 
 
-@cache
-def _cpu_engine() -> LipSyncEngine:
-    from engines.lipsync import viseme_warp
+def cpu_engine(runtime: WorkerRuntime) -> LipSyncEngine:
+    """The CPU lip-sync engine (no weights), loaded once into the runtime."""
+    from engines.lipsync.viseme_warp import VisemeWarpEngine
 
-    return viseme_warp.VisemeWarpEngine.load()
+    engines = runtime.engines
+    return engines.once(("lipsync", CPU_ENGINE), lambda: VisemeWarpEngine.load(engines.face_analyzer()))
 
 
-def _load_file(engine: str, path: Path, precision: str) -> LipSyncEngine:
-    import engines.lipsync.wav2lip  # noqa: F401  (imports torch; registers the neural engines)
+def _load_file(found: WeightsFound, settings: Settings) -> LipSyncEngine:
     from engines.lipsync import LIPSYNC_ENGINES
 
-    if engine == "wav2lip256" and not cuda_available():
-        log.warning("wav2lip256 without CUDA: expect a few frames/s on CPU")
-    return LIPSYNC_ENGINES[engine].load(path, precision=precision)
+    spec = NEURAL_BY_NAME[found.engine]
+    if found.entry is not None:
+        weights.verify_file(found.entry, found.path)
+    importlib.import_module(spec.module)
+    if spec.needs_cuda and not cuda_available():
+        log.warning("%s without CUDA: expect a few frames/s on CPU", spec.name)
+    return LIPSYNC_ENGINES[spec.name].load(found.path, precision=settings.wav2lip_precision)
 
 
-def _neural_engine(engine: str, settings: Settings) -> tuple[LipSyncEngine, WeightsFound]:
+def _neural_engine(engine: str, runtime: WorkerRuntime) -> tuple[LipSyncEngine, WeightsFound]:
     """Load (once per process and file) the neural engine; EngineError on a bad file."""
-    found = _present(engine, settings)
+    found = _present(engine, runtime.settings)
     if found is None:
-        raise TaskError("engine_unavailable", _missing_message(engine, settings, find_weights(engine, settings)))
-    key = found.key
-    with _lock:
-        if key in _failures:
-            raise _failures[key]
-        if key not in _engines:
-            try:
-                if found.entry is not None:
-                    weights.verify_file(found.entry, found.path)
-                _engines[key] = _load_file(engine, found.path, settings.wav2lip_precision)
-            except EngineError as exc:
-                _failures[key] = exc
-                raise
-        return _engines[key], found
+        missing = _missing_message(engine, runtime.settings, find_weights(engine, runtime.settings))
+        raise TaskError("engine_unavailable", missing)
+    key, failures = found.key, runtime.engines.failures
+    if key in failures:
+        raise failures[key]
+    try:
+        return runtime.engines.once(key, lambda: _load_file(found, runtime.settings)), found
+    except EngineError as exc:
+        failures[key] = exc
+        raise
 
 
 def _info(engine: LipSyncEngine, reason: str, found: WeightsFound | None) -> dict[str, Any]:
@@ -166,20 +181,20 @@ def _info(engine: LipSyncEngine, reason: str, found: WeightsFound | None) -> dic
     return info
 
 
-def lipsync_engine(requested: str, settings: Settings) -> tuple[LipSyncEngine, dict[str, Any]]:
-    """The loaded engine (cached per process) and the info the result reports."""
+def lipsync_engine(requested: str, runtime: WorkerRuntime) -> tuple[LipSyncEngine, dict[str, Any]]:
+    """The loaded engine (kept by the runtime) and the info the result reports."""
     if requested != AUTO:
-        name, reason = choose(requested, settings)
+        name, reason = choose(requested, runtime)
         if name == CPU_ENGINE:
-            return _cpu_engine(), _info(_cpu_engine(), reason, None)
-        engine, found = _neural_engine(name, settings)
+            return cpu_engine(runtime), _info(cpu_engine(runtime), reason, None)
+        engine, found = _neural_engine(name, runtime)
         return engine, _info(engine, reason, found)
     failed = []
-    for name, reason in _auto_candidates(settings):
+    for name, reason in _auto_candidates(runtime):
         if name == CPU_ENGINE:
-            return _cpu_engine(), _info(_cpu_engine(), "; ".join([reason, *failed]), None)
+            return cpu_engine(runtime), _info(cpu_engine(runtime), "; ".join([reason, *failed]), None)
         try:
-            engine, found = _neural_engine(name, settings)
+            engine, found = _neural_engine(name, runtime)
         except Exception as exc:  # auto must still serve: any load failure (bad file, CUDA OOM) falls back
             code = getattr(exc, "code", type(exc).__name__)
             log.warning("auto engine: %s failed to load (%s: %s); falling back", name, code, exc)
@@ -189,11 +204,11 @@ def lipsync_engine(requested: str, settings: Settings) -> tuple[LipSyncEngine, d
     raise AssertionError("unreachable: the CPU engine ends the candidate list")
 
 
-def _verified(found: WeightsFound) -> bool | None:
+def _verified(found: WeightsFound, runtime: WorkerRuntime) -> bool | None:
     """Checksum state without hashing: True/False once checked in this process, None before."""
     if found.entry is None:
         return None
-    failure = _failures.get(found.key)
+    failure = runtime.engines.failures.get(found.key)
     if failure is not None and failure.code == "checksum_mismatch":
         return False
     expected = weights.pinned_sha256(found.entry, found.path)
@@ -203,25 +218,26 @@ def _verified(found: WeightsFound) -> bool | None:
     return None if digest is None else digest == expected
 
 
-def describe(settings: Settings) -> dict[str, Any]:
+def _weights_report(found: WeightsFound, runtime: WorkerRuntime) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "engine": found.engine,
+        "path": str(found.path),
+        "origin": found.origin,
+        "verified": _verified(found, runtime),
+        "licence": found.licence,
+        "commercial_use": found.entry.commercial_use if found.entry else None,
+    }
+    failure = runtime.engines.failures.get(found.key)
+    if failure is not None:
+        report["load_error"] = failure.code
+    return report
+
+
+def describe(runtime: WorkerRuntime) -> dict[str, Any]:
     """For ``health``: the engine auto would use and why, and the weights found (cheap: no hashing)."""
-    name, reason = choose(AUTO, settings)
-    found_weights = []
-    for engine in NEURAL_ENGINES:
-        found = _present(engine, settings)
-        if found is not None:
-            found_weights.append(
-                {
-                    "engine": engine,
-                    "path": str(found.path),
-                    "origin": found.origin,
-                    "verified": _verified(found),
-                    "licence": found.licence,
-                    "commercial_use": found.entry.commercial_use if found.entry else None,
-                }
-            )
-            if found.key in _failures:
-                found_weights[-1]["load_error"] = _failures[found.key].code
+    name, reason = choose(AUTO, runtime)
+    present = (_present(spec.name, runtime.settings) for spec in NEURAL_ENGINES)
+    found_weights = [_weights_report(found, runtime) for found in present if found is not None]
     result: dict[str, Any] = {"engine": name, "reason": reason, "cuda": cuda_available(), "weights": found_weights}
     if any(w["origin"] in ("wav2lip96", "wav2lip96_gan") for w in found_weights):
         result["licence_notice"] = "Wav2Lip 96-px weights present: " + weights.NON_COMMERCIAL

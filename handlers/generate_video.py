@@ -24,7 +24,6 @@ import time
 from collections import deque
 from collections.abc import Generator, Iterator
 from contextlib import ExitStack
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +33,14 @@ import storage
 from engines.codecs.segments import SegmentedMp4Writer, SegmentPlan
 from engines.codecs.video_out import EncodeStats, Mp4Writer
 from engines.errors import EngineError
-from engines.face import load_face_analyzer
 from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames, DrivingAudio, LipSyncEngine
 from engines.lipsync.frame_cache import FrameCache, LazyFrames
-from engines.tts import SpeechSynthesizer, VoiceParams, load_synthesizer, resample
+from engines.tts import SpeechSynthesizer, VoiceParams, resample
 from handlers import Progress, engine_choice
 from handlers.errors import TaskError
 from handlers.inputs import fetch_image, read_image, timed
 from handlers.outputs import new_id, resolve_store, upload
+from handlers.runtime import WorkerRuntime
 from handlers.schemas import GenerateVideoRequest, GenerateVideoResult, StreamSegment, Voice
 from handlers.settings import Settings
 from handlers.streaming import SegmentPublisher
@@ -58,49 +57,44 @@ PROGRESS_EVERY_FRAMES = 25
 FIRST_SEGMENT_WAIT_S = 5.0  # the most rendering waits for the encoder to finish the first segment
 STAGE_START = {"fetch": 0.0, "tts": 0.1, "render": 0.2, "upload": 0.95}
 
-MIB = 1024 * 1024
-# Sized from the settings by load() and run(); until then, the settings' default.
-_FRAMES = FrameCache(Settings.model_fields["avatar_frame_cache_mb"].default * MIB)
 
-
-def load(settings: Settings) -> None:
+def load(runtime: WorkerRuntime) -> None:
     """Load what the first request would: face analyzer, eSpeak, the lip-sync engine."""
-    _FRAMES.resize(settings.avatar_frame_cache_mb * MIB)
-    load_face_analyzer()
-    _synthesizer("espeak", settings)
-    engine_choice.lipsync_engine("auto", settings)
+    runtime.engines.face_analyzer()
+    _synthesizer("espeak", runtime)
+    engine_choice.lipsync_engine("auto", runtime)
 
 
-def describe(settings: Settings) -> dict[str, Any]:
-    return engine_choice.describe(settings)
+def describe(runtime: WorkerRuntime) -> dict[str, Any]:
+    return engine_choice.describe(runtime)
 
 
-def run(request: GenerateVideoRequest, settings: Settings, progress: Progress) -> GenerateVideoResult:
-    (result,) = deque(stream(request, settings, progress), maxlen=1)
+def run(request: GenerateVideoRequest, runtime: WorkerRuntime, progress: Progress) -> GenerateVideoResult:
+    (result,) = deque(stream(request, runtime, progress), maxlen=1)
     assert isinstance(result, GenerateVideoResult)
     return result
 
 
 def stream(
-    request: GenerateVideoRequest, settings: Settings, progress: Progress
+    request: GenerateVideoRequest, runtime: WorkerRuntime, progress: Progress
 ) -> Iterator[StreamSegment | GenerateVideoResult]:
     """The task as a sequence: a ``StreamSegment`` per stored segment (``stream: true`` only), the result last."""
     started = time.perf_counter()
-    _FRAMES.resize(settings.avatar_frame_cache_mb * MIB)
+    settings = runtime.settings
     timings: dict[str, float] = {}
     store = resolve_store(request.store, settings)
     video_id = request.video_id or new_id()
     # first: a named engine without its weights is refused before anything is downloaded or spoken
-    engine, engine_info = engine_choice.lipsync_engine(request.engine, settings)
+    engine, engine_info = engine_choice.lipsync_engine(request.engine, runtime)
     with tempfile.TemporaryDirectory(prefix="generate-video-") as tmp, ExitStack() as holds:
         work = Path(tmp)
         progress("fetch", STAGE_START["fetch"])
         with timed(timings, "fetch"):
-            avatar = _avatar(request, store, settings, work, holds)
+            avatar = _avatar(request, store, runtime, work, holds)
             audio_path = _fetch_audio(request.audio, settings, work) if request.audio else None
         progress("tts", STAGE_START["tts"])
         with timed(timings, "tts"):
-            audio = _speech(request, audio_path, settings)
+            audio = _speech(request, audio_path, runtime)
         output = work / f"{video_id}.mp4"
         plan = SegmentPlan(FPS)
         publisher = (
@@ -137,10 +131,10 @@ def stream(
 
 
 def _avatar(
-    request: GenerateVideoRequest, store: storage.ObjectStore, settings: Settings, work: Path, holds: ExitStack
+    request: GenerateVideoRequest, store: storage.ObjectStore, runtime: WorkerRuntime, work: Path, holds: ExitStack
 ) -> AvatarFrames:
     """The avatar's frames; a stored avatar's folder stays held (unchanged on disk) until ``holds`` closes."""
-    return avatar_frames(request.user_id, request.avatar_id, request.image, store, settings, work, holds)
+    return avatar_frames(request.user_id, request.avatar_id, request.image, store, runtime, work, holds)
 
 
 def avatar_frames(
@@ -148,35 +142,35 @@ def avatar_frames(
     avatar_id: str | None,
     image: str | None,
     store: storage.ObjectStore,
-    settings: Settings,
+    runtime: WorkerRuntime,
     work: Path,
     holds: ExitStack,
     portrait_max_side: int = PORTRAIT_MAX_SIDE,
 ) -> AvatarFrames:
     """A stored avatar's frames (its folder held until ``holds`` closes), else the portrait ``image`` animated."""
     if image is not None:
-        return _portrait_avatar(image, settings, work, portrait_max_side)
-    cache = open_cache(settings.avatar_local_path, settings.avatar_revalidate_s)
+        return _portrait_avatar(image, runtime, work, portrait_max_side)
+    cache = open_cache(runtime.settings.avatar_local_path, runtime.settings.avatar_revalidate_s)
     path = holds.enter_context(cache.acquire(store, user_id, avatar_id or ""))
-    return stored_avatar(load_avatar(path))
+    return stored_avatar(load_avatar(path), runtime.engines.frames)
 
 
-def stored_avatar(loaded: LoadedAvatar) -> AvatarFrames:
-    """A stored avatar as engine input, its frames decoded lazily through the process-wide frame cache."""
+def stored_avatar(loaded: LoadedAvatar, frame_cache: FrameCache) -> AvatarFrames:
+    """A stored avatar as engine input, its frames decoded lazily through the process's frame cache."""
     return AvatarFrames(
-        frames=LazyFrames(loaded.full_frame_paths, _FRAMES),
+        frames=LazyFrames(loaded.full_frame_paths, frame_cache),
         coords=[tuple(int(v) for v in box) for box in loaded.coords],
-        face_crops=LazyFrames(loaded.face_crop_paths, _FRAMES) if loaded.face_crop_paths else None,
+        face_crops=LazyFrames(loaded.face_crop_paths, frame_cache) if loaded.face_crop_paths else None,
         landmarks=None if loaded.landmarks is None else np.asarray(loaded.landmarks, dtype=np.float32),
         fps=FPS,
     )
 
 
-def _portrait_avatar(uri: str, settings: Settings, work: Path, max_side: int) -> AvatarFrames:
+def _portrait_avatar(uri: str, runtime: WorkerRuntime, work: Path, max_side: int) -> AvatarFrames:
     from engines.lipsync.portrait_avatar import build_portrait_avatar
 
-    image = read_image(fetch_image(uri, settings, work), settings, max_side)
-    return build_portrait_avatar(image, load_face_analyzer())
+    image = read_image(fetch_image(uri, runtime.settings, work), runtime.settings, max_side)
+    return build_portrait_avatar(image, runtime.engines.face_analyzer())
 
 
 # ---- speech ----------------------------------------------------------------------------------
@@ -187,21 +181,23 @@ def _fetch_audio(uri: str, settings: Settings, work: Path) -> Path:
     return storage.fetch(uri, work / "speech-audio", settings.storage, max_bytes=max_bytes)
 
 
-def _speech(request: GenerateVideoRequest, audio_path: Path | None, settings: Settings) -> DrivingAudio:
+def _speech(request: GenerateVideoRequest, audio_path: Path | None, runtime: WorkerRuntime) -> DrivingAudio:
     from engines.codecs.audio import decode_audio
 
     if audio_path is not None:
-        samples = decode_audio(audio_path, sample_rate=SAMPLE_RATE, max_seconds=settings.max_audio_seconds)
+        max_seconds = runtime.settings.max_audio_seconds
+        samples = decode_audio(audio_path, sample_rate=SAMPLE_RATE, max_seconds=max_seconds)
         if len(samples) == 0:
             raise TaskError("empty_audio", "`audio` decodes to no samples: give a file with speech in it")
         return DrivingAudio(samples=samples)
-    return speak(request.text or "", request.voice, settings)  # the schema allows exactly one of text / audio
+    return speak(request.text or "", request.voice, runtime)  # the schema allows exactly one of text / audio
 
 
-def speak(text: str, voice: Voice, settings: Settings) -> DrivingAudio:
+def speak(text: str, voice: Voice, runtime: WorkerRuntime) -> DrivingAudio:
     """``text`` spoken at 16 kHz with its phoneme timeline (when the synthesizer gives one); TaskError when
     it makes no audio or more than MAX_AUDIO_SECONDS."""
-    speech = _synthesizer(voice.provider, settings).synthesize(text, _voice_params(voice))
+    settings = runtime.settings
+    speech = _synthesizer(voice.provider, runtime).synthesize(text, _voice_params(voice))
     samples = resample(speech.samples, speech.sample_rate, SAMPLE_RATE)
     if len(samples) == 0:
         raise TaskError("empty_speech", "the speech synthesizer returned no audio for `text`")
@@ -218,22 +214,20 @@ def _voice_params(voice: Voice) -> VoiceParams:
     return VoiceParams(name=voice.name, rate=voice.rate, pitch=voice.pitch, ref_id=voice.ref_id)
 
 
-def _synthesizer(provider: str, settings: Settings) -> SpeechSynthesizer:
-    if provider == "fish":
-        return _cached_synthesizer(provider, api_key=settings.fish_api_key, base_url=settings.fish_base_url)
-    if provider == "openai":
-        return _cached_synthesizer(
-            provider,
-            api_key=settings.openai_api_key,
-            base_url=settings.openai_base_url,
-            model=settings.openai_tts_model,
-        )
-    return _cached_synthesizer(provider)
+def _provider_config(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Each HTTP speech provider's configuration from the settings (eSpeak takes none)."""
+    return {
+        "fish": {"api_key": settings.fish_api_key, "base_url": settings.fish_base_url},
+        "openai": {
+            "api_key": settings.openai_api_key,
+            "base_url": settings.openai_base_url,
+            "model": settings.openai_tts_model,
+        },
+    }
 
 
-@cache
-def _cached_synthesizer(provider: str, **config: Any) -> SpeechSynthesizer:
-    return load_synthesizer(provider, **config)
+def _synthesizer(provider: str, runtime: WorkerRuntime) -> SpeechSynthesizer:
+    return runtime.engines.synthesizer(provider, **_provider_config(runtime.settings).get(provider, {}))
 
 
 # ---- render + encode -------------------------------------------------------------------------

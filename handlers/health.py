@@ -9,8 +9,8 @@ import platform
 from typing import Any
 
 import handlers
+from handlers.runtime import WorkerRuntime
 from handlers.schemas import HealthRequest
-from handlers.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +24,18 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _cpu() -> dict[str, Any]:
-    name = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The processor's model name from /proc/cpuinfo (no subprocess), else what ``platform`` knows."""
+    fallback = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
+            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), fallback)
     except OSError:
-        pass
-    return {"type": "cpu", "cuda": False, "name": name, "cores": os.cpu_count()}
+        return fallback
+
+
+def _cpu() -> dict[str, Any]:
+    return {"type": "cpu", "cuda": False, "name": cpu_name(), "cores": os.cpu_count()}
 
 
 def device() -> dict[str, Any]:
@@ -45,30 +49,19 @@ def device() -> dict[str, Any]:
     return _cpu()
 
 
-def load(settings: Settings) -> None:
-    pass
-
-
-def describe(settings: Settings) -> dict[str, Any]:
-    return {"engine": "none"}
-
-
-def _task_status(task: str, settings: Settings) -> dict[str, Any]:
+def _task_status(task: str, runtime: WorkerRuntime) -> dict[str, Any]:
     """One task's entry; a task that fails to import or describe itself is reported, not fatal to health."""
     try:
-        module = handlers.task_module(task)
-        if module is None:
-            return {"status": "not_implemented"}
-        if task not in settings.served_tasks:
+        if task not in runtime.settings.served_tasks:
             return {"status": "not_served"}
-        return {"status": "ok", **module.describe(settings)}
+        return {"status": "ok", **handlers.task_module(task).describe(runtime)}
     except Exception as exc:
         log.exception("health: task %s cannot describe itself", task)
         return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
 
 
-def run(request: HealthRequest, settings: Settings, progress: handlers.Progress) -> dict[str, Any]:
-    tasks = {task: _task_status(task, settings) for task in handlers.WORK_TASKS}
+def run(request: HealthRequest, runtime: WorkerRuntime, progress: handlers.Progress) -> dict[str, Any]:
+    tasks = {task: _task_status(task, runtime) for task in handlers.WORK_TASKS}
     return {
         "status": "ok",
         "device": device(),

@@ -38,12 +38,13 @@ import numpy as np
 import storage
 from engines.codecs.video_in import VideoInfo, probe_video, read_frames
 from engines.constants import FPS
-from engines.face import FaceAnalyzer, load_face_analyzer
+from engines.face import FaceAnalyzer
 from engines.face.boxes import AvatarFrame, FaceBoxStream, FaceGapError, NoFaceError
 from engines.face.tracker import FaceTracker
 from handlers.errors import TaskError
 from handlers.inputs import timed
 from handlers.outputs import resolve_store, upload
+from handlers.runtime import WorkerRuntime
 from handlers.schemas import PreprocessAvatarRequest, PreprocessAvatarResult
 from handlers.settings import Settings
 from storage.avatar.archive import pack_avatar
@@ -71,20 +72,21 @@ STAGE_START = {"fetch": 0.0, "probe": 0.04, "frames": 0.05, "tar": 0.85, "upload
 Progress = Callable[[str, float], None]
 
 
-def load(settings: Settings) -> None:
-    load_face_analyzer()
+def load(runtime: WorkerRuntime) -> None:
+    runtime.engines.face_analyzer()
 
 
-def describe(settings: Settings) -> dict[str, Any]:
+def describe(runtime: WorkerRuntime) -> dict[str, Any]:
     return {
         "engine": "dlib_hog",
         "reason": "CPU face pipeline: dlib HOG detection on downscaled frames, 68-landmark tracking in between",
     }
 
 
-def run(request: PreprocessAvatarRequest, settings: Settings, progress: Progress) -> PreprocessAvatarResult:
+def run(request: PreprocessAvatarRequest, runtime: WorkerRuntime, progress: Progress) -> PreprocessAvatarResult:
     started = time.perf_counter()
-    analyzer = load_face_analyzer()
+    settings = runtime.settings
+    analyzer = runtime.engines.face_analyzer()
     store = resolve_store(request.store, settings)
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="preprocess-avatar-") as tmp:

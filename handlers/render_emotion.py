@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from engines.constants import IMAGE_CONTENT_TYPES
-from engines.expression import DEFAULT_ENGINE, ExpressionEngine, encode_image, load_expression_engine
+from engines.expression import DEFAULT_ENGINE, ExpressionEngine, encode_image
 from handlers import Progress
 from handlers.inputs import fetch_image, read_image
 from handlers.outputs import new_id, resolve_store, upload
+from handlers.runtime import WorkerRuntime
 from handlers.schemas import EmotionRender, RenderEmotionRequest, RenderEmotionResult
 from handlers.settings import Settings
 from storage import ObjectStore
@@ -37,18 +38,19 @@ STAGE_START = {"fetch": 0.0, "analyze": 0.1, "render": 0.2, "upload": 0.9}
 ENGINE_REASON = "CPU landmark warp; no GPU expression engine in this build"
 
 
-def load(settings: Settings) -> None:
-    load_expression_engine(DEFAULT_ENGINE)
+def load(runtime: WorkerRuntime) -> None:
+    runtime.engines.expression_engine(DEFAULT_ENGINE)
 
 
-def describe(settings: Settings) -> dict[str, Any]:
+def describe(runtime: WorkerRuntime) -> dict[str, Any]:
     return {"engine": DEFAULT_ENGINE, "reason": ENGINE_REASON}
 
 
-def run(request: RenderEmotionRequest, settings: Settings, progress: Progress) -> RenderEmotionResult:
+def run(request: RenderEmotionRequest, runtime: WorkerRuntime, progress: Progress) -> RenderEmotionResult:
+    settings = runtime.settings
     store = resolve_store(request.store, settings)
     render_id = request.render_id or new_id()
-    engine = load_expression_engine(DEFAULT_ENGINE)
+    engine = runtime.engines.expression_engine(DEFAULT_ENGINE)
     with tempfile.TemporaryDirectory(prefix="render-emotion-") as tmp:
         work = Path(tmp)
         progress("fetch", STAGE_START["fetch"])

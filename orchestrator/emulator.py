@@ -108,7 +108,7 @@ class RunpodEmulator:
     def start(self) -> None:
         if self._threads:
             return
-        self.settings = self.settings or handlers.Settings()
+        self.runtime = handlers.worker_runtime(self.settings)
         self._stopping.clear()
         for n in range(self.workers):
             thread = threading.Thread(target=self._work, args=(f"emulated-worker-{n}",), daemon=True)
@@ -303,7 +303,7 @@ class RunpodEmulator:
             job.output = {"stage": stage, "fraction": round(float(fraction), 4)}
 
         def run(request: dict[str, Any]) -> dict[str, Any]:
-            result = handlers.dispatch(request["input"], self.settings, progress)
+            result = handlers.dispatch(request["input"], self.runtime, progress)
             if "error_code" in result:
                 return worker_failure(result["error_code"], result["error"])
             return result

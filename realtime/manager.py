@@ -12,8 +12,9 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+import handlers
 import realtime
-from engines.lipsync.viseme_warp import VisemeWarpEngine
+from handlers.engine_choice import cpu_engine
 from handlers.errors import TaskError
 from handlers.generate_video import avatar_frames, speak
 from handlers.outputs import resolve_store
@@ -50,10 +51,10 @@ class SessionNotFound(TaskError):
 
 class SessionManager:
     def __init__(self, settings: Settings | None = None, limits: RealtimeSettings | None = None) -> None:
-        self.settings = settings or Settings()
+        self.runtime = handlers.worker_runtime(settings)  # this process's engines for its live sessions
+        self.settings = self.runtime.settings
         self.limits = limits or RealtimeSettings()
         self.sessions: dict[str, LiveSession] = {}
-        self._engine: VisemeWarpEngine | None = None
 
     async def create(
         self, user_id: str, avatar_id: str | None, image: str | None, store: str | None, offer: dict[str, str]
@@ -70,10 +71,8 @@ class SessionManager:
         try:
             loop_args = (user_id, avatar_id, image, store, holds)
             avatar = await _on(executor, self._avatar, *loop_args)
-            self._engine = self._engine or VisemeWarpEngine.load()
-            session = LiveSession(
-                session_id, avatar, holds, self._engine, executor, self._speak, self.limits.idle_timeout_s
-            )
+            engine = cpu_engine(self.runtime)
+            session = LiveSession(session_id, avatar, holds, engine, executor, self._speak, self.limits.idle_timeout_s)
             self.sessions[session_id] = session
             answer = await session.answer(offer)
         except BaseException:
@@ -111,14 +110,14 @@ class SessionManager:
                 avatar_id,
                 image,
                 resolve_store(store, self.settings),
-                self.settings,
+                self.runtime,
                 Path(tmp),
                 holds,
                 portrait_max_side=self.limits.max_side,
             )
 
     def _speak(self, text: str, voice: Any) -> Any:
-        return speak(text, voice, self.settings)
+        return speak(text, voice, self.runtime)
 
 
 async def _on(executor: ThreadPoolExecutor, fn: Any, *args: Any) -> Any:

@@ -76,13 +76,13 @@ class GCSStore(BucketStore):
     def __init__(
         self,
         bucket: str,
-        prefix: str = "",
-        settings: StorageSettings | None = None,
+        prefix: str,
+        settings: StorageSettings,
         *,
         page_size: int = LIST_PAGE_SIZE,
     ) -> None:
         super().__init__("gs", bucket, prefix)
-        self._settings = settings or StorageSettings()
+        self._settings = settings
         self._client = gcs_client(self._settings)
         self._bucket = self._client.bucket(bucket)
         self._page_size = page_size

@@ -49,14 +49,14 @@ class S3Store(BucketStore):
     def __init__(
         self,
         bucket: str,
-        prefix: str = "",
-        settings: StorageSettings | None = None,
+        prefix: str,
+        settings: StorageSettings,
         *,
         transfer: TransferConfig = DEFAULT_TRANSFER,
         page_size: int = LIST_PAGE_SIZE,
     ) -> None:
         super().__init__("s3", bucket, prefix)
-        self._client = s3_client(settings or StorageSettings())
+        self._client = s3_client(settings)
         self._transfer = transfer
         self._page_size = page_size
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from handlers.runtime import Engines, WorkerRuntime
 from handlers.settings import Settings
 
 
@@ -95,3 +96,15 @@ def task_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def test_engines() -> Engines:
+    """One set of loaded engines for the whole test run, as a worker process keeps one."""
+    return Engines(frame_cache_bytes=256 * 1024 * 1024)
+
+
+@pytest.fixture
+def runtime(local_settings: Settings, test_engines: Engines) -> WorkerRuntime:
+    """The worker runtime of ``local_settings``; ``runtime.with_settings(...)`` for other settings."""
+    return WorkerRuntime(local_settings, test_engines)

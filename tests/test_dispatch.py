@@ -1,10 +1,11 @@
 """The contract's boundary: bad input returns an error dict naming the problem and writes nothing."""
 
 import handlers
+from handlers.runtime import WorkerRuntime
 
 
-def test_health_reports_device_and_tasks(local_settings):
-    result = handlers.dispatch({"task": "health"}, local_settings)
+def test_health_reports_device_and_tasks(local_settings, runtime: WorkerRuntime):
+    result = handlers.dispatch({"task": "health"}, runtime)
     assert result["status"] == "ok"
     assert result["device"]["type"] in ("cpu", "cuda")
     assert set(result["tasks"]) == {"preprocess_avatar", "generate_video", "render_emotion"}
@@ -27,49 +28,49 @@ def test_unknown_field_is_named():
     assert "`colour`" in result["error"]
 
 
-def test_bad_ids_are_refused(local_settings):
+def test_bad_ids_are_refused(local_settings, runtime: WorkerRuntime):
     payload = {"task": "preprocess_avatar", "avatar_id": "../etc", "user_id": "u1", "video": "file:///x.mp4"}
-    result = handlers.dispatch(payload, local_settings)
+    result = handlers.dispatch(payload, runtime)
     assert result["error_code"] == "invalid_input"
     assert "`avatar_id`" in result["error"]
 
 
-def test_exactly_one_source_for_generate(local_settings):
-    result = handlers.dispatch({"task": "generate_video", "user_id": "u", "avatar_id": "a"}, local_settings)
+def test_exactly_one_source_for_generate(local_settings, runtime: WorkerRuntime):
+    result = handlers.dispatch({"task": "generate_video", "user_id": "u", "avatar_id": "a"}, runtime)
     assert result["error_code"] == "invalid_input"
     assert "`text` or `audio`" in result["error"]
     both = {"task": "generate_video", "user_id": "u", "avatar_id": "a", "image": "file:///p.png", "text": "hi"}
-    assert "`avatar_id` or `image`" in handlers.dispatch(both, local_settings)["error"]
+    assert "`avatar_id` or `image`" in handlers.dispatch(both, runtime)["error"]
 
 
-def test_empty_text_and_text_cap(local_settings):
+def test_empty_text_and_text_cap(local_settings, runtime: WorkerRuntime):
     base = {"task": "generate_video", "user_id": "u", "avatar_id": "a"}
-    assert handlers.dispatch({**base, "text": "   "}, local_settings)["error_code"] == "invalid_input"
-    long = handlers.dispatch({**base, "text": "a" * 6000}, local_settings)
+    assert handlers.dispatch({**base, "text": "   "}, runtime)["error_code"] == "invalid_input"
+    long = handlers.dispatch({**base, "text": "a" * 6000}, runtime)
     assert long["error_code"] == "invalid_input" and "`text`" in long["error"]
 
 
-def test_unsupported_uri_scheme(local_settings):
+def test_unsupported_uri_scheme(local_settings, runtime: WorkerRuntime):
     payload = {"task": "render_emotion", "user_id": "u", "image": "ftp://x/y.png", "emotion": "happy"}
-    result = handlers.dispatch(payload, local_settings)
+    result = handlers.dispatch(payload, runtime)
     assert result["error_code"] == "invalid_input" and "unsupported URI" in result["error"]
 
 
-def test_task_not_served(local_settings, monkeypatch):
+def test_task_not_served(local_settings, monkeypatch, runtime: WorkerRuntime):
     monkeypatch.setenv("WORKER_TASKS", "render_emotion")
     payload = {"task": "generate_video", "user_id": "u", "avatar_id": "a", "text": "hi"}
-    result = handlers.dispatch(payload, handlers.Settings())
+    result = handlers.dispatch(payload, runtime.with_settings(handlers.Settings()))
     assert result["error_code"] == "task_not_served"
 
 
-def test_health_survives_a_task_that_cannot_describe_itself(local_settings, monkeypatch):
+def test_health_survives_a_task_that_cannot_describe_itself(local_settings, monkeypatch, runtime: WorkerRuntime):
     from handlers import render_emotion
 
     def broken(settings):
         raise RuntimeError("weights directory unreadable")
 
     monkeypatch.setattr(render_emotion, "describe", broken)
-    result = handlers.dispatch({"task": "health"}, local_settings)
+    result = handlers.dispatch({"task": "health"}, runtime)
     assert result["status"] == "ok", result
     assert result["tasks"]["render_emotion"] == {
         "status": "error",
@@ -78,14 +79,14 @@ def test_health_survives_a_task_that_cannot_describe_itself(local_settings, monk
     assert result["tasks"]["generate_video"]["status"] == "ok"
 
 
-def test_a_progress_callback_can_stop_a_task_cleanly(local_settings, caplog):
+def test_a_progress_callback_can_stop_a_task_cleanly(local_settings, caplog, runtime: WorkerRuntime):
     from handlers.errors import TaskCancelled
 
     def stop(stage: str, fraction: float) -> None:
         raise TaskCancelled("job j1 was cancelled")
 
     payload = {"task": "render_emotion", "user_id": "u", "image": "data:image/png;base64,AAAA", "emotion": "happy"}
-    result = handlers.dispatch(payload, local_settings, stop)
+    result = handlers.dispatch(payload, runtime, stop)
     assert result == {
         "error_code": "cancelled",
         "error": "The task was stopped before it finished (job j1 was cancelled).",

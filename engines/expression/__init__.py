@@ -13,7 +13,7 @@ import numpy as np
 
 from engines.constants import EMOTIONS, IMAGE_CONTENT_TYPES
 from engines.errors import EngineError
-from engines.face import FaceBox
+from engines.face import FaceAnalyzer, FaceBox
 from engines.registry import registrar
 
 DEFAULT_ENGINE = "landmark_warp"
@@ -90,14 +90,14 @@ EXPRESSION_ENGINES: dict[str, type] = {}
 register = registrar(EXPRESSION_ENGINES)
 
 
-def load_expression_engine(name: str = DEFAULT_ENGINE) -> ExpressionEngine:
-    """The engine registered as ``name``, loaded once per process."""
+def load_expression_engine(name: str, faces: FaceAnalyzer) -> ExpressionEngine:
+    """A new engine of the kind registered as ``name``, built around the face analyzer ``faces``."""
     from engines.expression import landmark_warp  # noqa: F401  (registers the CPU engine)
 
     if name not in EXPRESSION_ENGINES:
         known = ", ".join(sorted(EXPRESSION_ENGINES))
         raise EngineError("engine_unavailable", f"Unknown expression engine `{name}`: use one of {known}.")
-    return EXPRESSION_ENGINES[name].shared()
+    return EXPRESSION_ENGINES[name](faces)
 
 
 def check_render_args(emotion: str, intensity: float) -> None:

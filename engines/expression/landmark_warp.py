@@ -4,7 +4,6 @@ painted mouth interior. No weights; only the face analyzer's landmark model."""
 from __future__ import annotations
 
 import logging
-from functools import cache
 
 import cv2
 import numpy as np
@@ -12,7 +11,7 @@ import numpy as np
 from engines.errors import EngineError
 from engines.expression import FaceAnalysis, check_render_args, geometry, mouth, presets, register
 from engines.expression.warp import backward_maps
-from engines.face import FaceAnalyzer, FaceBox, load_face_analyzer
+from engines.face import FaceAnalyzer, FaceBox
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +35,6 @@ class LandmarkWarpEngine:
 
     def __init__(self, faces: FaceAnalyzer) -> None:
         self._faces = faces
-
-    @classmethod
-    @cache
-    def shared(cls) -> LandmarkWarpEngine:
-        return cls(load_face_analyzer())
 
     def _find_face(self, image_bgr: np.ndarray) -> FaceBox:
         h, w = image_bgr.shape[:2]

@@ -50,12 +50,12 @@ register = registrar(FACE_ANALYZERS)
 
 
 def load_face_analyzer(name: str = "dlib_hog") -> FaceAnalyzer:
-    """The analyzer registered as ``name``, loaded once per process."""
+    """A new analyzer of the kind registered as ``name``, its models loaded (the caller keeps it)."""
     from engines.face import dlib_face  # noqa: F401  (registers the default)
 
     if name not in FACE_ANALYZERS:
         raise ValueError(f"unknown face analyzer {name!r}: registered {sorted(FACE_ANALYZERS)}")
-    return FACE_ANALYZERS[name].shared()
+    return FACE_ANALYZERS[name].load()
 
 
 __all__ = ["FaceBox", "FaceAnalyzer", "FACE_ANALYZERS", "register", "load_face_analyzer"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from functools import cache
 from pathlib import Path
 
 import cv2
@@ -44,8 +43,7 @@ class DlibFaceAnalyzer:
         self._lock = threading.Lock()  # dlib objects are not documented as thread-safe
 
     @classmethod
-    @cache
-    def shared(cls) -> DlibFaceAnalyzer:
+    def load(cls) -> DlibFaceAnalyzer:
         return cls(model_dir() / SHAPE_PREDICTOR_68)
 
     @staticmethod

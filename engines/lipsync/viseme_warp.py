@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from engines.errors import EngineError
+from engines.face import FaceAnalyzer, FaceBox
 from engines.lipsync import AvatarFrames, DrivingAudio, pingpong_index, register
 from engines.lipsync.visemes import mouth_track_from_audio, mouth_track_from_phonemes
 from engines.lipsync.warp import MouthWarp, prepare_mouth_warp, render_mouth
@@ -88,15 +89,16 @@ class VisemeWarpEngine:
     name = "viseme_warp"
     version = VERSION
 
-    def __init__(self, cache_bytes: int = WARP_CACHE_BYTES) -> None:
+    def __init__(self, faces: FaceAnalyzer, cache_bytes: int = WARP_CACHE_BYTES) -> None:
+        self._faces = faces  # finds the mouth of avatars stored without landmarks.npy
         self._warps = WarpCache(cache_bytes)
 
     @classmethod
-    def load(cls) -> VisemeWarpEngine:
+    def load(cls, faces: FaceAnalyzer) -> VisemeWarpEngine:
         """A ready engine; imports the triangulation code now so the first request does not pay for it."""
         import scipy.spatial  # noqa: F401
 
-        return cls()
+        return cls(faces)
 
     def render(self, avatar: AvatarFrames, audio: DrivingAudio) -> Iterator[np.ndarray]:
         if len(avatar) == 0 or len(avatar.frames) != len(avatar):
@@ -124,15 +126,8 @@ class VisemeWarpEngine:
     def _prepare(self, avatar: AvatarFrames, index: int, frame: np.ndarray) -> MouthWarp:
         if avatar.landmarks is not None:
             return prepare_mouth_warp(frame, avatar.landmarks[index])
-        return prepare_mouth_warp(frame, frame_landmarks(frame, avatar.coords[index]))
+        y1, y2, x1, x2 = (int(v) for v in avatar.coords[index])  # no landmarks.npy: find them in the stored box
+        return prepare_mouth_warp(frame, self._faces.landmarks(frame, FaceBox(x1, y1, x2, y2)))
 
 
-def frame_landmarks(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """68 landmarks inside a stored (y1, y2, x1, x2) face box, for avatars made without landmarks.npy."""
-    from engines.face import FaceBox, load_face_analyzer
-
-    y1, y2, x1, x2 = (int(v) for v in box)
-    return load_face_analyzer().landmarks(frame, FaceBox(x1, y1, x2, y2))
-
-
-__all__ = ["VisemeWarpEngine", "WarpCache", "mouth_track", "frame_landmarks"]
+__all__ = ["VisemeWarpEngine", "WarpCache", "mouth_track"]

@@ -28,7 +28,7 @@ from handlers.errors import TaskCancelled
 
 log = logging.getLogger(__name__)
 
-TaskRunner = Callable[..., dict[str, Any]]  # handlers.dispatch's signature: (payload, settings, progress)
+TaskRunner = Callable[..., dict[str, Any]]  # handlers.dispatch's signature: (payload, runtime, progress)
 CANCEL_GRACE_S = 10.0
 WATCH_INTERVAL_S = 0.2
 WORKER_CRASHED = "worker_crashed"
@@ -55,6 +55,7 @@ class PoolJob(Protocol):
 def _worker_main(conn: Connection, settings: handlers.Settings, run_task: TaskRunner) -> None:
     """A worker process: run the jobs the pipe brings, one at a time, until it closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the orchestrator's to handle
+    runtime = handlers.worker_runtime(settings)  # this process's: its engines load on first use and stay
     while True:
         try:
             message = conn.recv()
@@ -70,13 +71,13 @@ def _worker_main(conn: Connection, settings: handlers.Settings, run_task: TaskRu
                     raise LocalJobAborted(f"job {job_id} was stopped")
             conn.send(("progress", job_id, stage, float(fraction)))
 
-        conn.send(("result", job_id, _run_safely(run_task, payload, settings, progress)))
+        conn.send(("result", job_id, _run_safely(run_task, payload, runtime, progress)))
 
 
-def _run_safely(run_task: TaskRunner, payload: dict[str, Any], settings: handlers.Settings, progress: Any) -> Any:
+def _run_safely(run_task: TaskRunner, payload: dict[str, Any], runtime: handlers.WorkerRuntime, progress: Any) -> Any:
     """``run_task``'s result; an exception it lets out (dispatch lets none) fails the job, not the worker."""
     try:
-        return run_task(payload, settings, progress)
+        return run_task(payload, runtime, progress)
     except TaskCancelled as exc:
         return {"error": f"The task was stopped before it finished ({exc}).", "error_code": "cancelled"}
     except Exception as exc:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from engines.errors import EngineError
-from engines.expression import EMOTIONS, encode_image, fit_max_side, load_expression_engine, presets
+from engines.expression import DEFAULT_ENGINE, EMOTIONS, encode_image, fit_max_side, load_expression_engine, presets
 from engines.expression.landmark_warp import main_face
 from engines.face import FaceBox, load_face_analyzer
 from tests.media import ASTRONAUT_FACE_CENTER, astronaut_bgr, coffee_bgr
@@ -47,7 +47,7 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def engine():
-    return load_expression_engine()
+    return load_expression_engine(DEFAULT_ENGINE, load_face_analyzer())
 
 
 @pytest.fixture(scope="module")

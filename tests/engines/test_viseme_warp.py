@@ -152,9 +152,9 @@ def test_opening_the_mouth_is_seen_by_the_face_analyzer(avatar: AvatarFrames, an
     assert chins[0] < chins[1] < chins[2] < chins[3]
 
 
-def test_render_changes_only_the_lower_face(avatar: AvatarFrames) -> None:
+def test_render_changes_only_the_lower_face(avatar: AvatarFrames, analyzer: FaceAnalyzer) -> None:
     audio = bursts(1.0, [(0.2, 0.7)])
-    frames = list(VisemeWarpEngine().render(avatar, DrivingAudio(audio)))
+    frames = list(VisemeWarpEngine(analyzer).render(avatar, DrivingAudio(audio)))
     track = mouth_track(DrivingAudio(audio))
     assert len(frames) == 25
     for i, frame in enumerate(frames):
@@ -172,10 +172,10 @@ def test_render_changes_only_the_lower_face(avatar: AvatarFrames) -> None:
     assert np.abs(seam).max() <= np.abs(reference).max() * 1.5  # no hard edges pasted in
 
 
-def test_landmarks_are_computed_when_the_avatar_has_none(avatar: AvatarFrames) -> None:
+def test_landmarks_are_computed_when_the_avatar_has_none(avatar: AvatarFrames, analyzer: FaceAnalyzer) -> None:
     bare = AvatarFrames(frames=avatar.frames, coords=avatar.coords, landmarks=None)
     audio = DrivingAudio(bursts(0.4, [(0.0, 0.4)]))
-    frames = list(VisemeWarpEngine().render(bare, audio))
+    frames = list(VisemeWarpEngine(analyzer).render(bare, audio))
     assert len(frames) == 10
     k = pingpong_index(5, len(avatar))
     nose = int(avatar.landmarks[k][30, 1])

@@ -11,6 +11,7 @@ import pytest
 
 import handlers
 import modal_app
+from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
 from tests.entrypoints.conftest import PYTHON, REPO_ROOT, child_env, media_summary, s3_download
 from tests.media import astronaut_bgr
@@ -101,7 +102,7 @@ def test_avatar_then_video(local_settings: Settings, training_video: Path, tmp_p
 def test_worker_whose_engines_failed_refuses_calls(local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     module = handlers.task_module("preprocess_avatar")
 
-    def broken_load(settings: Settings) -> None:
+    def broken_load(runtime: WorkerRuntime) -> None:
         raise OSError("predictor file unreadable")
 
     monkeypatch.setattr(module, "load", broken_load)

@@ -20,6 +20,7 @@ import pytest
 
 import handlers
 import runpod_handler
+from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
 from tests.conftest import free_port
 from tests.entrypoints.conftest import (
@@ -161,7 +162,7 @@ def test_worker_whose_engines_failed_refuses_jobs_and_asks_to_be_replaced(
 
     module = handlers.task_module("preprocess_avatar")
 
-    def broken_load(settings: Settings) -> None:
+    def broken_load(runtime: WorkerRuntime) -> None:
         raise OSError("predictor file unreadable")
 
     monkeypatch.setattr(module, "load", broken_load)

@@ -16,6 +16,7 @@ from engines.errors import EngineError
 from engines.lipsync import pingpong_index
 from handlers import dispatch, engine_choice
 from handlers.errors import TaskError
+from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
 from storage.avatar.archive import pack_avatar
 from storage.avatar.layout import AvatarWriter
@@ -41,17 +42,19 @@ def with_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
     return Settings()
 
 
-def test_auto_without_weights_is_the_cpu_engine(local_settings: Settings) -> None:
-    name, reason = engine_choice.choose("auto", local_settings)
+def test_auto_without_weights_is_the_cpu_engine(local_settings: Settings, runtime: WorkerRuntime) -> None:
+    name, reason = engine_choice.choose("auto", runtime)
     assert name == "viseme_warp"
     assert "no wav2lip256 weights" in reason and "no wav2lip96 weights" in reason
-    engine, info = engine_choice.lipsync_engine("auto", local_settings)
+    engine, info = engine_choice.lipsync_engine("auto", runtime)
     assert engine.name == info["name"] == "viseme_warp"
 
 
-def test_explicit_engine_without_weights_names_file_and_command(local_settings: Settings) -> None:
+def test_explicit_engine_without_weights_names_file_and_command(
+    local_settings: Settings, runtime: WorkerRuntime
+) -> None:
     with pytest.raises(TaskError) as err:
-        engine_choice.lipsync_engine("wav2lip96", local_settings)
+        engine_choice.lipsync_engine("wav2lip96", runtime)
     assert err.value.code == "engine_unavailable"
     message = err.value.message
     assert "`wav2lip_gan.pth` or `wav2lip.pth`" in message
@@ -59,17 +62,19 @@ def test_explicit_engine_without_weights_names_file_and_command(local_settings: 
     assert "WAV2LIP96_CHECKPOINT" in message
 
 
-def test_checkpoint_setting_pointing_nowhere(local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checkpoint_setting_pointing_nowhere(
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch, runtime: WorkerRuntime
+) -> None:
     settings = with_env(monkeypatch, WAV2LIP96_CHECKPOINT="/nowhere/w.pth")
     with pytest.raises(TaskError, match="WAV2LIP96_CHECKPOINT is set to `/nowhere/w.pth`") as err:
-        engine_choice.choose("wav2lip96", settings)
+        engine_choice.choose("wav2lip96", runtime.with_settings(settings))
     assert err.value.code == "engine_unavailable"
-    name, reason = engine_choice.choose("auto", settings)
+    name, reason = engine_choice.choose("auto", runtime.with_settings(settings))
     assert name == "viseme_warp" and "WAV2LIP96_CHECKPOINT `/nowhere/w.pth` does not exist" in reason
 
 
 def test_auto_prefers_wav2lip256_only_with_cuda(
-    local_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, runtime: WorkerRuntime
 ) -> None:
     (tmp_path / "w256.pth").write_bytes(b"not loaded by choose")
     (tmp_path / "w96.pth").write_bytes(b"not loaded by choose")
@@ -77,26 +82,26 @@ def test_auto_prefers_wav2lip256_only_with_cuda(
         monkeypatch, WAV2LIP256_CHECKPOINT=str(tmp_path / "w256.pth"), WAV2LIP96_CHECKPOINT=str(tmp_path / "w96.pth")
     )
     monkeypatch.setattr(engine_choice, "cuda_available", lambda: True)
-    assert engine_choice.choose("auto", settings)[0] == "wav2lip256"
+    assert engine_choice.choose("auto", runtime.with_settings(settings))[0] == "wav2lip256"
     monkeypatch.setattr(engine_choice, "cuda_available", lambda: False)
-    assert engine_choice.choose("auto", settings)[0] == "wav2lip96"
+    assert engine_choice.choose("auto", runtime.with_settings(settings))[0] == "wav2lip96"
 
 
 def test_broken_manifest_file_falls_back_in_auto_and_errors_when_explicit(
-    local_settings: Settings, caplog: pytest.LogCaptureFixture
+    local_settings: Settings, caplog: pytest.LogCaptureFixture, runtime: WorkerRuntime
 ) -> None:
     local_settings.weights_dir.mkdir(parents=True)
     (local_settings.weights_dir / "wav2lip_gan.pth").write_bytes(b"truncated download")
-    assert engine_choice.choose("auto", local_settings)[0] == "wav2lip96"  # present: auto will try it
+    assert engine_choice.choose("auto", runtime)[0] == "wav2lip96"  # present: auto will try it
     with caplog.at_level(logging.WARNING, logger="handlers.engine_choice"):
-        engine, info = engine_choice.lipsync_engine("auto", local_settings)
+        engine, info = engine_choice.lipsync_engine("auto", runtime)
     assert engine.name == "viseme_warp"
     assert any("wav2lip96 failed to load (checksum_mismatch" in r.getMessage() for r in caplog.records)
     assert "wav2lip96 failed to load (checksum_mismatch)" in info["reason"]
     with pytest.raises(EngineError) as err:
-        engine_choice.lipsync_engine("wav2lip96", local_settings)
+        engine_choice.lipsync_engine("wav2lip96", runtime)
     assert err.value.code == "checksum_mismatch"
-    described = engine_choice.describe(local_settings)
+    described = engine_choice.describe(runtime)
     assert described["engine"] == "viseme_warp"
     assert described["weights"][0]["licence"].startswith("Non-commercial")
     assert described["weights"][0]["verified"] is False
@@ -104,24 +109,26 @@ def test_broken_manifest_file_falls_back_in_auto_and_errors_when_explicit(
     assert "Non-commercial" in described["licence_notice"]
 
 
-def test_corrupt_user_checkpoint(local_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_corrupt_user_checkpoint(
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, runtime: WorkerRuntime
+) -> None:
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint at all")
     settings = with_env(monkeypatch, WAV2LIP96_CHECKPOINT=str(tmp_path / "bad.pth"))
     with pytest.raises(EngineError) as err:
-        engine_choice.lipsync_engine("wav2lip96", settings)
+        engine_choice.lipsync_engine("wav2lip96", runtime.with_settings(settings))
     assert err.value.code == "invalid_checkpoint"
-    assert engine_choice.lipsync_engine("auto", settings)[0].name == "viseme_warp"
+    assert engine_choice.lipsync_engine("auto", runtime.with_settings(settings))[0].name == "viseme_warp"
 
 
 def test_user_checkpoint_is_loaded_once_and_described(
-    local_settings: Settings, monkeypatch: pytest.MonkeyPatch, checkpoint96: Path
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch, checkpoint96: Path, runtime: WorkerRuntime
 ) -> None:
     settings = with_env(monkeypatch, WAV2LIP96_CHECKPOINT=str(checkpoint96))
-    engine, info = engine_choice.lipsync_engine("auto", settings)
-    again, _ = engine_choice.lipsync_engine("wav2lip96", settings)
+    engine, info = engine_choice.lipsync_engine("auto", runtime.with_settings(settings))
+    again, _ = engine_choice.lipsync_engine("wav2lip96", runtime.with_settings(settings))
     assert engine is again and engine.name == "wav2lip96"
     assert info["weights"] == "my_wav2lip.pth" and info["reason"].startswith("auto: wav2lip96 weights found")
-    described = engine_choice.describe(settings)
+    described = engine_choice.describe(runtime.with_settings(settings))
     assert described["engine"] == "wav2lip96"
     [found] = described["weights"]
     assert found["origin"] == "WAV2LIP96_CHECKPOINT" and found["verified"] is None
@@ -146,12 +153,17 @@ def avatar_in_store(local_settings: Settings, tmp_path: Path) -> Path:
 
 
 def test_generate_video_with_wav2lip96_end_to_end(
-    local_settings: Settings, monkeypatch: pytest.MonkeyPatch, checkpoint96: Path, avatar_in_store: Path, tmp_path: Path
+    local_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    checkpoint96: Path,
+    avatar_in_store: Path,
+    tmp_path: Path,
+    runtime: WorkerRuntime,
 ) -> None:
     settings = with_env(monkeypatch, WAV2LIP96_CHECKPOINT=str(checkpoint96), VIDEO_CRF="10")
     wav = write_wav(tmp_path / "speech.wav", speech_like(0.8, silence_s=0.4), 16000)
     payload = {"task": "generate_video", "user_id": USER, "avatar_id": AVATAR, "audio": wav.as_uri()}
-    result = dispatch({**payload, "engine": "wav2lip96"}, settings)
+    result = dispatch({**payload, "engine": "wav2lip96"}, runtime.with_settings(settings))
     assert "error" not in result, result
     assert result["engine"]["name"] == "wav2lip96" and result["engine"]["weights"] == "my_wav2lip.pth"
     assert result["num_frames"] == 30 and (result["width"], result["height"]) == (256, 256)
@@ -171,8 +183,10 @@ def test_generate_video_with_wav2lip96_end_to_end(
     assert min(mouth_change(i) for i in range(6, 30)) > 10.0  # the model's mouth (random weights)
 
 
-def test_dispatch_with_an_unavailable_engine_uploads_nothing(local_settings: Settings, avatar_in_store: Path) -> None:
+def test_dispatch_with_an_unavailable_engine_uploads_nothing(
+    local_settings: Settings, avatar_in_store: Path, runtime: WorkerRuntime
+) -> None:
     payload = {"task": "generate_video", "user_id": USER, "avatar_id": AVATAR, "text": "hi", "engine": "wav2lip256"}
-    result = dispatch(payload, local_settings)
+    result = dispatch(payload, runtime)
     assert result["error_code"] == "engine_unavailable" and "`wav2lip256.pth`" in result["error"]
     assert not (avatar_in_store / "generated-videos").exists()

@@ -10,6 +10,7 @@ import cv2
 import pytest
 
 from handlers import dispatch, dispatch_stream
+from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
 from tests.media import astronaut_bgr
 
@@ -37,11 +38,13 @@ def count_frames(blob: bytes) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
-def test_segments_are_stored_while_the_video_renders(local_settings: Settings, portrait: str, task_tmp: Path) -> None:
+def test_segments_are_stored_while_the_video_renders(
+    local_settings: Settings, portrait: str, task_tmp: Path, runtime: WorkerRuntime
+) -> None:
     store = Path(local_settings.avatar_store_uri.removeprefix("file://"))
     mp4 = store / "generated-videos" / USER / "v1.mp4"
     items, seen_before_end = [], None
-    for item in dispatch_stream(request(portrait, "v1", stream=True), local_settings):
+    for item in dispatch_stream(request(portrait, "v1", stream=True), runtime):
         if not items:  # the first segment is in the store before the video is finished
             playlist = (stream_dir(local_settings, "v1") / "index.m3u8").read_text()
             seen_before_end = (mp4.exists(), "#EXT-X-ENDLIST" in playlist, Path(item["uri"][7:]).is_file())
@@ -65,8 +68,10 @@ def test_segments_are_stored_while_the_video_renders(local_settings: Settings, p
     assert list(task_tmp.iterdir()) == []
 
 
-def test_stopping_a_stream_deletes_what_it_published(local_settings: Settings, portrait: str, task_tmp: Path) -> None:
-    items = dispatch_stream(request(portrait, "v2", stream=True), local_settings)
+def test_stopping_a_stream_deletes_what_it_published(
+    local_settings: Settings, portrait: str, task_tmp: Path, runtime: WorkerRuntime
+) -> None:
+    items = dispatch_stream(request(portrait, "v2", stream=True), runtime)
     first = next(items)
     assert Path(first["uri"][7:]).is_file()
     items.close()  # the consumer went away (a cancelled job, a dropped connection)
@@ -75,11 +80,13 @@ def test_stopping_a_stream_deletes_what_it_published(local_settings: Settings, p
     assert list(task_tmp.iterdir()) == []
 
 
-def test_dispatch_stores_the_stream_and_plain_requests_do_not(local_settings: Settings, portrait: str) -> None:
-    streamed = dispatch(request(portrait, "v3", stream=True), local_settings)
+def test_dispatch_stores_the_stream_and_plain_requests_do_not(
+    local_settings: Settings, portrait: str, runtime: WorkerRuntime
+) -> None:
+    streamed = dispatch(request(portrait, "v3", stream=True), runtime)
     assert streamed["playlist"]["uri"].endswith("generated-videos/user-1/v3/stream/index.m3u8")
     assert (stream_dir(local_settings, "v3") / "segment_00000.m4s").is_file()
-    items = list(dispatch_stream(request(portrait, "v4"), local_settings))
+    items = list(dispatch_stream(request(portrait, "v4"), runtime))
     assert len(items) == 1 and "playlist" not in items[0] and items[0]["video"]["uri"].endswith("v4.mp4")
     assert not stream_dir(local_settings, "v4").exists()
 

@@ -22,6 +22,7 @@ from engines.lipsync import pingpong_index
 from engines.lipsync.visemes import frame_rms
 from engines.tts import VoiceParams, load_synthesizer, resample
 from handlers import dispatch
+from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
 from storage.avatar.archive import pack_avatar
 from storage.avatar.layout import AvatarWriter
@@ -124,12 +125,19 @@ def output_path(store_root: Path, result: dict) -> Path:
 
 
 def test_text_to_mp4_moves_the_lips_with_the_speech(
-    local_settings: Settings, store_root: Path, test_avatar: BuiltAvatar, analyzer: FaceAnalyzer, task_tmp: Path
+    local_settings: Settings,
+    store_root: Path,
+    test_avatar: BuiltAvatar,
+    analyzer: FaceAnalyzer,
+    task_tmp: Path,
+    runtime: WorkerRuntime,
 ) -> None:
     settings = local_settings.model_copy(update={"video_crf": PSNR_CRF})
     payload = {"task": "generate_video", "user_id": USER, "avatar_id": AVATAR, "text": SENTENCE, "video_id": "v1"}
     stages: list[tuple[str, float]] = []
-    result = dispatch(payload, settings, progress=lambda stage, done: stages.append((stage, done)))
+    result = dispatch(
+        payload, runtime.with_settings(settings), progress=lambda stage, done: stages.append((stage, done))
+    )
     path = output_path(store_root, result)
     assert result["video"]["uri"].endswith(f"generated-videos/{USER}/v1.mp4") and path.is_file()
     assert result["engine"]["name"] == "viseme_warp"
@@ -172,11 +180,16 @@ def test_text_to_mp4_moves_the_lips_with_the_speech(
 
 
 def test_silent_audio_keeps_the_mouth_closed(
-    local_settings: Settings, store_root: Path, test_avatar: BuiltAvatar, analyzer: FaceAnalyzer, tmp_path: Path
+    local_settings: Settings,
+    store_root: Path,
+    test_avatar: BuiltAvatar,
+    analyzer: FaceAnalyzer,
+    tmp_path: Path,
+    runtime: WorkerRuntime,
 ) -> None:
     silence = write_wav(tmp_path / "silence.wav", np.zeros(32000, dtype=np.float32), 16000)
     payload = {"task": "generate_video", "user_id": USER, "avatar_id": AVATAR, "audio": silence.as_uri()}
-    result = dispatch(payload, local_settings)
+    result = dispatch(payload, runtime)
     frames, info = decode_video(output_path(store_root, result))
     assert len(frames) == 50 and abs(info["audio_s"] - 2.0) < 0.01
     for i, landmarks in enumerate(measure(frames[::5], analyzer)):
@@ -186,7 +199,7 @@ def test_silent_audio_keeps_the_mouth_closed(
 
 
 def test_portrait_and_audio_blink_and_talk(
-    local_settings: Settings, store_root: Path, analyzer: FaceAnalyzer, tmp_path: Path
+    local_settings: Settings, store_root: Path, analyzer: FaceAnalyzer, tmp_path: Path, runtime: WorkerRuntime
 ) -> None:
     portrait = tmp_path / "portrait.png"
     cv2.imwrite(str(portrait), astronaut_bgr(SOURCE_SIZE)[40:360, 176:496])
@@ -197,7 +210,7 @@ def test_portrait_and_audio_blink_and_talk(
         "image": portrait.as_uri(),
         "audio": (tmp_path / "speech.wav").as_uri(),
     }
-    result = dispatch(payload, local_settings)
+    result = dispatch(payload, runtime)
     frames, _ = decode_video(output_path(store_root, result))
     assert frames[0].shape == (320, 320, 3) and len(frames) >= 60
     measured = measure(frames, analyzer)
@@ -213,10 +226,10 @@ def test_portrait_and_audio_blink_and_talk(
 
 
 def test_unknown_avatar_is_not_found_and_nothing_is_uploaded(
-    local_settings: Settings, store_root: Path, task_tmp: Path
+    local_settings: Settings, store_root: Path, task_tmp: Path, runtime: WorkerRuntime
 ) -> None:
     payload = {"task": "generate_video", "user_id": USER, "avatar_id": "nobody", "text": "Hello"}
-    result = dispatch(payload, local_settings)
+    result = dispatch(payload, runtime)
     assert result["error_code"] == "avatar_not_found"
     assert str(local_settings.avatar_local_path / "nobody") in result["error"]
     assert f"avatars/{USER}/nobody.tar" in result["error"]
@@ -235,6 +248,7 @@ def test_bad_audio_is_refused_and_nothing_is_uploaded(
     tmp_path: Path,
     audio_bytes: bytes | None,
     code: str,
+    runtime: WorkerRuntime,
 ) -> None:
     audio = tmp_path / "speech.wav"
     if audio_bytes is None:
@@ -243,7 +257,7 @@ def test_bad_audio_is_refused_and_nothing_is_uploaded(
         audio.write_bytes(audio_bytes)
     settings = local_settings.model_copy(update={"max_audio_seconds": 2.0})
     payload = {"task": "generate_video", "user_id": USER, "avatar_id": AVATAR, "audio": audio.as_uri()}
-    result = dispatch(payload, settings)
+    result = dispatch(payload, runtime.with_settings(settings))
     assert result["error_code"] == code, result
     assert not (store_root / "generated-videos").exists()
     assert list(task_tmp.iterdir()) == []
@@ -259,12 +273,21 @@ def test_bad_audio_is_refused_and_nothing_is_uploaded(
     ],
 )
 def test_bad_sources_are_refused(
-    local_settings: Settings, store_root: Path, tmp_path: Path, source: dict, limits: dict, code: str
+    local_settings: Settings,
+    store_root: Path,
+    tmp_path: Path,
+    source: dict,
+    limits: dict,
+    code: str,
+    runtime: WorkerRuntime,
 ) -> None:
     cv2.imwrite(str(tmp_path / "wall.png"), np.full((120, 160, 3), 90, dtype=np.uint8))
     (tmp_path / "notes.png").write_text("not an image")
     if "image" in source:
         source = {**source, "image": (tmp_path / source["image"]).as_uri()}
-    result = dispatch({"task": "generate_video", "user_id": USER, **source}, local_settings.model_copy(update=limits))
+    result = dispatch(
+        {"task": "generate_video", "user_id": USER, **source},
+        runtime.with_settings(local_settings.model_copy(update=limits)),
+    )
     assert result["error_code"] == code, result
     assert not (store_root / "generated-videos").exists()

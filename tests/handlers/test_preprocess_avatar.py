@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import handlers
+from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
 from storage.avatar.cache import open_cache
 from storage.avatar.flat import unpack_avatar
@@ -59,11 +60,13 @@ def assert_nothing_written(settings: Settings, task_tmp: Path) -> None:
     assert list(task_tmp.iterdir()) == []
 
 
-def test_training_video_becomes_a_livetalking_avatar(talking_head, local_settings, task_tmp, tmp_path):
+def test_training_video_becomes_a_livetalking_avatar(
+    talking_head, local_settings, task_tmp, tmp_path, runtime: WorkerRuntime
+):
     video, source_frames, centres = talking_head
     events: list[tuple[str, float]] = []
 
-    result = handlers.dispatch(payload(video), local_settings, lambda stage, f: events.append((stage, f)))
+    result = handlers.dispatch(payload(video), runtime, lambda stage, f: events.append((stage, f)))
 
     assert "error" not in result, result
     assert (result["num_frames"], result["fps"], result["img_size"]) == (75, 25.0, 256)
@@ -101,21 +104,21 @@ def test_training_video_becomes_a_livetalking_avatar(talking_head, local_setting
     assert list(task_tmp.iterdir()) == []
 
 
-def test_no_face_is_refused_and_nothing_is_written(tmp_path, local_settings, task_tmp):
+def test_no_face_is_refused_and_nothing_is_written(tmp_path, local_settings, task_tmp, runtime: WorkerRuntime):
     coffee = cv2.resize(coffee_bgr(), (320, 216))
     video = write_video(tmp_path / "coffee.mp4", [coffee] * 25, FPS)
 
-    result = handlers.dispatch(payload(video), local_settings)
+    result = handlers.dispatch(payload(video), runtime)
 
     assert result == {"error": "No face detected in video", "error_code": "no_face"}
     assert_nothing_written(local_settings, task_tmp)
 
 
-def test_short_face_gap_is_filled(cutaway, monkeypatch, local_settings, task_tmp, tmp_path):
+def test_short_face_gap_is_filled(cutaway, monkeypatch, local_settings, task_tmp, tmp_path, runtime: WorkerRuntime):
     video, centres = cutaway
     monkeypatch.setenv("MAX_FACE_GAP_FRAMES", "8")
 
-    result = handlers.dispatch(payload(video, img_size=96, nosmooth=True), Settings())
+    result = handlers.dispatch(payload(video, img_size=96, nosmooth=True), runtime.with_settings(Settings()))
 
     assert "error" not in result, result
     assert result["num_frames"] == 40 and result["engine"]["tracking"]["filled_frames"] == 5
@@ -129,7 +132,7 @@ def test_short_face_gap_is_filled(cutaway, monkeypatch, local_settings, task_tmp
 
 
 def test_cache_install_failure_keeps_the_uploaded_avatar(
-    cutaway, monkeypatch, local_settings, task_tmp, tmp_path, caplog
+    cutaway, monkeypatch, local_settings, task_tmp, tmp_path, caplog, runtime: WorkerRuntime
 ):
     video, _ = cutaway
     monkeypatch.setenv("MAX_FACE_GAP_FRAMES", "8")
@@ -137,55 +140,55 @@ def test_cache_install_failure_keeps_the_uploaded_avatar(
     blocker.write_text("the avatar cache path is a file")
     monkeypatch.setenv("AVATAR_LOCAL_PATH", str(blocker))
 
-    result = handlers.dispatch(payload(video), Settings())
+    result = handlers.dispatch(payload(video), runtime.with_settings(Settings()))
 
     assert "error" not in result, result  # the TAR in the store is the result; the cache is a cache
     assert "is in the store (avatars/u1/a1.tar) but not in the local cache" in caplog.text
     assert [p.name for p in store_files(local_settings)] == ["a1.tar"] and list(task_tmp.iterdir()) == []
 
 
-def test_long_face_gap_names_the_frames(cutaway, monkeypatch, local_settings, task_tmp):
+def test_long_face_gap_names_the_frames(cutaway, monkeypatch, local_settings, task_tmp, runtime: WorkerRuntime):
     video, _ = cutaway
     monkeypatch.setenv("MAX_FACE_GAP_FRAMES", "4")
 
-    result = handlers.dispatch(payload(video), Settings())
+    result = handlers.dispatch(payload(video), runtime.with_settings(Settings()))
 
     assert result["error_code"] == "face_lost"
     assert "No face in frames 20-24" in result["error"] and "MAX_FACE_GAP_FRAMES" in result["error"]
     assert_nothing_written(local_settings, task_tmp)
 
 
-def test_limits_refuse_before_decoding(tmp_path, monkeypatch, local_settings, task_tmp):
+def test_limits_refuse_before_decoding(tmp_path, monkeypatch, local_settings, task_tmp, runtime: WorkerRuntime):
     frames, _ = head_motion(50, FPS, 64)
     video = write_video(tmp_path / "small.mp4", frames, FPS)  # 2 s, 64x64
 
     monkeypatch.setenv("MAX_VIDEO_SECONDS", "1.5")
-    too_long = handlers.dispatch(payload(video), Settings())
+    too_long = handlers.dispatch(payload(video), runtime.with_settings(Settings()))
     assert too_long["error_code"] == "video_too_long" and "2.0 s" in too_long["error"]
 
     monkeypatch.setenv("MAX_VIDEO_SECONDS", "60")
     monkeypatch.setenv("MAX_VIDEO_SIDE", "32")
-    too_big = handlers.dispatch(payload(video), Settings())
+    too_big = handlers.dispatch(payload(video), runtime.with_settings(Settings()))
     assert too_big["error_code"] == "video_too_large" and "64x64" in too_big["error"]
 
     monkeypatch.setenv("MAX_VIDEO_BYTES", "1000")
-    too_heavy = handlers.dispatch(payload(video), Settings())
+    too_heavy = handlers.dispatch(payload(video), runtime.with_settings(Settings()))
     assert too_heavy["error_code"] == "video_too_large" and "MAX_VIDEO_BYTES" in too_heavy["error"]
     assert_nothing_written(local_settings, task_tmp)
 
 
-def test_undecodable_video_and_bad_pads(talking_head, tmp_path, local_settings, task_tmp):
+def test_undecodable_video_and_bad_pads(talking_head, tmp_path, local_settings, task_tmp, runtime: WorkerRuntime):
     bogus = tmp_path / "bogus.mp4"
     bogus.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 200)
-    assert handlers.dispatch(payload(bogus), local_settings)["error_code"] == "invalid_video"
+    assert handlers.dispatch(payload(bogus), runtime)["error_code"] == "invalid_video"
 
     video, _, _ = talking_head
-    squeezed = handlers.dispatch(payload(video, pads=[-200, -200, 0, 0]), local_settings)
+    squeezed = handlers.dispatch(payload(video, pads=[-200, -200, 0, 0]), runtime)
     assert squeezed["error_code"] == "invalid_pads" and "frame 0" in squeezed["error"]
     assert_nothing_written(local_settings, task_tmp)
 
 
-def test_30fps_video_from_s3(s3_bucket, tmp_path, local_settings, task_tmp):
+def test_30fps_video_from_s3(s3_bucket, tmp_path, local_settings, task_tmp, runtime: WorkerRuntime):
     import boto3
 
     from storage import open_store
@@ -196,7 +199,7 @@ def test_30fps_video_from_s3(s3_bucket, tmp_path, local_settings, task_tmp):
     store.put(video, "training-videos/u1/talk30.mp4")
 
     request = payload(f"{s3_bucket}/training-videos/u1/talk30.mp4", store=s3_bucket)
-    result = handlers.dispatch(request, local_settings)
+    result = handlers.dispatch(request, runtime)
 
     assert "error" not in result, result
     assert result["num_frames"] == 50  # 2 s at 25 fps

@@ -14,6 +14,7 @@ import pytest
 import handlers
 from engines.expression import EMOTIONS
 from handlers import render_emotion
+from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
 from storage import open_store
 from storage.local import LocalStore
@@ -44,10 +45,10 @@ def portrait_uri() -> str:
     return data_uri(astronaut_bgr())
 
 
-def test_single_emotion_from_a_data_uri(local_settings, portrait_uri) -> None:
+def test_single_emotion_from_a_data_uri(local_settings, portrait_uri, runtime: WorkerRuntime) -> None:
     stages: list[tuple[str, float]] = []
     result = handlers.dispatch(
-        payload(portrait_uri, emotion="happy", render_id="r1"), local_settings, lambda s, f: stages.append((s, f))
+        payload(portrait_uri, emotion="happy", render_id="r1"), runtime, lambda s, f: stages.append((s, f))
     )
     assert "error" not in result, result
     (render,) = result["renders"]
@@ -62,11 +63,11 @@ def test_single_emotion_from_a_data_uri(local_settings, portrait_uri) -> None:
     assert all(a[1] <= b[1] for a, b in zip(stages, stages[1:], strict=False))
 
 
-def test_batch_of_all_seven_from_a_file_uri(local_settings, tmp_path) -> None:
+def test_batch_of_all_seven_from_a_file_uri(local_settings, tmp_path, runtime: WorkerRuntime) -> None:
     source = tmp_path / "portrait.jpg"
     cv2.imwrite(str(source), astronaut_bgr(), [cv2.IMWRITE_JPEG_QUALITY, 95])
     request = payload(source.as_uri(), emotions=list(EMOTIONS), output_format="jpg", render_id="batch", intensity=0.5)
-    result = handlers.dispatch(request, local_settings)
+    result = handlers.dispatch(request, runtime)
     assert "error" not in result, result
     assert [r["emotion"] for r in result["renders"]] == list(EMOTIONS)
     assert stored_files(local_settings) == sorted(f"emotions/u1/batch_{e}.jpg" for e in EMOTIONS)
@@ -77,67 +78,71 @@ def test_batch_of_all_seven_from_a_file_uri(local_settings, tmp_path) -> None:
     assert all(r["intensity"] == 0.5 for r in result["renders"])
 
 
-def test_webp_output_and_duplicate_emotions(local_settings, portrait_uri) -> None:
+def test_webp_output_and_duplicate_emotions(local_settings, portrait_uri, runtime: WorkerRuntime) -> None:
     request = payload(portrait_uri, emotions=["sad", "sad"], output_format="webp", render_id="w")
-    result = handlers.dispatch(request, local_settings)
+    result = handlers.dispatch(request, runtime)
     assert [r["emotion"] for r in result["renders"]] == ["sad"]
     assert decode(result["renders"][0]["uri"]).shape == (512, 512, 3)
     assert stored_files(local_settings) == ["emotions/u1/w_sad.webp"]
 
 
-def test_output_to_s3(s3_bucket, local_settings, portrait_uri) -> None:
-    result = handlers.dispatch(payload(portrait_uri, emotion="surprised", render_id="s3", store=s3_bucket), Settings())
+def test_output_to_s3(s3_bucket, local_settings, portrait_uri, runtime: WorkerRuntime) -> None:
+    result = handlers.dispatch(
+        payload(portrait_uri, emotion="surprised", render_id="s3", store=s3_bucket), runtime.with_settings(Settings())
+    )
     assert result["renders"][0]["uri"] == f"{s3_bucket}/emotions/u1/s3_surprised.png"
     assert result["renders"][0]["url"].startswith("http")
     keys = [o.key for o in open_store(s3_bucket).list()]
     assert keys == ["emotions/u1/s3_surprised.png"]
 
 
-def test_large_images_are_scaled_to_the_max_side(local_settings, portrait_uri, monkeypatch) -> None:
+def test_large_images_are_scaled_to_the_max_side(
+    local_settings, portrait_uri, monkeypatch, runtime: WorkerRuntime
+) -> None:
     monkeypatch.setenv("EMOTION_MAX_SIDE", "256")
-    result = handlers.dispatch(payload(portrait_uri, emotion="angry"), Settings())
+    result = handlers.dispatch(payload(portrait_uri, emotion="angry"), runtime.with_settings(Settings()))
     render = result["renders"][0]
     assert (render["width"], render["height"]) == (256, 256)
     assert decode(render["uri"]).shape == (256, 256, 3)
 
 
-def test_no_face_writes_nothing(local_settings) -> None:
-    result = handlers.dispatch(payload(data_uri(coffee_bgr()), emotions=["happy", "sad"]), local_settings)
+def test_no_face_writes_nothing(local_settings, runtime: WorkerRuntime) -> None:
+    result = handlers.dispatch(payload(data_uri(coffee_bgr()), emotions=["happy", "sad"]), runtime)
     assert result == {"error": "No face detected in image", "error_code": "no_face"}
     assert stored_files(local_settings) == []
 
 
-def test_unreadable_image(local_settings) -> None:
+def test_unreadable_image(local_settings, runtime: WorkerRuntime) -> None:
     garbage = "data:image/png;base64," + base64.b64encode(b"not an image at all" * 10).decode()
-    result = handlers.dispatch(payload(garbage, emotion="happy"), local_settings)
+    result = handlers.dispatch(payload(garbage, emotion="happy"), runtime)
     assert result["error_code"] == "invalid_image"
     assert stored_files(local_settings) == []
 
 
-def test_image_over_the_byte_limit(local_settings, portrait_uri, monkeypatch) -> None:
+def test_image_over_the_byte_limit(local_settings, portrait_uri, monkeypatch, runtime: WorkerRuntime) -> None:
     monkeypatch.setenv("MAX_IMAGE_BYTES", "10000")
-    result = handlers.dispatch(payload(portrait_uri, emotion="happy"), Settings())
+    result = handlers.dispatch(payload(portrait_uri, emotion="happy"), runtime.with_settings(Settings()))
     assert result["error_code"] == "image_too_large" and "MAX_IMAGE_BYTES" in result["error"]
     assert stored_files(local_settings) == []
 
 
-def test_image_over_the_pixel_limit(local_settings, monkeypatch) -> None:
+def test_image_over_the_pixel_limit(local_settings, monkeypatch, runtime: WorkerRuntime) -> None:
     monkeypatch.setenv("MAX_IMAGE_PIXELS", "1000000")
     # A 4000x4000 PNG of one colour is a few kB: the header is refused before anything is decoded.
     huge = data_uri(np.full((4000, 4000, 3), 128, np.uint8))
-    result = handlers.dispatch(payload(huge, emotion="happy"), Settings())
+    result = handlers.dispatch(payload(huge, emotion="happy"), runtime.with_settings(Settings()))
     assert result["error_code"] == "image_too_large" and "4000x4000" in result["error"]
     assert stored_files(local_settings) == []
 
 
-def test_unknown_emotion_lists_the_allowed_ones(local_settings, portrait_uri) -> None:
-    result = handlers.dispatch(payload(portrait_uri, emotion="bored"), local_settings)
+def test_unknown_emotion_lists_the_allowed_ones(local_settings, portrait_uri, runtime: WorkerRuntime) -> None:
+    result = handlers.dispatch(payload(portrait_uri, emotion="bored"), runtime)
     assert result["error_code"] == "invalid_input" and "`emotion`" in result["error"]
     assert all(f"'{e}'" in result["error"] for e in EMOTIONS)
 
 
-def test_intensity_out_of_range(local_settings, portrait_uri) -> None:
-    result = handlers.dispatch(payload(portrait_uri, emotion="happy", intensity=1.5), local_settings)
+def test_intensity_out_of_range(local_settings, portrait_uri, runtime: WorkerRuntime) -> None:
+    result = handlers.dispatch(payload(portrait_uri, emotion="happy", intensity=1.5), runtime)
     assert result["error_code"] == "invalid_input" and "`intensity`" in result["error"]
 
 
@@ -155,18 +160,20 @@ class FailingStore(LocalStore):
         return super().put(src, key, content_type)
 
 
-def test_failed_upload_removes_the_stills_already_written(local_settings, portrait_uri, monkeypatch) -> None:
+def test_failed_upload_removes_the_stills_already_written(
+    local_settings, portrait_uri, monkeypatch, runtime: WorkerRuntime
+) -> None:
     store = FailingStore(Path(local_settings.avatar_store_uri.removeprefix("file://")))
     monkeypatch.setattr(render_emotion, "resolve_store", lambda uri, settings: store)
-    result = handlers.dispatch(payload(portrait_uri, emotions=["happy", "sad", "angry"]), local_settings)
+    result = handlers.dispatch(payload(portrait_uri, emotions=["happy", "sad", "angry"]), runtime)
     assert result["error_code"] == "internal_error"
     assert store.puts == 3
     assert stored_files(local_settings) == []
 
 
-def test_health_describes_the_engine(local_settings) -> None:
-    render_emotion.load(local_settings)
-    health = handlers.dispatch({"task": "health"}, local_settings)
+def test_health_describes_the_engine(local_settings, runtime: WorkerRuntime) -> None:
+    render_emotion.load(runtime)
+    health = handlers.dispatch({"task": "health"}, runtime)
     assert health["tasks"]["render_emotion"]["engine"] == "landmark_warp"
 
 
@@ -174,7 +181,7 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def test_image_over_pillows_own_bomb_cap(local_settings) -> None:
+def test_image_over_pillows_own_bomb_cap(local_settings, runtime: WorkerRuntime) -> None:
     # A 20000x20000 (400 Mpx) PNG header: Pillow refuses it inside Image.open, before our own pixel check.
     ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
     header = (
@@ -184,6 +191,6 @@ def test_image_over_pillows_own_bomb_cap(local_settings) -> None:
         + png_chunk(b"IEND", b"")
     )
     bomb = "data:image/png;base64," + base64.b64encode(header).decode()
-    result = handlers.dispatch(payload(bomb, emotion="happy"), local_settings)
+    result = handlers.dispatch(payload(bomb, emotion="happy"), runtime)
     assert result["error_code"] == "image_too_large" and "MAX_IMAGE_PIXELS" in result["error"], result
     assert stored_files(local_settings) == []

@@ -11,7 +11,6 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-import handlers
 from orchestrator.backends import BackendUnavailable, RemoteState, Submission, SubmitRejected
 from orchestrator.backends.modal import ModalBackend
 from orchestrator.backends.runpod import RunpodBackend, parse_job
@@ -122,7 +121,6 @@ def test_runsync_returns_the_finished_job(emulator):
     assert answer["executionTime"] >= 0 and answer["delayTime"] >= 0
 
 
-@pytest.mark.skipif(handlers.task_module("render_emotion") is None, reason="render_emotion not built yet")
 def test_render_emotion_runs_remotely_and_writes_the_still(emulator, local_settings):
     ok, jpeg = cv2.imencode(".jpg", cv2.resize(astronaut_bgr(), (256, 256)))
     image = "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode()

@@ -11,7 +11,6 @@ from datetime import timedelta
 import cv2
 import pytest
 
-import handlers
 from handlers.errors import TaskError
 from orchestrator.backends import Submission, worker_pool
 from orchestrator.backends.local import LocalBackend, runner_is_gone
@@ -242,7 +241,6 @@ def test_concurrent_submits_with_one_key_make_one_job(service):
     assert too_long.value.code == "invalid_idempotency_key"
 
 
-@pytest.mark.skipif(handlers.task_module("render_emotion") is None, reason="render_emotion not built yet")
 def test_render_emotion_locally_reports_progress_and_pins_the_render_id(service, local_settings):
     ok, jpeg = cv2.imencode(".jpg", cv2.resize(astronaut_bgr(), (256, 256)))
     image = "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode()

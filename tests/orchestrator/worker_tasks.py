@@ -17,7 +17,7 @@ CRASH_USER = "crash-worker"  # a render_emotion job of this user kills its worke
 BLOCK_USER = "block-worker"  # ... of this user blocks until the file its `image` URI names exists
 
 
-def dispatch_or_crash(payload: dict[str, Any], settings: handlers.Settings, progress: Any) -> dict[str, Any]:
+def dispatch_or_crash(payload: dict[str, Any], runtime: handlers.WorkerRuntime, progress: Any) -> dict[str, Any]:
     if payload.get("user_id") == CRASH_USER:
         progress("about to crash", 0.1)
         os.kill(os.getpid(), signal.SIGSEGV)
@@ -26,15 +26,15 @@ def dispatch_or_crash(payload: dict[str, Any], settings: handlers.Settings, prog
         while not release.exists():
             progress("blocked", 0.0)  # a cancelled job stops here
             time.sleep(0.1)
-    return handlers.dispatch(payload, settings, progress)
+    return handlers.dispatch(payload, runtime, progress)
 
 
 HANG_USER = "hang-worker"  # ... of this user hangs without ever reporting progress (a stuck native call)
 
 
-def dispatch_or_hang(payload: dict[str, Any], settings: handlers.Settings, progress: Any) -> dict[str, Any]:
+def dispatch_or_hang(payload: dict[str, Any], runtime: handlers.WorkerRuntime, progress: Any) -> dict[str, Any]:
     if payload.get("user_id") == HANG_USER:
         progress("hanging", 0.5)
         while True:
             time.sleep(1)
-    return dispatch_or_crash(payload, settings, progress)
+    return dispatch_or_crash(payload, runtime, progress)
