@@ -79,7 +79,7 @@ class RunpodEmulator:
         self,
         endpoint_ids: list[str],
         workers: int = 2,
-        settings: handlers.Settings | None = None,
+        runtime: handlers.WorkerRuntime | None = None,
         *,
         api_key: str | None = None,
         faults: Faults | None = None,
@@ -89,7 +89,7 @@ class RunpodEmulator:
     ) -> None:
         self.endpoint_ids = set(endpoint_ids)
         self.workers = workers
-        self.settings = settings
+        self.runtime = runtime  # our handlers' runtime; built from the environment at start when None
         self.api_key = api_key
         self.faults = faults or Faults()
         self.webhook_retry_delay_s = webhook_retry_delay_s
@@ -108,7 +108,7 @@ class RunpodEmulator:
     def start(self) -> None:
         if self._threads:
             return
-        self.runtime = handlers.worker_runtime(self.settings)
+        self.runtime = self.runtime or handlers.worker_runtime()
         self._stopping.clear()
         for n in range(self.workers):
             thread = threading.Thread(target=self._work, args=(f"emulated-worker-{n}",), daemon=True)
@@ -227,6 +227,8 @@ class RunpodEmulator:
     # ---- workers -----------------------------------------------------------------------------
 
     def _work(self, worker_id: str) -> None:
+        if self.handler is None:  # as a RunPod worker does: engines load before the first job is taken
+            handlers.load_engines(self.runtime)
         while not self._stopping.is_set():
             if self.faults.hold_queue:
                 self._stopping.wait(0.02)
@@ -341,7 +343,7 @@ class RunpodEmulator:
 def create_emulator_app(
     endpoint_ids: list[str],
     workers: int = 2,
-    settings: handlers.Settings | None = None,
+    runtime: handlers.WorkerRuntime | None = None,
     *,
     api_key: str | None = None,
     faults: Faults | None = None,
@@ -352,7 +354,7 @@ def create_emulator_app(
     emulator = RunpodEmulator(
         endpoint_ids,
         workers,
-        settings,
+        runtime,
         api_key=api_key,
         faults=faults,
         handler=load_handler(handler) if isinstance(handler, str) else handler,

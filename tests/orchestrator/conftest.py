@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
 from orchestrator.db import normalize_url
 from orchestrator.emulator import BackgroundServer, RunpodEmulator, create_emulator_app
@@ -58,9 +59,9 @@ class RunningEmulator:
 
 
 @pytest.fixture
-def emulator(local_settings: Settings) -> Iterator[RunningEmulator]:
+def emulator(local_settings: Settings, runtime: WorkerRuntime) -> Iterator[RunningEmulator]:
     """The RunPod emulator (2 workers, real handlers, file:// store) on a free port; faults off."""
-    app = create_emulator_app([ENDPOINT_ID], workers=2, settings=local_settings)
+    app = create_emulator_app([ENDPOINT_ID], workers=2, runtime=runtime)
     with BackgroundServer(app) as server:
         yield RunningEmulator(server.url, app.state.emulator)
 

@@ -61,8 +61,8 @@ def test_unknown_job_is_lost_and_cancel_stops_a_queued_job(emulator):
     assert emulator.emulator.stats().get("executed", 0) == 0
 
 
-def test_bearer_key_is_checked(local_settings):
-    app = create_emulator_app([ENDPOINT_ID], workers=1, settings=local_settings, api_key="s3cret")
+def test_bearer_key_is_checked(local_settings, runtime):
+    app = create_emulator_app([ENDPOINT_ID], workers=1, runtime=runtime, api_key="s3cret")
     with BackgroundServer(app) as server:
         wrong = RunpodBackend(ENDPOINT_ID, base_url=f"{server.url}/v2", api_key="nope")
         with pytest.raises(SubmitRejected) as refused:

@@ -13,6 +13,7 @@ import cv2
 import httpx
 import pytest
 
+from handlers.runtime import Engines, WorkerRuntime
 from handlers.settings import Settings
 from orchestrator.api import create_app
 from orchestrator.config import OrchestratorSettings
@@ -64,7 +65,7 @@ StackFactory = Callable[..., Stack]
 
 @pytest.fixture
 def make_stack(
-    db_url: str, s3_bucket: str, s3_env: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+    db_url: str, s3_bucket: str, s3_env: str, test_engines: Engines, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[StackFactory]:
     """Build the whole chain; ``webhooks=True`` sets PUBLIC_BASE_URL/WEBHOOK_SECRET and slows polling to 60 s."""
     monkeypatch.setenv("AVATAR_STORE_URI", s3_bucket)
@@ -73,7 +74,7 @@ def make_stack(
     services: list[JobService] = []
 
     def build(webhooks: bool = False) -> Stack:
-        emulator_app = create_emulator_app([ENDPOINT], workers=2, settings=Settings())
+        emulator_app = create_emulator_app([ENDPOINT], workers=2, runtime=WorkerRuntime(Settings(), test_engines))
         servers.append(BackgroundServer(emulator_app).start())
         port = free_port()
         remote = f"runpod:{ENDPOINT}"

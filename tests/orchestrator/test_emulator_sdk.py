@@ -20,6 +20,7 @@ import pytest
 import requests
 import runpod
 
+from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
 from orchestrator.emulator import BackgroundServer, create_emulator_app, worker_failure
 from tests.orchestrator.conftest import ENDPOINT_ID, RunningEmulator, eventually
@@ -28,9 +29,11 @@ API_KEY = "rp-test-key"
 
 
 @pytest.fixture
-def sdk_emulator(local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
+def sdk_emulator(
+    local_settings: Settings, runtime: WorkerRuntime, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RunningEmulator]:
     """The emulator with an API key, one worker, and the SDK pointed at it."""
-    app = create_emulator_app([ENDPOINT_ID], workers=1, settings=local_settings, api_key=API_KEY)
+    app = create_emulator_app([ENDPOINT_ID], workers=1, runtime=runtime, api_key=API_KEY)
     with BackgroundServer(app) as server:
         running = RunningEmulator(server.url, app.state.emulator)
         monkeypatch.setattr(runpod, "endpoint_url_base", running.base_url)
@@ -179,9 +182,7 @@ def counting_handler(job: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 @pytest.mark.parametrize("aggregate", [True, False], ids=["aggregate", "no-aggregate"])
 def test_generator_handlers_stream_their_items(local_settings, monkeypatch, aggregate):
-    app = create_emulator_app(
-        [ENDPOINT_ID], workers=1, settings=local_settings, handler=counting_handler, return_aggregate_stream=aggregate
-    )
+    app = create_emulator_app([ENDPOINT_ID], workers=1, handler=counting_handler, return_aggregate_stream=aggregate)
     with BackgroundServer(app) as server:
         monkeypatch.setattr(runpod, "endpoint_url_base", f"{server.url}/v2")
         endpoint = runpod.Endpoint(ENDPOINT_ID, api_key="any")
@@ -202,7 +203,7 @@ def test_the_real_worker_handler_runs_under_the_emulator_with_the_same_answers(
     import runpod_handler
 
     monkeypatch.setattr(runpod_handler, "_state", None)  # a fresh worker for this test, restored after
-    app = create_emulator_app([ENDPOINT_ID], workers=1, settings=local_settings, handler="runpod_handler:handler")
+    app = create_emulator_app([ENDPOINT_ID], workers=1, handler="runpod_handler:handler")
     with BackgroundServer(app) as server:
         for payload in ({"task": "health"}, {"task": "health", "colour": "blue"}):
             real = httpx.post(f"{server.url}/v2/{ENDPOINT_ID}/runsync", json={"input": payload}, timeout=60).json()
