@@ -66,7 +66,7 @@ def bench_streaming(work: Path, runs: int, seconds: float, side: int) -> None:
     )
     import handlers
 
-    handlers.load_engines()
+    handlers.load_engines(handlers.default_runtime())
     payload = {"task": "generate_video", "user_id": "bench", "avatar_id": "bench-avatar", "text": speech_text(seconds)}
     streamed_request(payload)  # warm-up: avatar unpacked and cached, warps prepared
     streamed, plain = [], []

@@ -13,6 +13,7 @@ import pytest
 
 from engines.face import load_face_analyzer
 from handlers import dispatch
+from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
 from storage.avatar.archive import pack_avatar
 from storage.avatar.layout import AvatarWriter
@@ -44,7 +45,9 @@ def _band_colours(video: Path) -> list[np.ndarray]:
         return [f.to_ndarray(format="bgr24")[2:10, 8:-8].reshape(-1, 3).mean(axis=0) for f in container.decode(video=0)]
 
 
-def test_two_users_same_avatar_id_concurrent_renders_never_mix_frames(local_settings: Settings, tmp_path: Path) -> None:
+def test_two_users_same_avatar_id_concurrent_renders_never_mix_frames(
+    local_settings: Settings, runtime: WorkerRuntime, tmp_path: Path
+) -> None:
     """Class: tenant isolation: the avatar cache is keyed by owner and a held avatar never changes."""
     store = Path(local_settings.avatar_store_uri.removeprefix("file://"))
     for user in COLOURS:
@@ -52,7 +55,7 @@ def test_two_users_same_avatar_id_concurrent_renders_never_mix_frames(local_sett
 
     def render(user: str) -> tuple[str, dict]:
         payload = {"task": "generate_video", "user_id": user, "avatar_id": AVATAR, "text": "Hello there, friend."}
-        return user, dispatch(payload, local_settings)
+        return user, dispatch(payload, runtime)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(render, [*COLOURS, *COLOURS]))
