@@ -35,12 +35,10 @@ def main() -> int:
         ALLOW_FILE_URIS="1",
     )
     import handlers
-    from handlers import generate_video, preprocess_avatar, render_emotion
     from tests.storage.avatar_hostile import address_space_now, all_cases, bytes_under, run_case
 
-    settings = handlers.Settings()
-    for task in (generate_video, preprocess_avatar, render_emotion):  # loaded once; children inherit them
-        task.load(settings)
+    runtime = handlers.worker_runtime()
+    handlers.load_engines(runtime, handlers.WORK_TASKS)  # loaded once; children inherit them
     parent_vsz = address_space_now()
     if parent_vsz > ADDRESS_SPACE // 2:
         raise SystemExit(f"the parent already maps {parent_vsz >> 20} MiB: a 2 GiB child cap would test nothing")
@@ -50,7 +48,7 @@ def main() -> int:
     started = time.perf_counter()
     print(f"{'case':38} {'attack':7} {'result':22} {'rss MB':>7}  cache bytes")
     for case in cases:
-        outcome = run_case(case, work, settings, ADDRESS_SPACE, FILE_SIZE)
+        outcome = run_case(case, work, runtime, ADDRESS_SPACE, FILE_SIZE)
         left = bytes_under(cache)
         crashes += outcome.crashed
         ok = outcome.code in case.expected

@@ -108,7 +108,6 @@ def test_a_runpod_generator_worker_is_relayed_the_same_way(local_settings: Setti
     app = create_emulator_app(
         [ENDPOINT_ID],
         workers=1,
-        settings=local_settings,
         handler=runpod_handler.stream_handler,
         return_aggregate_stream=True,
     )

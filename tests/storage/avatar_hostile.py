@@ -506,14 +506,14 @@ def bytes_under(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0
 
 
-def run_case(case: Case, work: Path, settings: object, address_space: int, file_size: int = GIB) -> Outcome:
+def run_case(case: Case, work: Path, runtime: object, address_space: int, file_size: int = GIB) -> Outcome:
     """Write the case's input, then dispatch its task in a capped child; the code is the task's error_code."""
     import handlers
 
     payload = case.make(work)
 
     def dispatch_code() -> str:
-        result = handlers.dispatch(payload, settings)  # type: ignore[arg-type]
+        result = handlers.dispatch(payload, runtime)  # type: ignore[arg-type]
         return result.get("error_code", "ok")
 
     return run_isolated(dispatch_code, address_space=address_space, file_size=file_size)

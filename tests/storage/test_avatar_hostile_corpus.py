@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from handlers import generate_video, render_emotion
+import handlers
+from handlers.runtime import Engines, WorkerRuntime
 from handlers.settings import Settings
 from tests.storage.avatar_hostile import GIB, address_space_now, all_cases, bytes_under, run_case
 
@@ -31,20 +32,18 @@ CASES = {case.name: case for case in all_cases(big=False) if case.name in SUBSET
 
 
 @pytest.fixture(scope="module")
-def loaded() -> None:
+def loaded(test_engines: Engines) -> None:
     """Engines loaded once in this process, so every forked child starts with them (as a worker's would)."""
-    settings = Settings()
-    generate_video.load(settings)
-    render_emotion.load(settings)
+    handlers.load_engines(WorkerRuntime(Settings(), test_engines), ["generate_video", "render_emotion"])
 
 
 @pytest.mark.parametrize("name", sorted(SUBSET))
 def test_hostile_input_is_refused_cleanly_in_a_capped_child(
-    name: str, loaded: None, local_settings: Settings, tmp_path: Path
+    name: str, loaded: None, local_settings: Settings, runtime: WorkerRuntime, tmp_path: Path
 ) -> None:
     """Class: crash containment and clean refusals (see SUBSET for the class of each case)."""
     case = CASES[name]
-    outcome = run_case(case, tmp_path, local_settings, address_space=address_space_now() + GIB)
+    outcome = run_case(case, tmp_path, runtime, address_space=address_space_now() + GIB)
     assert not outcome.crashed, f"{name} ({SUBSET[name]}): the child died with status {outcome.exit_status}"
     assert outcome.code in case.expected, f"{name} ({SUBSET[name]}): {outcome.code}"
     assert bytes_under(local_settings.avatar_local_path) == 0
