@@ -222,7 +222,6 @@ def test_the_streaming_worker_streams_segments_through_the_sdk(local_settings, m
     app = create_emulator_app(
         [ENDPOINT_ID],
         workers=1,
-        settings=local_settings,
         handler="runpod_handler:stream_handler",
         return_aggregate_stream=True,
     )
