@@ -70,7 +70,7 @@ def test_two_users_same_avatar_id_concurrent_renders_never_mix_frames(
 
 
 def test_an_avatar_replaced_in_the_store_renders_with_its_new_frames(
-    local_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    local_settings: Settings, runtime: WorkerRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Class: stale cache: re-preprocessing an avatar (here: its TAR replaced in the store, as another worker's
     preprocess_avatar does) changes what this worker's next render shows."""
@@ -80,7 +80,7 @@ def test_an_avatar_replaced_in_the_store_renders_with_its_new_frames(
     payload = {"task": "generate_video", "user_id": "user-red", "avatar_id": AVATAR, "text": "Hi."}
     for colour in ((0, 0, 255), (0, 255, 0)):
         _write_avatar(store, "user-red", tmp_path, colour)
-        result = dispatch(payload, settings)
+        result = dispatch(payload, runtime.with_settings(settings))
         assert "error" not in result, result
         video = store / "generated-videos" / "user-red" / f"{result['video_id']}.mp4"
         assert all(np.abs(band - colour).max() < 40 for band in _band_colours(video))
