@@ -46,7 +46,7 @@ from handlers.settings import Settings
 from handlers.streaming import SegmentPublisher
 from storage.avatar.cache import open_cache
 from storage.avatar.validate import LoadedAvatar, load_avatar
-from storage.keys import video_key
+from storage.keys import avatar_key, video_key
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def avatar_frames(
     """A stored avatar's frames (its folder held until ``holds`` closes), else the portrait ``image`` animated."""
     if image is not None:
         return _portrait_avatar(image, runtime, work, portrait_max_side)
+    storage.check_input_allowed(store.uri(avatar_key(user_id, avatar_id or "")), runtime.settings.storage)
     cache = open_cache(runtime.settings.avatar_local_path, runtime.settings.avatar_revalidate_s)
     path = holds.enter_context(cache.acquire(store, user_id, avatar_id or ""))
     return stored_avatar(load_avatar(path), runtime.engines.frames)

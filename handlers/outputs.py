@@ -8,13 +8,20 @@ from pathlib import Path
 
 from handlers.schemas import StoredObject
 from handlers.settings import Settings
-from storage import ObjectStore, open_store
+from storage import ObjectStore, StorageError, open_store
 
 log = logging.getLogger(__name__)
 
 
 def resolve_store(request_store: str | None, settings: Settings) -> ObjectStore:
-    """The store named by the request, else ``AVATAR_STORE_URI``."""
+    """The store named by the request, else ``AVATAR_STORE_URI`` (the operator's, so a file:// one is allowed).
+
+    A request's file:// store is the worker's own disk: refused when ALLOW_FILE_URIS=0, as file:// inputs are."""
+    if request_store is not None and request_store.lower().startswith("file:") and not settings.storage.allow_file_uris:
+        raise StorageError(
+            "url_refused",
+            f"`store` {request_store[:80]!r} is on this worker's disk; file:// is disabled (ALLOW_FILE_URIS)",
+        )
     return open_store(request_store or settings.avatar_store_uri, settings.storage)
 
 

@@ -8,11 +8,21 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from storage.access import check_input_allowed
 from storage.base import ObjectInfo, ObjectStore, PutResult
 from storage.config import StorageSettings
 from storage.errors import StorageError
 
-__all__ = ["ObjectInfo", "ObjectStore", "PutResult", "StorageError", "StorageSettings", "fetch", "open_store"]
+__all__ = [
+    "ObjectInfo",
+    "ObjectStore",
+    "PutResult",
+    "StorageError",
+    "StorageSettings",
+    "check_input_allowed",
+    "fetch",
+    "open_store",
+]
 
 STORE_SCHEMES = ("s3", "gs", "file")
 FETCH_SCHEMES = (*STORE_SCHEMES, "https", "http", "data")
@@ -38,6 +48,8 @@ def fetch(uri: str, dest: Path, settings: StorageSettings | None = None, max_byt
     """Download one object named by ``uri`` to ``dest`` (streamed, atomic), refusing more than ``max_bytes``."""
     settings = settings or StorageSettings()
     scheme = _scheme(uri)
+    if scheme != "data":  # a data: URI carries its bytes: it reads nothing
+        check_input_allowed(uri, settings)
     if scheme in ("s3", "gs"):
         bucket, key = split_bucket_uri(uri)
         if not key:

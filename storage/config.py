@@ -38,3 +38,11 @@ class StorageSettings(BaseSettings):
     allow_private_urls: bool = Field(False, validation_alias=AliasChoices("ALLOW_PRIVATE_URLS"))
     http_max_bytes: int = Field(512 * 1024 * 1024, validation_alias=AliasChoices("HTTP_MAX_BYTES"))
     http_timeout_s: float = Field(60.0, validation_alias=AliasChoices("HTTP_TIMEOUT_S"))
+
+    # Comma-separated URI prefixes inputs must start with (e.g. "s3://uploads/,https://cdn.example.com/");
+    # empty allows every input. Keeps callers from making workers read whatever their credentials reach.
+    allowed_input_prefixes: str = Field("", validation_alias=AliasChoices("ALLOWED_INPUT_PREFIXES"))
+
+    @property
+    def input_prefixes(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.allowed_input_prefixes.split(",") if p.strip())

@@ -11,11 +11,14 @@ import binascii
 import ipaddress
 import logging
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 
 import httpx
 
+from storage.access import check_input_allowed
 from storage.base import atomic_file, check_size
 from storage.config import StorageSettings
 from storage.errors import StorageError
@@ -24,7 +27,6 @@ log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-STREAM_CHUNK_BYTES = 256 * 1024
 # Identity encoding keeps Content-Length meaningful for the size check.
 REQUEST_HEADERS = {"User-Agent": "serverless-talking-head/0.1", "Accept-Encoding": "identity"}
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -35,9 +37,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 def redact(url: str) -> str:
     """``url`` without credentials, query or fragment (signed URLs carry secrets there)."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    host = parts.netloc.rpartition("@")[2]  # the port as written: a port out of range must not raise here
     return f"{parts.scheme}://{host}{parts.path}"
 
 
@@ -68,8 +68,8 @@ def check_url_allowed(url: str, settings: StorageSettings) -> None:
         raise StorageError("url_refused", f"refusing {redact(url)}: only http:// and https:// can be fetched")
     try:
         host, port = parts.hostname, parts.port or DEFAULT_PORTS[parts.scheme]
-    except ValueError as exc:
-        raise StorageError("invalid_uri", f"{redact(url)}: {exc}") from exc
+    except ValueError as exc:  # a port out of 0..65535
+        raise StorageError("url_refused", f"refusing {redact(url)}: {exc}") from exc
     if not host:
         raise StorageError("invalid_uri", f"{redact(url)} has no host")
     if settings.allow_private_urls:
@@ -93,17 +93,22 @@ def fetch_http(uri: str, dest: Path, settings: StorageSettings, max_bytes: int |
     """Stream ``uri`` to ``dest``, following redirects (each hop re-checked) and refusing more than the cap."""
     cap = byte_cap(settings, max_bytes)
     url = uri
+    deadline = time.monotonic() + settings.http_timeout_s  # for the whole download, redirects included
     try:
         with httpx.Client(timeout=settings.http_timeout_s, headers=REQUEST_HEADERS, follow_redirects=False) as client:
             for _ in range(MAX_REDIRECTS + 1):
+                _check_deadline(deadline, uri, settings)
                 check_url_allowed(url, settings)
+                check_input_allowed(url, settings)  # a redirect must stay inside ALLOWED_INPUT_PREFIXES too
                 with client.stream("GET", url) as response:
                     location = response.headers.get("location")
                     if response.status_code in REDIRECT_STATUSES and location:
                         url = urljoin(str(response.url), location)
                         continue
-                    _save_response(response, dest, cap, uri)
+                    _save_response(response, dest, cap, uri, lambda: _check_deadline(deadline, uri, settings))
                     return dest
+    except httpx.InvalidURL as exc:  # e.g. a Location header httpx cannot parse (a data: URL): never followed
+        raise StorageError("url_refused", f"refusing {redact(uri)} or its redirect: {exc}") from exc
     except httpx.TimeoutException as exc:
         raise StorageError(
             "download_failed", f"{redact(uri)} timed out after {settings.http_timeout_s:g}s ({exc})"
@@ -113,17 +118,30 @@ def fetch_http(uri: str, dest: Path, settings: StorageSettings, max_bytes: int |
     raise StorageError("download_failed", f"{redact(uri)}: more than {MAX_REDIRECTS} redirects")
 
 
-def _save_response(response: httpx.Response, dest: Path, cap: int, uri: str) -> None:
+def _check_deadline(deadline: float, uri: str, settings: StorageSettings) -> None:
+    if time.monotonic() > deadline:
+        raise StorageError(
+            "download_failed", f"{redact(uri)} took longer than {settings.http_timeout_s:g}s in all (HTTP_TIMEOUT_S)"
+        )
+
+
+def _save_response(
+    response: httpx.Response, dest: Path, cap: int, uri: str, check_deadline: Callable[[], None]
+) -> None:
     if response.status_code in (404, 410):
         raise StorageError("not_found", f"{redact(uri)} does not exist (HTTP {response.status_code})")
     if response.status_code != 200:
         raise StorageError("download_failed", f"{redact(uri)} answered HTTP {response.status_code}")
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):  # asked for identity: sizes and caps count the bytes we store
+        raise StorageError("download_failed", f"{redact(uri)} sent Content-Encoding {encoding[:40]!r}; only identity")
     declared = response.headers.get("content-length")
     if declared and declared.isdigit():
         check_size(int(declared), cap, redact(uri))
     received = 0
     with atomic_file(dest) as fh:
-        for chunk in response.iter_bytes(STREAM_CHUNK_BYTES):
+        for chunk in response.iter_raw():  # as the bytes arrive (iter_bytes would wait for full chunks)
+            check_deadline()
             received += len(chunk)
             if received > cap:
                 raise StorageError("too_large", f"{redact(uri)} sent more than the limit of {cap} bytes")
