@@ -12,6 +12,7 @@ connections a bounded number of times (honouring ``Retry-After``), and return no
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import httpx
@@ -31,6 +32,10 @@ RETRY_WAIT_S = 1.0  # first back-off; doubles per attempt
 MAX_RETRY_WAIT_S = 20.0  # also caps a server's Retry-After
 MAX_RESPONSE_BYTES = 100 * 1024 * 1024
 SNIPPET_CHARS = 300
+REDACTED = "[redacted]"
+MIN_SECRET_OVERLAP = 4
+# A credential the body names ("Authorization: Bearer x", "api_key=x", "x-api-key": "x"): its value goes.
+CREDENTIAL_FIELD = re.compile(r"(?i)((?:authorization|api[-_]?key|bearer)\W{0,4}(?:bearer\s+)?)[^\s\"',;&]+")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Dropped or refused connections are worth another try; a read timeout is not (it would just double the wait).
 RETRY_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError)
@@ -53,9 +58,19 @@ class _RetryableStatus(Exception):
         self.retry_after_s = retry_after_s
 
 
-def _snippet(body: bytes) -> str:
-    text = body[: SNIPPET_CHARS * 4].decode("utf-8", errors="replace").strip()
+def _snippet(body: bytes, secret: str) -> str:
+    """A cut, redacted reason from an error body: a provider may echo the request's headers back."""
+    text = _redact(body[: SNIPPET_CHARS * 4].decode("utf-8", errors="replace"), secret)
     return " ".join(text.split())[:SNIPPET_CHARS] or "(empty body)"
+
+
+def _redact(text: str, secret: str) -> str:
+    text = text.replace(secret, REDACTED)
+    for size in range(len(secret) - 1, MIN_SECRET_OVERLAP - 1, -1):  # the key cut by the body prefix's end
+        if text.endswith(secret[:size]):
+            text = text[:-size] + REDACTED
+            break
+    return CREDENTIAL_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
 
 
 def _body_prefix(response: httpx.Response) -> bytes:
@@ -193,7 +208,7 @@ class _HttpSynthesizer:
         return b"".join(chunks)
 
     def _raise_for_status(self, status: int, content: bytes, headers: httpx.Headers) -> None:
-        snippet = _snippet(content)
+        snippet = _snippet(content, self.api_key)
         if status in (401, 403):
             raise EngineError(
                 "tts_auth_failed",

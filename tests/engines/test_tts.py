@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import threading
 import time
@@ -204,6 +205,9 @@ class FakeProvider:
     script: deque = field(default_factory=deque)
 
 
+ECHO_HEADERS = b"<echo the request headers>"
+
+
 @pytest.fixture
 def provider() -> Iterator[FakeProvider]:
     fake = FakeProvider(url="", default_audio=encode_wav(tone(44100), 44100))
@@ -214,6 +218,8 @@ def provider() -> Iterator[FakeProvider]:
             body = json.loads(raw) if raw else {}
             fake.requests.append(Recorded("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body))
             status, content, headers = fake.script.popleft() if fake.script else (200, fake.default_audio, {})
+            if content == ECHO_HEADERS:  # a provider that answers an error with the request's own headers
+                content = json.dumps({"error": "denied", "request_headers": dict(self.headers)}).encode()
             time.sleep(float(headers.pop("X-Test-Delay", 0)))
             self.send_response(status)
             for name, value in {"Content-Type": "audio/wav", **headers}.items():
@@ -358,3 +364,17 @@ def test_slow_provider_times_out_without_retrying(provider: FakeProvider) -> Non
         openai(provider.url, timeout_s=0.2).synthesize("Hello", VoiceParams())
     assert err.value.code == "tts_provider_timeout"
     assert len(provider.requests) == 1
+
+
+@pytest.mark.parametrize("status", [401, 422, 500])
+def test_provider_error_bodies_never_carry_the_key_into_errors_or_logs(
+    provider: FakeProvider, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Class: provider error bodies are cut and redacted (a provider echoing Authorization would leak the key)."""
+    provider.script.extend([(status, ECHO_HEADERS, {"Content-Type": "application/json"})] * 3)
+    with caplog.at_level(logging.DEBUG), pytest.raises(EngineError) as err:
+        openai(provider.url, max_attempts=2).synthesize("Hello", VoiceParams())
+    assert provider.requests[0].headers["authorization"] == "Bearer oa-key"  # the server did see it
+    assert str(status) in err.value.message and "denied" in err.value.message and "[redacted]" in err.value.message
+    assert "oa-key" not in err.value.message and "oa-key" not in caplog.text
+    assert len(err.value.message) < 500
