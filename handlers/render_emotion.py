@@ -35,6 +35,8 @@ from storage.keys import emotion_key
 log = logging.getLogger(__name__)
 
 STAGE_START = {"fetch": 0.0, "analyze": 0.1, "render": 0.2, "upload": 0.9}
+DELETE_ATTEMPTS = 4
+DELETE_RETRY_WAIT_S = 0.2
 ENGINE_REASON = "CPU landmark warp; no GPU expression engine in this build"
 
 
@@ -122,9 +124,15 @@ def _upload_all(
 
 
 def _remove(store: ObjectStore, keys: list[str]) -> None:
-    """Best effort: a batch is all or nothing, so stills already uploaded go when a later one fails."""
+    """A batch is all or nothing: stills already uploaded go when a later one fails. The store that just
+    failed an upload may fail a delete too, so each delete is tried again (DELETE_ATTEMPTS, growing waits)."""
     for key in keys:
-        try:
-            store.delete(key)
-        except Exception:
-            log.warning("could not remove %s after a failed batch upload", store.uri(key), exc_info=True)
+        for attempt in range(1, DELETE_ATTEMPTS + 1):
+            try:
+                store.delete(key)
+                break
+            except Exception:
+                if attempt == DELETE_ATTEMPTS:
+                    log.error("could not remove %s after a failed batch upload", store.uri(key), exc_info=True)
+                else:
+                    time.sleep(DELETE_RETRY_WAIT_S * attempt)

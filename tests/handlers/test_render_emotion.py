@@ -171,6 +171,34 @@ def test_failed_upload_removes_the_stills_already_written(
     assert stored_files(local_settings) == []
 
 
+class FlakyStore(FailingStore):
+    """... whose deletes fail twice each before they work, as a store in trouble does right after a failure."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.delete_failures: dict[str, int] = {}
+
+    def delete(self, key):
+        failures = self.delete_failures.get(key, 0)
+        if failures < 2:
+            self.delete_failures[key] = failures + 1
+            raise OSError("service unavailable")
+        return super().delete(key)
+
+
+def test_batch_stays_all_or_nothing_when_the_store_also_fails_deletes(
+    local_settings, portrait_uri, monkeypatch, runtime: WorkerRuntime
+) -> None:
+    """Class: batch outputs are all or nothing even when the store fails mid-batch (deletes retried)."""
+    store = FlakyStore(Path(local_settings.avatar_store_uri.removeprefix("file://")))
+    monkeypatch.setattr(render_emotion, "resolve_store", lambda uri, settings: store)
+    monkeypatch.setattr(render_emotion, "DELETE_RETRY_WAIT_S", 0.01)
+    result = handlers.dispatch(payload(portrait_uri, emotions=["happy", "sad", "angry", "fearful"]), runtime)
+    assert result["error_code"] == "internal_error" and store.puts == 3
+    assert sorted(store.delete_failures.values()) == [2, 2]
+    assert stored_files(local_settings) == []
+
+
 def test_health_describes_the_engine(local_settings, runtime: WorkerRuntime) -> None:
     render_emotion.load(runtime)
     health = handlers.dispatch({"task": "health"}, runtime)
