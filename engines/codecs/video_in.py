@@ -154,16 +154,20 @@ def _duration_s(container: av.container.InputContainer, stream: VideoStream) -> 
 def _timed_frames(
     container: av.container.InputContainer, stream: VideoStream
 ) -> Iterator[tuple[av.VideoFrame, Fraction, Fraction]]:
-    """(frame, start time, duration) in seconds from the first frame, exact fractions."""
+    """(frame, start time, duration) in seconds from the first frame, exact fractions.
+
+    A frame without a timestamp (raw elementary streams such as ``.h264`` have none at all) comes one
+    frame period of the stream's rate after the previous one: frame ``i`` of such a stream starts at ``i / rate``.
+    """
     time_base = stream.time_base or Fraction(1, 90000)
     rate = stream.average_rate or stream.guessed_rate or Fraction(FPS)
     nominal = 1 / Fraction(rate)
     origin: int | None = None
-    previous = Fraction(0)
+    previous: Fraction | None = None
     try:
         for frame in container.decode(stream):
             if frame.pts is None:
-                start = previous + nominal if origin is not None else Fraction(0)
+                start = Fraction(0) if previous is None else previous + nominal
             else:
                 origin = frame.pts if origin is None else origin
                 start = Fraction(frame.pts - origin) * time_base

@@ -134,3 +134,24 @@ def test_frame_cap_stops_decoding(tmp_path: Path):
     with pytest.raises(EngineError) as error:
         next(frames)
     assert error.value.code == "video_too_long"
+
+
+def write_raw_h264(path: Path, num_frames: int, rate: int) -> Path:
+    """An H.264 elementary stream (no container, no timestamps), each frame a bit brighter than the last."""
+    with av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(num_frames):
+            image = np.full((48, 64, 3), 20 + 2 * i, np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        out.mux(stream.encode())
+    return path
+
+
+def test_raw_stream_without_timestamps_times_frames_by_rate_and_index(tmp_path: Path):
+    """Class: raw streams without timestamps (an .h264 elementary stream) keep every frame, in order."""
+    video = write_raw_h264(tmp_path / "raw.h264", 100, 25)
+    frames = list(read_frames(video, fps=25))
+    assert len(frames) == 100
+    brightness = [float(frame.mean()) for frame in frames]
+    assert all(b > a for a, b in zip(brightness, brightness[1:], strict=False))
