@@ -98,7 +98,7 @@ def _cached_frames(cache: AvatarCache | None, store: ObjectStore, entry: AvatarE
         return None
     path, fingerprint = current
     if fingerprint != entry.fingerprint:
-        log.info("cached avatar %s is older than %s; it will be downloaded again", path, entry.key)
+        log.info("cached avatar %s was made from an earlier %s; it will be downloaded again", path, entry.key)
         return None
     try:
         return validate_avatar_dir(path).num_frames

@@ -2,7 +2,8 @@
 
 Layout under the cache root (``AVATAR_LOCAL_PATH``)::
 
-    {avatar_id}/                   LiveTalking's layout, placed by hand (or by older recover-avatars): read only
+    {avatar_id}/                   LiveTalking's layout placed by hand: served as it is (one with an owner
+                                   record, .{avatar_id}.owner, came from a store TAR and is ignored)
     .owners/{sha256(owner)}/       one folder per owner, the store URI of the avatar's TAR
         current                    the version new renders use, and its TAR's store fingerprint
         owner.txt                  the owner URI, for people looking at the disk
@@ -12,8 +13,8 @@ Layout under the cache root (``AVATAR_LOCAL_PATH``)::
 
 A render holds its version with a shared ``flock`` on the version folder (across threads and processes);
 old versions are removed once nobody holds them: by whoever releases or installs next, or at start.
-A held-for-reuse version is revalidated against the store (one HEAD per owner every ``revalidate_s``
-seconds, per process): a TAR replaced since (another worker re-preprocessed it) installs a new version.
+Before reuse, a cached version is checked against the store (one HEAD per owner every ``revalidate_s``
+seconds, per process): a TAR replaced since (re-preprocessed on any worker) installs a new version.
 """
 
 from __future__ import annotations
