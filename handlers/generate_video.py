@@ -150,7 +150,7 @@ def avatar_frames(
     """A stored avatar's frames (its folder held until ``holds`` closes), else the portrait ``image`` animated."""
     if image is not None:
         return _portrait_avatar(image, runtime, work, portrait_max_side)
-    storage.check_input_allowed(store.uri(avatar_key(user_id, avatar_id or "")), runtime.settings.storage)
+    storage.check_input_allowed(store.uri(avatar_key(user_id, avatar_id or "")), runtime.settings.input_storage)
     cache = open_cache(runtime.settings.avatar_local_path, runtime.settings.avatar_revalidate_s)
     path = holds.enter_context(cache.acquire(store, user_id, avatar_id or ""))
     return stored_avatar(load_avatar(path), runtime.engines.frames)
@@ -179,7 +179,7 @@ def _portrait_avatar(uri: str, runtime: WorkerRuntime, work: Path, max_side: int
 
 def _fetch_audio(uri: str, settings: Settings, work: Path) -> Path:
     max_bytes = int(settings.max_audio_seconds * AUDIO_BYTES_PER_SECOND)
-    return storage.fetch(uri, work / "speech-audio", settings.storage, max_bytes=max_bytes)
+    return storage.fetch(uri, work / "speech-audio", settings.input_storage, max_bytes=max_bytes)
 
 
 def _speech(request: GenerateVideoRequest, audio_path: Path | None, runtime: WorkerRuntime) -> DrivingAudio:

@@ -29,7 +29,7 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 def fetch_image(uri: str, settings: Settings, work: Path) -> Path:
     """Download the request's `image` (MAX_IMAGE_BYTES at most) into ``work``."""
     try:
-        return storage.fetch(uri, work / "source-image", settings.storage, max_bytes=settings.max_image_bytes)
+        return storage.fetch(uri, work / "source-image", settings.input_storage, max_bytes=settings.max_image_bytes)
     except StorageError as exc:
         if exc.code == "too_large":
             raise TaskError(

@@ -147,7 +147,7 @@ def _fetch(uri: str, work: Path, settings: Settings) -> Path:
     suffix = Path(urlsplit(uri).path).suffix.lower()
     dest = work / ("source" + (suffix if suffix[1:].isalnum() and len(suffix) <= 6 else ""))
     try:
-        return storage.fetch(uri, dest, settings.storage, max_bytes=settings.max_video_bytes)
+        return storage.fetch(uri, dest, settings.input_storage, max_bytes=settings.max_video_bytes)
     except storage.StorageError as exc:
         if exc.code == "too_large":
             limit_mb = settings.max_video_bytes / 1e6

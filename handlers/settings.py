@@ -9,6 +9,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from storage.config import StorageSettings
 
 
+def store_root_uri(root_uri: str) -> str:
+    """A store's root as its objects' URIs start (file:// roots made absolute, as LocalStore names objects)."""
+    if root_uri.lower().startswith("file:"):
+        from storage.local import path_from_file_uri
+
+        return path_from_file_uri(root_uri).absolute().as_uri()
+    return root_uri.rstrip("/")
+
+
 class Settings(BaseSettings):
     """Where things live and the limits every task enforces."""
 
@@ -57,6 +66,15 @@ class Settings(BaseSettings):
     )
 
     storage: StorageSettings = Field(default_factory=StorageSettings)
+
+    @property
+    def input_storage(self) -> StorageSettings:
+        """The storage settings inputs are read with: when ALLOWED_INPUT_PREFIXES is set, the configured store
+        (AVATAR_STORE_URI, the operator's own: avatars, the orchestrator's uploads) is allowed too."""
+        if not self.storage.input_prefixes:
+            return self.storage
+        prefixes = f"{self.storage.allowed_input_prefixes},{store_root_uri(self.avatar_store_uri)}/"
+        return self.storage.model_copy(update={"allowed_input_prefixes": prefixes})
 
     @property
     def served_tasks(self) -> list[str]:

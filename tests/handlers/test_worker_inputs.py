@@ -42,15 +42,22 @@ def test_inputs_outside_the_allowed_prefixes_are_refused_naming_them(runtime: Wo
     limited = runtime.with_settings(runtime.settings.model_copy(update={"storage": storage_settings}))
     image = tmp_path / "face.png"
     cv2.imwrite(str(image), astronaut_bgr(256))
+    store = Path(runtime.settings.avatar_store_uri.removeprefix("file://"))
+    upload = store / "uploads" / "u1" / "face.png"  # the configured store is the operator's own: it passes
+    upload.parent.mkdir(parents=True)
+    cv2.imwrite(str(upload), astronaut_bgr(256))
     requests = [
         {"task": "render_emotion", "user_id": "u1", "image": image.as_uri(), "emotion": "sad"},
         {"task": "generate_video", "user_id": "u1", "image": image.as_uri(), "text": "Hi."},
-        {"task": "generate_video", "user_id": "u1", "avatar_id": "a1", "audio": image.as_uri()},
+        {"task": "generate_video", "user_id": "u1", "image": upload.as_uri(), "audio": image.as_uri()},
         {"task": "generate_video", "user_id": "u1", "avatar_id": "a1", "text": "Hi.", "store": "s3://victim"},
     ]
-    store = Path(runtime.settings.avatar_store_uri.removeprefix("file://"))
     for request in requests:
         result = handlers.dispatch(request, limited)
         assert result["error_code"] == "url_refused", (request, result)
         assert allowed in result["error"] and "ALLOWED_INPUT_PREFIXES" in result["error"]
-    assert files_under(store) == [] and files_under(runtime.settings.avatar_local_path) == []
+    assert files_under(store) == [upload] and files_under(runtime.settings.avatar_local_path) == []
+    ok = handlers.dispatch({**requests[0], "image": upload.as_uri()}, limited)
+    assert "error" not in ok, ok
+    missing_avatar = handlers.dispatch({**requests[3], "store": None}, limited)
+    assert missing_avatar["error_code"] == "avatar_not_found", missing_avatar
