@@ -58,6 +58,7 @@ bench: setup
 	$(PY) bench/orchestrator.py
 	$(PY) bench/faults.py
 	$(PY) bench/hostile.py
+	$(PY) bench/avatar_cache.py
 
 # Refresh constraints.txt from the packages installed in .venv (after changing pyproject.toml).
 lock: setup
