@@ -10,12 +10,21 @@ warm-up request first, then ``--runs`` requests of each kind (median):
   rewrites, the final mp4); target >= 2x real time. The same request without ``stream`` is the
   baseline measured alongside, so the ratio shows what streaming costs.
 
-    python bench/realtime.py [--runs 3] [--seconds 10] [--side 512]
+Live sessions (WebRTC), against ``avatarctl serve``'s app under uvicorn in this process, a 256 px
+portrait of the astronaut, and aiortc peers in this process too (their decoding shares the CPU):
+
+- say -> mouth: from ``POST /v1/sessions/{id}/say`` to the first received frame whose mouth region
+  differs from the idle avatar by more than idle motion does (median of ``--says``).
+- concurrent sessions: 1, 2, ... sessions at once, all speaking; the most for which every peer
+  still receives >= 22.5 fps (25 fps - 10%).
+
+    python bench/realtime.py [--runs 3] [--seconds 10] [--side 512] [--says 5] [--max-sessions 12]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import sys
@@ -28,6 +37,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 TARGET_FIRST_SEGMENT_MS = 300.0
 TARGET_STREAM_RTF = 2.0
+MIN_LIVE_FPS = 22.5
+LONG_TEXT = "Several sessions speak at the same time, so every one of them renders its mouth in each frame. " * 2
 
 
 def streamed_request(payload: dict) -> tuple[float, float, float, int]:
@@ -87,14 +98,126 @@ def bench_streaming(work: Path, runs: int, seconds: float, side: int) -> None:
     print(f"streaming targets: {'met' if ok else 'MISSED'}")
 
 
+class MouthWatch:
+    """Per received frame: how far the mouth region is from the first frame's (mean grey-level difference)."""
+
+    def __init__(self) -> None:
+        self.box: tuple[int, int, int, int] | None = None
+        self.reference = None
+        self.history: list[tuple[float, float]] = []  # (arrival, difference)
+
+    def frame(self, arrival: float, pts: int, image) -> None:
+        import cv2
+
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype("float32")
+        if self.box is None:
+            from engines.face import load_face_analyzer
+
+            analyzer = load_face_analyzer()
+            points = analyzer.landmarks(image, analyzer.detect(image)[0])[48:68]
+            (x1, y1), (x2, y2) = points.min(axis=0).astype(int) - 4, points.max(axis=0).astype(int) + 4
+            self.box, self.reference = (y1, y2, x1, x2), grey[y1:y2, x1:x2]
+        y1, y2, x1, x2 = self.box
+        self.history.append((arrival, float(abs(grey[y1:y2, x1:x2] - self.reference).mean())))
+
+    def first_move_after(self, start: float, idle_from: float) -> float | None:
+        idle = [d for at, d in self.history if idle_from <= at < start]
+        threshold = 1.5 * max(idle, default=0.0) + 4.0
+        return next((at for at, d in self.history if at >= start and d > threshold), None)
+
+
+async def say_to_mouth(url: str, image: str, says: int) -> list[float]:
+    import httpx
+
+    from realtime.client import LiveClient
+
+    watch = MouthWatch()
+    latencies = []
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        peer = LiveClient(http, keep_frames=False, on_frame=watch.frame)
+        await peer.start("bench", image=image)
+        await asyncio.sleep(2.0)
+        for _ in range(says):
+            idle_from = time.time()
+            await asyncio.sleep(2.0)
+            start = time.time()
+            (await peer.say("Hello, how are you today?")).raise_for_status()
+            await asyncio.sleep(3.0)
+            moved = watch.first_move_after(start, idle_from)
+            if moved is not None:
+                latencies.append((moved - start) * 1000)
+        await peer.close()
+    return latencies
+
+
+async def concurrent_fps(url: str, image: str, sessions: int) -> list[float]:
+    """Received fps of each of ``sessions`` peers, all speaking."""
+    import httpx
+
+    from realtime.client import LiveClient, steady_fps
+
+    arrivals: list[list[float]] = [[] for _ in range(sessions)]
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        peers = [
+            LiveClient(http, keep_frames=False, on_frame=lambda at, pts, image, k=k: arrivals[k].append(at))
+            for k in range(sessions)
+        ]
+        for peer in peers:
+            await peer.start("bench", image=image)
+        await asyncio.sleep(1.5)
+        for peer in peers:
+            (await peer.say(LONG_TEXT)).raise_for_status()
+        await asyncio.sleep(5.0)
+        for peer in peers:
+            await peer.close()
+    return [steady_fps(times, skip_s=2.0) for times in arrivals]
+
+
+def bench_live(work: Path, says: int, max_sessions: int) -> None:
+    import cv2
+
+    from orchestrator.api import create_app
+    from orchestrator.config import OrchestratorSettings
+    from orchestrator.emulator import BackgroundServer
+    from orchestrator.service import JobService
+    from tests.media import astronaut_bgr
+
+    store = work / "live-store"
+    store.mkdir()
+    cv2.imwrite(str(store / "portrait.png"), astronaut_bgr(512)[0:256, 96:352])
+    os.environ.update(AVATAR_STORE_URI=store.as_uri(), REALTIME_MAX_SESSIONS=str(max_sessions), API_TOKEN="")
+    service = JobService(OrchestratorSettings(database_url=f"sqlite:///{work / 'jobs.db'}"))
+    image = (store / "portrait.png").as_uri()
+    with BackgroundServer(create_app(service)) as server:
+        latencies = asyncio.run(say_to_mouth(server.url, image, says))
+        print("\nlive sessions (WebRTC), 256x256 portrait, viseme_warp, aiortc peers in this process")
+        if latencies:
+            median_ms = statistics.median(latencies)
+            print(f"{'say -> first mouth movement (ms)':34}{median_ms:>10.1f}   ({len(latencies)} says)")
+        held = 0
+        for sessions in range(1, max_sessions + 1):
+            fps = asyncio.run(concurrent_fps(server.url, image, sessions))
+            print(f"{f'{sessions} speaking session(s): min fps':34}{min(fps):>10.1f}")
+            if min(fps) < MIN_LIVE_FPS:
+                break
+            held = sessions
+        print(f"concurrent live sessions at 25 fps (-10%): {held}")
+    service.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--side", type=int, default=512)
+    parser.add_argument("--says", type=int, default=5)
+    parser.add_argument("--max-sessions", type=int, default=12)
+    parser.add_argument("--skip-streaming", action="store_true", help="only the live-session figures")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-realtime-") as tmp:
-        bench_streaming(Path(tmp), args.runs, args.seconds, args.side)
+        if not args.skip_streaming:
+            bench_streaming(Path(tmp), args.runs, args.seconds, args.side)
+        bench_live(Path(tmp), args.says, args.max_sessions)
 
 
 if __name__ == "__main__":

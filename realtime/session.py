@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 VIDEO_CLOCK_RATE = 90000
 AUDIO_FRAME_SAMPLES = SAMPLE_RATE // 50  # 20 ms
 SPEECH_LEAD_FRAMES = 2  # new speech starts this many frames after "now", so its first frame is rendered in time
+# A late frame is sent at once and the next ones catch up (a short CPU stall costs no frames); only this far
+# behind are frames skipped, so the picture never lags the sound by more than about half a second.
+MAX_BEHIND_FRAMES = 12
 IDLE_CHECK_S = 1.0
 
 
@@ -71,6 +74,12 @@ class SessionClock:
         return int((time.time() - self.start) * FPS) if self._start is not None else 0
 
 
+async def _sleep_until(at: float) -> None:
+    delay = at - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
 def _tracks() -> tuple[type, type]:
     """The two track classes (aiortc is imported only when a session is made)."""
     import av
@@ -88,10 +97,10 @@ def _tracks() -> tuple[type, type]:
             if self.readyState != "live":
                 raise MediaStreamError
             clock = self._session.clock
-            n = max(self._next, clock.frame_now() - 1)  # behind (a slow render): skip ahead, never drift
-            delay = clock.start + n / FPS - time.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            n = self._next
+            if clock.frame_now() - n > MAX_BEHIND_FRAMES:  # far behind (a stall): skip ahead rather than drift
+                n = clock.frame_now() - 1
+            await _sleep_until(clock.start + n / FPS)
             image = await self._session.run(self._session.renderer.frame, n)
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
             frame.pts, frame.time_base = n * (VIDEO_CLOCK_RATE // FPS), fractions.Fraction(1, VIDEO_CLOCK_RATE)
@@ -112,9 +121,7 @@ def _tracks() -> tuple[type, type]:
                 raise MediaStreamError
             clock = self._session.clock
             start = self._next * AUDIO_FRAME_SAMPLES
-            delay = clock.start + start / SAMPLE_RATE - time.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await _sleep_until(clock.start + start / SAMPLE_RATE)
             samples = self._session.timeline.audio(start, AUDIO_FRAME_SAMPLES)
             pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
             frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")

@@ -7,7 +7,6 @@ import asyncio
 import fractions
 import threading
 import time
-from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
@@ -15,10 +14,10 @@ import pytest
 
 pytest.importorskip("aiortc", reason="live sessions need the `realtime` extra (aiortc)")
 
-from aiortc import RTCPeerConnection, RTCSessionDescription  # noqa: E402
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
+from aiortc.mediastreams import MediaStreamTrack  # noqa: E402
 
 from engines.face import load_face_analyzer  # noqa: E402
+from realtime.client import LiveClient, steady_fps  # noqa: E402
 from tests.realtime.conftest import AUTH, LiveApi, mouth_openings  # noqa: E402
 
 MIC_RATE = 48000
@@ -53,67 +52,32 @@ class MicTrack(MediaStreamTrack):
         return frame
 
 
-@dataclass
-class Received:
-    frames: list[tuple[float, int, np.ndarray]] = field(default_factory=list)  # (arrival, pts, BGR)
-    audio_frames: int = 0
-
-
-async def collect(track, received: Received) -> None:
-    try:
-        while True:
-            frame = await track.recv()
-            if track.kind == "video":
-                received.frames.append((time.time(), frame.pts, frame.to_ndarray(format="bgr24")))
-            else:
-                received.audio_frames += 1
-    except MediaStreamError:
-        return
-
-
-async def open_session(client: httpx.AsyncClient, api: LiveApi, pc: RTCPeerConnection, received: Received) -> dict:
-    tasks = []
-    pc.on("track", lambda track: tasks.append(asyncio.ensure_future(collect(track, received))))
-    await pc.setLocalDescription(await pc.createOffer())
-    offer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
-    answer = await client.post("/v1/sessions", json={"user_id": "live-user", "image": api.portrait_uri, "offer": offer})
-    assert answer.status_code == 201, answer.text
-    body = answer.json()
-    await pc.setRemoteDescription(RTCSessionDescription(**body["answer"]))
-    return body
-
-
-def test_a_live_session_streams_25_fps_idles_and_lip_syncs_the_microphone(live_api: LiveApi) -> None:
-    received = Received()
+def test_a_live_session_streams_25_fps_idles_and_lip_syncs_the_microphone(live_server: LiveApi) -> None:
+    live_api = live_server
     mic = MicTrack()
 
-    async def scenario() -> tuple[dict, float]:
+    async def scenario() -> tuple[LiveClient, float]:
         async with httpx.AsyncClient(base_url=live_api.url, headers=AUTH, timeout=30) as client:
-            pc = RTCPeerConnection()
-            pc.addTransceiver("video", direction="recvonly")
-            pc.addTrack(mic)
-            body = await open_session(client, live_api, pc, received)
+            peer = LiveClient(client, mic=mic)
+            await peer.start("live-user", image=live_api.portrait_uri)
             await asyncio.sleep(BURST[1] + 2.0)
-            mic_started = mic.started or 0.0
-            assert (await client.delete(f"/v1/sessions/{body['session_id']}")).status_code == 204
-            await pc.close()
-            return body, mic_started
+            await peer.close()
+            return peer, mic.started or 0.0
 
-    body, mic_started = asyncio.run(scenario())
-    arrivals = np.array([at for at, _, _ in received.frames])
-    steady = arrivals[arrivals > arrivals[0] + 1.0]  # after the first second (ICE, first keyframe)
-    fps = (len(steady) - 1) / (steady[-1] - steady[0])
+    peer, mic_started = asyncio.run(scenario())
+    fps = steady_fps([at for at, _, _ in peer.received.raw])  # after the first second (ICE, first keyframe)
     assert 22.5 <= fps <= 27.5, fps
-    assert received.audio_frames > 100
+    assert peer.received.audio_frames > 100
 
-    images = [image for _, _, image in received.frames]
+    received = peer.received.frames
+    images = [image for _, _, image in received]
     assert min(float(image.mean()) for image in images) > 30  # never black
-    idle = [image for at, _, image in received.frames if mic_started + 0.3 < at < mic_started + BURST[0] - 0.2]
+    idle = [image for at, _, image in received if mic_started + 0.3 < at < mic_started + BURST[0] - 0.2]
     motion = [np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(idle, idle[12:], strict=False)]
     assert max(motion) > 0.3, max(motion)  # the idle avatar moves (sway, blinks): not a frozen frame
 
     analyzer = load_face_analyzer()
-    times = np.array([at - mic_started for at, _, _ in received.frames])
+    times = np.array([at - mic_started for at, _, _ in received])
     before = (times > 0.3) & (times < BURST[0] - 0.2)
     during = (times > BURST[0] + 0.1) & (times < BURST[1] + 0.5)
     after = times > BURST[1] + 1.2
@@ -126,29 +90,24 @@ def test_a_live_session_streams_25_fps_idles_and_lip_syncs_the_microphone(live_a
 
 
 def test_say_interrupts_and_the_session_ends_cleanly(live_api: LiveApi) -> None:
-    received = Received()
     sessions = live_api.app.state.sessions
 
     async def scenario() -> list:
         async with httpx.AsyncClient(base_url=live_api.url, headers=AUTH, timeout=30) as client:
-            pc = RTCPeerConnection()
-            pc.addTransceiver("video", direction="recvonly")
-            pc.addTransceiver("audio", direction="recvonly")
-            body = await open_session(client, live_api, pc, received)
-            session = f"/v1/sessions/{body['session_id']}"
+            peer = LiveClient(client, keep_frames=False)
+            await peer.start("live-user", image=live_api.portrait_uri)
             await asyncio.sleep(1.5)
-            long_text = "This sentence is long enough to be cut off by the next one before it ends."
-            first = await client.post(f"{session}/say", json={"text": long_text})
+            first = await peer.say("This sentence is long enough to be cut off by the next one before it ends.")
             await asyncio.sleep(0.8)
-            second = await client.post(f"{session}/say", json={"text": "Hello there."})
+            second = await peer.say("Hello there.")
             await asyncio.sleep(2.5)
-            refused = await client.post(f"{session}/say", json={"text": ""})
-            await pc.close()  # the peer goes away without a DELETE
+            refused = await peer.say("")
+            await peer.close(delete=False)  # the peer goes away without a DELETE
             for _ in range(100):
                 await asyncio.sleep(0.1)
                 if all(live.closed for live in sessions.sessions.values()):
                     break
-            gone = await client.post(f"{session}/say", json={"text": "Anyone?"})
+            gone = await peer.say("Anyone?")
             return [first, second, refused, gone]
 
     first, second, refused, gone = asyncio.run(scenario())
