@@ -116,3 +116,36 @@ def test_say_interrupts_and_the_session_ends_cleanly(live_api: LiveApi) -> None:
     assert refused.status_code == 422
     assert gone.status_code == 404 and gone.json()["error_code"] == "session_not_found"
     assert [t.name for t in threading.enumerate() if t.name.startswith("live-")] == []  # its render thread ended
+
+
+@pytest.fixture
+def tight_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REALTIME_MAX_SESSIONS", "1")
+    monkeypatch.setenv("REALTIME_IDLE_TIMEOUT_S", "1.5")
+
+
+def test_session_limit_idle_timeout_and_foreign_files(tight_limits: None, live_api: LiveApi) -> None:
+    async def scenario() -> tuple[int, dict, bool, int, dict]:
+        async with httpx.AsyncClient(base_url=live_api.url, headers=AUTH, timeout=30) as client:
+            first, second, third = (LiveClient(client, keep_frames=False) for _ in range(3))
+            await first.start("live-user", image=live_api.portrait_uri)
+            try:
+                await second.start("live-user", image=live_api.portrait_uri)
+                refused = (0, {})
+            except httpx.HTTPStatusError as exc:
+                refused = (exc.response.status_code, exc.response.json())
+            await asyncio.sleep(4.0)  # no input: the idle timeout ends the first session
+            idle_closed = all(live.closed for live in live_api.app.state.sessions.sessions.values())
+            await third.start("live-user", image=live_api.portrait_uri)  # room again
+            offer = {"sdp": "v=0", "type": "offer"}
+            foreign = await client.post(
+                "/v1/sessions", json={"user_id": "u", "image": "file:///etc/hosts", "offer": offer}
+            )
+            for peer in (first, second, third):
+                await peer.close(delete=False)
+            return *refused, idle_closed, foreign.status_code, foreign.json()
+
+    status, body, idle_closed, foreign_status, foreign = asyncio.run(scenario())
+    assert status == 503 and body["error_code"] == "too_many_sessions"
+    assert idle_closed
+    assert foreign_status == 422 and foreign["error_code"] == "url_refused"
