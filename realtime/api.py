@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -13,6 +13,7 @@ from engines.errors import EngineError
 from handlers.errors import TaskError
 from handlers.schemas import MAX_TEXT_CHARS, Identifier, Voice, _check_uri
 from realtime.manager import RealtimeUnavailable, SessionLimitReached, SessionManager, SessionNotFound
+from realtime.session import LiveSession
 from storage.errors import StorageError
 
 NOT_FOUND_CODES = frozenset({"session_not_found", "avatar_not_found", "not_found"})
@@ -70,20 +71,37 @@ def _refusal(exc: TaskError | EngineError | StorageError) -> JSONResponse:
     return JSONResponse({"error": exc.message, "error_code": exc.code}, status_code=status)
 
 
+def _anyone() -> None:
+    return None
+
+
 def realtime_router(
-    manager: SessionManager, check_inputs: Callable[[dict[str, Any]], None] | None = None, **router_options: Any
+    manager: SessionManager,
+    *,
+    caller: Callable[..., Any] = _anyone,
+    check_access: Callable[[Any, dict[str, Any]], None] | None = None,
 ) -> APIRouter:
-    """The routes; ``check_inputs`` sees ``{"image", "store"}`` of a new session first and may raise TaskError
-    (the API's rule on which ``file://`` inputs HTTP clients may name)."""
-    router = APIRouter(tags=["live sessions"], **router_options)
+    """The routes. ``caller`` is the API's authentication dependency; ``check_access(caller, inputs)`` sees
+    ``{"user_id", "image", "store"}`` of a new session and ``{"user_id"}`` of a session being used, and
+    raises to refuse (the API's rules on which users a token may act for and which ``file://`` inputs
+    HTTP clients may name)."""
+    router = APIRouter(tags=["live sessions"])
+
+    def check(who: Any, inputs: dict[str, Any]) -> None:
+        if check_access is not None:
+            check_access(who, inputs)
+
+    def session_of(who: Any, session_id: str) -> LiveSession:
+        session = manager.get(session_id)
+        check(who, {"user_id": session.user_id})
+        return session
 
     @router.post("/v1/sessions", response_model=SessionAnswer, status_code=201, summary="Start a live session")
-    async def create_session(body: SessionRequest) -> SessionAnswer | JSONResponse:
+    async def create_session(body: SessionRequest, who: Any = Depends(caller)) -> SessionAnswer | JSONResponse:
         """Answer the browser's WebRTC offer with the avatar's video (25 fps) and audio (Opus) tracks. Speak
         with `/say`, a data-channel message (text, or JSON `{"text", "voice"}`) or the offer's audio track."""
         try:
-            if check_inputs is not None:
-                check_inputs({"image": body.image, "store": body.store})
+            check(who, {"user_id": body.user_id, "image": body.image, "store": body.store})
             session_id, answer = await manager.create(
                 body.user_id, body.avatar_id, body.image, body.store, body.offer.model_dump()
             )
@@ -92,16 +110,17 @@ def realtime_router(
         return SessionAnswer(session_id=session_id, answer=SessionDescription(**answer))
 
     @router.post("/v1/sessions/{session_id}/say", response_model=SayAnswer, summary="Make the avatar speak")
-    async def say(session_id: str, body: SayRequest) -> SayAnswer | JSONResponse:
+    async def say(session_id: str, body: SayRequest, who: Any = Depends(caller)) -> SayAnswer | JSONResponse:
         try:
-            seconds = await manager.get(session_id).say(body.text, body.voice)
+            seconds = await session_of(who, session_id).say(body.text, body.voice)
         except (TaskError, EngineError, StorageError) as exc:
             return _refusal(exc)
         return SayAnswer(session_id=session_id, duration_s=round(seconds, 3))
 
     @router.delete("/v1/sessions/{session_id}", status_code=204, summary="End a live session")
-    async def end_session(session_id: str) -> None:
+    async def end_session(session_id: str, who: Any = Depends(caller)) -> None:
         try:
+            session_of(who, session_id)
             await manager.close(session_id)
         except SessionNotFound as exc:
             return _refusal(exc)  # type: ignore[return-value]

@@ -73,6 +73,7 @@ class SessionManager:
             avatar = await _on(executor, self._avatar, *loop_args)
             engine = cpu_engine(self.runtime)
             session = LiveSession(session_id, avatar, holds, engine, executor, self._speak, self.limits.idle_timeout_s)
+            session.user_id = user_id
             self.sessions[session_id] = session
             answer = await session.answer(offer)
         except BaseException:

@@ -148,6 +148,7 @@ class LiveSession:
         idle_timeout_s: float,
     ) -> None:
         self.id = session_id
+        self.user_id: str | None = None  # whose session it is (the API checks a token may act for them)
         self.idle_timeout_s = idle_timeout_s
         self.timeline = SpeechTimeline()
         self.renderer = LiveRenderer(avatar, engine, self.timeline)

@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from handlers.errors import TaskError
 from handlers.schemas import REQUEST_MODELS
+from orchestrator.api.auth import Caller
 from orchestrator.api.compat import FILE_ROUTES as SEED_FILE_ROUTES
 from orchestrator.api.compat import SEED_ERROR_SHAPE_PATHS, add_compat_routes, seed_device_info, seed_health_fields
 from orchestrator.api.context import ApiContext, refuse_foreign_files
@@ -296,10 +297,10 @@ def create_app(
     app.include_router(public)
     app.state.sessions = sessions
     store_uri = ctx.handler_settings.avatar_store_uri
-    router = realtime_router(
-        sessions,
-        check_inputs=lambda inputs: refuse_foreign_files(inputs, store_uri),
-        dependencies=[Depends(ctx.authenticate)],
-    )
-    app.include_router(router)
+
+    def check_live_access(caller: Caller, inputs: dict[str, Any]) -> None:
+        caller.check_user(inputs.get("user_id"))
+        refuse_foreign_files(inputs, store_uri)
+
+    app.include_router(realtime_router(sessions, caller=ctx.authenticate, check_access=check_live_access))
     return app

@@ -122,10 +122,17 @@ def test_say_interrupts_and_the_session_ends_cleanly(live_api: LiveApi) -> None:
 def tight_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REALTIME_MAX_SESSIONS", "1")
     monkeypatch.setenv("REALTIME_IDLE_TIMEOUT_S", "1.5")
+    monkeypatch.setenv("TENANT_TOKENS", '{"tenant-token": ["tenant-user"]}')
 
 
 def test_session_limit_idle_timeout_and_foreign_files(tight_limits: None, live_api: LiveApi) -> None:
     async def scenario() -> tuple[int, dict, bool, int, dict]:
+        tenant = {"Authorization": "Bearer tenant-token"}
+        async with httpx.AsyncClient(base_url=live_api.url, headers=tenant, timeout=30) as client:
+            offer = {"sdp": "v=0", "type": "offer"}
+            body = {"user_id": "live-user", "image": live_api.portrait_uri, "offer": offer}
+            other = await client.post("/v1/sessions", json=body)
+            assert other.status_code == 403 and other.json()["error_code"] == "forbidden"  # another tenant's user
         async with httpx.AsyncClient(base_url=live_api.url, headers=AUTH, timeout=30) as client:
             first, second, third = (LiveClient(client, keep_frames=False) for _ in range(3))
             await first.start("live-user", image=live_api.portrait_uri)
