@@ -39,10 +39,13 @@ def _cpu() -> dict[str, Any]:
 
 
 def device() -> dict[str, Any]:
-    """CUDA when torch sees it, else CPU. Importing torch is skipped when it is not installed."""
+    """CUDA when torch sees it, else CPU. Importing torch (seconds) is skipped when it is not installed or is a
+    CPU-only build (its version says ``+cpu``)."""
     try:
+        if importlib.metadata.version("torch").endswith("+cpu"):
+            return _cpu()
         import torch
-    except ImportError:
+    except (ImportError, importlib.metadata.PackageNotFoundError):
         return _cpu()
     if torch.cuda.is_available():
         return {"type": "cuda", "cuda": True, "name": torch.cuda.get_device_name(0), "cuda_version": torch.version.cuda}

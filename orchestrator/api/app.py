@@ -44,7 +44,13 @@ from handlers.errors import TaskError
 from handlers.schemas import REQUEST_MODELS
 from orchestrator.api.auth import Caller
 from orchestrator.api.compat import FILE_ROUTES as SEED_FILE_ROUTES
-from orchestrator.api.compat import SEED_ERROR_SHAPE_PATHS, add_compat_routes, seed_device_info, seed_health_fields
+from orchestrator.api.compat import (
+    SEED_ERROR_SHAPE_PATHS,
+    add_compat_routes,
+    renders_here,
+    seed_device_info,
+    seed_health_fields,
+)
 from orchestrator.api.context import ApiContext, refuse_foreign_files
 from orchestrator.api.v1 import FILE_ROUTES as V1_FILE_ROUTES
 from orchestrator.api.v1 import add_v1_routes
@@ -275,8 +281,8 @@ def create_app(
         if not settings.auth_required:
             log.warning("API_TOKEN is not set: the HTTP API accepts requests without authentication")
         service.start()
-        # Seed /health reports this process's device: torch's import takes seconds, not a health check's.
-        threading.Thread(target=seed_device_info, name="device-info", daemon=True).start()
+        if renders_here(settings):  # seed /health reports this machine's device: torch's import takes seconds
+            threading.Thread(target=seed_device_info, name="device-info", daemon=True).start()
         yield
         await sessions.close_all()
         if ctx.owns_service:

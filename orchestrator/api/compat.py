@@ -36,7 +36,7 @@ from handlers.schemas import (
 from orchestrator.api.auth import Caller
 from orchestrator.api.context import ApiContext
 from orchestrator.api.errors import ApiError
-from orchestrator.config import parse_backend_spec
+from orchestrator.config import BackendKind, OrchestratorSettings
 from orchestrator.models import JobStatus, JobView
 from orchestrator.uploads import UploadKind, upload_stream
 from storage import ObjectStore
@@ -319,11 +319,16 @@ def seed_device_info() -> dict[str, Any]:
     return handlers.health.device()
 
 
+def renders_here(settings: OrchestratorSettings) -> bool:
+    """Whether renders run on this machine (the local backend): then seed /health reports its device."""
+    return settings.backend_spec("render_emotion").kind is BackendKind.local
+
+
 def seed_health_fields(ctx: ApiContext, report: dict[str, Any]) -> dict[str, Any]:
     """Seed 004's ``GET /health`` fields, snake_case (its server) and camelCase (its TypeScript client).
 
     The GPU is this process's when the renders run here (local backend), else unknown (null)."""
-    local = parse_backend_spec(ctx.settings.backend_render_emotion).kind == "local"
+    local = renders_here(ctx.settings)
     device = seed_device_info() if local else {}
     gpu = bool(device.get("cuda")) if local else None
     backends = report.get("backends") or {}
