@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 
 from storage import StorageError, StorageSettings, fetch
+from tests.storage.test_local_and_fetch import _Handler as PlainHandler
 
 BODY = b"x" * 2048
 
 
-class _Hostile(http.server.BaseHTTPRequestHandler):
+class _Hostile(PlainHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
@@ -46,14 +47,7 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
             time.sleep(0.05)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for name, value in {"Content-Length": str(len(body)), **headers}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        super()._send(status, body, {"Content-Length": str(len(body)), **headers})
 
 
 @pytest.fixture(scope="module")
