@@ -6,6 +6,8 @@ to the next one with a logged warning. An explicit neural engine without its wei
 ``engine_unavailable`` error naming the file and the ``fetch-weights`` command. Weights come from
 ``WAV2LIP96_CHECKPOINT`` / ``WAV2LIP256_CHECKPOINT`` (users' own files, loaded as given) or from the
 weights directories (manifest files, checksum-verified). Loaded engines are cached per process.
+``liveportrait`` animates one portrait: auto tries it first for image-driven requests (CUDA only), never
+for stored avatars; its weights are a set (``LIVEPORTRAIT_DIR`` or ``WEIGHTS_DIR/liveportrait``).
 """
 
 from __future__ import annotations
@@ -38,10 +40,24 @@ class NeuralEngine:
     module: str  # imported on first load: registers the engine class (and imports torch)
     checkpoint_setting: str | None  # the Settings field naming a user's own checkpoint, if the engine takes one
     needs_cuda: bool = False  # auto passes it over without CUDA (a few frames/s on a CPU)
+    setting_file: str = ""  # when the setting names a folder: the file inside it that stands for the set
+    portrait_only: bool = False  # animates one portrait image: not for stored avatars
+    precision_setting: str = "wav2lip_precision"
+    options: tuple[str, ...] = ()  # further Settings fields passed to ``load``, named without the engine prefix
 
 
 # auto's order of preference; the CPU engine comes after all of them. A new engine is one more row.
 NEURAL_ENGINES = (
+    NeuralEngine(
+        "liveportrait",
+        "engines.liveportrait.talking",
+        "liveportrait_dir",
+        needs_cuda=True,
+        setting_file="base_models/warping_module.pth",
+        portrait_only=True,
+        precision_setting="liveportrait_precision",
+        options=("liveportrait_input_size",),
+    ),
     NeuralEngine("wav2lip256", "engines.lipsync.wav2lip", "wav2lip256_checkpoint", needs_cuda=True),
     NeuralEngine("wav2lip96", "engines.lipsync.wav2lip", "wav2lip96_checkpoint"),
 )
@@ -78,36 +94,41 @@ def find_weights(engine: str, settings: Settings) -> WeightsFound | None:
     setting = NEURAL_BY_NAME[engine].checkpoint_setting
     user_checkpoint = getattr(settings, setting) if setting else None
     if setting and user_checkpoint is not None:
-        return WeightsFound(engine, Path(user_checkpoint), setting.upper(), None)
+        path = Path(user_checkpoint) / NEURAL_BY_NAME[engine].setting_file
+        return WeightsFound(engine, path, setting.upper(), None)
     found = weights.find_for_engine(engine, settings.weights_dir)
     return WeightsFound(engine, found[1], found[0].name, found[0]) if found else None
 
 
-def _missing_message(engine: str, settings: Settings, found: WeightsFound | None) -> str:
+def missing_message(engine: str, settings: Settings, found: WeightsFound | None) -> str:
     if found is not None:  # a user checkpoint setting that points nowhere
         return f"Engine `{engine}`: {found.origin} is set to `{found.path}`, which does not exist."
     names = weights.ENGINE_WEIGHTS[engine]
-    files = " or ".join(f"`{weights.BY_NAME[n].filename}`" for n in names)
+    whole_set = engine in weights.SET_ENGINES  # every file is needed, fetched as one group
+    files = (" and " if whole_set else " or ").join(f"`{weights.BY_NAME[n].filename}`" for n in names)
     dirs = ", ".join(str(d) for d in weights.search_dirs(settings.weights_dir))
     setting = NEURAL_BY_NAME[engine].checkpoint_setting
-    own = f" or set {setting.upper()} to your own checkpoint" if setting else ""
+    own = f" or set {setting.upper()} to your own {'copy' if whole_set else 'checkpoint'}" if setting else ""
+    fetch = weights.fetch_command([engine] if whole_set else names[:1], settings.weights_dir)
     return (
         f"Engine `{engine}` needs its weights: {files} not found in {dirs}. Fetch them with "
-        f"`{weights.fetch_command(names[:1], settings.weights_dir)}`{own}; or use `auto` / `{CPU_ENGINE}`."
+        f"`{fetch}`{own}; or use `auto` / `{CPU_ENGINE}`."
     )
 
 
-def _present(engine: str, settings: Settings) -> WeightsFound | None:
+def present_weights(engine: str, settings: Settings) -> WeightsFound | None:
     found = find_weights(engine, settings)
     return found if found is not None and found.path.is_file() else None
 
 
-def _auto_candidates(runtime: WorkerRuntime) -> list[tuple[str, str]]:
+def _auto_candidates(runtime: WorkerRuntime, portrait: bool = False) -> list[tuple[str, str]]:
     """(engine, reason) in the order auto tries them; the CPU engine always ends the list."""
     settings, failures = runtime.settings, runtime.engines.failures
     candidates, notes = [], []
     for spec in NEURAL_ENGINES:
-        found = _present(spec.name, settings)
+        if spec.portrait_only and not portrait:
+            continue  # a stored avatar: not this engine's input
+        found = present_weights(spec.name, settings)
         configured = find_weights(spec.name, settings) if found is None else None
         if configured is not None:
             notes.append(f"{configured.origin} `{configured.path}` does not exist")
@@ -123,15 +144,18 @@ def _auto_candidates(runtime: WorkerRuntime) -> list[tuple[str, str]]:
     return candidates
 
 
-def choose(requested: str, runtime: WorkerRuntime) -> tuple[str, str]:
+def choose(requested: str, runtime: WorkerRuntime, portrait: bool = False) -> tuple[str, str]:
     """(engine name, reason) for a requested engine name, without loading anything."""
     if requested == AUTO:
-        return _auto_candidates(runtime)[0]
+        return _auto_candidates(runtime, portrait)[0]
     if requested == CPU_ENGINE:
         return CPU_ENGINE, "requested"
     if requested in NEURAL_BY_NAME:
-        if _present(requested, runtime.settings) is None:
-            missing = _missing_message(requested, runtime.settings, find_weights(requested, runtime.settings))
+        if NEURAL_BY_NAME[requested].portrait_only and not portrait:
+            message = f"Engine `{requested}` animates one portrait: give `image` instead of `avatar_id`."
+            raise TaskError("engine_unavailable", message)
+        if present_weights(requested, runtime.settings) is None:
+            missing = missing_message(requested, runtime.settings, find_weights(requested, runtime.settings))
             raise TaskError("engine_unavailable", missing)
         return requested, "requested"
     allowed = ", ".join((AUTO, *NEURAL_BY_NAME, CPU_ENGINE))
@@ -151,18 +175,19 @@ def _load_file(found: WeightsFound, settings: Settings) -> LipSyncEngine:
 
     spec = NEURAL_BY_NAME[found.engine]
     if found.entry is not None:
-        weights.verify_file(found.entry, found.path)
+        weights.verify_engine_files(found.entry, found.path)
     importlib.import_module(spec.module)
     if spec.needs_cuda and not cuda_available():
         log.warning("%s without CUDA: expect a few frames/s on CPU", spec.name)
-    return LIPSYNC_ENGINES[spec.name].load(found.path, precision=settings.wav2lip_precision)
+    options = {name.removeprefix(f"{spec.name}_"): getattr(settings, name) for name in spec.options}
+    return LIPSYNC_ENGINES[spec.name].load(found.path, precision=getattr(settings, spec.precision_setting), **options)
 
 
 def _neural_engine(engine: str, runtime: WorkerRuntime) -> tuple[LipSyncEngine, WeightsFound]:
     """Load (once per process and file) the neural engine; EngineError on a bad file."""
-    found = _present(engine, runtime.settings)
+    found = present_weights(engine, runtime.settings)
     if found is None:
-        missing = _missing_message(engine, runtime.settings, find_weights(engine, runtime.settings))
+        missing = missing_message(engine, runtime.settings, find_weights(engine, runtime.settings))
         raise TaskError("engine_unavailable", missing)
     key, failures = found.key, runtime.engines.failures
     if key in failures:
@@ -181,16 +206,18 @@ def _info(engine: LipSyncEngine, reason: str, found: WeightsFound | None) -> dic
     return info
 
 
-def lipsync_engine(requested: str, runtime: WorkerRuntime) -> tuple[LipSyncEngine, dict[str, Any]]:
-    """The loaded engine (kept by the runtime) and the info the result reports."""
+def lipsync_engine(
+    requested: str, runtime: WorkerRuntime, portrait: bool = False
+) -> tuple[LipSyncEngine, dict[str, Any]]:
+    """The loaded engine (kept by the runtime) and the info the result reports; ``portrait``: one image is animated."""
     if requested != AUTO:
-        name, reason = choose(requested, runtime)
+        name, reason = choose(requested, runtime, portrait)
         if name == CPU_ENGINE:
             return cpu_engine(runtime), _info(cpu_engine(runtime), reason, None)
         engine, found = _neural_engine(name, runtime)
         return engine, _info(engine, reason, found)
     failed = []
-    for name, reason in _auto_candidates(runtime):
+    for name, reason in _auto_candidates(runtime, portrait):
         if name == CPU_ENGINE:
             return cpu_engine(runtime), _info(cpu_engine(runtime), "; ".join([reason, *failed]), None)
         try:
@@ -236,9 +263,11 @@ def _weights_report(found: WeightsFound, runtime: WorkerRuntime) -> dict[str, An
 def describe(runtime: WorkerRuntime) -> dict[str, Any]:
     """For ``health``: the engine auto would use and why, and the weights found (cheap: no hashing)."""
     name, reason = choose(AUTO, runtime)
-    present = (_present(spec.name, runtime.settings) for spec in NEURAL_ENGINES)
+    portrait_name, portrait_reason = choose(AUTO, runtime, portrait=True)
+    present = (present_weights(spec.name, runtime.settings) for spec in NEURAL_ENGINES)
     found_weights = [_weights_report(found, runtime) for found in present if found is not None]
     result: dict[str, Any] = {"engine": name, "reason": reason, "cuda": cuda_available(), "weights": found_weights}
+    result["image_engine"] = {"engine": portrait_name, "reason": portrait_reason}  # image-driven requests
     if any(w["origin"] in ("wav2lip96", "wav2lip96_gan") for w in found_weights):
         result["licence_notice"] = "Wav2Lip 96-px weights present: " + weights.NON_COMMERCIAL
     return result

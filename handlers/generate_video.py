@@ -85,7 +85,7 @@ def stream(
     store = resolve_store(request.store, settings)
     video_id = request.video_id or new_id()
     # first: a named engine without its weights is refused before anything is downloaded or spoken
-    engine, engine_info = engine_choice.lipsync_engine(request.engine, runtime)
+    engine, engine_info = engine_choice.lipsync_engine(request.engine, runtime, portrait=request.image is not None)
     with tempfile.TemporaryDirectory(prefix="generate-video-") as tmp, ExitStack() as holds:
         work = Path(tmp)
         progress("fetch", STAGE_START["fetch"])

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from engines.constants import IMAGE_CONTENT_TYPES
-from engines.expression import DEFAULT_ENGINE, ExpressionEngine, encode_image
-from handlers import Progress
+from engines.expression import ExpressionEngine, encode_image
+from handlers import Progress, expression_choice
 from handlers.inputs import fetch_image, read_image
 from handlers.outputs import new_id, resolve_store, upload
 from handlers.runtime import WorkerRuntime
@@ -37,22 +37,22 @@ log = logging.getLogger(__name__)
 STAGE_START = {"fetch": 0.0, "analyze": 0.1, "render": 0.2, "upload": 0.9}
 DELETE_ATTEMPTS = 4
 DELETE_RETRY_WAIT_S = 0.2
-ENGINE_REASON = "CPU landmark warp; no GPU expression engine in this build"
 
 
 def load(runtime: WorkerRuntime) -> None:
-    runtime.engines.expression_engine(DEFAULT_ENGINE)
+    expression_choice.expression_engine("auto", runtime)
 
 
 def describe(runtime: WorkerRuntime) -> dict[str, Any]:
-    return {"engine": DEFAULT_ENGINE, "reason": ENGINE_REASON}
+    return expression_choice.describe(runtime)
 
 
 def run(request: RenderEmotionRequest, runtime: WorkerRuntime, progress: Progress) -> RenderEmotionResult:
     settings = runtime.settings
     store = resolve_store(request.store, settings)
     render_id = request.render_id or new_id()
-    engine = runtime.engines.expression_engine(DEFAULT_ENGINE)
+    # first: a named engine without its weights is refused before anything is downloaded
+    engine, _ = expression_choice.expression_engine(request.engine, runtime)
     with tempfile.TemporaryDirectory(prefix="render-emotion-") as tmp:
         work = Path(tmp)
         progress("fetch", STAGE_START["fetch"])
@@ -62,9 +62,8 @@ def run(request: RenderEmotionRequest, runtime: WorkerRuntime, progress: Progres
         progress("upload", STAGE_START["upload"])
         renders = _upload_all(store, stills, request, render_id, settings)
     progress("done", 1.0)
-    return RenderEmotionResult(
-        renders=renders, engine={"name": engine.name, "version": engine.version}, gpu_used=engine.gpu
-    )
+    engine_info = {"name": engine.name, "version": engine.version}
+    return RenderEmotionResult(renders=renders, engine=engine_info, gpu_used=engine.gpu)
 
 
 def output_format(request: RenderEmotionRequest) -> str:

@@ -35,9 +35,16 @@ class TaskName(str, Enum):
 
 class LipSyncEngineName(str, Enum):
     auto = "auto"
+    liveportrait = "liveportrait"
     wav2lip96 = "wav2lip96"
     wav2lip256 = "wav2lip256"
     viseme_warp = "viseme_warp"
+
+
+class ExpressionEngineName(str, Enum):
+    auto = "auto"
+    liveportrait = "liveportrait"
+    landmark_warp = "landmark_warp"
 
 
 Emotion = Enum("Emotion", [(name, name) for name in EMOTIONS], type=str, module=__name__)
@@ -140,6 +147,7 @@ class RenderEmotionRequest(TaskRequest):
     intensity: float = Field(0.7, ge=0.0, le=1.0)
     output_format: ImageFormat = ImageFormat.png
     render_id: Identifier | None = Field(None, description="Output id prefix; generated when absent.")
+    engine: ExpressionEngineName = ExpressionEngineName.auto
 
     @model_validator(mode="after")
     def _one_emotion_field(self) -> "RenderEmotionRequest":

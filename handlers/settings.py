@@ -34,6 +34,16 @@ class Settings(BaseSettings):
     wav2lip_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", validation_alias=AliasChoices("WAV2LIP_PRECISION")
     )
+    # LivePortrait: your own copy of the official layout (base_models/, retargeting_models/); else the one
+    # fetched into WEIGHTS_DIR/liveportrait. Input size: the crop fed to the networks (256 upstream; 128 is
+    # about 4x cheaper, with less detail).
+    liveportrait_dir: Path | None = Field(None, validation_alias=AliasChoices("LIVEPORTRAIT_DIR"))
+    liveportrait_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", validation_alias=AliasChoices("LIVEPORTRAIT_PRECISION")
+    )
+    liveportrait_input_size: Literal[128, 256, 384, 512] = Field(
+        256, validation_alias=AliasChoices("LIVEPORTRAIT_INPUT_SIZE")
+    )
 
     # Training-video limits (preprocess_avatar).
     max_video_bytes: int = Field(1024 * 1024 * 1024, validation_alias=AliasChoices("MAX_VIDEO_BYTES"))

@@ -20,6 +20,7 @@ from engines.lipsync.portrait_avatar import find_face
 from engines.liveportrait.animate import FrameEdits, PortraitAnimator, PortraitSource
 from engines.liveportrait.crop import INPUT_SIZE
 from engines.liveportrait.editing import emotion_edit
+from engines.liveportrait.loader import weights_root
 from engines.liveportrait.pipeline import LivePortrait, load_liveportrait
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,15 @@ class LivePortraitExpressionEngine:
 
     @classmethod
     def load(
-        cls, root: str | Path, faces: FaceAnalyzer, precision: str | None = None, device: str | None = None
+        cls,
+        path: str | Path,
+        faces: FaceAnalyzer,
+        precision: str | None = None,
+        device: str | None = None,
+        input_size: int = INPUT_SIZE,
     ) -> LivePortraitExpressionEngine:
-        return cls(load_liveportrait(root, precision, device), faces)
+        """From the weights root, or its ``base_models/warping_module.pth`` (the file that stands for the set)."""
+        return cls(load_liveportrait(weights_root(path), precision, device), faces, input_size)
 
     @property
     def info(self) -> dict[str, object]:

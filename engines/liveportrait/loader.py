@@ -70,6 +70,12 @@ PARTS = (
 FILES = tuple(dict.fromkeys(f"{p.file}.pth" for p in PARTS))  # the official file names, relative to the root
 
 
+def weights_root(path: str | Path) -> Path:
+    """The root of the layout from the root itself or from one of its files (``base_models/x.pth``)."""
+    path = Path(path)
+    return path.parents[1] if path.is_file() else path
+
+
 def weights_file(root: Path, stem: str) -> Path:
     """The ``.pth`` file, else its ``.safetensors`` copy; ``weights_missing`` naming both when neither exists."""
     for suffix in (".pth", SAFETENSORS):

@@ -23,6 +23,7 @@ from engines.lipsync.visemes import mouth_track_from_audio, mouth_track_from_pho
 from engines.liveportrait.animate import FrameEdits, PortraitAnimator
 from engines.liveportrait.crop import INPUT_SIZE
 from engines.liveportrait.editing import mouth_edit
+from engines.liveportrait.loader import weights_root
 from engines.liveportrait.pipeline import LivePortrait, load_liveportrait
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,11 @@ class LivePortraitLipSync:
         self.batch_frames = batch_frames or max(lp.batch_size, 8)
 
     @classmethod
-    def load(cls, root: str | Path, precision: str | None = None, device: str | None = None) -> LivePortraitLipSync:
-        engine = cls(load_liveportrait(root, precision, device))
+    def load(
+        cls, path: str | Path, precision: str | None = None, device: str | None = None, input_size: int = INPUT_SIZE
+    ) -> LivePortraitLipSync:
+        """From the weights root, or its ``base_models/warping_module.pth`` (the file that stands for the set)."""
+        engine = cls(load_liveportrait(weights_root(path), precision, device), input_size)
         log.info("liveportrait lip-sync ready: %s", engine.info)
         return engine
 
