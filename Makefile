@@ -53,6 +53,7 @@ bench: setup
 	$(PY) bench/generate.py
 	$(PY) bench/emotion.py
 	$(PY) bench/wav2lip.py
+	$(PY) bench/liveportrait.py --size 128 --frames 2
 	$(PY) bench/musetalk.py
 	$(PY) bench/coldstart.py
 	$(PY) bench/orchestrator.py

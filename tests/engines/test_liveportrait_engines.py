@@ -9,6 +9,7 @@ modules and code paths as 256 px). Landmark re-detection on the renders needs th
 from __future__ import annotations
 
 import math
+import os
 
 import cv2
 import numpy as np
@@ -26,6 +27,7 @@ from engines.liveportrait.editing import EMOTION_PRESETS, LINEAR_SLIDERS, emotio
 from engines.liveportrait.expression import LivePortraitExpressionEngine
 from engines.liveportrait.random_weights import write_random_weights
 from engines.liveportrait.talking import LivePortraitLipSync, idle_pose
+from tests.engines.test_expression import EXPECTED, INTENSITY, MIN_SHIFT_PX, features, landmarks
 from tests.media import astronaut_bgr, tone
 
 SMALL_INPUT = 128
@@ -170,9 +172,27 @@ def test_the_edit_reaches_the_driving_keypoints(
     assert kp.shape == (2, 21, 3) and not torch.allclose(kp[0], kp[1])
 
 
-@pytest.mark.skip(reason="needs the official LivePortrait weights: with random weights the renders are noise")
-def test_emotions_move_redetected_landmarks_with_real_weights() -> None:
-    """With real weights the CPU engine's landmark re-detection checks apply (smile corners up, brows...)."""
+REAL_WEIGHTS = os.environ.get("LIVEPORTRAIT_TEST_DIR")  # a copy of the official weights, when available
+
+
+@pytest.fixture(scope="module")
+def real_engine() -> LivePortraitExpressionEngine:
+    if not REAL_WEIGHTS:
+        pytest.skip("set LIVEPORTRAIT_TEST_DIR to the official weights: random weights render noise")
+    return LivePortraitExpressionEngine.load(REAL_WEIGHTS, load_face_analyzer())
+
+
+@pytest.mark.parametrize("emotion", list(EXPECTED))
+def test_emotions_show_on_redetected_landmarks_with_real_weights(
+    real_engine: LivePortraitExpressionEngine, emotion: str
+) -> None:
+    """The CPU engine's check on this engine's renders: re-detected landmarks move the expected way."""
+    source = astronaut_bgr()
+    rendered = features(landmarks(real_engine.render(real_engine.analyze(source), emotion, INTENSITY)))
+    before = features(landmarks(source))
+    for name, direction in EXPECTED[emotion]:
+        change = (rendered[name] - before[name]) * direction
+        assert change >= MIN_SHIFT_PX, f"{emotion}: {name} moved {change:+.2f} px the expected way"
 
 
 # ---- talking frames ------------------------------------------------------------------------------
