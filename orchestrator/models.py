@@ -81,11 +81,12 @@ def sources(event: JobEvent) -> frozenset[str]:
 
 
 def target(event: JobEvent) -> JobStatus | None:
-    """The one status ``event`` leads to, or None when it keeps the job's status."""
-    targets = {TRANSITIONS[(status, event)] for status in map(JobStatus, sources(event))}
-    if targets == set(map(JobStatus, sources(event))):
+    """The one status ``event`` leads to, or None when it keeps every job's status as it is. (The store applies an
+    event as one compare-and-set, so each event either keeps the status or has a single target.)"""
+    moves = [(status, to) for (status, ev), to in TRANSITIONS.items() if ev is event]
+    if all(status is to for status, to in moves):
         return None
-    (single,) = targets
+    (single,) = {to for _, to in moves}
     return single
 
 

@@ -8,7 +8,8 @@ Routes (``/docs`` is the documentation: every body and answer is a typed model):
 
 - ``POST /v1/avatars``, ``/v1/videos``, ``/v1/emotions``: the task's request model (``task`` implied),
   optional ``Idempotency-Key`` header; 202 with the job. ``POST /v1/jobs`` takes any task, ``task`` included.
-- ``GET /v1/jobs/{id}``, ``DELETE /v1/jobs/{id}`` (cancel), ``GET /v1/jobs?user_id=&status=&task=&limit=``.
+- ``GET /v1/jobs/{id}``, ``DELETE /v1/jobs/{id}`` (cancel), ``GET /v1/jobs?user_id=&status=&task=&limit=&cursor=``
+  (newest first, at most 200 a page; ``X-Next-Cursor`` names the next page).
 - ``POST /v1/uploads``: a file into the store (``training-videos/`` or ``uploads/``); answers its URI.
 - ``POST /v1/webhooks/runpod/{job_id}?token=``: RunPod's completion webhook (the token authenticates it).
 - ``GET /healthz`` and ``/health``, ``GET /metrics``: no bearer token needed.
@@ -19,8 +20,10 @@ Routes (``/docs`` is the documentation: every body and answer is a typed model):
 
 Every error answers ``{"error": message, "error_code": code}`` (``/generate`` adds the seed's
 ``status: "error"`` and ``message``); invalid bodies are 422 with the contract's message.
-Bearer auth (``API_TOKEN``) protects everything but health, metrics and the webhook; with no
-``API_TOKEN`` set the API is open (a warning is logged at startup).
+Bearer auth protects everything but health, metrics and the webhook: ``API_TOKEN`` is the operator's,
+each of ``TENANT_TOKENS`` acts only for its user ids (other users' jobs and outputs answer 404). With
+neither set the API is open (a warning is logged at startup). Bodies over ``MAX_REQUEST_BYTES`` (a file
+route: its kind's limit) answer 413.
 """
 
 import functools
