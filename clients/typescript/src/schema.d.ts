@@ -403,6 +403,11 @@ export interface components {
             /** Error Code */
             error_code: string;
         };
+        /**
+         * ExpressionEngineName
+         * @enum {string}
+         */
+        ExpressionEngineName: "auto" | "liveportrait" | "landmark_warp";
         /** GenerateVideoRequest */
         GenerateVideoRequest: {
             /**
@@ -590,7 +595,7 @@ export interface components {
          * LipSyncEngineName
          * @enum {string}
          */
-        LipSyncEngineName: "auto" | "wav2lip96" | "wav2lip256" | "viseme_warp";
+        LipSyncEngineName: "auto" | "liveportrait" | "wav2lip96" | "wav2lip256" | "viseme_warp";
         /** PreprocessAvatarRequest */
         PreprocessAvatarRequest: {
             /** Avatar Id */
@@ -701,6 +706,8 @@ export interface components {
             emotion?: components["schemas"]["Emotion"] | null;
             /** Emotions */
             emotions?: components["schemas"]["Emotion"][] | null;
+            /** @default auto */
+            engine?: components["schemas"]["ExpressionEngineName"];
             /**
              * Image
              * @description Portrait URI or data: base64 URI.
@@ -736,6 +743,8 @@ export interface components {
             emotion?: components["schemas"]["Emotion"] | null;
             /** Emotions */
             emotions?: components["schemas"]["Emotion"][] | null;
+            /** @default auto */
+            engine?: components["schemas"]["ExpressionEngineName"];
             /**
              * Image
              * @description Portrait URI or data: base64 URI.
