@@ -51,6 +51,7 @@ lint: setup
 bench: setup
 	$(PY) bench/preprocess.py
 	$(PY) bench/generate.py
+	$(PY) bench/realtime.py
 	$(PY) bench/emotion.py
 	$(PY) bench/wav2lip.py
 	$(PY) bench/liveportrait.py --size 128 --frames 2
