@@ -223,17 +223,25 @@ def main(
     emotion: str = "",
     user_id: str = DEFAULT_USER_ID,
     store: str = "",
+    stream: bool = False,
 ) -> None:
-    """Run one task on the deployed worker and print its result as JSON."""
+    """Run one task on the deployed worker and print its result as JSON (``--stream``: generate_video's
+    segment items as they are stored, one JSON line each, then the result)."""
     configure_logging()
     inputs = {"avatar_id": avatar_id, "text": text, "video": video, "image": image, "audio": audio}
     fields = task_fields(task, user_id, emotion=emotion, store=store, **inputs)
+    if stream:
+        fields["stream"] = True  # generate_video only: any other task refuses the field below
     try:
         fields = stage_local_files(fields, store, user_id)
         handlers.parse({"task": task, **fields})  # refuse bad input here, before starting a container
     except (InputError, StorageError, handlers.TaskError) as exc:
         raise SystemExit(f"error ({getattr(exc, 'code', 'invalid_input')}): {exc}") from None
-    result = getattr(Worker(), task).remote(**fields)
-    print(json.dumps(result, indent=2))
+    if stream:
+        for result in Worker().generate_video_stream.remote_gen(**fields):
+            print(json.dumps(result))
+    else:
+        result = getattr(Worker(), task).remote(**fields)
+        print(json.dumps(result, indent=2))
     if "error_code" in result:
         raise SystemExit(1)

@@ -48,7 +48,8 @@ def modal_help(target: str) -> str:
 
 def test_modal_cli_sees_the_entrypoint_and_fill_weights_options() -> None:
     help_text = modal_help("modal_app.py")
-    for option in ("--task", "--avatar-id", "--text", "--video", "--image", "--audio", "--emotion", "--user-id"):
+    options = ("--task", "--avatar-id", "--text", "--video", "--image", "--audio", "--emotion", "--user-id", "--stream")
+    for option in options:
         assert option in help_text
     assert "--names" in modal_help("modal_app.py::fill_weights")
 
