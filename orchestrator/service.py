@@ -27,16 +27,16 @@ from typing import Any
 
 import handlers
 from handlers.errors import TaskError
-from orchestrator.backends import Backend, BackendError, RemoteState, backend_for
+from orchestrator.backends import Backend, backend_for
 from orchestrator.config import BackendKind, BackendSpec, OrchestratorSettings
 from orchestrator.db import DuplicateIdempotencyKey, JobStore, new_job_id, utcnow
 from orchestrator.health import health_report
 from orchestrator.lifecycle import JobLifecycle
-from orchestrator.models import FINISHED_STATUSES, IdempotencyConflict, JobEvent, JobStatus, JobView, OrchestratorError
+from orchestrator.models import FINISHED_STATUSES, IdempotencyConflict, JobStatus, JobView, OrchestratorError
 from orchestrator.poller import POLL_BACKOFF, Poller
 from orchestrator.replica import Replica
 from orchestrator.uploads import check_input_prefixes, own_upload_prefixes, stage_inline_data
-from orchestrator.webhooks import check_webhook_token, webhook_token, webhook_url
+from orchestrator.webhooks import apply_webhook, check_webhook_token, webhook_token, webhook_url
 from storage import open_store
 
 log = logging.getLogger(__name__)
@@ -264,41 +264,10 @@ class JobService:
         return job if job.finished else self.lifecycle.cancel(job)
 
     def handle_webhook(self, job_id: str, token: str, body: dict[str, Any]) -> JobView:
-        """Apply a backend's webhook (RunPod: the final job JSON). It must name the job's remote id; a job
-        whose submit answer was lost adopts the remote job only once the backend confirms it exists.
-        Replays and late deliveries change nothing."""
+        """Apply a backend's webhook (RunPod: the final job JSON) once its token is this job's."""
         check_webhook_token(self.settings, job_id, token)
         job = self.lifecycle.get(job_id)
-        if not isinstance(body, dict) or "status" not in body:
-            raise OrchestratorError("invalid_webhook", "The webhook body must be a RunPod job JSON with `status`.")
-        backend = self._backend_of(job)
-        parsed = None if job.finished else backend.parse_webhook(body)
-        if parsed is None:
-            return job
-        remote_id, remote = parsed
-        if not remote_id:
-            raise OrchestratorError("invalid_webhook", "The webhook body must name the remote job (`id`).")
-        if job.remote_id is None:
-            return self._adopt(job, backend, remote_id)
-        if remote_id != job.remote_id:
-            log.warning(
-                "job %s: webhook for remote %s but the job runs as %s; ignored", job_id, remote_id, job.remote_id
-            )
-            return job
-        return self.lifecycle.apply(job, remote)
-
-    def _adopt(self, job: JobView, backend: Backend, remote_id: str) -> JobView:
-        try:
-            confirmed = backend.status(remote_id)
-        except BackendError as exc:
-            raise OrchestratorError("backend_unavailable", f"Cannot confirm remote job {remote_id}: {exc}") from None
-        if confirmed.state is RemoteState.lost:
-            log.warning("job %s: webhook names remote %s, which the backend does not know; ignored", job.id, remote_id)
-            return job
-        log.info("job %s: webhook names remote job %s; adopting it", job.id, remote_id)
-        adopted = {"remote_id": remote_id, "error": None, "error_code": None}
-        self.lifecycle.store.transition(job.id, JobEvent.submitted, adopted, where={"remote_id": None})
-        return self.lifecycle.apply(self.lifecycle.get(job.id), confirmed)
+        return apply_webhook(self.lifecycle, self._backend_of(job), job, body)
 
     # ---- health -----------------------------------------------------------------------------
 

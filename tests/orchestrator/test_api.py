@@ -236,7 +236,7 @@ def test_uploads_route_and_upload_limits(api: Api, tmp_path: Path) -> None:
         upload_stream(
             store, io.BytesIO(b"x" * 2000), kind=UploadKind.image, user_id="u", settings=Settings(max_image_bytes=1000)
         )
-    assert too_big.value.code == "too_large"  # the API answers it 413 (test_request_body_limit)
+    assert too_big.value.code == "too_large"  # the API answers it 413 (test_api_tenancy.py)
     assert list(store.list()) == []
 
 
