@@ -183,7 +183,7 @@ def _load_file(found: WeightsFound, settings: Settings) -> LipSyncEngine:
     return LIPSYNC_ENGINES[spec.name].load(found.path, precision=getattr(settings, spec.precision_setting), **options)
 
 
-def _neural_engine(engine: str, runtime: WorkerRuntime) -> tuple[LipSyncEngine, WeightsFound]:
+def neural_engine(engine: str, runtime: WorkerRuntime) -> tuple[LipSyncEngine, WeightsFound]:
     """Load (once per process and file) the neural engine; EngineError on a bad file."""
     found = present_weights(engine, runtime.settings)
     if found is None:
@@ -214,14 +214,14 @@ def lipsync_engine(
         name, reason = choose(requested, runtime, portrait)
         if name == CPU_ENGINE:
             return cpu_engine(runtime), _info(cpu_engine(runtime), reason, None)
-        engine, found = _neural_engine(name, runtime)
+        engine, found = neural_engine(name, runtime)
         return engine, _info(engine, reason, found)
     failed = []
     for name, reason in _auto_candidates(runtime, portrait):
         if name == CPU_ENGINE:
             return cpu_engine(runtime), _info(cpu_engine(runtime), "; ".join([reason, *failed]), None)
         try:
-            engine, found = _neural_engine(name, runtime)
+            engine, found = neural_engine(name, runtime)
         except Exception as exc:  # auto must still serve: any load failure (bad file, CUDA OOM) falls back
             code = getattr(exc, "code", type(exc).__name__)
             log.warning("auto engine: %s failed to load (%s: %s); falling back", name, code, exc)

@@ -12,9 +12,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from engines.errors import EngineError
 from engines.expression import DEFAULT_ENGINE, ExpressionEngine
-from handlers.engine_choice import AUTO, CPU_ENGINE, cuda_available, find_weights, missing_message, present_weights
+from handlers.engine_choice import (
+    AUTO,
+    CPU_ENGINE,
+    cuda_available,
+    find_weights,
+    missing_message,
+    neural_engine,
+    present_weights,
+)
 from handlers.errors import TaskError
 from handlers.runtime import WorkerRuntime
 
@@ -41,39 +48,20 @@ def choose(requested: str, runtime: WorkerRuntime) -> tuple[str, str]:
         return DEFAULT_ENGINE, "auto: no liveportrait weights"
     if not cuda_available():
         return DEFAULT_ENGINE, "auto: liveportrait weights found but no CUDA device"
-    failure = runtime.engines.failures.get(("expression", *found.key))
+    failure = runtime.engines.failures.get(found.key)
     if failure is not None:
         return DEFAULT_ENGINE, f"auto: liveportrait failed to load ({failure.code})"
     return LIVEPORTRAIT, f"auto: liveportrait weights found ({found.path}) and CUDA"
 
 
 def _liveportrait(runtime: WorkerRuntime) -> ExpressionEngine:
-    from engines import weights
+    """The expression engine around the same loaded model as the ``liveportrait`` lip-sync engine."""
     from engines.liveportrait.expression import LivePortraitExpressionEngine
 
-    settings, engines = runtime.settings, runtime.engines
-    found = present_weights(LIVEPORTRAIT, settings)
-    if found is None:  # removed since choose()
-        raise TaskError("engine_unavailable", missing_message(LIVEPORTRAIT, settings, None))
-    key = ("expression", *found.key)
-    if key in engines.failures:
-        raise engines.failures[key]
-
-    def build() -> ExpressionEngine:
-        if found.entry is not None:
-            weights.verify_engine_files(found.entry, found.path)
-        return LivePortraitExpressionEngine.load(
-            found.path,
-            engines.face_analyzer(),
-            settings.liveportrait_precision,
-            input_size=settings.liveportrait_input_size,
-        )
-
-    try:
-        return engines.once(key, build)
-    except EngineError as exc:
-        engines.failures[key] = exc
-        raise
+    engines = runtime.engines
+    talking, found = neural_engine(LIVEPORTRAIT, runtime)  # loaded once per process, failures recorded
+    faces, size = engines.face_analyzer(), runtime.settings.liveportrait_input_size
+    return engines.once(("expression", *found.key), lambda: LivePortraitExpressionEngine(talking.lp, faces, size))
 
 
 def expression_engine(requested: str, runtime: WorkerRuntime) -> tuple[ExpressionEngine, dict[str, Any]]:

@@ -57,6 +57,7 @@ class LivePortraitLipSync:
     version = ENGINE_VERSION
 
     def __init__(self, lp: LivePortrait, input_size: int = INPUT_SIZE, batch_frames: int | None = None) -> None:
+        self.lp = lp
         self.animator = PortraitAnimator(lp, input_size)
         self.batch_frames = batch_frames or max(lp.batch_size, 8)
 
