@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from engines import weights
 from engines.errors import EngineError
-from engines.liveportrait import FILES, PARTS, LivePortrait, load_liveportrait
+from engines.liveportrait import FILES, PARTS, LivePortrait, load_liveportrait, pose_degrees
 from engines.liveportrait.loader import (
     RETARGETING_FILE,
     check_part_state,
@@ -215,6 +215,25 @@ def test_keypoints_follow_the_pose_formula(lp: LivePortrait) -> None:
     rotated = torch.stack((kp[..., 2], kp[..., 1], -kp[..., 0]), dim=-1)
     expected = 1.5 * (rotated + exp) + torch.tensor([0.1, -0.2, 0.0])
     assert torch.allclose(posed, expected, atol=1e-5)
+
+
+def test_pose_logits_become_degrees_by_the_bin_expectation() -> None:
+    uniform = torch.zeros(1, 66)
+    assert float(pose_degrees(uniform)) == pytest.approx(32.5 * 3 - 97.5)
+    peaked = torch.full((1, 66), -1e4)
+    peaked[0, 40] = 0.0
+    assert float(pose_degrees(peaked)) == pytest.approx(40 * 3 - 97.5)
+    degrees = torch.tensor([[12.0]])
+    assert pose_degrees(degrees) is degrees  # already degrees: unchanged
+
+
+def test_retargeting_inputs_are_source_keypoints_then_ratios(lp: LivePortrait) -> None:
+    kp = torch.randn(2, 21, 3, generator=torch.Generator().manual_seed(6))
+    lip, eye = torch.tensor([[0.1, 0.4], [0.2, 0.0]]), torch.tensor([[0.3, 0.3, 0.0], [0.3, 0.3, 0.4]])
+    expected_lip = lp.S_lip(torch.cat((kp.reshape(2, -1), lip), 1)).reshape(2, 21, 3)
+    expected_eye = lp.S_eye(torch.cat((kp.reshape(2, -1), eye), 1)).reshape(2, 21, 3)
+    assert torch.allclose(lp.retarget_lip(kp, lip), expected_lip)
+    assert torch.allclose(lp.retarget_eye(kp, eye), expected_eye)
 
 
 def test_stitch_adds_the_network_delta_and_shift(lp: LivePortrait) -> None:
