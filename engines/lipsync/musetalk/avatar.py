@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 import torch
 
+from engines.errors import EngineError
+
 NOSE_POINT = 29  # the 68-point scheme's lower nose bridge, upstream's "half face" reference
 JAW = slice(0, 17)
 BROWS_RIGHT_TO_LEFT = list(range(26, 16, -1))
@@ -57,7 +59,7 @@ def landmark_box(
     x1, y1 = max(0, int(xs.min())), max(0, int(top))
     x2, y2 = min(width, int(xs.max())), min(height, int(chin_y) + extra_margin)
     if x2 - x1 < 8 or y2 - y1 < 8:
-        raise ValueError(f"degenerate face box {(x1, y1, x2, y2)} from the landmarks")
+        raise EngineError("no_face", f"the landmarks give no usable face box ({(x1, y1, x2, y2)})")
     return x1, y1, x2, y2
 
 

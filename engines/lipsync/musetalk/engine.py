@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,7 @@ def box_from_coords(coords: tuple[int, int, int, int]) -> tuple[int, int, int, i
 
 def build_material(
     model: MuseTalk,
-    frames: list[np.ndarray],
+    frames: Sequence[np.ndarray],
     boxes: list[tuple[int, int, int, int]],
     landmarks: np.ndarray | None = None,
     parser=None,
