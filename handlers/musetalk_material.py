@@ -35,7 +35,7 @@ def engine_material(stored: StoredMaterial, frame_cache: FrameCache) -> MuseTalk
 
     boxes = np.asarray(stored.boxes, dtype=np.int64)
     crop_boxes = np.asarray(stored.crop_boxes, dtype=np.int64)
-    return MuseTalkMaterial(boxes, crop_boxes, LazyFrames(stored.mask_paths, frame_cache), stored.latents)
+    return MuseTalkMaterial(boxes, crop_boxes, LazyFrames(stored.mask_paths, frame_cache), stored.latents())
 
 
 def add_material(

@@ -57,12 +57,16 @@ class MaterialLike(Protocol):
 
 @dataclass
 class StoredMaterial:
-    """An avatar's MuseTalk material as stored: boxes (x1, y1, x2, y2), mask files, latents (N, 8, 32, 32)."""
+    """An avatar's MuseTalk material as stored: boxes (x1, y1, x2, y2), mask files; latents read when asked."""
 
+    avatar: Path
     boxes: list[Box]
     crop_boxes: list[Box]
     mask_paths: list[Path]
-    latents: torch.Tensor
+
+    def latents(self) -> torch.Tensor:
+        """(N, 8, 32, 32) float32, read and checked now (a render that does not use MuseTalk never reads them)."""
+        return read_latents(self.avatar, len(self.boxes))
 
 
 def has_material(avatar: Path) -> bool:
@@ -133,8 +137,10 @@ def _check_masks(avatar: Path, masks: list[Path], crop_boxes: list[Box]) -> None
             raise invalid(avatar, f"{MASK_DIR}/{mask.name} is not the size of its crop box {(x1, y1, x2, y2)}")
 
 
-def read_material(avatar: Path, num_frames: int, width: int, height: int) -> StoredMaterial | None:
-    """The avatar's MuseTalk material, checked for counts and boxes; None when it has none."""
+def read_material(
+    avatar: Path, num_frames: int, width: int, height: int, check_latents: bool = True
+) -> StoredMaterial | None:
+    """The avatar's MuseTalk material, checked for counts and boxes (and ``latents.pt``); None when it has none."""
     if not has_material(avatar):
         return None
     for name in (MASK_COORDS,):
@@ -150,7 +156,10 @@ def read_material(avatar: Path, num_frames: int, width: int, height: int) -> Sto
     _check_boxes(avatar, "face", boxes, width, height, inside=True)
     _check_boxes(avatar, MASK_COORDS, crop_boxes, width, height, inside=False)
     _check_masks(avatar, masks, crop_boxes)
-    return StoredMaterial(boxes, crop_boxes, masks, read_latents(avatar, num_frames))
+    material = StoredMaterial(avatar, boxes, crop_boxes, masks)
+    if check_latents:
+        material.latents()
+    return material
 
 
 def write_material(avatar: Path, material: MaterialLike, info: dict[str, Any], with_face_boxes: bool = True) -> None:

@@ -124,7 +124,7 @@ def _inspect(avatar: Path, every_frame: bool) -> Inspected:
         _same_size(avatar, faces, (face_w, face_h))
     _check_boxes(avatar, coords, width, height)
     landmarks = _read_landmarks(avatar, len(coords))
-    material = read_material(avatar, len(coords), width, height)
+    material = read_material(avatar, len(coords), width, height, check_latents=every_frame)
     info = AvatarInfo(avatar, len(coords), face_w, width, height, landmarks is not None, _read_meta(avatar))
     return info, coords, full, faces, landmarks, material
 

@@ -55,7 +55,8 @@ def test_a_livetalking_musetalk_avatar_loads(tmp_path: Path) -> None:
     assert loaded.face_crop_paths == []
     material = loaded.musetalk
     assert material.boxes[0] == tuple(FACE_BOX) and material.crop_boxes[0] == tuple(CROP_BOX)
-    assert material.latents.shape == (3, 8, 32, 32) and material.latents.dtype == torch.float32
+    latents = material.latents()
+    assert latents.shape == (3, 8, 32, 32) and latents.dtype == torch.float32
     assert [p.name for p in material.mask_paths] == [frame_name(i) for i in range(3)]
 
 
@@ -102,7 +103,7 @@ def test_our_avatar_carries_musetalk_material_next_to_wav2lip_files(tmp_path: Pa
     loaded = load_avatar(tmp_path / "out")
     assert loaded.coords == load_avatar(avatar).coords and len(loaded.face_crop_paths) == 3
     assert loaded.musetalk.boxes == [tuple(FACE_BOX)] * 3
-    torch.testing.assert_close(loaded.musetalk.latents, latents.half().float())
+    torch.testing.assert_close(loaded.musetalk.latents(), latents.half().float())
     info = json.loads((tmp_path / "out" / AVATAR_INFO).read_text())
     assert info["version"] == "v15" and info["extra_margin"] == 10
     saved = torch.load(tmp_path / "out" / LATENTS, weights_only=True)  # LiveTalking's list of (1, 8, 32, 32)
