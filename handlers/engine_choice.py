@@ -1,11 +1,12 @@
 """Which lip-sync engine serves a request, and why (``engine: auto`` and explicit names).
 
-auto: ``wav2lip256`` when its weights are present and CUDA is available, else ``wav2lip96`` when its
-weights are present, else the CPU engine ``viseme_warp``; a neural engine that fails to load falls back
-to the next one with a logged warning. An explicit neural engine without its weights is an
-``engine_unavailable`` error naming the file and the ``fetch-weights`` command. Weights come from
-``WAV2LIP96_CHECKPOINT`` / ``WAV2LIP256_CHECKPOINT`` (users' own files, loaded as given) or from the
-weights directories (manifest files, checksum-verified). Loaded engines are cached per process.
+auto: ``musetalk`` (MuseTalk 1.5, MIT weights) then ``wav2lip256`` when their weights are present and CUDA
+is available, else ``wav2lip96`` when its weights are present, else the CPU engine ``viseme_warp``; a
+neural engine that fails to load falls back to the next one with a logged warning. An explicit neural
+engine without its weights is an ``engine_unavailable`` error naming the files and the ``fetch-weights``
+command. Weights come from ``WAV2LIP96_CHECKPOINT`` / ``WAV2LIP256_CHECKPOINT`` (users' own files,
+loaded as given) or from the weights directories (manifest files, checksum-verified). Loaded engines are
+cached per process.
 ``liveportrait`` animates one portrait: auto tries it first for image-driven requests (CUDA only), never
 for stored avatars; its weights are a set (``LIVEPORTRAIT_DIR`` or ``WEIGHTS_DIR/liveportrait``).
 """
@@ -58,6 +59,7 @@ NEURAL_ENGINES = (
         precision_setting="liveportrait_precision",
         options=("liveportrait_input_size",),
     ),
+    NeuralEngine("musetalk", "engines.lipsync.musetalk", None, needs_cuda=True, precision_setting="musetalk_precision"),
     NeuralEngine("wav2lip256", "engines.lipsync.wav2lip", "wav2lip256_checkpoint", needs_cuda=True),
     NeuralEngine("wav2lip96", "engines.lipsync.wav2lip", "wav2lip96_checkpoint"),
 )
@@ -268,6 +270,8 @@ def describe(runtime: WorkerRuntime) -> dict[str, Any]:
     found_weights = [_weights_report(found, runtime) for found in present if found is not None]
     result: dict[str, Any] = {"engine": name, "reason": reason, "cuda": cuda_available(), "weights": found_weights}
     result["image_engine"] = {"engine": portrait_name, "reason": portrait_reason}  # image-driven requests
+    # which engines' weights a product may use commercially (None: a user's own file, its owner's terms)
+    result["commercial_use"] = {w["engine"]: w["commercial_use"] for w in found_weights}
     if any(w["origin"] in ("wav2lip96", "wav2lip96_gan") for w in found_weights):
         result["licence_notice"] = "Wav2Lip 96-px weights present: " + weights.NON_COMMERCIAL
     return result

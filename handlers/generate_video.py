@@ -158,12 +158,19 @@ def avatar_frames(
 
 def stored_avatar(loaded: LoadedAvatar, frame_cache: FrameCache) -> AvatarFrames:
     """A stored avatar as engine input, its frames decoded lazily through the process's frame cache."""
+    material = {}
+    if loaded.musetalk is not None:
+        from handlers.musetalk_material import ENGINE, engine_material
+
+        material[ENGINE] = engine_material(loaded.musetalk, frame_cache)
     return AvatarFrames(
         frames=LazyFrames(loaded.full_frame_paths, frame_cache),
         coords=[tuple(int(v) for v in box) for box in loaded.coords],
         face_crops=LazyFrames(loaded.face_crop_paths, frame_cache) if loaded.face_crop_paths else None,
         landmarks=None if loaded.landmarks is None else np.asarray(loaded.landmarks, dtype=np.float32),
         fps=FPS,
+        material=material,
+        key=str(loaded.info.path),  # the cache's version folder: unchanged while it exists
     )
 
 

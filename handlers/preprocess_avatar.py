@@ -29,7 +29,7 @@ from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import cv2
@@ -41,16 +41,21 @@ from engines.constants import FPS
 from engines.face import FaceAnalyzer
 from engines.face.boxes import AvatarFrame, FaceBoxStream, FaceGapError, NoFaceError
 from engines.face.tracker import FaceTracker
+from handlers import engine_choice
 from handlers.errors import TaskError
 from handlers.inputs import timed
+from handlers.musetalk_material import add_material
 from handlers.outputs import resolve_store, upload
 from handlers.runtime import WorkerRuntime
-from handlers.schemas import PreprocessAvatarRequest, PreprocessAvatarResult
+from handlers.schemas import AvatarModel, PreprocessAvatarRequest, PreprocessAvatarResult
 from handlers.settings import Settings
 from storage.avatar.archive import pack_avatar
 from storage.avatar.cache import open_cache
 from storage.avatar.layout import AvatarWriter
 from storage.keys import avatar_key
+
+if TYPE_CHECKING:
+    from engines.lipsync.musetalk.engine import MuseTalkEngine
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +93,7 @@ def run(request: PreprocessAvatarRequest, runtime: WorkerRuntime, progress: Prog
     settings = runtime.settings
     analyzer = runtime.engines.face_analyzer()
     store = resolve_store(request.store, settings)
+    musetalk = _musetalk_engine(request, runtime)  # a missing engine is refused before any download
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="preprocess-avatar-") as tmp:
         work = Path(tmp)
@@ -101,6 +107,11 @@ def run(request: PreprocessAvatarRequest, runtime: WorkerRuntime, progress: Prog
         frames = _make_frames(video, info, avatar, request, settings, analyzer, progress, timings)
         with timed(timings, "tables"):
             _write_tables(avatar, frames, request, info, video.stat().st_size)
+        if musetalk is not None:
+            with timed(timings, "musetalk"):
+                material_info = {"avatar_id": request.avatar_id, "video_path": request.video}
+                add_material(avatar.path, musetalk, np.stack(frames.landmarks), runtime.engines.frames, material_info,
+                             request.bbox_shift, request.extra_margin)  # fmt: skip
         key = avatar_key(request.user_id, request.avatar_id)
         progress("tar", STAGE_START["tar"])
         tar_path = work / f"{request.avatar_id}.tar"
@@ -122,7 +133,14 @@ def run(request: PreprocessAvatarRequest, runtime: WorkerRuntime, progress: Prog
         img_size=request.img_size,
         timings_ms=timings,
         engine={"face": analyzer.name, "tracker": frames.policy, "tracking": frames.stats},
+        models=request.prepared_models,
     )
+
+
+def _musetalk_engine(request: PreprocessAvatarRequest, runtime: WorkerRuntime) -> MuseTalkEngine | None:
+    if AvatarModel.musetalk.value not in request.prepared_models:
+        return None
+    return engine_choice.lipsync_engine(AvatarModel.musetalk.value, runtime)[0]  # type: ignore[return-value]
 
 
 @dataclass

@@ -33,9 +33,17 @@ class TaskName(str, Enum):
     health = "health"
 
 
+class AvatarModel(str, Enum):
+    """What an avatar can be prepared for: LiveTalking's wav2lip layout (always) and MuseTalk's material."""
+
+    wav2lip = "wav2lip"
+    musetalk = "musetalk"
+
+
 class LipSyncEngineName(str, Enum):
     auto = "auto"
     liveportrait = "liveportrait"
+    musetalk = "musetalk"
     wav2lip96 = "wav2lip96"
     wav2lip256 = "wav2lip256"
     viseme_warp = "viseme_warp"
@@ -91,13 +99,29 @@ class PreprocessAvatarRequest(TaskRequest):
         description="LiveTalking's S3FD batch size, kept for compatibility; the CPU tracker detects frame by frame.",
     )
     nosmooth: bool = False
+    model: AvatarModel | None = Field(
+        None, description="Engine whose material to prepare besides the wav2lip files (LiveTalking's `model`)."
+    )
+    models: list[AvatarModel] | None = Field(
+        None, max_length=2, description="Several at once, e.g. [wav2lip, musetalk]."
+    )
+    bbox_shift: int = Field(0, ge=-64, le=64, description="MuseTalk: moves the face box's nose line (px), as upstream.")
+    extra_margin: int = Field(10, ge=0, le=64, description="MuseTalk v1.5: pixels added below the chin, as upstream.")
 
     @model_validator(mode="after")
     def _video_uri(self) -> "PreprocessAvatarRequest":
         _check_uri(self.video)
         if any(abs(p) > 512 for p in self.pads):
             raise ValueError("`pads` values must be within -512..512 pixels")
+        if self.model is not None and self.models is not None:
+            raise ValueError("give `model` or `models`, not both")
         return self
+
+    @property
+    def prepared_models(self) -> list[str]:
+        """The engines the avatar is prepared for: the wav2lip files always, then the others asked for."""
+        asked = [AvatarModel(m).value for m in (self.models or ([self.model] if self.model else []))]
+        return [AvatarModel.wav2lip.value, *(m for m in dict.fromkeys(asked) if m != AvatarModel.wav2lip.value)]
 
 
 class Voice(_Strict):
@@ -190,6 +214,7 @@ class PreprocessAvatarResult(BaseModel):
     img_size: int
     timings_ms: dict[str, float]
     engine: dict[str, Any]
+    models: list[str] = ["wav2lip"]
 
 
 class GenerateVideoResult(BaseModel):

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     liveportrait_input_size: Literal[128, 256, 384, 512] = Field(
         256, validation_alias=AliasChoices("LIVEPORTRAIT_INPUT_SIZE")
     )
+    musetalk_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", validation_alias=AliasChoices("MUSETALK_PRECISION")
+    )
 
     # Training-video limits (preprocess_avatar).
     max_video_bytes: int = Field(1024 * 1024 * 1024, validation_alias=AliasChoices("MAX_VIDEO_BYTES"))

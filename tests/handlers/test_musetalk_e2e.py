@@ -50,7 +50,7 @@ def musetalk_weights(local_settings: Settings, tiny_models: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def face_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    frames, _ = head_motion(8, 25, 256)
+    frames, _ = head_motion(8, 25, 512)
     return write_video(tmp_path_factory.mktemp("video") / "face.mp4", frames, 25)
 
 
@@ -121,12 +121,13 @@ def test_an_avatar_without_material_is_prepared_at_load_with_a_note(
 def test_auto_prefers_musetalk_with_cuda_and_health_notes_licences(
     local_settings: Settings, musetalk_weights: Path, monkeypatch: pytest.MonkeyPatch, runtime: WorkerRuntime
 ) -> None:
-    (musetalk_weights / "wav2lip_gan.pth").write_bytes(b"not loaded by choose")
-    monkeypatch.setattr(engine_choice, "cuda_available", lambda: True)
-    assert engine_choice.choose("auto", runtime)[0] == "musetalk"
     monkeypatch.setattr(engine_choice, "cuda_available", lambda: False)
     name, reason = engine_choice.choose("auto", runtime)
-    assert name == "wav2lip96" and "musetalk weights found but no CUDA device" in reason
+    assert name == "viseme_warp" and "musetalk weights found but no CUDA device" in reason
+    (musetalk_weights / "wav2lip_gan.pth").write_bytes(b"not loaded by choose")
+    assert engine_choice.choose("auto", runtime)[0] == "wav2lip96"
+    monkeypatch.setattr(engine_choice, "cuda_available", lambda: True)
+    assert engine_choice.choose("auto", runtime)[0] == "musetalk"  # preferred over wav2lip when both can run
     described = engine_choice.describe(runtime)
     assert described["commercial_use"] == {"musetalk": True, "wav2lip96": False}
     json.dumps(described)
