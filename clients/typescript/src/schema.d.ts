@@ -332,6 +332,12 @@ export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
         /**
+         * AvatarModel
+         * @description What an avatar can be prepared for: LiveTalking's wav2lip layout (always) and MuseTalk's material.
+         * @enum {string}
+         */
+        AvatarModel: "wav2lip" | "musetalk";
+        /**
          * BackendKind
          * @description Where a job runs: in this process, on a RunPod endpoint, or on a deployed Modal class.
          * @enum {string}
@@ -595,11 +601,23 @@ export interface components {
          * LipSyncEngineName
          * @enum {string}
          */
-        LipSyncEngineName: "auto" | "liveportrait" | "wav2lip96" | "wav2lip256" | "viseme_warp";
+        LipSyncEngineName: "auto" | "liveportrait" | "musetalk" | "wav2lip96" | "wav2lip256" | "viseme_warp";
         /** PreprocessAvatarRequest */
         PreprocessAvatarRequest: {
             /** Avatar Id */
             avatar_id: string;
+            /**
+             * Bbox Shift
+             * @description MuseTalk: moves the face box's nose line (px), as upstream.
+             * @default 0
+             */
+            bbox_shift?: number;
+            /**
+             * Extra Margin
+             * @description MuseTalk v1.5: pixels added below the chin, as upstream.
+             * @default 10
+             */
+            extra_margin?: number;
             /**
              * Face Det Batch Size
              * @description LiveTalking's S3FD batch size, kept for compatibility; the CPU tracker detects frame by frame.
@@ -612,6 +630,13 @@ export interface components {
              * @enum {integer}
              */
             img_size?: 96 | 256;
+            /** @description Engine whose material to prepare besides the wav2lip files (LiveTalking's `model`). */
+            model?: components["schemas"]["AvatarModel"] | null;
+            /**
+             * Models
+             * @description Several at once, e.g. [wav2lip, musetalk].
+             */
+            models?: components["schemas"]["AvatarModel"][] | null;
             /**
              * Nosmooth
              * @default false
@@ -656,6 +681,18 @@ export interface components {
             /** Avatar Id */
             avatar_id: string;
             /**
+             * Bbox Shift
+             * @description MuseTalk: moves the face box's nose line (px), as upstream.
+             * @default 0
+             */
+            bbox_shift?: number;
+            /**
+             * Extra Margin
+             * @description MuseTalk v1.5: pixels added below the chin, as upstream.
+             * @default 10
+             */
+            extra_margin?: number;
+            /**
              * Face Det Batch Size
              * @description LiveTalking's S3FD batch size, kept for compatibility; the CPU tracker detects frame by frame.
              * @default 16
@@ -667,6 +704,13 @@ export interface components {
              * @enum {integer}
              */
             img_size?: 96 | 256;
+            /** @description Engine whose material to prepare besides the wav2lip files (LiveTalking's `model`). */
+            model?: components["schemas"]["AvatarModel"] | null;
+            /**
+             * Models
+             * @description Several at once, e.g. [wav2lip, musetalk].
+             */
+            models?: components["schemas"]["AvatarModel"][] | null;
             /**
              * Nosmooth
              * @default false
