@@ -143,4 +143,4 @@ def test_explicit_musetalk_without_weights_names_the_fetch_command(
         {"task": "preprocess_avatar", "user_id": USER, "avatar_id": "y", "video": "file:///x.mp4", "model": "musetalk"},
         runtime,
     )
-    assert refused["error_code"] in ("engine_unavailable", "not_found")
+    assert refused["error_code"] == "engine_unavailable"  # refused before the video is fetched
