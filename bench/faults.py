@@ -3,7 +3,8 @@
 The stack: PostgreSQL (``DATABASE_URL``, else started as ``.ci/run`` does with ``.ci/postgres.sh``; each run
 in a schema of its own), moto's S3 server (the store), the RunPod emulator with two workers (real
 handlers, in this process so its faults can be set), and three ``avatarctl serve`` replicas (subprocesses on
-127.0.0.1, LEASE_S 3 s; replicas 0 and 1 give RunPod webhook URLs, replica 2 does not). Jobs (health,
+127.0.0.1, LEASE_S 3 s; replicas 0 and 1 give RunPod webhook URLs through a load balancer that skips dead
+replicas, replica 2 does not). Jobs (health,
 render_emotion, generate_video in turn) are POSTed round-robin to the replicas with idempotency keys; a
 refused or failed POST is sent to the next replica with the same key.
 
@@ -64,6 +65,9 @@ START_TIMEOUT_S = 60.0
 OUTAGE_S = 5.0
 FINISH_TIMEOUT_S = 240.0
 SUBMIT_GIVE_UP_S = 60.0
+# Short limits, so a job whose submit a kill -9 interrupted (never resent: it may have been queued) reaches
+# its deadline within the run when no webhook comes for it.
+DEADLINES = {"QUEUE_TIMEOUT_S": "20", "HEALTH_TIMEOUT_S": "30", "EMOTION_TIMEOUT_S": "30", "VIDEO_TIMEOUT_S": "60"}
 
 
 def free_port() -> int:
@@ -190,7 +194,6 @@ def stack(lease_s: float) -> Iterator[Stack]:
     import boto3
     import cv2
 
-    import handlers
     from orchestrator.demo import astronaut_bgr
 
     s3 = S3Server()
@@ -208,17 +211,19 @@ def stack(lease_s: float) -> Iterator[Stack]:
     client.put_object(
         Bucket=BUCKET, Key="uploads/faults/portrait.png", Body=cv2.imencode(".png", astronaut_bgr(256))[1].tobytes()
     )
-    emulator_app = create_emulator_app([ENDPOINT], workers=2, settings=handlers.Settings())
+    emulator_app = create_emulator_app([ENDPOINT], workers=2)
+    replicas = [Replica(i, {}) for i in range(REPLICAS)]
     with (
         fresh_schema(postgres_url()) as database_url,
         BackgroundServer(emulator_app) as emulator_server,
+        BackgroundServer(load_balancer(replicas)) as balancer,
         tempfile.TemporaryDirectory() as logs,
     ):
         portrait = f"s3://{BUCKET}/uploads/faults/portrait.png"
         warm_up(emulator_server.url, portrait)
-        replicas = [Replica(i, {}) for i in range(REPLICAS)]
         for replica in replicas:
-            replica.env = replica_env(replica, database_url, emulator_server.url, s3_env, lease_s)
+            urls = {"emulator": emulator_server.url, "balancer": balancer.url}
+            replica.env = replica_env(replica, database_url, urls, s3_env, lease_s)
             replica.start(Path(logs))
         try:
             for replica in replicas:
@@ -230,11 +235,12 @@ def stack(lease_s: float) -> Iterator[Stack]:
             s3.stop()
 
 
-def replica_env(replica: Replica, database_url: str, emulator_url: str, s3_env: dict, lease_s: float) -> dict:
+def replica_env(replica: Replica, database_url: str, urls: dict[str, str], s3_env: dict, lease_s: float) -> dict:
     env = {
         **s3_env,
+        **DEADLINES,
         "DATABASE_URL": f"{database_url}&application_name=replica-{replica.index}",
-        "RUNPOD_BASE_URL": f"{emulator_url}/v2",
+        "RUNPOD_BASE_URL": f"{urls['emulator']}/v2",
         "API_TOKEN": TOKEN,
         "WEBHOOK_SECRET": SECRET,
         "POLL_INTERVAL_S": "0.2",
@@ -242,9 +248,38 @@ def replica_env(replica: Replica, database_url: str, emulator_url: str, s3_env: 
         "LEASE_S": str(lease_s),
         **{f"BACKEND_{task.upper()}": f"runpod:{ENDPOINT}" for task in TASKS},
     }
-    if replica.index < 2:  # some jobs get webhooks
-        env["PUBLIC_BASE_URL"] = replica.url
+    if replica.index < 2:  # some jobs get webhooks, through the load balancer as in a deployment
+        env["PUBLIC_BASE_URL"] = urls["balancer"]
     return env
+
+
+def load_balancer(replicas: list[Replica]) -> Any:
+    """What a deployment puts in front of its replicas: each request to the next live one."""
+    from fastapi import FastAPI, Request, Response
+
+    app = FastAPI()
+    turn = iter(range(10**9))
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "DELETE"])
+    async def forward(path: str, request: Request) -> Response:
+        body, start = await request.body(), next(turn)
+        async with httpx.AsyncClient(timeout=30) as client:
+            for n in range(len(replicas)):
+                replica = replicas[(start + n) % len(replicas)]
+                try:
+                    answer = await client.request(
+                        request.method,
+                        f"{replica.url}/{path}",
+                        params=request.query_params,
+                        content=body,
+                        headers={"content-type": request.headers.get("content-type", "application/json")},
+                    )
+                except httpx.TransportError:
+                    continue
+                return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))
+        return Response(status_code=502)
+
+    return app
 
 
 def warm_up(emulator_url: str, portrait: str) -> None:

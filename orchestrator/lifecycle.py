@@ -187,7 +187,8 @@ class JobLifecycle:
 
     def refresh(self, job: JobView, *, adopted: bool = False) -> JobView:
         """Bring one job up to date with its backend now. ``adopted``: this process leased the job from no one
-        or from a dead replica, so a never-claimed job is submitted at once (its creator is not doing it)."""
+        or from a dead replica, so nobody else is submitting it: a never-claimed job is submitted at once, and
+        one whose submit was interrupted is settled without waiting SUBMIT_GRACE_S for it."""
         if job.finished:
             return job
         if job.deadline_at and utcnow() >= job.deadline_at:
@@ -201,7 +202,7 @@ class JobLifecycle:
         if ownership is Ownership.gone:
             return self._run_again(job)
         if job.remote_id is None:
-            return self._advance_unsubmitted(job)
+            return self._advance_unsubmitted(job, adopted)
         try:
             remote = backend.status(job.remote_id)
         except BackendError as exc:
@@ -220,11 +221,11 @@ class JobLifecycle:
         log.warning("job %s: its local runner %s is gone; running it again", job.id, job.endpoint)
         return self.submit(job)
 
-    def _advance_unsubmitted(self, job: JobView) -> JobView:
+    def _advance_unsubmitted(self, job: JobView, adopted: bool) -> JobView:
         if job.error_code == "submit_uncertain":
             return job  # waiting for its webhook, or for its deadline
-        if (utcnow() - job.updated_at).total_seconds() < SUBMIT_GRACE_S:
-            return job  # a submit is in flight somewhere
+        if not adopted and (utcnow() - job.updated_at).total_seconds() < SUBMIT_GRACE_S:
+            return job  # a submit may be in flight somewhere
         return self._submit_uncertain(job, "The orchestrator stopped while submitting this job.")
 
 

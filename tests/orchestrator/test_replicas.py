@@ -181,3 +181,21 @@ def test_a_second_replica_on_sqlite_is_refused(tmp_path, local_settings):
     after = JobService(OrchestratorSettings(database_url=f"sqlite:///{database}"))
     after.start()  # the lock went with the first replica
     after.stop()
+
+
+def test_a_submit_interrupted_on_a_dead_replica_is_settled_without_the_grace(make_service, store, emulator):
+    (job_id,) = add_jobs(
+        store,
+        1,
+        backend="runpod",
+        endpoint=emulator.endpoint_id,
+        attempts=1,  # claimed, then its replica died before it recorded a remote id
+        lease_owner="dead-replica",
+        lease_expires_at=utcnow() - timedelta(seconds=1),
+        deadline_at=utcnow() + timedelta(minutes=10),
+    )
+    service = make_service(backend_health=f"runpod:{emulator.endpoint_id}", runpod_base_url=emulator.base_url)
+    service.start()
+    done = service.wait(job_id, 10)  # not SUBMIT_GRACE_S (300 s): the submitter is known to be dead
+    assert done.status == "failed" and done.error_code == "submit_uncertain" and done.attempts == 1
+    assert emulator.emulator.stats().get("submitted", 0) == 0  # never resent
