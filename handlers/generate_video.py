@@ -162,7 +162,8 @@ def stored_avatar(loaded: LoadedAvatar, frame_cache: FrameCache) -> AvatarFrames
     if loaded.musetalk is not None:
         from handlers.musetalk_material import ENGINE, engine_material
 
-        material[ENGINE] = engine_material(loaded.musetalk, frame_cache)
+        stored = loaded.musetalk  # read (latents.pt) only if the MuseTalk engine renders this avatar
+        material[ENGINE] = lambda: engine_material(stored, frame_cache)
     return AvatarFrames(
         frames=LazyFrames(loaded.full_frame_paths, frame_cache),
         coords=[tuple(int(v) for v in box) for box in loaded.coords],

@@ -27,7 +27,8 @@ class AvatarFrames:
     face_crops: Sequence[np.ndarray] | None = None  # img_size x img_size BGR crops, when stored
     landmarks: np.ndarray | None = None  # (frames, 68, 2) float32 full-frame pixels, when stored
     fps: float = FPS
-    material: dict[str, Any] = field(default_factory=dict)  # per-engine precomputed data (MuseTalk latents...)
+    # per-engine precomputed data (MuseTalk latents...), or a function returning it when first used
+    material: dict[str, Any] = field(default_factory=dict)
     key: str | None = None  # identity of a stored avatar's unchanging version, for engines' own caches
 
     def __len__(self) -> int:

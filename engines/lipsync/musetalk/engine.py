@@ -120,6 +120,8 @@ class MuseTalkEngine:
     def material(self, avatar: AvatarFrames) -> MuseTalkMaterial:
         """The avatar's MuseTalk material; for an avatar without it, computed once per stored version."""
         found = avatar.material.get(ENGINE_NAME)
+        if callable(found):  # stored material, read on first use
+            found = avatar.material[ENGINE_NAME] = found()
         if found is None and avatar.key is not None:
             with self._lock:
                 found = self._computed.get(avatar.key)
