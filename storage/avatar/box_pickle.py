@@ -20,6 +20,8 @@ import numpy as np
 MAX_PICKLE_BYTES = 16 * 1024 * 1024
 MAX_BOXES = 200_000
 MAX_MARK_DEPTH = 32
+MAX_NESTING = 4  # the box list, a box, a reduce's arguments, a shape inside them
+MAX_CONTAINERS = 8 * MAX_BOXES + 64  # a box of numpy scalars takes five tuples
 MAX_MEMO = 4 * MAX_BOXES
 MAX_INT_BITS = 63
 
@@ -78,6 +80,28 @@ class _Machine:
     stack: list[Any] = field(default_factory=list)
     marks: list[int] = field(default_factory=list)
     memo: dict[int, Any] = field(default_factory=dict)
+    depths: dict[int, int] = field(default_factory=dict)  # id of each list and tuple built -> its nesting depth
+    inner_lists: set[int] = field(default_factory=set)  # lists inside another container: plain values only
+    built: list[Any] = field(default_factory=list)  # keeps every container alive, so no id is reused
+
+    def container(self, value: Any, items: list[Any]) -> Any:
+        """Record a new list or tuple holding ``items``; refuse nesting no box list needs."""
+        if len(self.built) >= MAX_CONTAINERS:
+            raise BoxPickleError(f"more than {MAX_CONTAINERS} lists and tuples")
+        self.depths[id(value)] = self._depth_holding(0, items)
+        self.built.append(value)
+        return value
+
+    def _depth_holding(self, depth: int, items: list[Any]) -> int:
+        for item in items:
+            if isinstance(item, (list, tuple)):
+                depth = max(depth, 1 + self.depths[id(item)])
+                if isinstance(item, list):
+                    self.inner_lists.add(id(item))
+        depth = max(depth, 1)
+        if depth > MAX_NESTING:
+            raise BoxPickleError(f"nested deeper than {MAX_NESTING} levels")
+        return depth
 
     def pop(self) -> Any:
         if len(self.stack) <= (self.marks[-1] if self.marks else 0):
@@ -119,6 +143,9 @@ class _Machine:
             raise BoxPickleError(f"append to a {type(target).__name__}")
         if len(target) + len(items) > self.max_boxes:
             raise BoxPickleError(f"more than {self.max_boxes} entries")
+        if id(target) in self.inner_lists and any(isinstance(item, (list, tuple)) for item in items):
+            raise BoxPickleError("a list inside another takes only plain values")
+        self.depths[id(target)] = self._depth_holding(self.depths[id(target)], items)
         target.extend(items)
 
 
@@ -190,7 +217,11 @@ def _build(target: Any, state: Any) -> None:
 
 def _op_table(m: _Machine) -> dict[str, Callable[[Any], None]]:
     def tuple_of(n: int) -> Callable[[Any], None]:
-        return lambda _: m.push(tuple(reversed([m.pop() for _ in range(n)])))
+        def build_tuple(_: Any) -> None:
+            items = list(reversed([m.pop() for _ in range(n)]))
+            m.push(m.container(tuple(items), items))
+
+        return build_tuple
 
     def append(_: Any) -> None:
         item = m.pop()
@@ -219,10 +250,10 @@ def _op_table(m: _Machine) -> dict[str, Callable[[Any], None]]:
         "NONE": lambda _: m.push(None),
         "NEWTRUE": lambda _: m.push(True),
         "NEWFALSE": lambda _: m.push(False),
-        "EMPTY_LIST": lambda _: m.push([]),
-        "EMPTY_TUPLE": lambda _: m.push(()),
-        "LIST": lambda _: m.push(m.pop_mark()),
-        "TUPLE": lambda _: m.push(tuple(m.pop_mark())),
+        "EMPTY_LIST": lambda _: m.push(m.container([], [])),
+        "EMPTY_TUPLE": lambda _: m.push(m.container((), [])),
+        "LIST": lambda _: m.push(m.container(items := m.pop_mark(), items)),
+        "TUPLE": lambda _: m.push(m.container(tuple(items := m.pop_mark()), items)),
         "TUPLE1": tuple_of(1),
         "TUPLE2": tuple_of(2),
         "TUPLE3": tuple_of(3),

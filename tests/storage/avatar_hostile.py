@@ -220,6 +220,12 @@ def _bombs() -> dict[str, bytes]:
         "memo_nested_fanout": PROTO2 + nested + STOP,
         "deep_marks": PROTO2 + MARK * 100_000 + STOP,
         "deep_lists": PROTO2 + EMPTY_LIST * 100_000 + APPEND * 99_999 + STOP,
+        "deep_tuples": PROTO2 + b")" + b"\x85" * 100_000 + STOP,
+        # An inner list appended first and filled afterwards through the memo: depth that grows later.
+        "deep_lists_filled_later": PROTO2
+        + EMPTY_LIST
+        + (EMPTY_LIST + op_put(0) + APPEND + op_get(0) + EMPTY_LIST + APPEND) * 3
+        + STOP,
         "huge_long4": PROTO2 + EMPTY_LIST + long4 + APPEND + STOP,
         "text_long_digits": b"(L" + b"9" * 100_000 + b"L\nl.",
         "codecs_encode_utf32": PROTO2
