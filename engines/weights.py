@@ -50,28 +50,21 @@ class WeightsFile:
     url: str  # direct download used by fetch-weights (override with --url / --base-url)
 
 
+def _wav2lip96_entry(name: str, filename: str, sha256: str, size: int) -> WeightsFile:
+    """One of the official 96-px Wav2Lip files (non-commercial), from the mirror."""
+    url = f"{WAV2LIP_MIRROR}/{filename}"
+    return WeightsFile(name, filename, "wav2lip96", sha256, size, NON_COMMERCIAL, False, WAV2LIP_SOURCE, url)
+
+
 MANIFEST: tuple[WeightsFile, ...] = (
-    WeightsFile(
-        name="wav2lip96_gan",
-        filename="wav2lip_gan.pth",
-        variant="wav2lip96",
-        sha256="ca9ab7b7b812c0e80a6e70a5977c545a1e8a365a6c49d5e533023c034d7ac3d8",
-        size=435_801_865,
-        licence=NON_COMMERCIAL,
-        commercial_use=False,
-        source=WAV2LIP_SOURCE,
-        url=f"{WAV2LIP_MIRROR}/wav2lip_gan.pth",
+    _wav2lip96_entry(
+        "wav2lip96_gan",
+        "wav2lip_gan.pth",
+        "ca9ab7b7b812c0e80a6e70a5977c545a1e8a365a6c49d5e533023c034d7ac3d8",
+        435_801_865,
     ),
-    WeightsFile(
-        name="wav2lip96",
-        filename="wav2lip.pth",
-        variant="wav2lip96",
-        sha256="b78b681b68ad9fe6c6fb1debc6ff43ad05834a8af8a62ffc4167b7b34ef63c37",
-        size=435_807_851,
-        licence=NON_COMMERCIAL,
-        commercial_use=False,
-        source=WAV2LIP_SOURCE,
-        url=f"{WAV2LIP_MIRROR}/wav2lip.pth",
+    _wav2lip96_entry(
+        "wav2lip96", "wav2lip.pth", "b78b681b68ad9fe6c6fb1debc6ff43ad05834a8af8a62ffc4167b7b34ef63c37", 435_807_851
     ),
     WeightsFile(
         # Published by LiveTalking as `wav2lip256.pth` in a Google Drive folder and on Quark, with no
