@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from handlers.errors import CodedError
 from orchestrator.config import BackendKind
 
 
@@ -154,15 +155,10 @@ class JobView(BaseModel):
         return self.status in FINISHED_STATUSES
 
 
-class OrchestratorError(Exception):
+class OrchestratorError(CodedError):
     """A refusal with a stable snake_case ``code`` and the HTTP status an API should answer with."""
 
     http_status = 400
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class JobNotFound(OrchestratorError):

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
+from handlers.errors import CodedError
 
-class BackendError(Exception):
+
+class BackendError(CodedError):
     """A backend call failed; ``code`` is a stable snake_case name for the job's error_code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class SubmitRejected(BackendError):
