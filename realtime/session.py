@@ -85,18 +85,24 @@ def _tracks() -> tuple[type, type]:
     import av
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-    class AvatarVideoTrack(MediaStreamTrack):
-        kind = "video"
+    class SessionTrack(MediaStreamTrack):
+        """A track of one session; ``_next`` is the index of the next frame it sends."""
 
         def __init__(self, session: LiveSession) -> None:
             super().__init__()
             self._session = session
             self._next = 0
 
-        async def recv(self) -> av.VideoFrame:
+        def _live_clock(self) -> SessionClock:
             if self.readyState != "live":
                 raise MediaStreamError
-            clock = self._session.clock
+            return self._session.clock
+
+    class AvatarVideoTrack(SessionTrack):
+        kind = "video"
+
+        async def recv(self) -> av.VideoFrame:
+            clock = self._live_clock()
             n = self._next
             if clock.frame_now() - n > MAX_BEHIND_FRAMES:  # far behind (a stall): skip ahead rather than drift
                 n = clock.frame_now() - 1
@@ -108,18 +114,11 @@ def _tracks() -> tuple[type, type]:
             self._session.frames_sent += 1
             return frame
 
-    class AvatarAudioTrack(MediaStreamTrack):
+    class AvatarAudioTrack(SessionTrack):
         kind = "audio"
 
-        def __init__(self, session: LiveSession) -> None:
-            super().__init__()
-            self._session = session
-            self._next = 0
-
         async def recv(self) -> av.AudioFrame:
-            if self.readyState != "live":
-                raise MediaStreamError
-            clock = self._session.clock
+            clock = self._live_clock()
             start = self._next * AUDIO_FRAME_SAMPLES
             await _sleep_until(clock.start + start / SAMPLE_RATE)
             samples = self._session.timeline.audio(start, AUDIO_FRAME_SAMPLES)
