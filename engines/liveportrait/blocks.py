@@ -16,13 +16,30 @@ SPADE_SLOPE = 0.2
 CONV_BEFORE_NORM = ("conv", "compress")  # attribute names of a conv whose output feeds the block's `norm`
 
 
-class SameBlock2d(nn.Module):
+class ConvNormBlock(nn.Module):
+    """A 3x3 conv and the BatchNorm after it, as ``conv`` and ``norm``; the blocks below add what follows."""
+
+    conv_type: type[nn.Conv2d | nn.Conv3d] = nn.Conv2d
+    norm_type: type[nn.BatchNorm2d | nn.BatchNorm3d] = nn.BatchNorm2d
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = self.conv_type(cin, cout, kernel_size=3, padding=1)
+        self.norm: nn.Module = self.norm_type(cout)
+
+
+class ConvNormBlock3d(ConvNormBlock):
+    """The same with a 3x3x3 Conv3d and a BatchNorm3d."""
+
+    conv_type = nn.Conv3d
+    norm_type = nn.BatchNorm3d
+
+
+class SameBlock2d(ConvNormBlock):
     """Conv 3x3 + BatchNorm + ReLU (or LeakyReLU 0.01), resolution kept."""
 
     def __init__(self, cin: int, cout: int, leaky: bool = False) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel_size=3, padding=1)
-        self.norm: nn.Module = nn.BatchNorm2d(cout)
+        super().__init__(cin, cout)
         self.leaky = leaky
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -30,25 +47,15 @@ class SameBlock2d(nn.Module):
         return F.leaky_relu(out) if self.leaky else F.relu(out)
 
 
-class DownBlock2d(nn.Module):
+class DownBlock2d(ConvNormBlock):
     """Conv 3x3 + BatchNorm + ReLU + 2x2 average pooling."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel_size=3, padding=1)
-        self.norm: nn.Module = nn.BatchNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(F.relu(self.norm(self.conv(x))), 2)
 
 
-class DownBlock3d(nn.Module):
+class DownBlock3d(ConvNormBlock3d):
     """Conv3d 3x3x3 + BatchNorm + ReLU + (1, 2, 2) average pooling (depth kept)."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv3d(cin, cout, kernel_size=3, padding=1)
-        self.norm: nn.Module = nn.BatchNorm3d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.norm(self.conv(x)))
@@ -58,13 +65,8 @@ class DownBlock3d(nn.Module):
         return pooled.reshape(batch, channels, depth, height // 2, width // 2)
 
 
-class UpBlock3d(nn.Module):
+class UpBlock3d(ConvNormBlock3d):
     """Nearest (1, 2, 2) upsampling + Conv3d 3x3x3 + BatchNorm + ReLU."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv3d(cin, cout, kernel_size=3, padding=1)
-        self.norm: nn.Module = nn.BatchNorm3d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.norm(self.conv(F.interpolate(x, scale_factor=(1.0, 2.0, 2.0)))))
