@@ -218,11 +218,15 @@ class RunpodBackend(RemoteBackend):
             raise SubmitUncertain("submit_uncertain", message) from None
         return str(remote_id)
 
-    def status(self, remote_id: str) -> RemoteStatus:
+    def _control_call(self, method: str, action: str, remote_id: str) -> httpx.Response:
+        """A status or cancel call with its retries; BackendUnavailable when none got an answer."""
         try:
-            response = self._call("GET", f"/status/{remote_id}")
+            return self._call(method, f"/{action}/{remote_id}")
         except (_RetryableStatus, httpx.HTTPError) as exc:
-            raise BackendUnavailable("runpod_unavailable", f"RunPod status of {remote_id} failed: {exc}") from None
+            raise BackendUnavailable("runpod_unavailable", f"RunPod {action} of {remote_id} failed: {exc}") from None
+
+    def status(self, remote_id: str) -> RemoteStatus:
+        response = self._control_call("GET", "status", remote_id)
         if response.status_code == 404:
             return RemoteStatus(
                 RemoteState.lost,
@@ -240,10 +244,7 @@ class RunpodBackend(RemoteBackend):
         return parse_job(body)
 
     def cancel(self, remote_id: str) -> None:
-        try:
-            response = self._call("POST", f"/cancel/{remote_id}")
-        except (_RetryableStatus, httpx.HTTPError) as exc:
-            raise BackendUnavailable("runpod_unavailable", f"RunPod cancel of {remote_id} failed: {exc}") from None
+        response = self._control_call("POST", "cancel", remote_id)
         if response.status_code >= 400 and response.status_code != 404:
             raise BackendUnavailable("runpod_unavailable", f"RunPod cancel answered HTTP {response.status_code}.")
 
