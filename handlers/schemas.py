@@ -26,6 +26,12 @@ def _check_uri(value: str) -> str:
     return value
 
 
+def require_one_of(model: BaseModel, first: str, second: str) -> None:
+    """Refuse a request that gives both or neither of two alternative fields."""
+    if (getattr(model, first) is None) == (getattr(model, second) is None):
+        raise ValueError(f"give exactly one of `{first}` or `{second}`")
+
+
 class TaskName(str, Enum):
     preprocess_avatar = "preprocess_avatar"
     generate_video = "generate_video"
@@ -150,10 +156,8 @@ class GenerateVideoRequest(TaskRequest):
 
     @model_validator(mode="after")
     def _one_source_each(self) -> "GenerateVideoRequest":
-        if (self.avatar_id is None) == (self.image is None):
-            raise ValueError("give exactly one of `avatar_id` or `image`")
-        if (self.text is None) == (self.audio is None):
-            raise ValueError("give exactly one of `text` or `audio`")
+        require_one_of(self, "avatar_id", "image")
+        require_one_of(self, "text", "audio")
         if self.text is not None and not self.text.strip():
             raise ValueError("`text` is empty: give the sentence to speak")
         for uri in (self.image, self.audio):
@@ -175,8 +179,7 @@ class RenderEmotionRequest(TaskRequest):
 
     @model_validator(mode="after")
     def _one_emotion_field(self) -> "RenderEmotionRequest":
-        if (self.emotion is None) == (self.emotions is None):
-            raise ValueError("give exactly one of `emotion` or `emotions`")
+        require_one_of(self, "emotion", "emotions")
         _check_uri(self.image)
         return self
 

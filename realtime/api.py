@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engines.errors import EngineError
 from handlers.errors import TaskError
-from handlers.schemas import MAX_TEXT_CHARS, Identifier, Voice, _check_uri
+from handlers.schemas import MAX_TEXT_CHARS, Identifier, Voice, _check_uri, require_one_of
 from realtime.manager import RealtimeUnavailable, SessionLimitReached, SessionManager, SessionNotFound
 from realtime.session import LiveSession
 from storage.errors import StorageError
@@ -35,8 +35,7 @@ class SessionRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> SessionRequest:
-        if (self.avatar_id is None) == (self.image is None):
-            raise ValueError("give exactly one of `avatar_id` or `image`")
+        require_one_of(self, "avatar_id", "image")
         if self.image is not None:
             _check_uri(self.image)
         if self.offer.type != "offer":

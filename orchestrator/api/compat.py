@@ -32,6 +32,7 @@ from handlers.schemas import (
     LipSyncEngineName,
     RenderEmotionRequest,
     TaskName,
+    require_one_of,
 )
 from orchestrator.api.auth import Caller
 from orchestrator.api.context import ApiContext
@@ -75,10 +76,8 @@ class SeedGenerateBody(BaseModel):
 
     @model_validator(mode="after")
     def _one_source_each(self) -> "SeedGenerateBody":
-        if (self.image_url is None) == (self.image_b64 is None):
-            raise ValueError("give exactly one of `image_url` or `image_b64`")
-        if (self.audio_url is None) == (self.audio_b64 is None):
-            raise ValueError("give exactly one of `audio_url` or `audio_b64`")
+        require_one_of(self, "image_url", "image_b64")
+        require_one_of(self, "audio_url", "audio_b64")
         return self
 
 
