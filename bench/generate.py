@@ -30,7 +30,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from engines.constants import FPS  # noqa: E402  (after the path insert)
+from bench.options import add_clip_options  # noqa: E402  (after the path insert)
+from engines.constants import FPS  # noqa: E402
 
 AVATAR_SECONDS = 5.0
 TARGET_WARM_RTF = 5.0
@@ -179,10 +180,8 @@ def setup(work: Path, side: int, seconds: float, long_seconds: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    add_clip_options(parser)
     parser.add_argument("--long-seconds", type=float, default=60.0)
-    parser.add_argument("--side", type=int, default=512)
     parser.add_argument("--engine", default="auto", help="the request's `engine` (auto picks viseme_warp on CPU)")
     parser.add_argument("--setup", type=Path, help=argparse.SUPPRESS)  # internal: the setup child
     args = parser.parse_args()

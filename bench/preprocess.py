@@ -28,7 +28,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from engines.constants import FPS  # noqa: E402  (after the path insert)
+from bench.options import add_clip_options  # noqa: E402  (after the path insert)
+from engines.constants import FPS  # noqa: E402
 from handlers.runtime import WorkerRuntime  # noqa: E402
 
 TARGET_FPS = 50.0
@@ -95,9 +96,7 @@ def print_table(results: list[dict], baseline: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--side", type=int, default=512)
+    add_clip_options(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import handlers

@@ -35,6 +35,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.options import add_clip_options  # noqa: E402  (after the path insert)
+
 TARGET_FIRST_SEGMENT_MS = 300.0
 TARGET_STREAM_RTF = 2.0
 MIN_LIVE_FPS = 22.5
@@ -207,9 +209,7 @@ def bench_live(work: Path, says: int, max_sessions: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--side", type=int, default=512)
+    add_clip_options(parser)
     parser.add_argument("--says", type=int, default=5)
     parser.add_argument("--max-sessions", type=int, default=12)
     parser.add_argument("--skip-streaming", action="store_true", help="only the live-session figures")
