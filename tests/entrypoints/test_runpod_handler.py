@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import subprocess
 import threading
@@ -239,7 +240,6 @@ def api_server(
     s3_endpoint: str, default_bucket: str, progress_sink: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """`python runpod_handler.py --rp_serve_api` on a free port, storing into moto's S3."""
-    port = free_port()
     env = child_env(
         AVATAR_STORE_URI=default_bucket,
         AVATAR_LOCAL_PATH=str(tmp_path_factory.mktemp("avatars")),
@@ -249,8 +249,16 @@ def api_server(
         AWS_DEFAULT_REGION="us-east-1",
         RUNPOD_WEBHOOK_POST_OUTPUT=progress_sink,
     )
+    with serving_worker(env, tmp_path_factory.mktemp("logs")) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def serving_worker(env: dict[str, str], log_dir: Path) -> Iterator[str]:
+    """`python runpod_handler.py --rp_serve_api` on a free port; yields its base URL, stops it after."""
+    port = free_port()
     args = ["--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)]
-    log = tmp_path_factory.mktemp("logs") / "server.log"
+    log = log_dir / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen([PYTHON, "runpod_handler.py", *args], cwd=REPO_ROOT, env=env, stdout=out, stderr=out)
     base = f"http://127.0.0.1:{port}"

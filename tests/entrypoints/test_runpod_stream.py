@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +12,8 @@ import pytest
 
 import runpod_handler
 from handlers.settings import Settings
-from tests.conftest import free_port
-from tests.entrypoints.conftest import PYTHON, REPO_ROOT, child_env
-from tests.entrypoints.test_runpod_handler import post, wait_until_serving
+from tests.entrypoints.conftest import child_env
+from tests.entrypoints.test_runpod_handler import post, serving_worker
 from tests.media import astronaut_bgr
 
 SEGMENT_KEYS = {"index", "uri", "url", "duration_s", "playlist_uri", "timings_ms"}
@@ -36,24 +34,14 @@ def portrait_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def stream_server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`WORKER_STREAM=1 python runpod_handler.py --rp_serve_api` on a free port, storing into a file:// store."""
-    port = free_port()
     env = child_env(
         WORKER_STREAM="1",
         AVATAR_STORE_URI=store.as_uri(),
         AVATAR_LOCAL_PATH=str(tmp_path_factory.mktemp("avatars")),
         WORKER_TASKS="generate_video",
     )
-    args = ["--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)]
-    log = tmp_path_factory.mktemp("logs") / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([PYTHON, "runpod_handler.py", *args], cwd=REPO_ROOT, env=env, stdout=out, stderr=out)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(base, proc, log)
+    with serving_worker(env, tmp_path_factory.mktemp("logs")) as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def video_job(portrait_uri: str, video_id: str) -> dict:
