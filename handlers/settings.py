@@ -47,6 +47,26 @@ class Settings(BaseSettings):
     musetalk_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", validation_alias=AliasChoices("MUSETALK_PRECISION")
     )
+    # SadTalker: your own copy of the official layout (checkpoints/SadTalker_V0.0.2_256.safetensors and the two
+    # mapping files); else WEIGHTS_DIR/sadtalker. Size 512 needs SadTalker_V0.0.2_512.safetensors too.
+    sadtalker_dir: Path | None = Field(None, validation_alias=AliasChoices("SADTALKER_DIR"))
+    sadtalker_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", validation_alias=AliasChoices("SADTALKER_PRECISION")
+    )
+    sadtalker_size: Literal[256, 512] = Field(256, validation_alias=AliasChoices("SADTALKER_SIZE"))
+    sadtalker_preprocess: Literal["crop", "extcrop", "full", "extfull"] = Field(
+        "crop", validation_alias=AliasChoices("SADTALKER_PREPROCESS")
+    )
+    sadtalker_still: bool = Field(False, validation_alias=AliasChoices("SADTALKER_STILL"))
+    sadtalker_pose_style: int = Field(0, ge=0, lt=46, validation_alias=AliasChoices("SADTALKER_POSE_STYLE"))
+    sadtalker_expression_scale: float = Field(
+        1.0, ge=0.0, le=3.0, validation_alias=AliasChoices("SADTALKER_EXPRESSION_SCALE")
+    )
+    sadtalker_blink: bool = Field(True, validation_alias=AliasChoices("SADTALKER_BLINK"))
+    # Render at another size than the weights' (128: about 4x cheaper on a CPU, less detail); unset: the weights'.
+    sadtalker_render_size: Literal[128, 256, 384, 512] | None = Field(
+        None, validation_alias=AliasChoices("SADTALKER_RENDER_SIZE")
+    )
 
     # Training-video limits (preprocess_avatar).
     max_video_bytes: int = Field(1024 * 1024 * 1024, validation_alias=AliasChoices("MAX_VIDEO_BYTES"))

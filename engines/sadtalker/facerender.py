@@ -82,8 +82,10 @@ class KPDetector(nn.Module):
         logits = self.kp(self.predictor(self.down(x)))
         batch, kp, depth, height, width = logits.shape
         heat = F.softmax(logits.reshape(batch, kp, -1).float() / KP_TEMPERATURE, dim=2)
-        grid = coordinate_grid(depth, height, width, like=heat).reshape(-1, 3)
-        return heat @ grid
+        grid = coordinate_grid(depth, height, width, like=heat)
+        # an elementwise product summed over the volume, as upstream: a matmul sums in another order, and the
+        # sharp softmax (temperature 0.1) makes the keypoints sensitive to it
+        return (heat.reshape(batch, kp, depth, height, width, 1) * grid).sum(dim=(2, 3, 4))
 
 
 class SadTalkerDecoder(SPADEDecoder):

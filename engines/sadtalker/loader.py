@@ -10,8 +10,8 @@ Layout of a weights root (the official download, release v0.0.2-rc)::
 The older separate files (``auido2exp_00300-model.pth``, ``auido2pose_00140-model.pth``, ``epoch_20.pth``,
 ``facevid2vid_00189-model.pth.tar``) load too when no safetensors file of the size is present.
 Every entry of a file is accounted for: the inference modules' keys exactly, plus audio2pose's training-only
-entries (``netG.encoder.*``, ``netD_motion.*``), checked against their layout and dropped. ``.pth`` files are
-read with ``torch.load(weights_only=True)``: a pickle with objects is refused before anything runs.
+entries (``netG.encoder.*``, ``netD_motion.*``: optional, each checked against its layout, then dropped).
+``.pth`` files are read with ``torch.load(weights_only=True)``: a pickle with objects is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -109,10 +109,10 @@ def split_flat_state(flat: dict[str, torch.Tensor], path: Path) -> dict[str, dic
 
 def check_part(name: str, state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
     """Strict check of one part's entries; for audio2pose the training-only ones are checked and dropped."""
-    if name == TRAINING_ONLY:
+    if name == TRAINING_ONLY:  # optional (a converted file may lack them), each present one checked
         training = expected_shapes("training_only")
         extra = {k: v for k, v in state.items() if k in training}
-        check_state(extra, training, path, "SadTalker audio2pose (training-only entries)")
+        check_state(extra, {k: training[k] for k in extra}, path, "SadTalker audio2pose (training-only entries)")
         state = {k: v for k, v in state.items() if k not in training}
     check_state(state, expected_shapes(name), path, f"SadTalker {name}")
     return state

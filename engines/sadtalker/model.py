@@ -269,7 +269,6 @@ def load_sadtalker(
     dtype = inference_dtype(target, precision) if optimize else torch.float32
     if optimize:
         modules["generator"] = prepare_generator(modules["generator"], target, dtype)
-        modules["kp_extractor"] = fold_batchnorm(modules["kp_extractor"])
     model = SadTalker(modules, size, target, dtype)
     log.info("SadTalker ready: %s", model.info)
     return model
