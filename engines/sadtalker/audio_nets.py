@@ -146,7 +146,7 @@ class PoseDecoder(nn.Module):
             self.MLP.add_module("sigmoid" if last else f"A{i}", nn.Sigmoid() if last else nn.ReLU())
         self.pose_linear = nn.Linear(POSE_DIM, POSE_DIM)
         self.linear_audio = nn.Linear(AUDIO_EMB, AUDIO_EMB_OUT)
-        self.classbias = nn.Parameter(torch.zeros(NUM_CLASSES, LATENT))
+        self.classbias = nn.Parameter(torch.randn(NUM_CLASSES, LATENT))
 
     def forward(self, z: torch.Tensor, style: int, ref: torch.Tensor, audio_emb: torch.Tensor) -> torch.Tensor:
         """z (B, 64), ref (B, 6), audio_emb (B, 32, 512) -> (B, 32, 6)."""
@@ -197,7 +197,7 @@ class PoseEncoder(nn.Module):
         self.linear_means = nn.Linear(ENCODER_HIDDEN, LATENT)
         self.linear_logvar = nn.Linear(ENCODER_HIDDEN, LATENT)
         self.linear_audio = nn.Linear(AUDIO_EMB, AUDIO_EMB_OUT)
-        self.classbias = nn.Parameter(torch.zeros(NUM_CLASSES, LATENT))
+        self.classbias = nn.Parameter(torch.randn(NUM_CLASSES, LATENT))
 
 
 class ConvNormRelu1d(nn.Module):
