@@ -19,7 +19,6 @@ frames are from the plain ones. ``--size 128`` runs the same modules on a quarte
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -66,7 +65,7 @@ def module_ms(st: SadTalker, source: torch.Tensor, coeffs: torch.Tensor, device:
             "source": 1000 * timed(lambda: gen.source(source, kp_s), device),
             "mapping": 1000 * timed(lambda: st.mappings[coeffs.shape[1]](window), device),
             "dense_motion": 1000 * timed(lambda: gen.dense_motion_network(src, kp_s), device),
-            "warp": 1000 * timed(lambda: warp_feature(gen, feature, src, kp_s), device),
+            "dense_motion+warp": 1000 * timed(lambda: warp_feature(gen, feature, src, kp_s), device),
             "decoder": 1000 * timed(lambda: gen.decoder(warped), device),
         }
 
@@ -112,7 +111,6 @@ def main() -> None:
     seed = "; ".join(f"{k} {lo}-{hi} s" for k, (lo, hi) in SEED_SECONDS.items())
     print(f"engine: {per_10s:.0f} s of rendering per 10 s of video at 25 fps (seed 001: {seed})")
     print(f"engine vs plain: max {float(diff.max()):.2f} / mean {float(diff.mean()):.3f} grey levels")
-    print(f"per frame median over the runs: {statistics.median([1000 / f for f in fps.values()]):.0f} ms (both paths)")
 
 
 if __name__ == "__main__":

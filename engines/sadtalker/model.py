@@ -247,11 +247,12 @@ class SadTalker:
 
 
 def prepare_generator(generator: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """BatchNorms folded into their convs, spectral norms frozen, on ``device`` in ``dtype``; the SPADE
-    decoder channels-last (oneDNN's fast path)."""
+    """BatchNorms folded into their convs, spectral norms frozen, on ``device`` in ``dtype``; in reduced
+    precision the SPADE decoder channels-last (oneDNN's fast path there; slower in fp32 on a CPU)."""
     generator = freeze_spectral(fold_batchnorm(generator)).to(device, dtype)
-    generator.decoder.to(memory_format=torch.channels_last)
-    generator.layout = torch.channels_last
+    if dtype != torch.float32 or device.type == "cuda":
+        generator.decoder.to(memory_format=torch.channels_last)
+        generator.layout = torch.channels_last
     return generator.eval().requires_grad_(False)
 
 
