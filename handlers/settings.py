@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage.access import InputPolicy
 from storage.config import StorageSettings
 
 
@@ -88,6 +89,11 @@ class Settings(BaseSettings):
             return self.storage
         prefixes = f"{self.storage.allowed_input_prefixes},{store_root_uri(self.avatar_store_uri)}/"
         return self.storage.model_copy(update={"allowed_input_prefixes": prefixes})
+
+    @property
+    def input_policy(self) -> InputPolicy:
+        """What this worker may read (``storage.access``): ``input_storage``'s prefixes and ALLOW_FILE_URIS."""
+        return InputPolicy.from_settings(self.input_storage)
 
     @property
     def served_tasks(self) -> list[str]:

@@ -54,7 +54,7 @@ from orchestrator.api.compat import (
     seed_device_info,
     seed_health_fields,
 )
-from orchestrator.api.context import ApiContext, refuse_foreign_files
+from orchestrator.api.context import ApiContext
 from orchestrator.api.v1 import FILE_ROUTES as V1_FILE_ROUTES
 from orchestrator.api.v1 import add_v1_routes
 from orchestrator.config import OrchestratorSettings
@@ -305,11 +305,10 @@ def create_app(
     app.include_router(protected)
     app.include_router(public)
     app.state.sessions = sessions
-    store_uri = ctx.handler_settings.avatar_store_uri
 
-    def check_live_access(caller: Caller, inputs: dict[str, Any]) -> None:
-        caller.check_user(inputs.get("user_id"))
-        refuse_foreign_files(inputs, store_uri)
+    def check_live_access(caller: Caller, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A live session's inputs under the same rule as a job's (``ApiContext.check_inputs``)."""
+        return ctx.check_inputs(caller, inputs)
 
     app.include_router(realtime_router(sessions, caller=ctx.authenticate, check_access=check_live_access))
     return app
