@@ -113,10 +113,10 @@ def read_latents(avatar: Path, num_frames: int) -> torch.Tensor:
     return latents
 
 
-def _face_boxes(avatar: Path, info: dict[str, Any]) -> list[Box]:
+def _face_boxes(avatar: Path, info: dict[str, Any], num_frames: int) -> list[Box]:
     boxes = info.get("face_boxes")
     if boxes is None:  # LiveTalking's own layout: coords.pkl holds them
-        return read_boxes_file(avatar / COORDS)
+        return read_boxes_file(avatar / COORDS, max_boxes=num_frames)
     if not isinstance(boxes, list) or not all(
         isinstance(b, list) and len(b) == 4 and all(isinstance(v, int) for v in b) for b in boxes
     ):
@@ -146,8 +146,8 @@ def read_material(
     for name in (MASK_COORDS,):
         if not (avatar / name).is_file():
             raise invalid(avatar, f"has {LATENTS} but no {name}")
-    boxes = _face_boxes(avatar, read_json_object(avatar, AVATAR_INFO))
-    crop_boxes = read_boxes_file(avatar / MASK_COORDS)
+    boxes = _face_boxes(avatar, read_json_object(avatar, AVATAR_INFO), num_frames)
+    crop_boxes = read_boxes_file(avatar / MASK_COORDS, max_boxes=num_frames)
     masks = frame_files(avatar, MASK_DIR)
     counts = {"face boxes": len(boxes), MASK_COORDS: len(crop_boxes), f"{MASK_DIR}/": len(masks)}
     if any(count != num_frames for count in counts.values()):
