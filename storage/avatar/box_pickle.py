@@ -193,7 +193,7 @@ class _Machine:
     def extend(self, target: Any, items: list[Any]) -> None:
         if not isinstance(target, list):
             raise BoxPickleError(f"append to a {type(target).__name__}")
-        if len(target) + len(items) > self.max_boxes:
+        if len(target) + len(items) > max(self.max_boxes, 4):  # the box list, or a box of four values
             raise BoxPickleError(f"more than {self.max_boxes} entries")
         if id(target) in self.inner_lists and any(isinstance(item, (list, tuple)) for item in items):
             raise BoxPickleError("a list inside another takes only plain values")
