@@ -11,6 +11,7 @@ from typing import Any
 import handlers
 from orchestrator.api.auth import OPERATOR, Caller, authenticator, caller_of
 from orchestrator.config import OrchestratorSettings
+from orchestrator.events import EventStreams
 from orchestrator.input_policy import check_request_inputs
 from orchestrator.metrics import ApiMetrics
 from orchestrator.models import JobView
@@ -33,6 +34,9 @@ class ApiContext:
 
     def __post_init__(self) -> None:
         self.authenticate = authenticator(self.settings)  # the routes' dependency: Depends(ctx.authenticate)
+        self.streams = EventStreams(
+            self.settings.event_streams_per_tenant, self.settings.max_event_streams, self.settings.event_stream_max_s
+        )
 
     def health(self) -> dict[str, Any]:
         """The service's health, reused for HEALTH_CACHE_S: the route is public and each report calls the
