@@ -33,7 +33,14 @@ from orchestrator.db import DuplicateIdempotencyKey, JobStore, new_job_id, utcno
 from orchestrator.health import health_report
 from orchestrator.input_policy import check_request_inputs
 from orchestrator.lifecycle import JobLifecycle
-from orchestrator.models import FINISHED_STATUSES, IdempotencyConflict, JobStatus, JobView, OrchestratorError
+from orchestrator.models import (
+    FINISHED_STATUSES,
+    IdempotencyConflict,
+    JobStatus,
+    JobView,
+    OrchestratorError,
+    scoped_key,
+)
 from orchestrator.poller import POLL_BACKOFF, Poller
 from orchestrator.replica import Replica
 from orchestrator.uploads import stage_inline_data
@@ -139,6 +146,8 @@ class JobService:
         payload = {**payload, "task": task}
         request = handlers.parse(payload)
         payload = self._stage_inputs(payload)
+        user_id = getattr(request, "user_id", None)
+        idempotency_key = scoped_key(user_id, idempotency_key) if idempotency_key else None  # per user
         if idempotency_key and (existing := self.store.get_by_idempotency_key(idempotency_key)):
             return self._same_request(existing, payload)
         backend = self.backend_for_task(task)
@@ -150,7 +159,7 @@ class JobService:
             job = self.store.create(
                 id=job_id,
                 task=task,
-                user_id=getattr(request, "user_id", None),
+                user_id=user_id,
                 status=JobStatus.queued.value,
                 backend=backend.kind.value,
                 endpoint=backend.endpoint,
