@@ -155,7 +155,7 @@ def avatar_frames(
         store.uri(avatar_key(user_id, avatar_id or "")), runtime.settings.input_policy, what="avatar"
     )
     cache = open_cache(runtime.settings.avatar_local_path, runtime.settings.avatar_revalidate_s)
-    path = holds.enter_context(cache.acquire(store, user_id, avatar_id or ""))
+    path = holds.enter_context(cache.acquire(store, user_id, avatar_id or "", runtime.settings.hand_placed_avatars))
     return stored_avatar(load_avatar(path), runtime.engines.frames)
 
 

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
 
     avatar_store_uri: str = Field("file://./var/store", validation_alias=AliasChoices("AVATAR_STORE_URI"))
     avatar_local_path: Path = Field(Path("./var/avatars"), validation_alias=AliasChoices("AVATAR_LOCAL_PATH"))
+    # Who may use avatars placed by hand in AVATAR_LOCAL_PATH/{avatar_id} (LiveTalking's layout): `all` (one
+    # tenant; a `.{avatar_id}.users` file beside a folder still limits it to the users it lists), `owned` (only
+    # folders with such a file, for those users), `none` (avatars come from the store only).
+    hand_placed_avatars: Literal["all", "owned", "none"] = Field(
+        "all", validation_alias=AliasChoices("HAND_PLACED_AVATARS")
+    )
     # Seconds between checks that a cached avatar's TAR is unchanged in the store (0: every request).
     avatar_revalidate_s: float = Field(30.0, ge=0, validation_alias=AliasChoices("AVATAR_REVALIDATE_S"))
     weights_dir: Path = Field(Path("./var/weights"), validation_alias=AliasChoices("WEIGHTS_DIR"))
