@@ -3,11 +3,13 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.access import InputPolicy
 from storage.config import StorageSettings
+
+LIVEPORTRAIT_INPUT_SIZES = (128, 256, 384, 512)
 
 
 def store_root_uri(root_uri: str) -> str:
@@ -48,9 +50,8 @@ class Settings(BaseSettings):
     liveportrait_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", validation_alias=AliasChoices("LIVEPORTRAIT_PRECISION")
     )
-    liveportrait_input_size: Literal[128, 256, 384, 512] = Field(
-        256, validation_alias=AliasChoices("LIVEPORTRAIT_INPUT_SIZE")
-    )
+    # an int checked against the sizes (a Literal of ints would refuse "256" as the environment spells it)
+    liveportrait_input_size: int = Field(256, validation_alias=AliasChoices("LIVEPORTRAIT_INPUT_SIZE"))
     musetalk_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", validation_alias=AliasChoices("MUSETALK_PRECISION")
     )
@@ -86,6 +87,13 @@ class Settings(BaseSettings):
     )
 
     storage: StorageSettings = Field(default_factory=StorageSettings)
+
+    @field_validator("liveportrait_input_size")
+    @classmethod
+    def _input_size(cls, size: int) -> int:
+        if size not in LIVEPORTRAIT_INPUT_SIZES:
+            raise ValueError(f"LIVEPORTRAIT_INPUT_SIZE must be one of {', '.join(map(str, LIVEPORTRAIT_INPUT_SIZES))}")
+        return size
 
     @property
     def input_storage(self) -> StorageSettings:
