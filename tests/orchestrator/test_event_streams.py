@@ -4,9 +4,7 @@ tenant, end after their lifetime, and a streamed video's `completed` comes after
 
 from __future__ import annotations
 
-import asyncio
 import json
-import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from orchestrator.service import JobService
 from storage.keys import stream_key
 from storage.local import path_from_file_uri
 from tests.orchestrator.conftest import ENDPOINT_ID, RunningEmulator, eventually
+from tests.orchestrator.stream_flood import open_streams, p95_ms, route_latencies
 
 OPERATOR = {"Authorization": "Bearer operator-token"}
 ALICE = {"Authorization": "Bearer alice-token"}
@@ -81,67 +80,18 @@ def queued_job(api: StreamApi, who: dict[str, str] = OPERATOR, user_id: str | No
     return answer.json()["id"]
 
 
-async def _hold_streams(url: str, job_id: str, count: int, opened: threading.Event, done: threading.Event) -> int:
-    """Open ``count`` event streams, read each one's first event, keep them open until ``done``."""
-    limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=url, headers=OPERATOR, timeout=60, limits=limits) as client:
-        first_events = 0
-
-        async def one() -> None:
-            nonlocal first_events
-            async with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
-                assert response.status_code == 200, (response.status_code, await response.aread())
-
-                async def read() -> None:  # keeps consuming, so the stream stays open
-                    nonlocal first_events
-                    counted = False
-                    async for line in response.aiter_lines():
-                        if line.startswith("event: ") and not counted:
-                            counted, first_events = True, first_events + 1
-
-                reader = asyncio.create_task(read())
-                while not done.is_set():
-                    await asyncio.sleep(0.05)
-                reader.cancel()
-
-        tasks = [asyncio.create_task(one()) for _ in range(count)]
-        while first_events < count and not all(t.done() for t in tasks):
-            await asyncio.sleep(0.05)
-        opened.set()
-        await asyncio.gather(*tasks)
-        return first_events
-
-
-def p95_ms(samples: list[float]) -> float:
-    return statistics.quantiles(samples, n=20)[-1] * 1000
-
-
 def test_health_and_job_routes_stay_responsive_with_100_open_streams(held_job_api: StreamApi) -> None:
     """Class: event streams exhausting the server's threads: 100 open streams on a queued job hold no worker
     thread, and /healthz and GET /v1/jobs keep answering quickly (a behaviour bound, not a benchmark)."""
     api = held_job_api
     job_id = queued_job(api)
-    opened, done, held = threading.Event(), threading.Event(), []
-    holder = threading.Thread(
-        target=lambda: held.append(asyncio.run(_hold_streams(api.url, job_id, 100, opened, done))), daemon=True
-    )
-    holder.start()
-    try:
-        assert opened.wait(60), "the 100 streams did not all open"
+    with open_streams(api.url, job_id, OPERATOR, 100) as flood:
+        assert flood.opened == 100 and not flood.errors, flood
         assert api.streams.count() == 100
-        health, jobs = [], []
-        with httpx.Client(base_url=api.url, headers=OPERATOR, timeout=30) as client:
-            for _ in range(40):
-                for samples, path in ((health, "/healthz"), (jobs, "/v1/jobs")):
-                    started = time.perf_counter()
-                    assert client.get(path).status_code == 200
-                    samples.append(time.perf_counter() - started)
-        print(f"\nwith 100 open streams: /healthz p95 {p95_ms(health):.0f} ms, GET /v1/jobs p95 {p95_ms(jobs):.0f} ms")
-        assert p95_ms(health) < 1000 and p95_ms(jobs) < 1000
-    finally:
-        done.set()
-        holder.join(30)
-    assert held == [100]
+        latencies = route_latencies(api.url, OPERATOR)
+        health, jobs = p95_ms(latencies["/healthz"]), p95_ms(latencies["/v1/jobs"])
+        print(f"\nwith 100 open streams: /healthz p95 {health:.0f} ms, GET /v1/jobs p95 {jobs:.0f} ms")
+        assert health < 1000 and jobs < 1000
     eventually(lambda: api.streams.count() == 0, 10)  # every slot given back once the clients left
 
 
