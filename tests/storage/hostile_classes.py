@@ -10,10 +10,7 @@ more function here.
 
 from __future__ import annotations
 
-import http.server
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from tests.storage.avatar_hostile import (
     run_case,
     run_isolated,
 )
+from tests.storage.http_servers import QuietHandler, serving
 from tests.storage.pickle_bombs import build_bombs, work_bombs
 from tests.storage.uri_attacks import escapes
 
@@ -186,7 +184,7 @@ def uri_class(corpus: Corpus) -> ClassReport:
         for shape, uri in escapes(f"{scheme}/uploads/attacker/", "victim", "secret.png").items():
             cases.append(_api_case(f"api_{scheme.split(':')[0]}_{shape}", uri))
     report = run_cases(corpus, "uris", cases)
-    with _redirecting_server() as url:
+    with serving(_Redirects) as url:
         settings = corpus.runtime.settings
         storage = settings.storage.model_copy(
             update={"allow_private_urls": True, "allowed_input_prefixes": f"{url}/ok/"}
@@ -255,28 +253,10 @@ REDIRECTS = {
 }
 
 
-@contextmanager
-def _redirecting_server() -> Iterator[str]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            target = REDIRECTS.get(self.path.rsplit("/", 1)[-1])
-            self.send_response(302 if target else 404)
-            if target:
-                self.send_header("Location", target)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+class _Redirects(QuietHandler):
+    def do_GET(self) -> None:
+        target = REDIRECTS.get(self.path.rsplit("/", 1)[-1])
+        self._send(302 if target else 404, b"", {"Location": target or "", "Content-Length": "0"})
 
 
 def _merge(into: ClassReport, other: ClassReport) -> None:

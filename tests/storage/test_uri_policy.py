@@ -4,10 +4,8 @@ redirect hop on a local server that resolves dot segments the way real servers d
 
 from __future__ import annotations
 
-import http.server
 import os
 import posixpath
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -18,6 +16,7 @@ import handlers
 from handlers.runtime import WorkerRuntime
 from storage import InputPolicy, StorageError, StorageSettings, fetch, normalise_uri, open_store
 from storage.access import check_input_uri, check_store_uri, normalise_prefixes, normalise_root
+from tests.storage.http_servers import QuietHandler, serving
 from tests.storage.uri_attacks import escapes
 
 SECRET = b"bob's private upload"
@@ -127,7 +126,7 @@ def test_dot_segments_on_bucket_stores_are_refused(
     assert_all_refused(own, StorageSettings(), tmp_path / "open")
 
 
-class _NormalisingServer(http.server.BaseHTTPRequestHandler):
+class _NormalisingServer(QuietHandler):
     """Serves /alice/* and /bob/secret.png after decoding and resolving the path as many servers do."""
 
     redirects = {
@@ -144,30 +143,16 @@ class _NormalisingServer(http.server.BaseHTTPRequestHandler):
         raw = urlsplit(self.path).path
         if raw in self.redirects:
             location = self.redirects[raw].format(host=self.headers["Host"])
-            return self._send(302, b"", {"Location": location})
+            return self._send(302, b"", {"Location": location, "Content-Length": "0"})
         path = posixpath.normpath(unquote(unquote(raw)).replace("\\", "/"))
         body = {"/alice/file.png": OWN, "/bob/secret.png": SECRET}.get(path)
-        self._send(200 if body else 404, body or b"", {})
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for name, value in {"Content-Length": str(len(body)), **headers}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self._send(200 if body else 404, body or b"", {"Content-Length": str(len(body or b""))})
 
 
 @pytest.fixture(scope="module")
 def normalising_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NormalisingServer)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_NormalisingServer) as url:
+        yield url
 
 
 def test_dot_segments_over_http_and_in_every_redirect_hop_are_refused(normalising_url: str, tmp_path: Path) -> None:
