@@ -62,3 +62,25 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float, codec: str = "
 def tone(seconds: float, sample_rate: int = 16000, freq: float = 220.0) -> np.ndarray:
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two uint8 images in dB (inf when identical)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+
+
+# The 768-px astronaut cropped to 256 x 256 around the face (a ~125 px face), as the lip-sync tests use it.
+AVATAR_CROP = (slice(70, 326), slice(208, 464))
+
+
+def moving_astronaut_avatar(analyzer, num_frames: int):
+    """An in-memory avatar of the moving astronaut (head_motion) with its detected boxes and landmarks."""
+    from engines.lipsync import AvatarFrames
+
+    moving, _ = head_motion(num_frames, 25.0, 768)
+    frames = [np.ascontiguousarray(f[AVATAR_CROP]) for f in moving]
+    boxes = [analyzer.detect(f)[0] for f in frames]
+    landmarks = np.array([analyzer.landmarks(f, b) for f, b in zip(frames, boxes, strict=True)], dtype=np.float32)
+    coords = [(b.y1, b.y2, b.x1, b.x2) for b in boxes]
+    return AvatarFrames(frames=frames, coords=coords, landmarks=landmarks)
