@@ -131,3 +131,26 @@ def three_quarter_astronaut(size: int = 768, yaw_degrees: float = 30.0) -> np.nd
         map_x[y] = xs + shift * below * top_bottom
     map_y = np.tile(np.arange(h, dtype=np.float32)[:, None], (1, w))
     return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def close_lips(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """A copy of a portrait whose lip gap (inside landmarks 60-67) is painted shut: the upper lip's colour
+    fading into the lower lip's, with a darker seam where they meet, so the mouth reads as closed."""
+    out = image.astype(np.float32)
+    mask = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(landmarks[60:68]).astype(np.int32)], 255)
+    mask = cv2.dilate(mask, np.ones((5, 5), np.uint8))
+    ys, xs = np.nonzero(mask)
+    top, bottom = ys.min(), ys.max()
+
+    def colour(points: list[int]) -> np.ndarray:
+        at = np.round(landmarks[points]).astype(int)
+        return np.median(image[at[:, 1], at[:, 0]].astype(np.float32), axis=0)
+
+    upper = colour([50, 51, 52]) * 0.5 + colour([61, 62, 63]) * 0.5
+    lower = colour([56, 57, 58]) * 0.5 + colour([65, 66, 67]) * 0.5
+    t = np.clip((np.arange(image.shape[0], dtype=np.float32) - top) / max(bottom - top, 1), 0, 1)[:, None, None]
+    seam = 1.0 - 0.35 * np.exp(-(((t - 0.5) * (bottom - top + 1)) ** 2) / 2.0)
+    fill = (upper * (1 - t) + lower * t) * seam
+    alpha = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 1.5)[..., None]
+    return np.clip(out * (1.0 - alpha) + fill * alpha, 0, 255).astype(np.uint8)

@@ -15,7 +15,7 @@ from engines.face import FaceAnalyzer, FaceBox
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 DETECT_MAX_SIDE = 640  # faces are found on a copy at most this large; landmarks use the full image
 MIN_RELATIVE_SCORE = 0.5  # faces scoring under half the best detection are ignored
 NO_FACE_MESSAGE = "No face detected in image"
