@@ -11,11 +11,13 @@ The measure, from the output alone (nothing the engine reports is trusted):
   ([i/25, (i+1)/25) s, the engines' own frame timing), linear amplitude;
 - **score**: the Pearson correlation of the two series over the frames where a face was found, at the
   best lag within +-2 frames (80 ms: landmark models and engines may trail the sound by a frame or
-  two), and that lag; positive = the mouth moves after the sound. A mouth that never moves (or too few
-  frames with a face) scores 0.
+  two), and that lag; positive = the mouth moves after the sound. A mouth that never moves, too few
+  frames with a face (under 8), or a face found on under half the frames (a render that destroyed it)
+  scores 0.
 
 Speech whose mouth follows it scores well above 0.5; a still mouth 0; a mouth moving at random near 0.
-Cost: one shape-predictor fit per frame plus a small detection every 10th frame (``bench/quality.py``).
+Cost: one shape-predictor fit per measured frame plus a small detection every 10th (``bench/quality.py``);
+``stride`` k measures every k-th frame only.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from engines.lipsync.visemes import frame_rms
 
 MAX_LAG_FRAMES = 2
 MIN_FRAMES = 8  # fewer frames with a face (at a lag) than this: no score
+MIN_FACE_SHARE = 0.5  # a face on fewer of the measured frames than this (a garbage render): no score
 INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))
 RIGID_POINTS = list(range(27, 48))  # nose and eyes: they do not move when the mouth does
 FLAT = 1e-9  # a series varying less than this (std) is constant: no correlation
@@ -129,6 +132,9 @@ class LipSyncMeter:
     def score(self, samples: np.ndarray) -> LipSyncScore:
         """The score of the frames added so far against the driving audio (16 kHz mono)."""
         opening = self.openings
+        measured = -(-len(opening) // self.stride)
+        if self._lost > (1.0 - MIN_FACE_SHARE) * measured:
+            return LipSyncScore(0.0, 0, 0.0, len(opening), self._lost)
         correlation, lag, at_zero = best_lag_correlation(opening, audio_energy(samples, len(opening)))
         return LipSyncScore(correlation, lag, at_zero, len(opening), self._lost)
 

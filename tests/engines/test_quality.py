@@ -121,3 +121,11 @@ def test_frames_without_a_face_are_counted_and_left_out(
         frames[i] = np.full_like(frames[i], 128)
     score = score_lip_sync(frames, speech.samples, analyzer)
     assert score.frames_without_face == 3 and score.correlation_at_zero >= 0.6
+
+
+def test_a_render_that_loses_the_face_scores_zero(
+    analyzer: FaceAnalyzer, rendered: list[np.ndarray], speech: DrivingAudio
+) -> None:
+    frames = [np.full_like(f, 128) if i % 3 else f for i, f in enumerate(rendered)]  # two thirds faceless
+    score = score_lip_sync(frames, speech.samples, analyzer)
+    assert score.frames_without_face > len(frames) / 2 and score.correlation == 0.0
