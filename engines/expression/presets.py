@@ -42,7 +42,7 @@ from engines.expression.geometry import (
     UPPER_LIDS,
 )
 
-BROW_SHIFT = 0.16  # IOD the brows rise for eyebrows = 1
+BROW_SHIFT = 0.13  # IOD the brows rise for eyebrows = 1
 BROW_DROP = 0.6  # fraction of the brow-to-crease gap the brows descend for eyebrows = -1
 JAW_DROP = 0.25  # IOD the lower lip drops for mouth = 1 (the chin: CHIN_FOLLOW of it)
 EYE_WIDEN = 0.2  # fraction of an eye's opening its upper lid rises per unit of upper-lid raiser
@@ -99,7 +99,7 @@ PRESETS: dict[str, Preset] = {
         "jaw_drop",
         (
             ("inner_brow_raiser", 0.6),
-            ("brow_knit", 1.0),
+            ("brow_knit", 1.3),
             ("upper_lid_raiser", 1.2),
             ("lip_stretcher", 1.0),
             ("level_corners", 0.7),

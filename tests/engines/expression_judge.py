@@ -19,6 +19,7 @@ from engines.expression.landmark_warp import main_face
 from engines.face import FaceAnalyzer
 
 STEP = 0.03  # IOD
+LOOKS = (1.0, 0.8, 0.65)  # scales the landmarks are found at (median)
 RIGHT_EYE, LEFT_EYE = list(range(36, 42)), list(range(42, 48))
 RIGHT_BROW, LEFT_BROW = list(range(17, 22)), list(range(22, 27))
 
@@ -43,9 +44,15 @@ class Frame:
 
 
 def find_landmarks(analyzer: FaceAnalyzer, image: np.ndarray) -> np.ndarray:
-    boxes = analyzer.detect(image) or analyzer.detect(image, upsample=1)
-    assert boxes, "no face found on the render"
-    return analyzer.landmarks(image, main_face(boxes)).astype(np.float64)
+    """dlib's 68 landmarks, the per-point median over the image at three scales (LOOKS): dlib's cascade
+    moves every point a little with any change anywhere on the face, and the median steadies it."""
+    found = []
+    for scale in LOOKS:
+        seen = image if scale == 1.0 else cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        boxes = analyzer.detect(seen) or analyzer.detect(seen, upsample=1)
+        assert boxes, "no face found on the render"
+        found.append(analyzer.landmarks(seen, main_face(boxes)).astype(np.float64) / scale)
+    return np.median(found, axis=0)
 
 
 def measures(lm: np.ndarray, frame: Frame) -> dict[str, float]:

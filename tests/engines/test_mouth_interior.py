@@ -57,9 +57,7 @@ def test_a_portrait_without_open_frames_gets_a_shaded_mouth_with_teeth(closed_po
     assert teeth_row.max() - teeth_row.min() >= 25  # tooth boundaries and shading across, not flat
 
 
-def test_an_avatar_with_an_open_mouth_frame_lends_its_teeth_and_tongue(
-    analyzer: FaceAnalyzer, closed_portrait
-) -> None:
+def test_an_avatar_with_an_open_mouth_frame_lends_its_teeth_and_tongue(analyzer: FaceAnalyzer, closed_portrait) -> None:
     image, landmarks = closed_portrait
     donor_lm = opened(landmarks, WIDE_OPEN).astype(np.float32)
     donor = render_mouth(image, prepare_mouth_warp(image, landmarks), WIDE_OPEN)
