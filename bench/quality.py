@@ -92,11 +92,6 @@ def clip(analyzer: FaceAnalyzer) -> tuple[AvatarFrames, DrivingAudio]:
     return moving_astronaut_avatar(analyzer, AVATAR_FRAMES), audio
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
-
-
 def lip_sync_rows(analyzer: FaceAnalyzer, avatar: AvatarFrames, audio: DrivingAudio, names: list[str]) -> dict:
     print(f"clip: {audio.num_frames} frames ({len(audio.samples) / 16000:.1f} s), avatar {len(avatar)} frames 256x256")
     print(f"{'engine':30} {'corr':>6} {'lag':>4} {'corr@0':>7} {'no face':>8} {'render ms/frame':>16}")
@@ -132,6 +127,8 @@ def score_cost(analyzer: FaceAnalyzer, frames: list[np.ndarray], audio: DrivingA
 
 
 def upper_face_psnr(avatar: AvatarFrames, frames: list[np.ndarray]) -> float:
+    from tests.media import psnr
+
     worst = float("inf")
     for i, frame in enumerate(frames):
         k = pingpong_index(i, len(avatar))

@@ -64,7 +64,7 @@ def measures(lm: np.ndarray, frame: Frame) -> dict[str, float]:
         return float(eyes_y - p[points, 1].mean())
 
     lip_middle = p[[62, 66], 1].mean()
-    return {
+    out = {
         "brow_height": raised(RIGHT_BROW + LEFT_BROW),
         "inner_brow_height": raised([20, 21, 22, 23]),
         "outer_brow_height": raised([17, 18, 25, 26]),
@@ -80,6 +80,11 @@ def measures(lm: np.ndarray, frame: Frame) -> dict[str, float]:
         "nose_to_lip": float(p[[50, 51, 52], 1].mean() - p[33, 1]),
         "upper_lip_height": raised([50, 51, 52]),  # the upper lip's top below the eye line (negative)
     }
+    return out | {
+        # composites: two actions of the same muscles, so one weak reading does not hide the other
+        "brows_knit_up": out["brow_slant"] - out["inner_brow_gap"],  # inner ends raised and drawn together
+        "brows_knit_down": -out["brow_height"] - out["inner_brow_gap"],  # lowered and drawn together
+    }
 
 
 # emotion -> rules (measure, direction, steps): the change from the neutral render, times direction, must
@@ -90,20 +95,15 @@ RULES: dict[str, list[tuple[str, int, float]]] = {
     # dlib follows the inner brows of a turned face better than the outer ones (they reach the hair)
     "surprised": [("inner_brow_height", +1, 2.0), ("mouth_open", +1, 2.0), ("eye_opening", +1, -0.5)],
     "angry": [
-        ("brow_height", -1, 1.0),
-        ("inner_brow_gap", -1, 1.0),
+        ("brows_knit_down", +1, 2.0),  # brows down and together ...
+        ("brow_height", -1, 0.5),  # ... down for sure
         ("lip_thickness", -1, -0.5),  # lips pressed: no fuller than neutral's (dlib sees thin lips poorly) ...
         ("mouth_open", -1, -0.5),  # ... and not parted
         ("corner_lift", -1, -0.5),  # not a smile: corners no higher than neutral's
     ],
     "disgusted": [("upper_lip_height", +1, 1.0), ("brow_height", -1, 0.0)],
-    # raised and drawn together: inner ends up (slant), closer; eyes not narrowed; lips stretched
-    "fearful": [
-        ("brow_slant", +1, 1.0),
-        ("inner_brow_gap", -1, 1.0),
-        ("eye_opening", +1, -0.5),
-        ("mouth_width", +1, 0.5),
-    ],
+    # brows raised at their inner ends and drawn together, eyes not narrowed, lips apart
+    "fearful": [("brows_knit_up", +1, 2.0), ("eye_opening", +1, -0.5), ("mouth_open", +1, 1.0)],
 }
 # Neutral is judged against the source photo: lips together, corners level (the test photo smiles).
 NEUTRAL_RULES = [("mouth_open", -1, -0.5), ("corner_lift", -1, 1.0)]

@@ -10,7 +10,7 @@ from engines.errors import EngineError
 from engines.expression import DEFAULT_ENGINE, EMOTIONS, encode_image, fit_max_side, load_expression_engine, presets
 from engines.expression.landmark_warp import main_face
 from engines.face import FaceBox, load_face_analyzer
-from tests.media import ASTRONAUT_FACE_CENTER, astronaut_bgr, coffee_bgr
+from tests.media import ASTRONAUT_FACE_CENTER, astronaut_bgr, coffee_bgr, psnr
 
 INTENSITY = 0.7
 MIN_SHIFT_PX = 2.0  # dlib's landmarks are whole pixels: two of them is the smallest change we trust
@@ -84,11 +84,6 @@ def detector_noise(source, source_features) -> dict[str, float]:
         for name, value in features(landmarks(variant)).items():
             noise[name] = max(noise[name], abs(value - source_features[name]))
     return noise
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
 @pytest.mark.parametrize("emotion", list(WARP_EXPECTED))
