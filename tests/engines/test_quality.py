@@ -83,6 +83,8 @@ def test_cpu_engine_follows_espeak_speech(
     assert score.frames == len(rendered) == speech.num_frames and score.frames_without_face == 0
     assert score.correlation_at_zero >= 0.65, score  # lip/audio correlation at lag 0
     assert score.lag == 0
+    reported = score.as_dict()  # what a result carries as quality.lip_sync
+    assert reported["correlation"] == round(score.correlation, 4) and reported["frames_without_face"] == 0
 
 
 def test_cpu_engine_leaves_the_upper_face_unchanged(avatar: AvatarFrames, rendered: list[np.ndarray]) -> None:
