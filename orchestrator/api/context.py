@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastapi import Request
+
 import handlers
 from handlers.errors import TaskError
 from orchestrator.api.auth import OPERATOR, Caller, authenticator, caller_of
+from orchestrator.api.files import FileSigner, file_signer
 from orchestrator.config import OrchestratorSettings
 from orchestrator.metrics import ApiMetrics
 from orchestrator.models import JobView
@@ -35,6 +38,20 @@ class ApiContext:
 
     def __post_init__(self) -> None:
         self.authenticate = authenticator(self.settings)  # the routes' dependency: Depends(ctx.authenticate)
+        storage = self.handler_settings.storage
+        self.signer: FileSigner | None = file_signer(
+            self.settings, self.handler_settings.avatar_store_uri, storage.signed_url_ttl_s
+        )
+
+    def base_url(self, request: Request) -> str:
+        """Where clients reach this API: PUBLIC_BASE_URL, else the address the request came to."""
+        return self.settings.public_base_url or str(request.base_url)
+
+    def present(self, job: JobView, request: Request) -> JobView:
+        """The job as answered: outputs in a file:// store get signed URLs under this API's address."""
+        if self.signer is None or job.output is None:
+            return job
+        return job.model_copy(update={"output": self.signer.sign_output(job.output, self.base_url(request))})
 
     def health(self) -> dict[str, Any]:
         """The service's health, reused for HEALTH_CACHE_S: the route is public and each report calls the
