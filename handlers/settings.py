@@ -14,7 +14,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.config import StorageSettings
 
-
 HOME_ENV = "AVATARCTL_HOME"
 
 

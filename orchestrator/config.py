@@ -104,7 +104,7 @@ class OrchestratorSettings(BaseSettings):
     lease_s: float = Field(15.0, ge=0.5, le=3600, validation_alias=AliasChoices("LEASE_S"))
 
     @model_validator(mode="after")
-    def _state_under_home(self) -> "OrchestratorSettings":
+    def _state_under_home(self) -> OrchestratorSettings:
         self.avatarctl_home = self.avatarctl_home.expanduser().absolute()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.avatarctl_home / 'jobs.db'}"

@@ -103,7 +103,9 @@ class FileSigner:
             raise ApiError(400, "invalid_key", exc.message) from None
         scopes = (key, key.rpartition("/")[0] + "/")
         if not any(hmac.compare_digest(signature, self._signature(expires, scope)) for scope in scopes):
-            raise ApiError(403, "invalid_signature", "This file URL's signature does not match: use a URL the API gave.")
+            raise ApiError(
+                403, "invalid_signature", "This file URL's signature does not match: use a URL the API gave."
+            )
         if expires < time.time():
             raise ApiError(410, "url_expired", "This file URL has expired: read the job again for a fresh one.")
         path = self.store.local_path(key)
@@ -164,7 +166,9 @@ def add_file_routes(router: APIRouter, signer: FileSigner | None) -> None:
 
     path = FILES_PREFIX + "/{expires}/{signature}/{key:path}"
     summary = "A stored output by its signed URL (byte ranges supported)"
-    router.add_api_route(path, signed_file, methods=["GET"], response_class=FileResponse, tags=["files"], summary=summary)
+    router.add_api_route(
+        path, signed_file, methods=["GET"], response_class=FileResponse, tags=["files"], summary=summary
+    )
     router.add_api_route(path, signed_file, methods=["HEAD"], include_in_schema=False, name="signed_file_head")
 
 

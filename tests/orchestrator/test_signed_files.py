@@ -5,7 +5,6 @@ and nothing outside the store."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import stat
 import time
@@ -18,7 +17,11 @@ from handlers.settings import Settings
 from orchestrator.api.files import FileSigner, signing_secret
 from orchestrator.config import OrchestratorSettings
 from storage.local import LocalStore, path_from_file_uri
-from tests.orchestrator.test_api import PORTRAIT, Api, api  # noqa: F401  (the fixture)
+from tests.orchestrator import test_api
+from tests.orchestrator.test_api import PORTRAIT, Api
+from tests.orchestrator.test_events import follow
+
+api = test_api.api  # the fixture: the API under uvicorn, local backend, file:// store
 
 PORTRAIT_URI = "data:image/png;base64," + base64.b64encode(PORTRAIT).decode()
 
@@ -58,14 +61,7 @@ def test_a_video_url_serves_byte_ranges_for_seeking(api: Api) -> None:
 
 def test_streamed_segments_and_the_playlist_are_signed_and_the_playlist_resolves(api: Api) -> None:
     body = {"user_id": "u1", "image": PORTRAIT_URI, "text": "Streaming this one, segment by segment.", "stream": True}
-    job_id = api.client.post("/v1/videos", json=body).json()["id"]
-    events = []
-    with api.client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=120) as answer:
-        for line in answer.iter_lines():
-            if line.startswith("event:"):
-                events.append([line[6:].strip(), None])
-            elif line.startswith("data:"):
-                events[-1][1] = json.loads(line[5:])
+    events = [(name, data) for name, data, _ in follow(api, api.client.post("/v1/videos", json=body).json()["id"])]
     segments = [data for name, data in events if name == "segment"]
     assert segments and all(s["url"].startswith(f"{api.url}/files/") for s in segments)
     assert httpx.get(segments[0]["url"]).headers["content-type"] == "video/iso.segment"
