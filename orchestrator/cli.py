@@ -40,6 +40,7 @@ from orchestrator.console import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_STILL_RUNNING,
+    FaceIndexOption,
     JsonOption,
     OutputOption,
     StoreOption,
@@ -206,6 +207,7 @@ def generate(
     voice: Annotated[str | None, typer.Option("--voice", help="Voice name (eSpeak: en-us).")] = None,
     user_id: UserOption = DEFAULT_USER_ID,
     video_id: Annotated[str | None, typer.Option("--video-id", help="Output id; the job id when absent.")] = None,
+    face_index: FaceIndexOption = None,
     store: StoreOption = None,
     wait: WaitOption = True,
     timeout: TimeoutOption = None,
@@ -231,6 +233,7 @@ def generate(
         engine=engine.value,
         voice=voice_fields or None,
         video_id=video_id,
+        face_index=face_index,
         store=store,
         stream=follow or None,
     )
@@ -240,8 +243,11 @@ def generate(
 
 @app.command()
 def emotion(
-    image: Annotated[str, typer.Option("--image", help="Portrait: a local file or a URI.")],
     emotions: Annotated[list[Emotion], typer.Option("--emotion", help="Emotion to render (repeat for several).")],
+    image: Annotated[str | None, typer.Option("--image", help="Portrait: a local file or a URI.")] = None,
+    avatar_id: Annotated[
+        str | None, typer.Option("--avatar-id", help="Instead of --image: an avatar's first frame.")
+    ] = None,
     intensity: Annotated[float, typer.Option("--intensity", min=0.0, max=1.0)] = contract_default(
         RenderEmotionRequest, "intensity"
     ),
@@ -252,6 +258,7 @@ def emotion(
     render_id: Annotated[
         str | None, typer.Option("--render-id", help="Output id prefix; the job id when absent.")
     ] = None,
+    face_index: FaceIndexOption = None,
     store: StoreOption = None,
     wait: WaitOption = True,
     timeout: TimeoutOption = None,
@@ -261,16 +268,18 @@ def emotion(
     """Render emotion stills of a portrait (render_emotion); --output saves the still (several: into a folder,
     one file per emotion)."""
     with handled_errors():
-        image_uri = input_uri(image, "--image", "image", user_id, store)
+        image_uri = input_uri(image, "--image", "image", user_id, store) if image else None
     names = list(dict.fromkeys(e.value for e in emotions))
     payload = _payload(
         user_id=user_id,
         image=image_uri,
+        avatar_id=avatar_id,
         emotion=names[0] if len(names) == 1 else None,
         emotions=names if len(names) > 1 else None,
         intensity=intensity,
         output_format=output_format.value,
         render_id=render_id,
+        face_index=face_index,
         store=store,
     )
     run_job(TaskName.render_emotion.value, payload, wait=wait, timeout_s=timeout, as_json=as_json, output=output)

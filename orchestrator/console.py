@@ -21,7 +21,6 @@ from handlers.errors import TaskError
 from handlers.schemas import TaskName
 from orchestrator.config import OrchestratorSettings
 from orchestrator.db import safe_url
-from orchestrator.events import job_events
 from orchestrator.models import JobNotFound, JobStatus, JobView, OrchestratorError
 from orchestrator.service import JobService
 from storage import StorageError, fetch
@@ -162,6 +161,8 @@ def save_outputs(job: JobView, dest: Path, quiet: bool = False) -> list[Path]:
 def follow_job(service: JobService, job: JobView, as_json: bool) -> JobView:
     """Print a job's segments on stdout as they are stored (JSON lines with ``as_json``) and its stages on
     stderr, until it ends; returns the finished job."""
+    from orchestrator.events import job_events  # cv2 and the codecs: only for --follow (a still starts faster)
+
     stage = None
     for event in job_events(service, job.id):
         if event is None:
@@ -196,6 +197,10 @@ TimeoutOption = Annotated[
     float | None, typer.Option("--timeout", help="Seconds to wait; default: the task's queue + execution limits.")
 ]
 UserOption = Annotated[str, typer.Option("--user-id", help="Owner of the job and of its files in the store.")]
+FaceIndexOption = Annotated[
+    int | None,
+    typer.Option("--face-index", min=0, help="A photo with several faces: 0 = the largest (default), 1 = next."),
+]
 OutputOption = Annotated[
     Path | None, typer.Option("--output", "-o", help="Save the result here (several files: into this folder).")
 ]

@@ -53,7 +53,8 @@ OUTPUT_FILENAME = re.compile(
 )
 # Job error codes that mean the input was at fault (422); any other failure is the worker's (502).
 INPUT_ERROR_CODES = frozenset(
-    {"invalid_input", "invalid_image", "image_too_large", "no_face", "not_found", "too_large", "invalid_uri"}
+    {"invalid_input", "invalid_image", "image_too_large", "no_face", "face_not_found", "not_found", "too_large"}
+    | {"invalid_uri"}
     | {"unsupported_uri", "url_refused", "invalid_data_uri", "audio_too_long", "invalid_audio", "unsupported_audio"}
     | {"empty_audio", "empty_speech", "empty_text", "unknown_emotion", "invalid_intensity", "invalid_format"}
     | {"unknown_voice", "unsupported_voice_option", "unknown_tts_provider", "access_denied"}
