@@ -16,6 +16,7 @@ browser can seek in a video.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -78,11 +79,16 @@ def signing_secret(settings: OrchestratorSettings) -> bytes:
 
 @dataclass(frozen=True)
 class FileSigner:
-    """Signs and checks ``/files/...`` URLs of one file:// store's objects."""
+    """Signs and checks ``/files/...`` URLs of one file:// store's objects (the key is read or made when first
+    needed: an app built only for its OpenAPI document writes nothing)."""
 
     store: LocalStore
-    secret: bytes
+    settings: OrchestratorSettings
     ttl_s: int
+
+    @functools.cached_property
+    def secret(self) -> bytes:
+        return signing_secret(self.settings)
 
     def _signature(self, expires: int, scope: str) -> str:
         digest = hmac.new(self.secret, f"{expires}\n{scope}".encode(), hashlib.sha256).digest()
@@ -139,7 +145,7 @@ def file_signer(settings: OrchestratorSettings, store_uri: str, ttl_s: int) -> F
     """The signer of the configured store when it is file:// (other stores sign their own URLs), else None."""
     if not store_uri.lower().startswith("file:"):
         return None
-    return FileSigner(LocalStore.from_uri(store_uri), signing_secret(settings), ttl_s)
+    return FileSigner(LocalStore.from_uri(store_uri), settings, ttl_s)
 
 
 def content_type(key: str) -> str:

@@ -89,7 +89,7 @@ def test_bad_signatures_expiry_and_traversal_are_refused(api: Api) -> None:
         refused = httpx.get(f"{prefix}/files/{expires}/{signature}/{path}")
         assert refused.status_code in (400, 403, 404), path
     settings = Settings()
-    signer = FileSigner(LocalStore.from_uri(settings.avatar_store_uri), signing_secret(api.service.settings), 60)
+    signer = FileSigner(LocalStore.from_uri(settings.avatar_store_uri), api.service.settings, 60)
     expired = signer.url(api.url, key, now=time.time() - 3600)
     answer = httpx.get(expired)
     assert answer.status_code == 410 and answer.json()["error_code"] == "url_expired"
