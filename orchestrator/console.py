@@ -196,7 +196,9 @@ WaitOption = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the
 TimeoutOption = Annotated[
     float | None, typer.Option("--timeout", help="Seconds to wait; default: the task's queue + execution limits.")
 ]
-UserOption = Annotated[str, typer.Option("--user-id", help="Owner of the job and of its files in the store.")]
+UserOption = Annotated[
+    str, typer.Option("--user-id", envvar="AVATARCTL_USER", help="Owner of the job and of its files in the store.")
+]
 FaceIndexOption = Annotated[
     int | None,
     typer.Option("--face-index", min=0, help="A photo with several faces: 0 = the largest (default), 1 = next."),
