@@ -11,10 +11,9 @@ from typing import Protocol
 
 import numpy as np
 
+from engines.constants import MAX_FACE_INDEX
 from engines.errors import EngineError
 from engines.registry import registrar
-
-MAX_FACE_INDEX = 31  # face_index bounds: 0 is the largest face
 
 
 @dataclass(frozen=True)
