@@ -42,6 +42,8 @@ def health(as_json: JsonOption = False) -> None:
             details = ", ".join(part.get("tasks", [])) + (f" ({part['error']})" if part.get("error") else "")
             rows.append((f"backend {spec}", str(part.get("ok")), details))
         print_rows(("PART", "OK", "DETAILS"), rows)
+        for warning in report.get("warnings", []):
+            err.print(f"warning: {warning}", markup=False)
         out.print(f"status: {report['status']}", markup=False)
     raise typer.Exit(EXIT_OK if report["status"] == "ok" else EXIT_FAILED)
 
