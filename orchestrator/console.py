@@ -4,6 +4,7 @@ CLI's plumbing (exit codes, shared options, refusals as one line instead of a tr
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -153,9 +154,16 @@ def save_outputs(job: JobView, dest: Path, quiet: bool = False) -> list[Path]:
         for (_, uri), target in zip(outputs, targets, strict=True):
             target = target / Path(local_path(uri)).name if target.is_dir() else target
             fetch(uri, target.absolute(), settings.storage)
+            target.chmod(0o666 & ~_umask())  # a file for the user, not the store's private temp-file mode
             if not quiet:
                 err.print(f"saved {target}", markup=False)
     return targets
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def follow_job(service: JobService, job: JobView, as_json: bool) -> JobView:
