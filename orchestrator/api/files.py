@@ -70,11 +70,21 @@ def signing_secret(settings: OrchestratorSettings) -> bytes:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return path.read_bytes().strip()
+        return _written_key(path)
     with os.fdopen(fd, "wb") as out:
         out.write(secrets.token_hex(32).encode())
     log.info("generated the API's URL-signing key at %s (set URL_SIGNING_SECRET to share one between replicas)", path)
-    return path.read_bytes().strip()
+    return _written_key(path)
+
+
+def _written_key(path: Path, wait_s: float = 2.0) -> bytes:
+    """The key in ``path``, waiting briefly while another process that just created the file writes it."""
+    give_up = time.monotonic() + wait_s
+    while not (key := path.read_bytes().strip()) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    if not key:
+        raise RuntimeError(f"{path} is empty: delete it (a new key is made) or set URL_SIGNING_SECRET")
+    return key
 
 
 @dataclass(frozen=True)
