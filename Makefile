@@ -66,6 +66,7 @@ bench: setup
 	$(PY) bench/liveportrait.py --size 128 --frames 2
 	$(PY) bench/musetalk.py
 	$(PY) bench/coldstart.py
+	$(PY) bench/cli_still.py
 	$(PY) bench/orchestrator.py
 	$(PY) bench/faults.py
 	$(PY) bench/hostile.py
