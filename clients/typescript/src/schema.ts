@@ -227,7 +227,9 @@ export interface paths {
         /**
          * Follow a job (Server-Sent Events)
          * @description `progress` events, a streamed video's `segment` events as they are stored, then one event named
-         *     after the final status (`completed` with the output; `failed`, `cancelled`, `timed_out` with the error).
+         *     after the final status (`completed` with the output, after every segment; `failed`, `cancelled`,
+         *     `timed_out` with the error). At most EVENT_STREAMS_PER_TENANT open streams per token (429 beyond);
+         *     a stream open for EVENT_STREAM_MAX_S ends with `expired` (reconnect to follow on).
          */
         get: operations["job_events_v1_jobs__job_id__events_get"];
         put?: never;
