@@ -113,7 +113,7 @@ def align_224(rgb: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.nd
     left = int(w / 2 - ALIGN_SIZE / 2 + float((t[0] - w0 / 2) * s))
     up = int(h / 2 - ALIGN_SIZE / 2 + float((h0 / 2 - t[1]) * s))
     resized = Image.fromarray(rgb).resize((w, h), resample=Image.BICUBIC)
-    aligned = np.asarray(resized.crop((left, up, left + ALIGN_SIZE, up + ALIGN_SIZE)))
+    aligned = np.array(resized.crop((left, up, left + ALIGN_SIZE, up + ALIGN_SIZE)))  # writable
     return aligned, np.array([w0, h0, s, t[0], t[1]], np.float32)
 
 
