@@ -82,6 +82,8 @@ class LiveSession:
         self._generation = 0  # bumped by each say / interrupt: older speech still being made is dropped
         self._tasks: set[asyncio.Task] = set()
         self._closed = asyncio.Event()
+        self._closing: asyncio.Future | None = None
+        self._tracks: list[Any] = []
         self.pc: Any = None
 
     async def run(self, fn: Any, *args: Any) -> Any:
@@ -107,7 +109,8 @@ class LiveSession:
         video_track, audio_track = session_tracks()
         for kind, track in (("video", video_track), ("audio", audio_track)):
             if any(t.kind == kind for t in self.pc.getTransceivers()):
-                self.pc.addTrack(track(self))  # aiortc puts it on the first transceiver of its kind
+                self._tracks.append(track(self))
+                self.pc.addTrack(self._tracks[-1])  # aiortc puts it on the first transceiver of its kind
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._spawn(self._watch_idle())
         return {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
@@ -177,7 +180,10 @@ class LiveSession:
         )
 
     async def wait_closed(self) -> str:
+        """The end reason, once the session has ended and everything it started is stopped."""
         await self._closed.wait()
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
         return self.end_reason or "closed"
 
     async def end(self, reason: str, error: TaskError | None = None) -> None:
@@ -187,15 +193,20 @@ class LiveSession:
         await self.close()
 
     async def close(self) -> None:
-        """Stop everything the session started (idempotent)."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self.end_reason = self.end_reason or "closed"
-        self._generation += 1
-        current = asyncio.current_task()
-        for task in [t for t in self._tasks if t is not current]:
+        """Stop everything the session started (idempotent). The shutdown runs as a task of its own: cancelling
+        the caller (a control loop the end came from) does not leave it half done."""
+        if self._closing is None:
+            self._closed.set()
+            self.end_reason = self.end_reason or "closed"
+            self._generation += 1
+            self._closing = asyncio.ensure_future(self._shutdown(asyncio.current_task()))
+        await asyncio.shield(self._closing)
+
+    async def _shutdown(self, caller: asyncio.Task | None) -> None:
+        for task in [t for t in self._tasks if t is not caller]:
             task.cancel()
+        for track in self._tracks:
+            track.stop()  # its next recv ends the sender's loop instead of asking a stopped thread for a frame
         try:
             if self.pc is not None:
                 await self.pc.close()
