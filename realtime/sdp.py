@@ -23,6 +23,7 @@ CANDIDATE_PREFIX = "a=candidate:"
 MEDIA_PREFIX = "m="
 MIN_CANDIDATE_PORT = 1024
 MDNS_SUFFIX = ".local"
+MAX_ANSWER_CHARS = MAX_SDP_CHARS  # what LiveAnswer (and so the orchestrator) accepts
 
 
 class InvalidSdp(TaskError):
@@ -111,9 +112,9 @@ def candidate_refusal(value: str, limits: RealtimeSettings) -> str | None:
 
 def checked_answer(answer: dict[str, str]) -> dict[str, str]:
     """The worker's SDP answer, refused before it is posted (or the session committed) when too large."""
-    if len(answer["sdp"]) > MAX_SDP_CHARS:
+    if len(answer["sdp"]) > MAX_ANSWER_CHARS:
         raise TaskError(
             "answer_too_large",
-            f"The session's answer has {len(answer['sdp'])} characters (limit {MAX_SDP_CHARS}): offer fewer media.",
+            f"The session's answer has {len(answer['sdp'])} characters (limit {MAX_ANSWER_CHARS}): offer fewer media.",
         )
     return answer
