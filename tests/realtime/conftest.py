@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
@@ -178,6 +180,56 @@ def live_worker(
     assert host.count == 0, "a session still holds its slot"
 
 
-async def client_offer(**options: object) -> tuple[LiveClient, dict]:
-    peer = LiveClient(keep_frames=False, **options)
+async def client_offer(**options: Any) -> tuple[LiveClient, dict]:
+    peer = LiveClient(**{"keep_frames": False, **options})
     return peer, await peer.offer()
+
+
+@dataclass
+class TurnServer:
+    url: str
+    username: str
+    credential: str
+
+    @property
+    def ice_servers(self) -> list[dict[str, str]]:
+        return [{"urls": self.url, "username": self.username, "credential": self.credential}]
+
+
+@pytest.fixture
+def turn_server(tmp_path: Path) -> Iterator[TurnServer]:
+    """coturn (Debian's `turnserver`) on loopback, relaying between loopback peers; skipped when not installed."""
+    binary = shutil.which("turnserver")
+    if binary is None:
+        pytest.skip("coturn is not installed (apt-get install coturn)")
+    port = free_port()
+    args = [
+        binary,
+        "-n",
+        "--no-cli",
+        "--no-tls",
+        "--no-dtls",
+        "--listening-ip=127.0.0.1",
+        f"--listening-port={port}",
+        "--relay-ip=127.0.0.1",
+        "--min-port=49152",
+        "--max-port=65535",
+        "--lt-cred-mech",
+        "--realm=livecore",
+        "--user=live:turn-secret",
+        "--allow-loopback-peers",
+        f"--pidfile={tmp_path / 'turn.pid'}",
+        "--log-file=stdout",
+        "--simple-log",
+    ]
+    with (tmp_path / "turn.log").open("w") as log:
+        server = subprocess.Popen(args, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while "Total General servers" not in (tmp_path / "turn.log").read_text() and time.monotonic() < deadline:
+            assert server.poll() is None, (tmp_path / "turn.log").read_text()[-2000:]
+            time.sleep(0.1)
+        yield TurnServer(f"turn:127.0.0.1:{port}?transport=udp", "live", "turn-secret")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -24,7 +24,13 @@ from engines.face import load_face_analyzer  # noqa: E402
 from handlers.settings import Settings  # noqa: E402
 from realtime.client import LiveClient, steady_fps  # noqa: E402
 from storage.local import path_from_file_uri  # noqa: E402
-from tests.realtime.conftest import LiveWorker, client_offer, mouth_openings, write_portrait  # noqa: E402
+from tests.realtime.conftest import (  # noqa: E402
+    LiveWorker,
+    TurnServer,
+    client_offer,
+    mouth_openings,
+    write_portrait,
+)
 from tests.realtime.control_peer import ControlPeer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -185,3 +191,28 @@ def test_peer_that_goes_away_ends_the_session_closed(live_worker: LiveWorker) ->
 
     result, end = asyncio.run(scenario())
     assert result["reason"] == "closed" and end is not None and end["reason"] == "closed"
+
+
+def test_relay_only_session_through_coturn(live_worker: LiveWorker, turn_server: TurnServer) -> None:
+    """Both sides may use TURN-relayed candidates only (a worker with no inbound port, a client behind a strict
+    firewall): the session still streams, through coturn."""
+    live_worker.host.limits.ice_transport_policy = "relay"
+
+    async def scenario() -> tuple[LiveClient, bool, dict]:
+        peer, offer = await client_offer(ice_servers=turn_server.ice_servers, relay_only=True, keep_frames=True)
+        assert " typ relay" in offer["sdp"] and " typ host" not in offer["sdp"]
+        task = live_worker.start(live_worker.payload(offer, ice_servers=turn_server.ice_servers))
+        answer = await asyncio.to_thread(live_worker.control.answer, task.session_id)
+        assert answer is not None and " typ host" not in answer["answer"]["sdp"]
+        await peer.accept(answer["answer"])
+        assert await peer.wait_frames(25, 30.0)
+        await asyncio.sleep(2.0)
+        relayed = peer.relayed()
+        live_worker.control.command(task.session_id, "stop")
+        result = await asyncio.to_thread(task.result)
+        await peer.close()
+        return peer, relayed, result
+
+    peer, relayed, result = asyncio.run(scenario())
+    assert relayed and result["reason"] == "stopped"
+    assert steady_fps([at for at, _, _ in peer.received.raw]) >= 22.5
