@@ -53,7 +53,7 @@ class RealtimeSettings(BaseSettings):
     control_lost_s: float = Field(
         30.0, gt=0, description="A session whose control URL stays unreachable this long ends itself."
     )
-    max_control_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest control answer read.")
+    max_control_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest control answer read.")
 
     # Inputs on the data channel and the microphone.
     max_message_bytes: int = Field(32 * 1024, ge=256, description="Largest data-channel message.")
