@@ -95,7 +95,7 @@ def register_task(task: str, loader: TaskLoader) -> None:
 def unavailable_reason(task: str) -> str:
     if task == LIVE_SESSION_TASK:
         return LIVE_SESSIONS_UNAVAILABLE
-    return f"This worker has no implementation of `{task}`."
+    return f"Unknown task `{task}`: use one of {', '.join(TASK_MODELS)}."
 
 
 def task_module(task: str) -> ModuleType:

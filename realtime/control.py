@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -47,6 +48,8 @@ class ControlGone(Exception):
 
 class ControlClient:
     def __init__(self, control: LiveControl, limits: RealtimeSettings) -> None:
+        if urlsplit(control.url).scheme not in ("http", "https"):
+            raise TaskError("invalid_input", "`control.url` must be an http:// or https:// URL.")
         self._limits = limits
         self._http = httpx.AsyncClient(
             base_url=control.url.rstrip("/"),

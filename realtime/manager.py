@@ -39,6 +39,7 @@ class SessionHost:
         self._lock = threading.Lock()
         self._slots: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def count(self) -> int:
@@ -70,8 +71,19 @@ class SessionHost:
         with self._lock:
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
-                threading.Thread(target=self._loop.run_forever, name="live-sessions", daemon=True).start()
+                self._thread = threading.Thread(target=self._loop.run_forever, name="live-sessions", daemon=True)
+                self._thread.start()
             return self._loop
+
+    def close(self) -> None:
+        """Stop the session loop (no session may be running: a worker process's loop lives as long as it)."""
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(10)
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
 
 
 _host: list[SessionHost] = []

@@ -100,4 +100,5 @@ def test_modal_live_worker_serves_a_session(local_settings: Settings, monkeypatc
             return results[0]
 
         result = asyncio.run(scenario())
+    manager.process_host().close()  # the session loop the container's `load` started
     assert result["reason"] == "stopped" and result["stats"]["frames_sent"] >= 10

@@ -178,6 +178,7 @@ def live_worker(
     portrait = write_portrait(path_from_file_uri(settings.avatar_store_uri))
     yield LiveWorker(runtime.with_settings(settings), host, control, portrait)
     assert host.count == 0, "a session still holds its slot"
+    host.close()
 
 
 async def client_offer(**options: Any) -> tuple[LiveClient, dict]:

@@ -33,6 +33,14 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def fds_settle_to(baseline: int, timeout_s: float = 5.0) -> int:
+    """Open descriptors once the control peer's server has closed its side of the worker's connections."""
+    deadline = time.monotonic() + timeout_s
+    while open_fds() > baseline and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return open_fds()
+
+
 def without(offer: dict, *prefixes: str) -> dict:
     lines = [line for line in offer["sdp"].splitlines() if not line.startswith(prefixes)]
     return {"sdp": "\r\n".join(lines) + "\r\n", "type": "offer"}
@@ -131,7 +139,7 @@ def test_class_failed_setup_leaves_nothing_behind(
     end = live_worker.control.end(payload["session_id"], 5.0)
     assert end is not None and end["reason"] == "error" and end["error_code"] == result["error_code"]
     assert session_threads() == threads == []
-    assert open_fds() <= fds, "a socket, a file or the avatar's hold is still open"
+    assert fds_settle_to(fds) <= fds, "a socket, a file or the avatar's hold is still open"
 
 
 # ---- remote ICE candidates -----------------------------------------------------------------------
@@ -342,3 +350,9 @@ def test_the_control_token_is_never_logged(live_worker: LiveWorker, caplog: pyte
     assert live_worker.run(lost)["error_code"] == "control_lost"
     for token in (refused["control"]["token"], "s" * 40):
         assert token not in caplog.text
+
+
+def test_a_control_url_that_is_not_http_is_refused_at_once(live_worker: LiveWorker) -> None:
+    bad = live_worker.payload({"sdp": "v=0\r\n", "type": "offer"}, control={"url": "file:///etc", "token": "t" * 16})
+    result = live_worker.run(bad)
+    assert result["error_code"] == "invalid_input" and "`control.url`" in result["error"]
