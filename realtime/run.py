@@ -78,6 +78,10 @@ class SessionRun:
             await self.session.end("stopped")
         except TaskError as exc:  # ControlLost, ControlRefused
             await self.session.end("error", exc)
+        except Exception as exc:  # a control loop that stops would leave the session deaf: end it instead
+            log.exception("session %s: control loop failed", self.session.id)
+            error = TaskError("internal_error", f"Internal error ({type(exc).__name__}); see the worker logs.")
+            await self.session.end("error", error)
 
     # ---- commands --------------------------------------------------------------------------
 
