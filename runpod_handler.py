@@ -220,10 +220,9 @@ def sdk_config(served_tasks: Sequence[str] = ()) -> dict[str, Any]:
     """What ``serverless.start`` gets: the concurrent handler when the worker serves live sessions, else the
     plain handler, or the generator one when WORKER_STREAM=1."""
     if LIVE_SESSION_TASK in served_tasks:
-        sessions = live_sessions_per_worker()
         if _streaming():
             log.warning("WORKER_STREAM is ignored on a worker serving live sessions")
-        return {"handler": concurrent_handler, "concurrency_modifier": lambda current: sessions}
+        return {"handler": concurrent_handler, "concurrency_modifier": concurrency_modifier}
     if _streaming():
         return {"handler": stream_handler, "return_aggregate_stream": True}
     return {"handler": handler}
@@ -231,6 +230,14 @@ def sdk_config(served_tasks: Sequence[str] = ()) -> dict[str, Any]:
 
 def _streaming() -> bool:
     return os.environ.get(STREAM_ENV, "0").strip().lower() in ("1", "true", "yes")
+
+
+def concurrency_modifier(current: int) -> int:
+    """RunPod's ``concurrency_modifier``: the jobs this worker takes at once, ``REALTIME_MAX_SESSIONS`` when it
+    serves live sessions, else 1 (also what the RunPod emulator reads from this module)."""
+    if LIVE_SESSION_TASK not in init_worker().runtime.settings.served_tasks:
+        return 1
+    return live_sessions_per_worker()
 
 
 def live_sessions_per_worker() -> int:

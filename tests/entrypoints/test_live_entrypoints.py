@@ -102,3 +102,20 @@ def test_modal_live_worker_serves_a_session(local_settings: Settings, monkeypatc
         result = asyncio.run(scenario())
     manager.process_host().close()  # the session loop the container's `load` started
     assert result["reason"] == "stopped" and result["stats"]["frames_sent"] >= 10
+
+
+@pytest.mark.parametrize(("tasks", "expected"), [("live_session", 3), ("render_emotion", 1)])
+def test_runpod_concurrency_follows_the_live_session_limit(
+    tasks: str, expected: int, local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the SDK (and the RunPod emulator) read: REALTIME_MAX_SESSIONS jobs at once on a live worker."""
+    import runpod_handler
+
+    monkeypatch.setenv("WORKER_TASKS", tasks)
+    monkeypatch.setenv("REALTIME_MAX_SESSIONS", "3")
+    monkeypatch.setattr(runpod_handler, "_state", None)
+    monkeypatch.setattr(handlers, "TASKS", dict(handlers.TASKS))
+    monkeypatch.setattr(manager, "_host", [])
+    assert runpod_handler.concurrency_modifier(1) == expected
+    config = runpod_handler.sdk_config(runpod_handler.init_worker().runtime.settings.served_tasks)
+    assert (config["handler"] is runpod_handler.concurrent_handler) is (tasks == "live_session")
