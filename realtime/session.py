@@ -104,14 +104,14 @@ class LiveSession:
         self.pc.on("connectionstatechange", self._on_state)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            video_track, audio_track = session_tracks()
+            for kind, track in (("video", video_track), ("audio", audio_track)):
+                if any(t.kind == kind for t in self.pc.getTransceivers()):
+                    self._tracks.append(track(self))
+                    self.pc.addTrack(self._tracks[-1])  # aiortc puts it on the first transceiver of its kind
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except offer_refusals() as exc:  # what aiortc raises for an offer it cannot answer (no common codec ...)
             raise InvalidSdp(f"{type(exc).__name__}: {str(exc)[:200]}") from None
-        video_track, audio_track = session_tracks()
-        for kind, track in (("video", video_track), ("audio", audio_track)):
-            if any(t.kind == kind for t in self.pc.getTransceivers()):
-                self._tracks.append(track(self))
-                self.pc.addTrack(self._tracks[-1])  # aiortc puts it on the first transceiver of its kind
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._spawn(self._watch_idle())
         return {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
 
@@ -300,6 +300,14 @@ class LiveSession:
             if time.monotonic() - self.last_input > self.idle_timeout_s and not self.closed:
                 log.info("session %s: no input for %.0f s, ending", self.id, self.idle_timeout_s)
                 await self.end("idle")
+
+
+def offer_refusals() -> tuple[type[Exception], ...]:
+    """What aiortc raises on an offer it cannot use (its parser's errors and its own exception types)."""
+    from aiortc import exceptions
+
+    aiortc_errors = (exceptions.InvalidAccessError, exceptions.InvalidStateError, exceptions.OperationError)
+    return (ValueError, KeyError, IndexError, TypeError, AttributeError, *aiortc_errors)
 
 
 def new_session_id() -> str:

@@ -50,6 +50,17 @@ def replaced(offer: dict, old: str, new: str) -> dict:
     return {"sdp": offer["sdp"].replace(old, new, 1), "type": "offer"}
 
 
+def no_common_codec(offer: dict) -> dict:
+    """The video section offers one codec nobody has."""
+    lines = []
+    for line in offer["sdp"].splitlines():
+        if line.startswith("m=video"):
+            line = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 NOSUCH/90000"
+        if not line.startswith(("a=rtpmap", "a=fmtp", "a=rtcp-fb", "a=ssrc")) or "NOSUCH" in line:
+            lines.append(line)
+    return {"sdp": "\r\n".join(lines) + "\r\n", "type": "offer"}
+
+
 # ---- signalling ----------------------------------------------------------------------------------
 
 
@@ -82,6 +93,7 @@ def test_class_offer_bounds_refuse_many_media_sections_before_any_work(live_work
         ),
         pytest.param(lambda offer: without(offer, "a=ice-ufrag", "a=ice-pwd"), id="no-ice-credentials"),
         pytest.param(lambda offer: replaced(offer, "m=video ", "m=video x"), id="media-port"),
+        pytest.param(no_common_codec, id="no-common-codec"),
     ],
 )
 def test_class_malformed_sdp_within_the_limit_is_invalid_sdp(live_worker: LiveWorker, broken) -> None:
