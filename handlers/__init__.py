@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from engines.errors import EngineError
 from handlers.errors import TaskCancelled, TaskError
 from handlers.runtime import WorkerRuntime
-from handlers.schemas import LIVE_SESSION_TASK, TASK_MODELS, TaskName
+from handlers.schemas import LIVE_SESSION_TASK, REQUEST_MODELS, TASK_MODELS, TaskName
 from handlers.settings import Settings
 from storage.errors import StorageError
 
@@ -239,6 +239,7 @@ __all__ = [
     "validation_message",
     "TASKS",
     "WORK_TASKS",
+    "REQUEST_MODELS",
     "Progress",
     "Settings",
     "TaskError",
