@@ -150,9 +150,12 @@ def avatar_frames(
     """A stored avatar's frames (its folder held until ``holds`` closes), else the portrait ``image`` animated."""
     if image is not None:
         return _portrait_avatar(image, runtime, work, portrait_max_side)
-    storage.check_input_allowed(store.uri(avatar_key(user_id, avatar_id or "")), runtime.settings.input_storage)
+    # the TAR in the request's store is an input like any other (its store root was normalised when opened)
+    storage.check_input_uri(
+        store.uri(avatar_key(user_id, avatar_id or "")), runtime.settings.input_policy, what="avatar"
+    )
     cache = open_cache(runtime.settings.avatar_local_path, runtime.settings.avatar_revalidate_s)
-    path = holds.enter_context(cache.acquire(store, user_id, avatar_id or ""))
+    path = holds.enter_context(cache.acquire(store, user_id, avatar_id or "", runtime.settings.hand_placed_avatars))
     return stored_avatar(load_avatar(path), runtime.engines.frames)
 
 

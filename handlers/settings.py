@@ -3,10 +3,13 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage.access import InputPolicy
 from storage.config import StorageSettings
+
+LIVEPORTRAIT_INPUT_SIZES = (128, 256, 384, 512)
 
 
 def store_root_uri(root_uri: str) -> str:
@@ -25,6 +28,12 @@ class Settings(BaseSettings):
 
     avatar_store_uri: str = Field("file://./var/store", validation_alias=AliasChoices("AVATAR_STORE_URI"))
     avatar_local_path: Path = Field(Path("./var/avatars"), validation_alias=AliasChoices("AVATAR_LOCAL_PATH"))
+    # Who may use avatars placed by hand in AVATAR_LOCAL_PATH/{avatar_id} (LiveTalking's layout): `all` (one
+    # tenant; a `.{avatar_id}.users` file beside a folder still limits it to the users it lists), `owned` (only
+    # folders with such a file, for those users), `none` (avatars come from the store only).
+    hand_placed_avatars: Literal["all", "owned", "none"] = Field(
+        "all", validation_alias=AliasChoices("HAND_PLACED_AVATARS")
+    )
     # Seconds between checks that a cached avatar's TAR is unchanged in the store (0: every request).
     avatar_revalidate_s: float = Field(30.0, ge=0, validation_alias=AliasChoices("AVATAR_REVALIDATE_S"))
     weights_dir: Path = Field(Path("./var/weights"), validation_alias=AliasChoices("WEIGHTS_DIR"))
@@ -41,9 +50,8 @@ class Settings(BaseSettings):
     liveportrait_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", validation_alias=AliasChoices("LIVEPORTRAIT_PRECISION")
     )
-    liveportrait_input_size: Literal[128, 256, 384, 512] = Field(
-        256, validation_alias=AliasChoices("LIVEPORTRAIT_INPUT_SIZE")
-    )
+    # an int checked against the sizes (a Literal of ints would refuse "256" as the environment spells it)
+    liveportrait_input_size: int = Field(256, validation_alias=AliasChoices("LIVEPORTRAIT_INPUT_SIZE"))
     musetalk_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", validation_alias=AliasChoices("MUSETALK_PRECISION")
     )
@@ -80,6 +88,13 @@ class Settings(BaseSettings):
 
     storage: StorageSettings = Field(default_factory=StorageSettings)
 
+    @field_validator("liveportrait_input_size")
+    @classmethod
+    def _input_size(cls, size: int) -> int:
+        if size not in LIVEPORTRAIT_INPUT_SIZES:
+            raise ValueError(f"LIVEPORTRAIT_INPUT_SIZE must be one of {', '.join(map(str, LIVEPORTRAIT_INPUT_SIZES))}")
+        return size
+
     @property
     def input_storage(self) -> StorageSettings:
         """The storage settings inputs are read with: when ALLOWED_INPUT_PREFIXES is set, the configured store
@@ -88,6 +103,11 @@ class Settings(BaseSettings):
             return self.storage
         prefixes = f"{self.storage.allowed_input_prefixes},{store_root_uri(self.avatar_store_uri)}/"
         return self.storage.model_copy(update={"allowed_input_prefixes": prefixes})
+
+    @property
+    def input_policy(self) -> InputPolicy:
+        """What this worker may read (``storage.access``): ``input_storage``'s prefixes and ALLOW_FILE_URIS."""
+        return InputPolicy.from_settings(self.input_storage)
 
     @property
     def served_tasks(self) -> list[str]:

@@ -70,6 +70,12 @@ def emulate_runpod(
     api_key: Annotated[str | None, typer.Option(envvar="EMULATOR_API_KEY", help="Require this key.")] = None,
     handler: Annotated[str | None, typer.Option(help="A RunPod handler to run: module:function.")] = None,
     return_aggregate_stream: Annotated[bool, typer.Option(help="A generator's output: all its items.")] = False,
+    allow_private_webhooks: Annotated[
+        bool, typer.Option(help="Deliver webhooks to private and loopback addresses too (RunPod cannot).")
+    ] = False,
+    webhook_prefix: Annotated[
+        list[str] | None, typer.Option("--webhook-prefix", help="Deliver webhooks to URLs under this (repeatable).")
+    ] = None,
     log_level: LogLevelOption = "info",
 ) -> None:
     """Serve a local RunPod API emulator that runs jobs with this checkout's handlers."""
@@ -77,7 +83,12 @@ def emulate_runpod(
 
     from orchestrator.emulator import create_emulator_app
 
-    options = {"handler": handler, "return_aggregate_stream": return_aggregate_stream}
+    options = {
+        "handler": handler,
+        "return_aggregate_stream": return_aggregate_stream,
+        "allow_private_webhooks": allow_private_webhooks,
+        "webhook_prefixes": tuple(webhook_prefix or ()),
+    }
     emulator = create_emulator_app(endpoint_ids, workers=workers, api_key=api_key, **options)
     err.print(
         f"RunPod emulator: set RUNPOD_BASE_URL=http://{host}:{port}/v2 and e.g."

@@ -87,6 +87,12 @@ class OrchestratorSettings(BaseSettings):
     # Comma-separated URI prefixes inputs must start with (empty: any); the workers enforce the same variable.
     allowed_input_prefixes: str = Field("", validation_alias=AliasChoices("ALLOWED_INPUT_PREFIXES"))
 
+    # GET /v1/jobs/{id}/events: open streams per tenant (the operator counts as one) and in all, and how long
+    # one stream may stay open before it ends with an `expired` event (the client reconnects).
+    event_streams_per_tenant: int = Field(16, ge=1, validation_alias=AliasChoices("EVENT_STREAMS_PER_TENANT"))
+    max_event_streams: int = Field(256, ge=1, validation_alias=AliasChoices("MAX_EVENT_STREAMS"))
+    event_stream_max_s: float = Field(3600.0, gt=0, validation_alias=AliasChoices("EVENT_STREAM_MAX_S"))
+
     poll_interval_s: float = Field(1.0, gt=0, validation_alias=AliasChoices("POLL_INTERVAL_S"))
     poll_max_interval_s: float = Field(15.0, gt=0, validation_alias=AliasChoices("POLL_MAX_INTERVAL_S"))
     local_workers: int = Field(2, ge=1, le=64, validation_alias=AliasChoices("LOCAL_WORKERS"))

@@ -12,7 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from handlers.errors import TaskError
 from handlers.schemas import TaskName
@@ -173,7 +173,7 @@ def handled_errors() -> Iterator[None]:
         raise fail(exc.code, exc.message, EXIT_FAILED) from None
     except ValidationError as exc:  # settings from the environment
         raise fail("invalid_settings", str(exc)) from None
-    except DBAPIError:  # no server, refused, bad credentials: the URL (without its password) says which
+    except (DBAPIError, ArgumentError):  # no server, refused, bad credentials, not a URL: say which, no password
         url = safe_url(OrchestratorSettings().database_url)
         raise fail("database_unreachable", f"database unreachable: {url}", EXIT_FAILED) from None
 

@@ -60,7 +60,7 @@ class FaceAnalysis:
     local: np.ndarray  # (num_moving, 2) the moving points in face-frame units
     roi: tuple[int, int, int, int]  # x1, y1, x2, y2 (exclusive): the only pixels a render may change
     grid: np.ndarray  # (gh, gw, 2) coarse sample positions (image pixels) of the dense warp
-    feather: np.ndarray  # (roi h, roi w) float32 weight of the warp, 0 on the ROI's inner edges
+    weight: np.ndarray  # (roi h, roi w) float32 weight of the warp: 1 on the face, 0 beyond its hull's margin
     mouth_colors: dict[str, np.ndarray]  # BGR float32: "cavity", "teeth"
 
     @property

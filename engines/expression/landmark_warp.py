@@ -15,7 +15,7 @@ from engines.face import FaceAnalyzer, FaceBox
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 DETECT_MAX_SIDE = 640  # faces are found on a copy at most this large; landmarks use the full image
 MIN_RELATIVE_SCORE = 0.5  # faces scoring under half the best detection are ignored
 NO_FACE_MESSAGE = "No face detected in image"
@@ -60,7 +60,8 @@ class LandmarkWarpEngine:
         local = frame.to_local(moving)
         anchors = [geometry.hairline_anchors(landmarks, frame), geometry.anchor_ring(local, frame)]
         points = np.concatenate([moving, *anchors])
-        roi = geometry.roi_rect(points, frame, image_bgr.shape)
+        hull = geometry.face_hull(moving)
+        roi = geometry.roi_rect(hull, frame, image_bgr.shape)
         log.debug("face %s, inter-ocular %.1f px, warp ROI %s", box, frame.iod, roi)
         return FaceAnalysis(
             image=image_bgr,
@@ -72,7 +73,7 @@ class LandmarkWarpEngine:
             local=local,
             roi=roi,
             grid=geometry.coarse_grid(roi),
-            feather=geometry.feather_weights(roi, image_bgr.shape, geometry.ROI_MARGIN * frame.iod),
+            weight=geometry.hull_weights(hull, roi, geometry.HULL_MARGIN * frame.iod),
             mouth_colors=mouth.mouth_colors(image_bgr, landmarks),
         )
 
@@ -88,7 +89,7 @@ class LandmarkWarpEngine:
         dst = self.moved_points(analysis, emotion, intensity)
         x1, y1, x2, y2 = analysis.roi
         map_x, map_y = backward_maps(
-            analysis.points, dst, analysis.grid, analysis.roi, analysis.feather, analysis.frame.iod
+            analysis.points, dst, analysis.grid, analysis.roi, analysis.weight, analysis.frame.iod
         )
         face = cv2.remap(analysis.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         out = analysis.image.copy()

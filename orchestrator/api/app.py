@@ -31,7 +31,7 @@ import importlib.metadata
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from handlers.errors import TaskError
 from handlers.schemas import REQUEST_MODELS
@@ -54,9 +53,10 @@ from orchestrator.api.compat import (
     seed_device_info,
     seed_health_fields,
 )
-from orchestrator.api.context import ApiContext, refuse_foreign_files
+from orchestrator.api.context import ApiContext
 from orchestrator.api.v1 import FILE_ROUTES as V1_FILE_ROUTES
 from orchestrator.api.v1 import add_v1_routes
+from orchestrator.body_limit import BodyLimit
 from orchestrator.config import OrchestratorSettings
 from orchestrator.metrics import ERROR_CODE_STATE, ApiMetrics, MetricsMiddleware
 from orchestrator.models import OrchestratorError
@@ -103,40 +103,6 @@ def redact_access_log() -> None:
     logger = logging.getLogger(ACCESS_LOGGER)
     if not any(isinstance(f, AccessLogRedaction) for f in logger.filters):
         logger.addFilter(AccessLogRedaction())
-
-
-class BodyTooLarge(StarletteHTTPException):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"The request body is over this route's limit of {limit} bytes.")
-
-
-class BodyLimit:
-    """ASGI middleware refusing request bodies over ``limit_for(path)`` bytes with 413: by Content-Length before
-    the route runs, and by counting while a body without one streams in."""
-
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
-        self.app = app
-        self.limit_for = limit_for
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = self.limit_for(scope["path"])
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:
-            body = {"error": BodyTooLarge(limit).detail, "error_code": "too_large"}
-            return await JSONResponse(body, status_code=413)(scope, receive, send)
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise BodyTooLarge(limit)  # an HTTPException: the route's body parsing lets it through
-            return message
-
-        await self.app(scope, counted, send)
 
 
 class ErrorBody(BaseModel):
@@ -305,11 +271,10 @@ def create_app(
     app.include_router(protected)
     app.include_router(public)
     app.state.sessions = sessions
-    store_uri = ctx.handler_settings.avatar_store_uri
 
-    def check_live_access(caller: Caller, inputs: dict[str, Any]) -> None:
-        caller.check_user(inputs.get("user_id"))
-        refuse_foreign_files(inputs, store_uri)
+    def check_live_access(caller: Caller, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A live session's inputs under the same rule as a job's (``ApiContext.check_inputs``)."""
+        return ctx.check_inputs(caller, inputs)
 
     app.include_router(realtime_router(sessions, caller=ctx.authenticate, check_access=check_live_access))
     return app

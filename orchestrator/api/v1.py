@@ -4,6 +4,7 @@ import base64
 from datetime import datetime
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Body, Depends, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, create_model
@@ -20,7 +21,6 @@ from handlers.schemas import (
 from orchestrator.api.auth import Caller
 from orchestrator.api.context import ApiContext
 from orchestrator.api.errors import ApiError
-from orchestrator.events import sse_stream
 from orchestrator.models import JobStatus, JobView
 from orchestrator.service import MAX_IDEMPOTENCY_KEY_CHARS
 from orchestrator.uploads import StoredUpload, UploadKind, upload_stream
@@ -114,12 +114,15 @@ def _add_job_routes(router: APIRouter, ctx: ApiContext) -> None:
         summary="Follow a job (Server-Sent Events)",
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    def job_events(job_id: str, caller: Caller = Depends(ctx.authenticate)) -> StreamingResponse:
+    async def job_events(job_id: str, caller: Caller = Depends(ctx.authenticate)) -> StreamingResponse:
         """`progress` events, a streamed video's `segment` events as they are stored, then one event named
-        after the final status (`completed` with the output; `failed`, `cancelled`, `timed_out` with the error)."""
-        ctx.job(caller, job_id)
+        after the final status (`completed` with the output, after every segment; `failed`, `cancelled`,
+        `timed_out` with the error). At most EVENT_STREAMS_PER_TENANT open streams per token (429 beyond);
+        a stream open for EVENT_STREAM_MAX_S ends with `expired` (reconnect to follow on)."""
+        await anyio.to_thread.run_sync(ctx.job, caller, job_id, limiter=ctx.streams.limiter)
+        stream = ctx.streams.open(caller.key, ctx.service, job_id)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(sse_stream(ctx.service, job_id), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
     @router.delete("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"], summary="Cancel a job")
     def cancel_job(job_id: str, caller: Caller = Depends(ctx.authenticate)) -> JobView:

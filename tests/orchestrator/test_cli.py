@@ -178,3 +178,25 @@ def test_an_unreachable_database_is_one_line_without_its_password(cli_env, monke
     assert lines == [
         "error [database_unreachable]: database unreachable: postgresql+psycopg://avatar:***@127.0.0.1:9/jobs?connect_timeout=2"
     ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://avatar@127.0.0.1:9/jobs?password=s3cr3t&connect_timeout=2",
+        "postgresql://avatar@127.0.0.1:9/jobs?PASSWORD=s3cr3t&connect_timeout=2",
+        "postgresql+psycopg://avatar@127.0.0.1:9/jobs?sslpassword=s3cr3t&connect_timeout=2",
+        "postgresql+psycopg://avatar:s3cr3t@127.0.0.1:9/jobs?connect_timeout=2&passfile=/s3cr3t",
+        "postgresql+psycopg://avatar:s3%63r3t@127.0.0.1:9/jobs?connect_timeout=2",
+        "postgresql+psycopg://avatar:s3cr3t@127.0.0.1:notaport/jobs",
+    ],
+)
+def test_a_database_password_in_any_part_of_the_url_never_reaches_cli_errors(cli_env, monkeypatch, url) -> None:
+    """Class: secrets in CLI errors: a password in the userinfo or as a query parameter (any case, encoded) is
+    masked; a URL that does not parse is not echoed."""
+    monkeypatch.setenv("DATABASE_URL", url)
+    for args in (["jobs", "list"], ["db", "current"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert "database_unreachable" in result.output
+        assert "s3cr3t" not in result.output and "s3%63r3t" not in result.output, result.output
