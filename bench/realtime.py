@@ -216,8 +216,8 @@ def bench_live(work: Path, says: int, max_sessions: int) -> None:
 
 async def worker_say_to_mouth(worker, control, says: int) -> tuple[list[float], list[float]]:
     """(say -> first mouth movement, say -> `said` event) in ms, through a worker session's control channel."""
-    from bench.hostile_live import payload
     from realtime.client import LiveClient
+    from tests.realtime.hostile_sessions import payload
 
     watch = MouthWatch()
     peer = LiveClient(keep_frames=False, on_frame=watch.frame)
@@ -248,9 +248,9 @@ async def worker_say_to_mouth(worker, control, says: int) -> tuple[list[float], 
 def bench_worker_live(work: Path, says: int) -> None:
     import cv2
 
-    from bench.hostile_live import Worker
     from tests.media import astronaut_bgr
     from tests.realtime.control_peer import ControlPeer
+    from tests.realtime.hostile_sessions import Worker
 
     store = work / "worker-store"
     store.mkdir()

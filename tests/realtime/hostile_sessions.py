@@ -1,4 +1,4 @@
-"""Hostile live-session input against a worker: SDPs and session floods (issue 20's live classes).
+"""Hostile live-session input against a worker, for bench/hostile.py's ``sdps`` and ``sessions`` classes (issue 20).
 
 The worker is ``runpod_handler.py --rp_serve_api`` in a process of its own (the RunPod entry point, live
 sessions served concurrently), every case a ``live_session`` task posted to it, its control channel the
@@ -6,20 +6,17 @@ tests' control peer and its client an aiortc peer in this process.
 
 - ``sdps``: oversized, many m-lines, malformed in several ways, random bytes, one huge line, a flood of
   remote candidates (UDP ports listening here: how many the worker checked, against the cap);
-- ``session_floods``: against one running session, data-channel floods (thousands of messages, huge
-  messages, deeply nested JSON), a flood of say commands of 5,000 characters each, microphone audio sent
-  20x faster than real time; after each, the session must still answer a say.
+- ``sessions``: against one running session, data-channel floods (thousands of messages, huge messages,
+  deeply nested JSON), a flood of say commands of 5,000 characters each, microphone audio sent many times
+  faster than real time; after each, the session must still answer a say.
 
-Prints one line per case (result, the worker's RSS after it), then: crashes (the worker died: must be 0),
-leaks (sessions still held: must be 0), the worker's peak RSS, and its threads above the start (its thread
-pools, bounded, may grow by a few).
-
-    PYTHONPATH=. python bench/hostile_live.py [--classes sdps,session_floods]
+``run_live_class`` returns one row per case (result, the worker's RSS after it) and the verdicts: crashes
+(the worker died), sessions still held at the end (leaks), the worker's peak RSS, and its threads above the
+start (its thread pools, bounded, may grow by a few).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import fractions
 import json
@@ -28,10 +25,10 @@ import random
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +36,12 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from tests.conftest import free_port
+from tests.entrypoints.test_runpod_handler import wait_until_serving
+from tests.realtime.conftest import client_offer
+from tests.realtime.control_peer import ControlPeer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 CANDIDATE_FLOOD = 200
 LONG_TEXT = ("A flood of long sentences that nobody will hear to the end, since the next one cuts it off. " * 60)[:5000]
@@ -50,8 +51,6 @@ class Worker:
     """The RunPod worker under the SDK's API server, and what /proc says about it."""
 
     def __init__(self, work: Path, portrait: str) -> None:
-        from tests.conftest import free_port
-
         self.portrait, self.port = portrait, free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
         env |= {"WORKER_TASKS": "live_session", "REALTIME_ALLOW_PRIVATE_CANDIDATES": "1", "LOG_LEVEL": "WARNING"}
@@ -64,8 +63,6 @@ class Worker:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self) -> None:
-        from tests.entrypoints.test_runpod_handler import wait_until_serving
-
         wait_until_serving(self.url, self.proc, self.log)
 
     def status(self, field: str) -> int:
@@ -96,13 +93,6 @@ def payload(control: Any, portrait: str, offer: dict) -> dict:
     session_id = uuid.uuid4().hex
     base = {"task": "live_session", "session_id": session_id, "user_id": "hostile", "image": portrait}
     return {**base, "offer": offer, "control": control.open(session_id)}
-
-
-async def client_offer(**options: Any) -> tuple[Any, dict]:
-    from realtime.client import LiveClient
-
-    peer = LiveClient(keep_frames=False, **options)
-    return peer, await peer.offer()
 
 
 def lines_without(sdp: str, *prefixes: str) -> str:
@@ -283,49 +273,51 @@ def _background(target: Callable[[], None]) -> Any:
     return thread
 
 
-CLASSES = {"sdps": run_sdps, "session_floods": run_floods}
+LIVE_CLASSES = {"sdps": run_sdps, "sessions": run_floods}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classes", default=",".join(CLASSES), help=f"comma list of {', '.join(CLASSES)}")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="hostile-live-"))
-    (work / "store").mkdir()
-    os.environ.update(AVATAR_STORE_URI=(work / "store").as_uri(), AVATAR_LOCAL_PATH=str(work / "cache"))
+@dataclass
+class LiveClassResult:
+    rows: list[str] = field(default_factory=list)
+    cases: int = 0
+    clean: int = 0
+    unexpected: list[str] = field(default_factory=list)
+    crashed: bool = False
+    held: int = 0
+    peak_rss_mb: int = 0
+    extra_threads: int = 0
+
+
+def run_live_class(name: str, work: Path) -> LiveClassResult:
+    """One live class against a fresh worker (its store and cache under ``work``)."""
     from tests.realtime.conftest import write_portrait
-    from tests.realtime.control_peer import ControlPeer
 
+    (work / "store").mkdir(parents=True, exist_ok=True)
+    os.environ.update(AVATAR_STORE_URI=(work / "store").as_uri(), AVATAR_LOCAL_PATH=str(work / "cache"))
     worker = Worker(work, write_portrait(work / "store"))
-    failures = 0
+    result = LiveClassResult()
 
-    def report(name: str, outcome: str, clean: bool) -> None:
-        nonlocal failures
-        failures += not clean
+    def report(case: str, outcome: str, clean: bool) -> None:
+        result.cases += 1
+        result.clean += clean
+        if not clean:
+            result.unexpected.append(f"{case}: {outcome}")
         mark = "" if clean else "   <- not a clean refusal"
-        print(f"{name:38} {outcome:58} {worker.status('VmRSS'):6} MB{mark}", flush=True)
+        attack, _, what = case.partition(": ")
+        result.rows.append(f"{what[:44]:44} {attack:8} {outcome:24} {worker.status('VmRSS'):7}{mark}")
 
     try:
         worker.wait_ready()
         with ControlPeer() as control:
             warm_up(worker, control)  # imports, engines, the session loop and its thread pool
             threads = worker.status("Threads")
-            print(f"{'case':38} {'result':58} {'RSS':>9}")
-            for name in args.classes.split(","):
-                CLASSES[name.strip()](worker, control, report)
+            LIVE_CLASSES[name](worker, control, report)
             time.sleep(2.0)
-            crashed = worker.proc.poll() is not None
-            held = -1 if crashed else worker.sessions()
-            extra_threads = 0 if crashed else max(0, worker.status("Threads") - threads)
-            peak = worker.status("VmHWM") if not crashed else 0
+            result.crashed = worker.proc.poll() is not None
+            if not result.crashed:
+                result.held = worker.sessions()
+                result.extra_threads = max(0, worker.status("Threads") - threads)
+                result.peak_rss_mb = worker.status("VmHWM")
     finally:
         worker.stop()
-    print(
-        f"\ncrashes {int(crashed)}, sessions still held {held}, worker peak RSS {peak} MB, cases not refused "
-        f"cleanly {failures}; threads above the start {extra_threads} (the process's pools grow to their cap)"
-    )
-    return 0 if not crashed and held == 0 and failures == 0 else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return result
