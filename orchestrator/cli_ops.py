@@ -42,6 +42,8 @@ def health(as_json: JsonOption = False) -> None:
             details = ", ".join(part.get("tasks", [])) + (f" ({part['error']})" if part.get("error") else "")
             rows.append((f"backend {spec}", str(part.get("ok")), details))
         print_rows(("PART", "OK", "DETAILS"), rows)
+        for warning in report.get("warnings", []):
+            err.print(f"warning: {warning}", markup=False)
         out.print(f"status: {report['status']}", markup=False)
     raise typer.Exit(EXIT_OK if report["status"] == "ok" else EXIT_FAILED)
 
@@ -163,14 +165,18 @@ def recover_avatars_command(
 
 
 def demo(
-    root: Annotated[Path, typer.Option("--root", help="Where the demo keeps its database, store and files.")] = Path(
-        "var"
-    ),
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="Where the demo keeps its database, store and files; default AVATARCTL_HOME."),
+    ] = None,
 ) -> None:
-    """Make an avatar from a generated video, a talking video and seven emotion stills, all locally."""
+    """Make an avatar from a generated video, a talking video and seven emotion stills, all locally; then print
+    the commands that go on from there."""
     from orchestrator.demo import run_demo
 
-    raise typer.Exit(run_demo(root, out))
+    with handled_errors():
+        home = handlers.Settings().avatarctl_home
+    raise typer.Exit(run_demo(root or home, out))
 
 
 def add_operation_commands(app: typer.Typer) -> None:

@@ -222,6 +222,14 @@ class JobStore:
         with self.engine.connect() as conn:
             return [_view(row) for row in conn.execute(query.order_by(JobRow.created_at, JobRow.id))]
 
+    def ids_starting_with(self, prefix: str, limit: int = 10) -> list[str]:
+        """Ids of up to ``limit`` jobs whose id starts with ``prefix`` (ids are hex: anything else matches none)."""
+        if not re.fullmatch(r"[0-9a-f]{1,32}", prefix):
+            return []
+        query = select(JobRow.id).where(JobRow.id.startswith(prefix)).order_by(JobRow.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [row[0] for row in conn.execute(query)]
+
     def get_by_idempotency_key(self, key: str) -> JobView | None:
         return self._one(JobRow.idempotency_key == key)
 

@@ -36,6 +36,7 @@ from orchestrator.lifecycle import JobLifecycle
 from orchestrator.models import (
     FINISHED_STATUSES,
     IdempotencyConflict,
+    JobNotFound,
     JobStatus,
     JobView,
     OrchestratorError,
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 OUTPUT_ID_FIELDS = {"generate_video": "video_id", "render_emotion": "render_id"}
 WAIT_DB_CHECK_S = 0.5  # how often wait() re-reads a job that another process may be updating
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+MAX_CANDIDATES = 5  # job ids named when a prefix is ambiguous
 
 Progress = Callable[[JobView], None]
 
@@ -119,6 +121,30 @@ class JobService:
 
     def get(self, job_id: str) -> JobView | None:
         return self.store.get(job_id)
+
+    def resolve(self, job_id: str) -> JobView:
+        """The job named by its id or by a unique start of it (as the CLI prints them); JobNotFound, or
+        ``ambiguous_job_id`` naming the candidates."""
+        job = self.store.get(job_id)
+        if job is not None:
+            return job
+        candidates = self.store.ids_starting_with(job_id.strip().lower(), limit=MAX_CANDIDATES + 1)
+        if len(candidates) == 1 and (job := self.store.get(candidates[0])) is not None:
+            return job
+        if len(candidates) < 2:
+            raise JobNotFound(job_id)
+        shown = ", ".join(candidates[:MAX_CANDIDATES]) + (", ..." if len(candidates) > MAX_CANDIDATES else "")
+        raise OrchestratorError(
+            "ambiguous_job_id", f"{job_id!r} starts more than one job id: {shown}. Give more characters."
+        )
+
+    def replica_running(self) -> bool:
+        """Whether a started replica (``avatarctl serve`` or ``work``) beats on this database now."""
+        try:
+            return bool(self.replica.leases.live_replicas(within_s=self.settings.lease_s))
+        except Exception:  # a database without the table yet, or a hiccup: nobody to hand jobs to
+            log.debug("could not list live replicas", exc_info=True)
+            return False
 
     def list(self, user_id: str | None = None, status: str | None = None, **filters: Any) -> list[JobView]:
         """Jobs, newest first; ``filters`` are JobStore.list's (task, user_ids, limit, after)."""

@@ -80,6 +80,10 @@ class LocalStore(ObjectStore):
         """A proper file URI (percent-encoded), which :func:`storage.fetch` reads back."""
         return (self.root / check_key(key)).as_uri()
 
+    def local_path(self, key: str) -> Path:
+        """The file that holds ``key`` (checked to lie under the root; it may not exist yet)."""
+        return self._path(key)
+
     def _path(self, key: str) -> Path:
         path = self.root / check_key(key)
         # Keys are checked lexically; a symlink inside the root must not lead out of it either.

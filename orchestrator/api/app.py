@@ -13,6 +13,9 @@ Routes (``/docs`` is the documentation: every body and answer is a typed model):
 - ``POST /v1/uploads``: a file into the store (``training-videos/`` or ``uploads/``); answers its URI.
 - ``POST /v1/webhooks/runpod/{job_id}?token=``: RunPod's completion webhook (the token authenticates it).
 - ``GET /healthz`` and ``/health``, ``GET /metrics``: no bearer token needed.
+- ``GET /files/{expires}/{signature}/{key}``: a file:// store's output by the signed URL a result gave
+  (no bearer token: the signature authenticates it; byte ranges for video).
+- ``GET /docs``, ``/redoc``: this documentation, served with its assets from this process (no CDN).
 - Seed routes for clients migrating: ``POST /generate`` (seed 002), ``POST /render``, ``/render/batch``,
   ``GET``/``DELETE /output/{filename}`` (seed 004). They submit, wait up to ``sync_wait_s`` and answer
   the seed's fields. Uploaded bytes go to the store under ``uploads/{user_id}/`` first; uploads are
@@ -54,6 +57,8 @@ from orchestrator.api.compat import (
     seed_health_fields,
 )
 from orchestrator.api.context import ApiContext
+from orchestrator.api.docs import add_offline_docs
+from orchestrator.api.files import add_file_routes
 from orchestrator.api.v1 import FILE_ROUTES as V1_FILE_ROUTES
 from orchestrator.api.v1 import add_v1_routes
 from orchestrator.body_limit import BodyLimit
@@ -257,7 +262,10 @@ def create_app(
         if ctx.owns_service:
             service.stop()
 
-    app = FastAPI(title=API_TITLE, version=_version(), lifespan=lifespan, description=__doc__)
+    app = FastAPI(
+        title=API_TITLE, version=_version(), lifespan=lifespan, description=__doc__, docs_url=None, redoc_url=None
+    )
+    add_offline_docs(app)
     app.state.context = ctx
     _add_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -268,6 +276,7 @@ def create_app(
     add_compat_routes(protected, ctx)
     _add_health_routes(public, ctx)
     _add_demo_page(public)
+    add_file_routes(public, ctx.signer)
     app.include_router(protected)
     app.include_router(public)
     app.state.sessions = sessions

@@ -8,8 +8,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import Request
+
 import handlers
 from orchestrator.api.auth import OPERATOR, Caller, authenticator, caller_of
+from orchestrator.api.files import FileSigner, file_signer
 from orchestrator.config import OrchestratorSettings
 from orchestrator.events import EventStreams
 from orchestrator.input_policy import check_request_inputs
@@ -37,6 +40,20 @@ class ApiContext:
         self.streams = EventStreams(
             self.settings.event_streams_per_tenant, self.settings.max_event_streams, self.settings.event_stream_max_s
         )
+        storage = self.handler_settings.storage
+        self.signer: FileSigner | None = file_signer(
+            self.settings, self.handler_settings.avatar_store_uri, storage.signed_url_ttl_s
+        )
+
+    def base_url(self, request: Request) -> str:
+        """Where clients reach this API: PUBLIC_BASE_URL, else the address the request came to."""
+        return self.settings.public_base_url or str(request.base_url)
+
+    def present(self, job: JobView, request: Request) -> JobView:
+        """The job as answered: outputs in a file:// store get signed URLs under this API's address."""
+        if self.signer is None or job.output is None:
+            return job
+        return job.model_copy(update={"output": self.signer.sign_output(job.output, self.base_url(request))})
 
     def health(self) -> dict[str, Any]:
         """The service's health, reused for HEALTH_CACHE_S: the route is public and each report calls the
