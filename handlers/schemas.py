@@ -229,6 +229,7 @@ REQUEST_MODELS: dict[str, type[TaskRequest]] = {
 # Media flows browser <-> worker over ICE (STUN/TURN from `ice_servers`); the data channel goes straight
 # to the worker. The task's result is a LiveSessionResult when the session is over.
 
+LIVE_SESSION_TASK = "live_session"  # a task of the workers, not a one-shot job (not in TaskName / REQUEST_MODELS)
 SESSION_ID_PATTERN = r"^[0-9a-f]{32}$"
 MAX_SDP_CHARS = 100_000
 
@@ -341,6 +342,24 @@ class LiveSessionResult(BaseModel):
     session_id: str
     reason: SessionEndReason
     stats: LiveSessionStats
+
+
+class SayRequest(_Strict):
+    """What a live avatar is asked to say: the body of `/say`, and of a data-channel message as JSON (a plain
+    text message is its `text`)."""
+
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    voice: Voice = Field(default_factory=Voice)
+
+    @model_validator(mode="after")
+    def _something_to_say(self) -> "SayRequest":
+        if not self.text.strip():
+            raise ValueError("`text` is empty: give the sentence to speak")
+        return self
+
+
+TASK_MODELS: dict[str, type[TaskRequest]] = {**REQUEST_MODELS, LIVE_SESSION_TASK: LiveSessionRequest}
+"""Every task a worker may be given: the one-shot jobs and the live session."""
 
 
 # ---- results -------------------------------------------------------------------------------

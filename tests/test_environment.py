@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings
 
 from handlers.settings import Settings
 from orchestrator.config import OrchestratorSettings
-from realtime.manager import RealtimeSettings
+from realtime.limits import RealtimeSettings
 from storage.config import StorageSettings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -97,6 +97,22 @@ VALUES = {
     "REALTIME_MAX_SESSIONS_PER_USER": "1",
     "REALTIME_IDLE_TIMEOUT_S": "30",
     "REALTIME_MAX_SIDE": "256",
+    "REALTIME_MAX_DURATION_S": "600",
+    "REALTIME_SETUP_TIMEOUT_S": "20",
+    "REALTIME_MAX_OFFER_MEDIA": "3",
+    "REALTIME_MAX_REMOTE_CANDIDATES": "6",
+    "REALTIME_ALLOW_PRIVATE_CANDIDATES": "1",
+    "REALTIME_ICE_TRANSPORT_POLICY": "relay",
+    "REALTIME_HEARTBEAT_S": "2",
+    "REALTIME_POLL_WAIT_S": "10",
+    "REALTIME_CONTROL_TIMEOUT_S": "5",
+    "REALTIME_CONTROL_LOST_S": "15",
+    "REALTIME_MAX_MESSAGE_BYTES": "8192",
+    "REALTIME_MESSAGES_PER_S": "2",
+    "REALTIME_MESSAGE_BURST": "4",
+    "REALTIME_MAX_REPLY_BUFFER_BYTES": "4096",
+    "REALTIME_MAX_MIC_LEAD_S": "1",
+    "REALTIME_SPEECH_PIECE_CHARS": "120",
 }
 
 
