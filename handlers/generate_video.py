@@ -34,7 +34,7 @@ from engines.codecs.segments import SegmentedMp4Writer, SegmentPlan
 from engines.codecs.video_out import EncodeStats, Mp4Writer
 from engines.errors import EngineError
 from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames, DrivingAudio, LipSyncEngine
-from handlers import Progress, engine_choice
+from handlers import Progress, driving_video, engine_choice
 from handlers.inputs import timed
 from handlers.outputs import new_id, resolve_store, upload
 from handlers.runtime import WorkerRuntime
@@ -74,6 +74,9 @@ def stream(
     request: GenerateVideoRequest, runtime: WorkerRuntime, progress: Progress
 ) -> Iterator[StreamSegment | GenerateVideoResult]:
     """The task as a sequence: a ``StreamSegment`` per stored segment (``stream: true`` only), the result last."""
+    if request.driving_video is not None:  # LivePortrait reenactment: its own pipeline (never streamed)
+        yield driving_video.run(request, runtime, progress)
+        return
     started = time.perf_counter()
     settings = runtime.settings
     timings: dict[str, float] = {}

@@ -53,6 +53,10 @@ class LipSyncEngineName(str, Enum):
     wav2lip96 = "wav2lip96"
     wav2lip256 = "wav2lip256"
     viseme_warp = "viseme_warp"
+    d_id = "d-id"  # hosted (D-ID's talks API): a portrait image only, not live-capable
+
+
+HOSTED_ENGINES = (LipSyncEngineName.d_id.value,)
 
 
 class ExpressionEngineName(str, Enum):
@@ -138,6 +142,28 @@ class Voice(_Strict):
     ref_id: str | None = Field(None, max_length=128, description="Fish Audio voice reference id (the seeds' ref_file).")
 
 
+class DrivingVideoOptions(_Strict):
+    """LivePortrait's video-driven switches: upstream's inference and crop arguments, without ``flag_``."""
+
+    relative_motion: bool = Field(True, description="Motion since the first driving frame (false: absolute).")
+    animation_region: Literal["all", "exp", "pose", "lip", "eyes"] = "all"
+    stitching: bool = Field(True, description="Stitch the face to the shoulders (upstream: off for large motion).")
+    paste_back: bool = Field(True, description="Paste the face into the source frame (needs stitching), else the crop.")
+    crop_driving_video: bool = Field(False, description="Crop a square driving video too (others always are).")
+    driving_option: Literal["expression-friendly", "pose-friendly"] = "expression-friendly"
+    driving_multiplier: float = Field(1.0, gt=0.0, le=4.0)
+    normalize_lip: bool = Field(False, description="Close the source's open lips first (relative motion).")
+    eye_retargeting: bool = Field(False, description="Upstream's work-in-progress eye-open transfer.")
+    lip_retargeting: bool = Field(False, description="Upstream's work-in-progress lip-open transfer.")
+    scale: float = Field(2.3, ge=1.0, le=4.0, description="Source crop size over the face (larger: smaller face).")
+    vx_ratio: float = Field(0.0, ge=-1.0, le=1.0, description="Source crop offset, of its size.")
+    vy_ratio: float = Field(-0.125, ge=-1.0, le=1.0, description="Source crop offset (negative: up).")
+    scale_crop_driving_video: float = Field(2.2, ge=1.0, le=4.0)
+    vx_ratio_crop_driving_video: float = Field(0.0, ge=-1.0, le=1.0)
+    vy_ratio_crop_driving_video: float = Field(-0.1, ge=-1.0, le=1.0)
+    smooth_observation_variance: float = Field(3e-7, gt=0.0, le=1.0, description="Source-video smoothing.")
+
+
 class GenerateVideoRequest(TaskRequest):
     task: Literal[TaskName.generate_video] = TaskName.generate_video
     user_id: Identifier
@@ -145,6 +171,12 @@ class GenerateVideoRequest(TaskRequest):
     image: str | None = Field(None, description="Portrait URI, used instead of an avatar.")
     text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     audio: str | None = Field(None, description="Speech audio URI (wav, mp3, m4a, ogg), used instead of text.")
+    driving_video: str | None = Field(
+        None,
+        description="LivePortrait reenactment: a driving video URI (or a motion template .npz) whose face motion "
+        "animates `image` (or the stored avatar's frames); its sound is kept unless `audio` is given.",
+    )
+    driving_options: DrivingVideoOptions | None = Field(None, description="How `driving_video` drives the face.")
     voice: Voice = Field(default_factory=Voice)
     engine: LipSyncEngineName = LipSyncEngineName.auto
     video_id: Identifier | None = Field(None, description="Output id; generated when absent.")
@@ -157,13 +189,29 @@ class GenerateVideoRequest(TaskRequest):
     @model_validator(mode="after")
     def _one_source_each(self) -> "GenerateVideoRequest":
         require_one_of(self, "avatar_id", "image")
-        require_one_of(self, "text", "audio")
+        if self.driving_video is not None:
+            self._check_driven()
+        else:
+            require_one_of(self, "text", "audio")
+            if self.driving_options is not None:
+                raise ValueError("`driving_options` need a `driving_video`")
+        if self.engine in HOSTED_ENGINES and (self.image is None or self.stream):
+            raise ValueError(f"`engine: {self.engine}` animates one portrait: give `image`, without `stream`")
         if self.text is not None and not self.text.strip():
             raise ValueError("`text` is empty: give the sentence to speak")
-        for uri in (self.image, self.audio):
+        for uri in (self.image, self.audio, self.driving_video):
             if uri is not None:
                 _check_uri(uri)
         return self
+
+    def _check_driven(self) -> None:
+        """`driving_video`: the video sets the timing and the face motion; `audio` may replace its sound."""
+        if self.text is not None:
+            raise ValueError("`driving_video` sets the timing: give `audio` to replace its sound, not `text`")
+        if self.engine not in (LipSyncEngineName.auto.value, LipSyncEngineName.liveportrait.value):
+            raise ValueError("`driving_video` is rendered by LivePortrait: leave `engine` as auto or liveportrait")
+        if self.stream:
+            raise ValueError("`stream` is not offered with `driving_video`")
 
 
 class RenderEmotionRequest(TaskRequest):
@@ -261,6 +309,8 @@ class LiveSessionRequest(TaskRequest):
     @model_validator(mode="after")
     def _one_source(self) -> "LiveSessionRequest":
         require_one_of(self, "avatar_id", "image")
+        if self.engine in HOSTED_ENGINES:
+            raise ValueError(f"`engine: {self.engine}` is a hosted service, not live-capable")
         if self.image is not None:
             _check_uri(self.image)
         if self.offer.type != "offer":
