@@ -213,7 +213,7 @@ def _motion_of_video(
         with closing(read_frames(path, FPS, max_frames)) as frames:
             for i, frame in enumerate(frames):
                 points = landmarks[min(i, len(landmarks) - 1)] if landmarks else None
-                image = crop_box(frame, box) if box is not None else frame
+                image = crop_box(frame, box).image if box is not None else frame
                 if points is None:
                     yield image, np.zeros(2, np.float32), 0.0  # ratios unused: no retargeting asked for
                 else:

@@ -34,11 +34,11 @@ from engines.codecs.segments import SegmentedMp4Writer, SegmentPlan
 from engines.codecs.video_out import EncodeStats, Mp4Writer
 from engines.errors import EngineError
 from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames, DrivingAudio, LipSyncEngine
-from handlers import Progress, driving_video, engine_choice
+from handlers import Progress, driving_video, engine_choice, hosted_video
 from handlers.inputs import timed
 from handlers.outputs import new_id, resolve_store, upload
 from handlers.runtime import WorkerRuntime
-from handlers.schemas import GenerateVideoRequest, GenerateVideoResult, StreamSegment
+from handlers.schemas import HOSTED_ENGINES, GenerateVideoRequest, GenerateVideoResult, StreamSegment
 from handlers.settings import Settings
 from handlers.sources import avatar_frames
 from handlers.speech import decode_speech, fetch_audio, speak, synthesizer
@@ -61,7 +61,7 @@ def load(runtime: WorkerRuntime) -> None:
 
 
 def describe(runtime: WorkerRuntime) -> dict[str, Any]:
-    return engine_choice.describe(runtime)
+    return {**engine_choice.describe(runtime), "hosted": hosted_video.describe(runtime)}
 
 
 def run(request: GenerateVideoRequest, runtime: WorkerRuntime, progress: Progress) -> GenerateVideoResult:
@@ -76,6 +76,9 @@ def stream(
     """The task as a sequence: a ``StreamSegment`` per stored segment (``stream: true`` only), the result last."""
     if request.driving_video is not None:  # LivePortrait reenactment: its own pipeline (never streamed)
         yield driving_video.run(request, runtime, progress)
+        return
+    if request.engine in HOSTED_ENGINES:  # rendered by a hosted service; we keep its mp4
+        yield hosted_video.run(request, runtime, progress)
         return
     started = time.perf_counter()
     settings = runtime.settings

@@ -43,8 +43,9 @@ from engines.face.tracker import FaceTracker
 from handlers import engine_choice
 from handlers.errors import TaskError
 from handlers.inputs import fetch_video, probe_within_limits, timed
+from handlers.livetalking_export import export_tars, upload_with_exports
 from handlers.musetalk_material import add_material
-from handlers.outputs import resolve_store, upload
+from handlers.outputs import resolve_store
 from handlers.runtime import WorkerRuntime
 from handlers.schemas import AvatarModel, PreprocessAvatarRequest, PreprocessAvatarResult
 from handlers.settings import Settings
@@ -116,9 +117,12 @@ def run(request: PreprocessAvatarRequest, runtime: WorkerRuntime, progress: Prog
         tar_path = work / f"{request.avatar_id}.tar"
         with timed(timings, "tar"):
             pack_avatar(avatar.path, tar_path)
+            exports = export_tars(avatar.path, request.export_livetalking, work)
         progress("upload", STAGE_START["upload"])
         with timed(timings, "upload"):
-            stored = upload(store, tar_path, key, settings, TAR_CONTENT_TYPE)
+            stored, livetalking = upload_with_exports(
+                store, tar_path, key, exports, request.user_id, settings, TAR_CONTENT_TYPE
+            )
         progress("install", STAGE_START["install"])
         with timed(timings, "install"):
             _install(avatar.path, request.avatar_id, settings, store, key)
@@ -133,6 +137,7 @@ def run(request: PreprocessAvatarRequest, runtime: WorkerRuntime, progress: Prog
         timings_ms=timings,
         engine={"face": analyzer.name, "tracker": frames.policy, "tracking": frames.stats},
         models=request.prepared_models,
+        livetalking=livetalking,
     )
 
 

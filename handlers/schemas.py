@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from engines.constants import DEFAULT_VOICE_PROVIDER, EMOTIONS, IMAGE_CONTENT_TYPES, VOICE_PROVIDERS
+from handlers.driving_options import DrivingVideoOptions
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 DEFAULT_USER_ID = "default"  # the user of requests that name none (the seeds' routes, the CLIs)
@@ -117,6 +118,9 @@ class PreprocessAvatarRequest(TaskRequest):
     )
     bbox_shift: int = Field(0, ge=-64, le=64, description="MuseTalk: moves the face box's nose line (px), as upstream.")
     extra_margin: int = Field(10, ge=0, le=64, description="MuseTalk v1.5: pixels added below the chin, as upstream.")
+    export_livetalking: list[AvatarModel] = Field(
+        default_factory=list, max_length=2, description="Also store TARs LiveTalking's loaders play unchanged."
+    )
 
     @model_validator(mode="after")
     def _video_uri(self) -> "PreprocessAvatarRequest":
@@ -125,6 +129,8 @@ class PreprocessAvatarRequest(TaskRequest):
             raise ValueError("`pads` values must be within -512..512 pixels")
         if self.model is not None and self.models is not None:
             raise ValueError("give `model` or `models`, not both")
+        if not set(self.export_livetalking) <= set(self.prepared_models):
+            raise ValueError("`export_livetalking` can only name the models the avatar is prepared for (`models`)")
         return self
 
     @property
@@ -140,28 +146,6 @@ class Voice(_Strict):
     rate: int | None = Field(None, ge=80, le=450, description="Words per minute (eSpeak).")
     pitch: int | None = Field(None, ge=0, le=100, description="Pitch 0..100 (eSpeak).")
     ref_id: str | None = Field(None, max_length=128, description="Fish Audio voice reference id (the seeds' ref_file).")
-
-
-class DrivingVideoOptions(_Strict):
-    """LivePortrait's video-driven switches: upstream's inference and crop arguments, without ``flag_``."""
-
-    relative_motion: bool = Field(True, description="Motion since the first driving frame (false: absolute).")
-    animation_region: Literal["all", "exp", "pose", "lip", "eyes"] = "all"
-    stitching: bool = Field(True, description="Stitch the face to the shoulders (upstream: off for large motion).")
-    paste_back: bool = Field(True, description="Paste the face into the source frame (needs stitching), else the crop.")
-    crop_driving_video: bool = Field(False, description="Crop a square driving video too (others always are).")
-    driving_option: Literal["expression-friendly", "pose-friendly"] = "expression-friendly"
-    driving_multiplier: float = Field(1.0, gt=0.0, le=4.0)
-    normalize_lip: bool = Field(False, description="Close the source's open lips first (relative motion).")
-    eye_retargeting: bool = Field(False, description="Upstream's work-in-progress eye-open transfer.")
-    lip_retargeting: bool = Field(False, description="Upstream's work-in-progress lip-open transfer.")
-    scale: float = Field(2.3, ge=1.0, le=4.0, description="Source crop size over the face (larger: smaller face).")
-    vx_ratio: float = Field(0.0, ge=-1.0, le=1.0, description="Source crop offset, of its size.")
-    vy_ratio: float = Field(-0.125, ge=-1.0, le=1.0, description="Source crop offset (negative: up).")
-    scale_crop_driving_video: float = Field(2.2, ge=1.0, le=4.0)
-    vx_ratio_crop_driving_video: float = Field(0.0, ge=-1.0, le=1.0)
-    vy_ratio_crop_driving_video: float = Field(-0.1, ge=-1.0, le=1.0)
-    smooth_observation_variance: float = Field(3e-7, gt=0.0, le=1.0, description="Source-video smoothing.")
 
 
 class GenerateVideoRequest(TaskRequest):
@@ -396,6 +380,9 @@ class PreprocessAvatarResult(BaseModel):
     timings_ms: dict[str, float]
     engine: dict[str, Any]
     models: list[str] = ["wav2lip"]
+    livetalking: dict[str, StoredObject] | None = Field(
+        None, description="`export_livetalking`'s TARs by model.", exclude_if=lambda value: value is None
+    )
 
 
 class GenerateVideoResult(BaseModel):

@@ -20,6 +20,7 @@ from handlers.schemas import (
 from orchestrator.api.auth import Caller
 from orchestrator.api.context import ApiContext
 from orchestrator.api.errors import ApiError
+from orchestrator.api.hosted import add_hosted_webhook_routes
 from orchestrator.events import sse_stream
 from orchestrator.models import JobStatus, JobView
 from orchestrator.service import MAX_IDEMPOTENCY_KEY_CHARS
@@ -182,3 +183,4 @@ def add_v1_routes(protected: APIRouter, public: APIRouter, ctx: ApiContext) -> N
     _add_submit_routes(protected, ctx)
     _add_job_routes(protected, ctx)
     _add_webhook_routes(public, ctx)
+    add_hosted_webhook_routes(public, ctx)

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from storage.avatar.layout import (
     FRAME_DIRS,
+    IGNORED_DIRS,
     TOP_FILES,
     VARIABLE_SIZE_DIRS,
     check_avatar_id,
@@ -227,6 +228,10 @@ class _Extraction:
             raise _unsafe(self.source, member.name, problem)
         if rel is None:
             return
+        if rel.split("/", 1)[0] in IGNORED_DIRS:
+            if member.isreg():
+                self._skip(tar, member)
+            return
         if layout_rel(rel, member.isdir()) is None:
             raise _unsafe(self.source, member.name, "is outside the avatar layout (coords.pkl, full_imgs/, ...)")
         if member.isdir():
@@ -253,7 +258,7 @@ class _Extraction:
             with source:
                 while source.read(COPY_CHUNK_BYTES):
                     self.reader.since_member = 0
-        log.info("archive %s: skipped the stray OS file %r", self.source, member.name)
+        log.info("archive %s: skipped %r (not part of an avatar)", self.source, member.name)
 
     def _copy(self, tar: tarfile.TarFile, member: tarfile.TarInfo, rel: str) -> None:
         target = self.dest / rel
