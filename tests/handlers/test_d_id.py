@@ -229,3 +229,37 @@ def test_unconfigured_and_unusable_setups_are_refused(
         payload = {k: v for k, v in request(inputs, **fields).items() if v is not None}
         refused = dispatch(payload, did_runtime)
         assert refused["error_code"] == "invalid_input" and "`engine: d-id` animates one portrait" in refused["error"]
+
+
+def test_seed002_avatar_provider_d_id_renders_generate_with_d_id(
+    fake: FakeDid, s3_env: str, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 002's orchestrator switch: AVATAR_PROVIDER=d-id sends POST /generate to D-ID (local worker processes
+    read DID_* from the environment, like a deployed worker)."""
+    import base64
+
+    import cv2
+
+    from orchestrator.api import create_app
+    from orchestrator.config import OrchestratorSettings
+
+    for name, value in {
+        "AVATAR_STORE_URI": s3_bucket,
+        "DID_API_KEY": KEY,
+        "DID_BASE_URL": fake.url,
+        "DID_POLL_INTERVAL_S": "0.05",
+        "ALLOW_PRIVATE_URLS": "1",
+        "AVATAR_PROVIDER": "d-id",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = OrchestratorSettings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}")
+    assert settings.avatar_provider == "d-id"
+    image = base64.b64encode(cv2.imencode(".png", astronaut_bgr(128))[1].tobytes()).decode()
+    write_wav(tmp_path / "s.wav", tone(0.3), 16000)
+    audio = base64.b64encode((tmp_path / "s.wav").read_bytes()).decode()
+    with BackgroundServer(create_app(settings=settings, sync_wait_s=120)) as server:
+        answer = httpx.post(f"{server.url}/generate", json={"image_b64": image, "audio_b64": audio}, timeout=180)
+        job = httpx.get(f"{server.url}/v1/jobs/{answer.json().get('job_id')}", timeout=10).json()
+    assert answer.status_code == 200 and answer.json()["status"] == "completed", answer.text
+    assert job["input"]["engine"] == "d-id" and job["output"]["engine"]["talk_id"] == "tlk_000001"
+    assert answer.json()["video_url"].startswith(s3_env)  # a signed URL of the mp4 in the bucket
