@@ -101,7 +101,7 @@ def _reenactor(request: GenerateVideoRequest, runtime: WorkerRuntime) -> tuple[R
     engine, info = engine_choice.lipsync_engine(LIVEPORTRAIT, runtime, portrait=True)
     info["reason"] = "driving_video"
     lp, input_size = engine.lp, engine.animator.input_size  # type: ignore[attr-defined]
-    return runtime.engines.once(("reenactor", id(lp), input_size), lambda: Reenactor(lp, input_size)), info
+    return Reenactor(lp, input_size), info
 
 
 # ---- source ----------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from engines.codecs.audio import write_wav
 from engines.codecs.video_out import Mp4Writer
 from engines.face import load_face_analyzer
 from engines.liveportrait.motion_file import save_motion
-from engines.liveportrait.random_weights import write_random_weights
 from handlers import dispatch
 from handlers.runtime import WorkerRuntime
 from storage.avatar.archive import pack_avatar
@@ -30,17 +29,6 @@ from tests.media import astronaut_bgr, head_motion, tone
 USER = "u1"
 DRIVING_FRAMES = 3
 SIDE = 384
-
-
-@pytest.fixture(scope="module")
-def weights_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_random_weights(tmp_path_factory.mktemp("liveportrait"), seed=4)
-
-
-@pytest.fixture
-def lp_runtime(runtime: WorkerRuntime, weights_root: Path) -> WorkerRuntime:
-    settings = runtime.settings.model_copy(update={"liveportrait_dir": weights_root, "liveportrait_input_size": 128})
-    return runtime.with_settings(settings)
 
 
 @pytest.fixture(scope="module")
