@@ -34,7 +34,7 @@ from engines.codecs.segments import SegmentedMp4Writer, SegmentPlan
 from engines.codecs.video_out import EncodeStats, Mp4Writer
 from engines.errors import EngineError
 from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames, DrivingAudio, LipSyncEngine
-from handlers import Progress, driving_video, engine_choice, hosted_video
+from handlers import Progress, engine_choice
 from handlers.inputs import timed
 from handlers.outputs import new_id, resolve_store, upload
 from handlers.runtime import WorkerRuntime
@@ -61,7 +61,9 @@ def load(runtime: WorkerRuntime) -> None:
 
 
 def describe(runtime: WorkerRuntime) -> dict[str, Any]:
-    return {**engine_choice.describe(runtime), "hosted": hosted_video.describe(runtime)}
+    from handlers.hosted_video import describe as hosted
+
+    return {**engine_choice.describe(runtime), "hosted": hosted(runtime)}
 
 
 def run(request: GenerateVideoRequest, runtime: WorkerRuntime, progress: Progress) -> GenerateVideoResult:
@@ -75,9 +77,13 @@ def stream(
 ) -> Iterator[StreamSegment | GenerateVideoResult]:
     """The task as a sequence: a ``StreamSegment`` per stored segment (``stream: true`` only), the result last."""
     if request.driving_video is not None:  # LivePortrait reenactment: its own pipeline (never streamed)
+        from handlers import driving_video  # torch: imported only by the requests that need it
+
         yield driving_video.run(request, runtime, progress)
         return
     if request.engine in HOSTED_ENGINES:  # rendered by a hosted service; we keep its mp4
+        from handlers import hosted_video
+
         yield hosted_video.run(request, runtime, progress)
         return
     started = time.perf_counter()
