@@ -1,5 +1,5 @@
-"""`generate_video`'s `driving_options` (part of the task contract, ``handlers.schemas``): how a driving
-video moves the face, upstream LivePortrait's switches under their own names (without ``flag_``)."""
+"""`generate_video`'s `driving_video` rules and `driving_options` (part of the task contract, ``handlers.schemas``):
+how a driving video moves the face, upstream LivePortrait's switches under their own names (without ``flag_``)."""
 
 from typing import Literal
 
@@ -28,3 +28,16 @@ class DrivingVideoOptions(BaseModel):
     vx_ratio_crop_driving_video: float = Field(0.0, ge=-1.0, le=1.0)
     vy_ratio_crop_driving_video: float = Field(-0.1, ge=-1.0, le=1.0)
     smooth_observation_variance: float = Field(3e-7, gt=0.0, le=1.0, description="Source-video smoothing.")
+
+
+DRIVEN_ENGINES = ("auto", "liveportrait")
+
+
+def check_driven_request(text: str | None, engine: str, stream: bool) -> None:
+    """`driving_video` sets the timing and the face motion: `audio` may replace its sound, `text` may not."""
+    if text is not None:
+        raise ValueError("`driving_video` sets the timing: give `audio` to replace its sound, not `text`")
+    if engine not in DRIVEN_ENGINES:
+        raise ValueError("`driving_video` is rendered by LivePortrait: leave `engine` as auto or liveportrait")
+    if stream:
+        raise ValueError("`stream` is not offered with `driving_video`")

@@ -131,6 +131,8 @@ def stream(
         timings_ms=timings,
         engine=engine_info,
         playlist=playlist,
+        faces_found=avatar.faces_found,
+        face_index=(request.face_index or 0) if request.image is not None else None,
     )
 
 
@@ -141,7 +143,9 @@ def _avatar(
     request: GenerateVideoRequest, store: storage.ObjectStore, runtime: WorkerRuntime, work: Path, holds: ExitStack
 ) -> AvatarFrames:
     """The avatar's frames; a stored avatar's folder stays held (unchanged on disk) until ``holds`` closes."""
-    return avatar_frames(request.user_id, request.avatar_id, request.image, store, runtime, work, holds)
+    return avatar_frames(
+        request.user_id, request.avatar_id, request.image, store, runtime, work, holds, face_index=request.face_index
+    )
 
 
 def _speech(request: GenerateVideoRequest, audio_path: Path | None, runtime: WorkerRuntime) -> DrivingAudio:

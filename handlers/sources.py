@@ -28,13 +28,18 @@ def avatar_frames(
     work: Path,
     holds: ExitStack,
     portrait_max_side: int = PORTRAIT_MAX_SIDE,
+    face_index: int | None = None,
 ) -> AvatarFrames:
-    """A stored avatar's frames (its folder held until ``holds`` closes), else the portrait ``image`` animated."""
+    """A stored avatar's frames (its folder held until ``holds`` closes), else the portrait ``image`` animated
+    (its largest face, or the ``face_index``-th largest)."""
     if image is not None:
-        return _portrait_avatar(image, runtime, work, portrait_max_side)
-    storage.check_input_allowed(store.uri(avatar_key(user_id, avatar_id or "")), runtime.settings.input_storage)
+        return _portrait_avatar(image, runtime, work, portrait_max_side, face_index)
+    # the TAR in the request's store is an input like any other (its store root was normalised when opened)
+    storage.check_input_uri(
+        store.uri(avatar_key(user_id, avatar_id or "")), runtime.settings.input_policy, what="avatar"
+    )
     cache = open_cache(runtime.settings.avatar_local_path, runtime.settings.avatar_revalidate_s)
-    path = holds.enter_context(cache.acquire(store, user_id, avatar_id or ""))
+    path = holds.enter_context(cache.acquire(store, user_id, avatar_id or "", runtime.settings.hand_placed_avatars))
     return stored_avatar(load_avatar(path), runtime.engines.frames)
 
 
@@ -62,7 +67,10 @@ def portrait_image(uri: str, runtime: WorkerRuntime, work: Path, max_side: int =
     return read_image(fetch_image(uri, runtime.settings, work), runtime.settings, max_side)
 
 
-def _portrait_avatar(uri: str, runtime: WorkerRuntime, work: Path, max_side: int) -> AvatarFrames:
+def _portrait_avatar(
+    uri: str, runtime: WorkerRuntime, work: Path, max_side: int, face_index: int | None = None
+) -> AvatarFrames:
     from engines.lipsync.portrait_avatar import build_portrait_avatar
 
-    return build_portrait_avatar(portrait_image(uri, runtime, work, max_side), runtime.engines.face_analyzer())
+    image = portrait_image(uri, runtime, work, max_side)
+    return build_portrait_avatar(image, runtime.engines.face_analyzer(), face_index=face_index)
