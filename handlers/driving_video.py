@@ -61,7 +61,7 @@ def run(request: GenerateVideoRequest, runtime: WorkerRuntime, progress: Progres
         with timed(timings, "fetch"):
             driving_path = fetch_video(request.driving_video or "", work, settings, DRIVING, stem="driving")
             audio_path = fetch_audio(request.audio, settings, work) if request.audio else None
-            source_frames, landmarks = _source(request, store, runtime, work, holds)
+            source_frames, landmarks, faces = _source(request, store, runtime, work, holds)
         progress("driving", STAGE_START["driving"])
         with timed(timings, "driving"):
             motion, from_template = _driving_motion(driving_path, reenactor, options, runtime)
@@ -93,6 +93,8 @@ def run(request: GenerateVideoRequest, runtime: WorkerRuntime, progress: Progres
         height=size[1],
         timings_ms=timings,
         engine=engine_info,
+        faces_found=faces[0] if faces else None,
+        face_index=faces[1] if faces else None,
     )
 
 
@@ -109,13 +111,15 @@ def _reenactor(request: GenerateVideoRequest, runtime: WorkerRuntime) -> tuple[R
 
 def _source(
     request: GenerateVideoRequest, store: storage.ObjectStore, runtime: WorkerRuntime, work: Path, holds: ExitStack
-) -> tuple[Any, np.ndarray]:
-    """(frames, landmarks (N, 68, 2)): the portrait (one frame) or a stored avatar's frames."""
+) -> tuple[Any, np.ndarray, tuple[int, int] | None]:
+    """(frames, landmarks (N, 68, 2), (faces found, face used) of a portrait): the portrait (one frame, its
+    largest face or the `face_index`-th) or a stored avatar's frames."""
     if request.image is not None:
-        from engines.lipsync.portrait_avatar import find_face
+        from engines.face import find_face
 
         image = portrait_image(request.image, runtime, work)
-        return [image], find_face(image, runtime.engines.face_analyzer())[1][None]
+        found = find_face(image, runtime.engines.face_analyzer(), request.face_index)
+        return [image], found.landmarks[None], (found.faces_found, found.index)
     avatar = avatar_frames(request.user_id, request.avatar_id, None, store, runtime, work, holds)
     if avatar.landmarks is None:
         raise TaskError(
@@ -123,7 +127,7 @@ def _source(
             f"Avatar `{request.avatar_id}` has no landmarks.npy (LiveTalking-made?): a stored avatar driven by a "
             "video needs the landmarks preprocess_avatar writes. Prepare it again, or give `image`.",
         )
-    return avatar.frames, avatar.landmarks
+    return avatar.frames, avatar.landmarks, None
 
 
 def _prepare_source(

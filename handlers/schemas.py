@@ -186,8 +186,10 @@ class GenerateVideoRequest(TaskRequest):
             require_one_of(self, "text", "audio")
             if self.driving_options is not None:
                 raise ValueError("`driving_options` need a `driving_video`")
-        if self.engine in HOSTED_ENGINES and (self.image is None or self.stream):
-            raise ValueError(f"`engine: {self.engine}` animates one portrait: give `image`, without `stream`")
+        if self.engine in HOSTED_ENGINES and (self.image is None or self.stream or self.face_index is not None):
+            raise ValueError(
+                f"`engine: {self.engine}` animates one portrait: give `image`, without `stream` or `face_index`"
+            )
         if self.face_index is not None and self.image is None:
             raise ValueError("`face_index` picks a face of `image`; an avatar has one face already")
         if self.text is not None and not self.text.strip():

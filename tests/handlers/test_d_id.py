@@ -200,7 +200,7 @@ def test_each_failure_has_its_code_and_never_shows_the_key(
 @pytest.mark.parametrize(
     ("storage_update", "words"),
     [
-        ({"allowed_input_prefixes": "https://results.example.com/"}, "outside the allowed prefixes"),
+        ({"allowed_input_prefixes": "https://results.example.com/"}, "ALLOWED_INPUT_PREFIXES"),
         ({"allow_private_urls": False}, "loopback"),
     ],
 )
@@ -225,7 +225,7 @@ def test_unconfigured_and_unusable_setups_are_refused(
     cv2.imwrite(str(tmp_path / "p.png"), astronaut_bgr(128))
     result = dispatch(request({"image": (tmp_path / "p.png").as_uri()}, text="Hi."), local)
     assert result["error_code"] == "did_needs_signed_urls" and "file://" in result["error"], result
-    for fields in ({"avatar_id": "a1", "image": None}, {"stream": True}):
+    for fields in ({"avatar_id": "a1", "image": None}, {"stream": True}, {"face_index": 1}):
         payload = {k: v for k, v in request(inputs, **fields).items() if v is not None}
         refused = dispatch(payload, did_runtime)
         assert refused["error_code"] == "invalid_input" and "`engine: d-id` animates one portrait" in refused["error"]
@@ -263,3 +263,10 @@ def test_seed002_avatar_provider_d_id_renders_generate_with_d_id(
     assert answer.status_code == 200 and answer.json()["status"] == "completed", answer.text
     assert job["input"]["engine"] == "d-id" and job["output"]["engine"]["talk_id"] == "tlk_000001"
     assert answer.json()["video_url"].startswith(s3_env)  # a signed URL of the mp4 in the bucket
+
+
+def test_health_says_whether_d_id_is_configured(runtime: WorkerRuntime, did_runtime: WorkerRuntime) -> None:
+    configured = dispatch({"task": "health"}, did_runtime)["tasks"]["generate_video"]["hosted"]["d-id"]
+    assert configured == {"configured": True, "base_url": did_runtime.settings.did_base_url, "webhook": False}
+    assert KEY not in json.dumps(dispatch({"task": "health"}, did_runtime))
+    assert dispatch({"task": "health"}, runtime)["tasks"]["generate_video"]["hosted"]["d-id"]["configured"] is False

@@ -75,6 +75,7 @@ def test_a_portrait_driven_by_a_video_keeps_the_videos_sound(lp_runtime: WorkerR
     assert result["engine"]["name"] == "liveportrait" and result["engine"]["mode"] == "driving_video"
     assert result["engine"]["driving"] == "video" and result["engine"]["source"] == "image"
     assert result["num_frames"] == DRIVING_FRAMES and (result["width"], result["height"]) == (SIDE, SIDE)
+    assert result["faces_found"] == 1 and result["face_index"] == 0
     frames, audio, rate = decoded(result["video"]["uri"])
     assert len(frames) == DRIVING_FRAMES
     portrait = cv2.imread(str(media["portrait"]))
