@@ -105,7 +105,7 @@ worker_image = (
     # No apt packages: OpenCV (headless), PyAV (FFmpeg), dlib and eSpeak NG all ship their native code in wheels.
     .pip_install(f"torch=={CONFIG.torch_version}", index_url=CONFIG.torch_index)
     .pip_install_from_pyproject(str(PROJECT_ROOT / "pyproject.toml"), optional_dependencies=["realtime"])
-    .env({"WEIGHTS_DIR": WEIGHTS_MOUNT, "ALLOW_FILE_URIS": "0", **CONFIG.as_env()})
+    .env({"WEIGHTS_DIR": WEIGHTS_MOUNT, "ALLOW_FILE_URIS": "0", "TALKING_HEAD_WORKER": "1", **CONFIG.as_env()})
     .add_local_python_source(*PROJECT_PACKAGES, ignore=SOURCE_IGNORE)
 )
 
