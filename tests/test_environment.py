@@ -22,6 +22,8 @@ SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (Settings, StorageSettings, O
 
 # A valid value for each documented variable, unlike its default, so the test sees it arrive.
 VALUES = {
+    "AVATARCTL_HOME": "/tmp/env-test-home",
+    "URL_SIGNING_SECRET": "env-test-signing-secret-0123456789",
     "AVATAR_STORE_URI": "file:///tmp/env-test-store",
     "AVATAR_LOCAL_PATH": "/tmp/env-test-avatars",
     "AVATAR_REVALIDATE_S": "5",
@@ -68,6 +70,13 @@ VALUES = {
     "OPENAI_API_KEY": "env-test-openai",
     "OPENAI_BASE_URL": "https://openai.example.com",
     "OPENAI_TTS_MODEL": "tts-1",
+    "DID_API_KEY": "env-test-did",
+    "DID_BASE_URL": "https://did.example.com",
+    "DID_TIMEOUT_S": "120",
+    "DID_REQUEST_TIMEOUT_S": "10",
+    "DID_POLL_INTERVAL_S": "1",
+    "DID_POLL_MAX_INTERVAL_S": "5",
+    "AVATAR_PROVIDER": "d-id",
     "DATABASE_URL": "sqlite:////tmp/env-test-jobs.db",
     "BACKEND_PREPROCESS_AVATAR": "runpod:ep-avatars",
     "BACKEND_GENERATE_VIDEO": "modal:avatars/Worker",
