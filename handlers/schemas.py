@@ -55,6 +55,7 @@ class AvatarModel(str, Enum):
 class LipSyncEngineName(str, Enum):
     auto = "auto"
     liveportrait = "liveportrait"
+    sadtalker = "sadtalker"
     musetalk = "musetalk"
     wav2lip96 = "wav2lip96"
     wav2lip256 = "wav2lip256"

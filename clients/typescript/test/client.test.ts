@@ -210,8 +210,7 @@ test("seed 002 POST /generate: image and audio in base64 give a video_url", asyn
   const answer = await client.generate({
     image_b64: await b64("portrait.png"),
     audio_b64: await b64("speech.wav"),
-    driver: "sadtalker",
-  });
+  }); // no driver: auto (`driver: "sadtalker"` runs our SadTalker, which needs its weights)
   assert.equal(answer.status, "completed");
   assert.match(answer.video_url ?? "", /\.mp4$/);
   await assert.rejects(
