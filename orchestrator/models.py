@@ -27,6 +27,9 @@ class JobStatus(str, Enum):
     timed_out = "timed_out"
 
 
+# Tasks whose job runs once only: a live session's peer connection and control token belong to its first run,
+# so a job of one found unsubmitted, or whose runner is gone, fails instead of running again.
+SINGLE_RUN_TASKS = frozenset({"live_session"})
 ACTIVE_STATUSES = frozenset({JobStatus.queued.value, JobStatus.running.value})
 FINISHED_STATUSES = frozenset(
     {JobStatus.completed.value, JobStatus.failed.value, JobStatus.cancelled.value, JobStatus.timed_out.value}
@@ -143,6 +146,12 @@ class JobView(BaseModel):
         view = cls.model_validate({**row, "input": redact(row["input"])})
         view._payload = row["input"]
         view._heartbeat_at = row.get("heartbeat_at")
+        return view
+
+    def with_payload(self, payload: dict[str, Any]) -> JobView:
+        """This job carrying ``payload`` for its backend (secrets the stored row masks)."""
+        view = self.model_copy()
+        view._payload = payload
         return view
 
     @property

@@ -137,9 +137,26 @@ class JobService:
             raise TaskError("invalid_input", f"`task` is {payload['task']!r} but the job is for {task!r}.")
         payload = {**payload, "task": task}
         request = handlers.parse(payload)
-        payload = self._stage_inputs(payload, getattr(request, "user_id", None))
+        payload = self.stage_inputs(payload, getattr(request, "user_id", None))
         if idempotency_key and (existing := self.store.get_by_idempotency_key(idempotency_key)):
             return self._same_request(existing, payload)
+        return self._create(task, payload, getattr(request, "user_id", None), idempotency_key, start)
+
+    def start_validated(self, task: str, payload: dict[str, Any], user_id: str, sent: dict[str, Any]) -> JobView:
+        """Store and submit a job whose payload the caller validated and staged (``stage_inputs``). The backend gets
+        ``sent``, which may carry secrets that ``payload`` (what the row keeps) masks: such a job runs once only
+        (``models.SINGLE_RUN_TASKS``)."""
+        return self._create(task, payload, user_id, None, True, sent)
+
+    def _create(
+        self,
+        task: str,
+        payload: dict[str, Any],
+        user_id: str | None,
+        idempotency_key: str | None,
+        start: bool,
+        sent: dict[str, Any] | None = None,
+    ) -> JobView:
         backend = self.backend_for_task(task)
         job_id = new_job_id()
         full = dict(payload)
@@ -149,7 +166,7 @@ class JobService:
             job = self.store.create(
                 id=job_id,
                 task=task,
-                user_id=getattr(request, "user_id", None),
+                user_id=user_id,
                 status=JobStatus.queued.value,
                 backend=backend.kind.value,
                 endpoint=backend.endpoint,
@@ -164,9 +181,11 @@ class JobService:
         if not start:
             self.replica.announce(job.id)
             return job
+        if sent is not None:
+            job = job.with_payload(_as_json({**sent, "task": task}))
         return self.lifecycle.submit(job)
 
-    def _stage_inputs(self, payload: dict[str, Any], user_id: str | None) -> dict[str, Any]:
+    def stage_inputs(self, payload: dict[str, Any], user_id: str | None) -> dict[str, Any]:
         """Refuse inputs outside ALLOWED_INPUT_PREFIXES; store large ``data:`` inputs and pass their URIs."""
         store_uri = payload.get("store") or self.handler_settings.avatar_store_uri
         own = own_upload_prefixes(store_uri, user_id)
