@@ -50,7 +50,17 @@ TURN_TTL_MARGIN_S = 600.0  # TURN credentials outlive the longest session by thi
 NOT_FOUND_CODES = frozenset({"not_found", "avatar_not_found", "session_not_found"})
 CAPACITY_CODES = frozenset({"too_many_sessions", "no_worker_answer", "worker_unhealthy", "runpod_unavailable"})
 WORKER_FAILURE_CODES = frozenset(
-    {"worker_crashed", "worker_lost", "remote_failed", "remote_job_lost", "internal_error", "orchestrator_restarted"}
+    {
+        "worker_crashed",
+        "worker_lost",
+        "remote_failed",
+        "remote_job_lost",
+        "internal_error",
+        "orchestrator_restarted",
+        "invalid_answer",
+        "control_lost",
+        "control_refused",
+    }
 )
 
 

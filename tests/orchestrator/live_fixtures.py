@@ -66,13 +66,14 @@ def live_stack(
     settings: OrchestratorSettings, handler_settings: Settings, backend: Any | None = None
 ) -> Iterator[LiveStack]:
     """The API (its watchdog checking every 0.2 s) with live sessions on ``backend`` (default: local session
-    processes running the stand-in worker, each capped at 1 GiB)."""
+    processes running the stand-in worker, each capped at 1 GiB; one process more than the cap: a stand-in that
+    ignores its cancel holds its process for CANCEL_GRACE_S after its session ended)."""
     if backend is None:
         backend = LocalBackend(
             workers=1,
             settings=handler_settings,
             silent_after_s=settings.lease_s,
-            session_workers=settings.realtime_max_sessions,
+            session_workers=settings.realtime_max_sessions + 1,
             session_memory_bytes=2**30,
             run_session=serve_session,
         )

@@ -55,7 +55,10 @@ def serve_session(payload: dict[str, Any], runtime: Any = None, progress: Any = 
         if answered.status_code != 200:
             return {"error": f"answer refused ({answered.status_code})", "error_code": "control_refused"}
         _misbehave(user)
-        return _run(http, payload, progress)
+        try:
+            return _run(http, payload, progress)
+        except httpx.TransportError as exc:  # the orchestrator went away (a test ending)
+            return {"error": f"control lost: {exc}", "error_code": "control_lost"}
 
 
 def _misbehave(user: str) -> None:
