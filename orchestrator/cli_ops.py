@@ -70,6 +70,9 @@ def emulate_runpod(
     api_key: Annotated[str | None, typer.Option(envvar="EMULATOR_API_KEY", help="Require this key.")] = None,
     handler: Annotated[str | None, typer.Option(help="A RunPod handler to run: module:function.")] = None,
     return_aggregate_stream: Annotated[bool, typer.Option(help="A generator's output: all its items.")] = False,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=64, help="Jobs per worker at once (default: the handler's declared).")
+    ] = None,
     log_level: LogLevelOption = "info",
 ) -> None:
     """Serve a local RunPod API emulator that runs jobs with this checkout's handlers."""
@@ -77,7 +80,7 @@ def emulate_runpod(
 
     from orchestrator.emulator import create_emulator_app
 
-    options = {"handler": handler, "return_aggregate_stream": return_aggregate_stream}
+    options = {"handler": handler, "return_aggregate_stream": return_aggregate_stream, "concurrency": concurrency}
     emulator = create_emulator_app(endpoint_ids, workers=workers, api_key=api_key, **options)
     err.print(
         f"RunPod emulator: set RUNPOD_BASE_URL=http://{host}:{port}/v2 and e.g."

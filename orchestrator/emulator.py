@@ -7,7 +7,9 @@ given as RunPod documents it (``authorization: <key>``) or as ``Bearer <key>``. 
 IN_PROGRESS, COMPLETED, FAILED, CANCELLED, TIMED_OUT. ``policy.executionTimeout`` stops a running job when
 it passes (the task is cancelled at its next stage and writes nothing; TIMED_OUT); ``policy.ttl`` drops a
 job (queued jobs never run; status 404); a result is kept 30 min after ``run``, 1 min after ``runsync``.
-A webhook POST of the final job JSON (retried twice).
+A webhook POST of the final job JSON (retried twice). Each worker runs ``concurrency`` jobs at once (what the
+handler's module declares with ``concurrency_modifier``), each for as long as its executionTimeout allows:
+long-running live sessions run like any job.
 
 Jobs run through a RunPod handler (``job -> result``, or a generator), answered as the worker SDK does
 (``orchestrator.emulator_jobs``). The default handler is our worker's: ``handlers.dispatch``, progress as
@@ -26,7 +28,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -40,7 +41,9 @@ from orchestrator.emulator_jobs import (
     FINAL_STATES,
     RETRYABLE_STATES,
     EmulatedJob,
+    Faults,
     JobHandler,
+    declared_concurrency,
     load_handler,
     run_handler,
     worker_failure,
@@ -59,19 +62,6 @@ WEBHOOK_RETRIES = 2
 CRASH_MESSAGE = "Worker exited unexpectedly while running the job (emulated crash)."
 
 
-@dataclass
-class Faults:
-    """Failures to inject; counters are used up one request or job at a time."""
-
-    fail_requests: int = 0  # answer the next N /v2 requests with `fail_status`, doing nothing
-    fail_status: int = 500
-    accept_then_fail: int = 0  # the next N /run calls queue the job but answer 502 (an ambiguous submit)
-    crash_jobs: int = 0  # the next N jobs: the worker dies mid-job (FAILED)
-    lose_jobs: int = 0  # the next N jobs vanish mid-job (status 404, as RunPod past the TTL)
-    job_delay_s: float = 0.0  # every job spends this long IN_PROGRESS before its task runs
-    hold_queue: bool = False  # workers take no jobs: everything stays IN_QUEUE
-
-
 class RunpodEmulator:
     """The job queue, workers and bookkeeping behind the emulated API."""
 
@@ -86,9 +76,11 @@ class RunpodEmulator:
         webhook_retry_delay_s: float = 1.0,
         handler: JobHandler | None = None,
         return_aggregate_stream: bool = False,
+        concurrency: int = 1,
     ) -> None:
         self.endpoint_ids = set(endpoint_ids)
         self.workers = workers
+        self.concurrency = concurrency  # jobs one worker runs at once (RunPod: the handler's concurrency_modifier)
         self.runtime = runtime  # our handlers' runtime; built from the environment at start when None
         self.api_key = api_key
         self.faults = faults or Faults()
@@ -110,8 +102,10 @@ class RunpodEmulator:
             return
         self.runtime = self.runtime or handlers.worker_runtime()
         self._stopping.clear()
-        for n in range(self.workers):
-            thread = threading.Thread(target=self._work, args=(f"emulated-worker-{n}",), daemon=True)
+        for n in range(self.workers * self.concurrency):
+            thread = threading.Thread(
+                target=self._work, args=(f"emulated-worker-{n // self.concurrency}",), daemon=True
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -209,6 +203,7 @@ class RunpodEmulator:
             retried = self.counts["retried"]
         states = Counter(j.status for j in jobs)
         running = states["IN_PROGRESS"]
+        busy = len({j.worker_id for j in jobs if j.status == "IN_PROGRESS"})
         return {
             "jobs": {
                 "completed": states["COMPLETED"],
@@ -217,7 +212,7 @@ class RunpodEmulator:
                 "inQueue": states["IN_QUEUE"],
                 "retried": retried,
             },
-            "workers": {"idle": max(0, self.workers - running), "running": running, "ready": self.workers},
+            "workers": {"idle": max(0, self.workers - busy), "running": busy, "ready": self.workers},
         }
 
     def stats(self) -> dict[str, int]:
@@ -349,8 +344,10 @@ def create_emulator_app(
     faults: Faults | None = None,
     handler: JobHandler | str | None = None,
     return_aggregate_stream: bool = False,
+    concurrency: int | None = None,
 ) -> FastAPI:
-    """The emulated RunPod API as a FastAPI app; ``app.state.emulator`` is its ``RunpodEmulator``."""
+    """The emulated RunPod API as a FastAPI app; ``app.state.emulator`` is its ``RunpodEmulator``. ``concurrency``
+    (jobs per worker) defaults to what a ``module:function`` handler's module declares (``concurrency_modifier``)."""
     emulator = RunpodEmulator(
         endpoint_ids,
         workers,
@@ -359,6 +356,7 @@ def create_emulator_app(
         faults=faults,
         handler=load_handler(handler) if isinstance(handler, str) else handler,
         return_aggregate_stream=return_aggregate_stream,
+        concurrency=concurrency or (declared_concurrency(handler) if isinstance(handler, str) else 1),
     )
 
     @asynccontextmanager

@@ -65,10 +65,11 @@ def live_settings(db_url: str, **values: Any) -> OrchestratorSettings:
 def live_stack(
     settings: OrchestratorSettings, handler_settings: Settings, backend: Any | None = None
 ) -> Iterator[LiveStack]:
-    """The API (its watchdog checking every 0.2 s) with live sessions on ``backend`` (default: local session
+    """The API (its watchdog checking every 0.2 s) with live sessions on ``backend`` (default: BACKEND_LIVE_SESSION
+    when it is remote, with PUBLIC_BASE_URL this server's address; else local session
     processes running the stand-in worker, each capped at 1 GiB; one process more than the cap: a stand-in that
     ignores its cancel holds its process for CANCEL_GRACE_S after its session ended)."""
-    if backend is None:
+    if backend is None and settings.backend_live_session == "local":
         backend = LocalBackend(
             workers=1,
             settings=handler_settings,
@@ -77,11 +78,14 @@ def live_stack(
             session_memory_bytes=2**30,
             run_session=serve_session,
         )
-    service = JobService(settings, backends={"live_session": backend})
+    service = JobService(settings, backends={"live_session": backend} if backend is not None else None)
     app = create_app(service)
     app.state.session_watchdog.interval_s = 0.2
+    server = BackgroundServer(app)
+    if settings.backend_live_session != "local" and settings.public_base_url is None:
+        settings.public_base_url = server.url  # where remote workers dial out to
     try:
-        with BackgroundServer(app) as server:
+        with server:
             yield LiveStack(server.url, app, service)
     finally:
         service.stop()
