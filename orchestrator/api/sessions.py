@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from handlers.schemas import (
     MAX_TEXT_CHARS,
-    SESSION_ID_PATTERN,
     IceServer,
     Identifier,
     LipSyncEngineName,
@@ -38,7 +37,7 @@ from orchestrator.config import BackendKind
 from orchestrator.live.service import LiveSessions, not_found
 from orchestrator.live.store import SessionError, SessionView
 
-SessionIdPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="The session id (32 hex digits).")]
+SessionIdPath = Annotated[str, Path(max_length=64, description="The session id (32 hex digits).")]
 TAGS: list[str | Any] = ["live sessions"]
 WORKER_TAGS: list[str | Any] = ["live session workers"]
 

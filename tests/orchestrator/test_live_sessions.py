@@ -141,7 +141,7 @@ def test_the_control_routes_take_the_sessions_own_token_only(stack: LiveStack) -
             assert answer.status_code == 401 and answer.json()["error_code"] == "unauthorized"
         unknown = anonymous.get("/v1/sessions/" + "0" * 32 + "/worker/commands", headers=OPERATOR)
         assert unknown.status_code == 404
-        assert anonymous.get("/v1/sessions/not-a-session/worker/commands").status_code == 422
+        assert anonymous.get("/v1/sessions/not-a-session/worker/commands").status_code == 404
         alice.delete(f"/v1/sessions/{session_id}")
 
 

@@ -105,8 +105,9 @@ test("POST /v1/avatars, POST /v1/videos, GET /v1/jobs/{id}/events: an avatar spe
   assert.match((done.output as { video: { uri: string } }).video.uri, /\.mp4$/);
 });
 
-test("POST /v1/sessions, POST /v1/sessions/{id}/say, DELETE /v1/sessions/{id}: typed refusals", async () => {
+test("GET /v1/sessions/ice-servers, POST /v1/sessions, GET|DELETE /v1/sessions/{id}, /say, /interrupt", async () => {
   // node has no WebRTC peer: the session routes are checked through their refusals
+  assert.ok(Array.isArray(await client.iceServers())); // ICE_SERVERS (none configured here)
   const offer = { type: "offer", sdp: "v=0" } as const;
   await assert.rejects(client.startSession({ user_id: "ts-user", offer } as never), (err: unknown) => {
     assert.ok(err instanceof AvatarApiError);
@@ -114,8 +115,14 @@ test("POST /v1/sessions, POST /v1/sessions/{id}/say, DELETE /v1/sessions/{id}: t
     assert.match(err.message, /`avatar_id` or `image`/);
     return true;
   });
-  for (const call of [client.say("no-such-session", { text: "Hi." }), client.endSession("no-such-session")]) {
-    await assert.rejects(call, (err: unknown) => {
+  const missing = "0".repeat(32);
+  for (const call of [
+    () => client.say(missing, { text: "Hi." }),
+    () => client.endSession(missing),
+    () => client.getSession(missing),
+    () => client.interrupt(missing),
+  ]) {
+    await assert.rejects(call(), (err: unknown) => {
       assert.ok(err instanceof AvatarApiError);
       assert.equal(err.status, 404);
       assert.equal(err.errorCode, "session_not_found");
