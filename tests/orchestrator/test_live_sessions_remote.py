@@ -1,12 +1,16 @@
-"""Live sessions on a RunPod endpoint (the emulator, its workers running the stand-in session handler): the
+"""Live sessions on remote backends. RunPod (the emulator, its workers running the stand-in session handler): the
 session is an ordinary job whose executionTimeout covers the session's length, several sessions share one
 worker where the handler declares concurrency, a session nobody can take fails its create and leaves nothing
-queued, and a worker that goes silent ends its session and is cancelled on RunPod."""
+queued, and a worker that goes silent ends its session and is cancelled on RunPod. Modal (its client played by
+threads running the same stand-in): the session is a call of the deployed class's `live_session` method."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -14,7 +18,7 @@ import pytest
 from orchestrator.emulator import BackgroundServer, create_emulator_app
 from tests.orchestrator.conftest import eventually
 from tests.orchestrator.live_fixtures import ALICE, LiveStack, live_settings, live_stack, session_body
-from tests.orchestrator.session_workers import SILENT, runpod_session_handler
+from tests.orchestrator.session_workers import SILENT, runpod_session_handler, serve_session
 
 ENDPOINT = "ep-live"
 
@@ -72,3 +76,63 @@ def test_a_silent_runpod_worker_ends_its_session_and_is_cancelled(emulated) -> N
         assert (ended["end_reason"], ended["error_code"]) == ("error", "worker_lost")
     (job,) = emulator.jobs.values()
     eventually(lambda: job.status == "CANCELLED")
+
+
+class FakeModal:
+    """Modal's client as the backend uses it, with calls running the stand-in worker on threads (containers)."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, Future] = {}
+        self.spawned: list[tuple[str, str, dict]] = []
+        self._pool = ThreadPoolExecutor(max_workers=4)
+
+    def from_name(self, app_name: str, class_name: str):
+        fake = self
+
+        class Method:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def spawn(self, **fields):
+                fake.spawned.append((f"{app_name}/{class_name}", self.name, fields))
+                call_id = f"fc-{len(fake.calls)}"
+                fake.calls[call_id] = fake._pool.submit(serve_session, fields)
+                return SimpleNamespace(object_id=call_id)
+
+        class Instance:
+            def __getattr__(self, name: str) -> Method:
+                return Method(name)
+
+        return lambda: Instance()
+
+    def call(self, call_id: str):
+        future = self.calls[call_id]
+
+        def get(timeout: float):
+            try:
+                return future.result(timeout=timeout or 0.001)
+            except FutureTimeout:
+                raise TimeoutError from None
+
+        return SimpleNamespace(get=get, cancel=lambda: None)
+
+
+def test_sessions_on_modal_spawn_the_live_worker_class(db_url: str, local_settings, monkeypatch) -> None:
+    import modal
+
+    fake = FakeModal()
+    monkeypatch.setattr(modal.Cls, "from_name", staticmethod(fake.from_name))
+    monkeypatch.setattr(modal.FunctionCall, "from_id", staticmethod(fake.call))
+    settings = live_settings(db_url, backend_live_session="modal:talking-head/LiveWorker")
+    with live_stack(settings, local_settings) as stack, stack.client(ALICE) as alice:
+        created = alice.post("/v1/sessions", json=session_body("alice"))
+        assert created.status_code == 201, created.text
+        session_id = created.json()["session_id"]
+        ((target, method, fields),) = fake.spawned
+        assert (target, method) == ("talking-head/LiveWorker", "live_session")
+        assert fields["session_id"] == session_id and fields["control"]["url"].startswith(stack.url)
+        assert alice.post(f"/v1/sessions/{session_id}/say", json={"text": "Hi."}).status_code == 200
+        assert alice.delete(f"/v1/sessions/{session_id}").status_code == 204
+        job_id = alice.get(f"/v1/sessions/{session_id}").json()["job_id"]
+        done = eventually(lambda: (j := alice.get(f"/v1/jobs/{job_id}").json())["status"] == "completed" and j, 15)
+        assert done["backend"] == "modal" and done["output"]["reason"] == "stopped"
