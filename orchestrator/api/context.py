@@ -55,9 +55,14 @@ class ApiContext:
             self._stores[uri] = open_store(uri, self.handler_settings.storage)
         return self._stores[uri]
 
-    def submit(self, caller: Caller, task: str, payload: dict[str, Any], idempotency_key: str | None = None) -> JobView:
+    def check_inputs(self, caller: Caller, payload: dict[str, Any]) -> None:
+        """What the API checks of a job's or a live session's inputs before anything runs: the caller may act for
+        its user, and its files lie where HTTP clients may point (the job service then applies the input policy)."""
         caller.check_user(payload.get("user_id"))
         refuse_foreign_files(payload, self.handler_settings.avatar_store_uri)
+
+    def submit(self, caller: Caller, task: str, payload: dict[str, Any], idempotency_key: str | None = None) -> JobView:
+        self.check_inputs(caller, payload)
         job = self.service.submit(task, payload, idempotency_key=idempotency_key)
         self.metrics.submitted.labels(task, job.backend).inc()
         return job

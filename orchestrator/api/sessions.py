@@ -32,7 +32,7 @@ from handlers.schemas import (
     require_one_of,
 )
 from orchestrator.api.auth import Caller
-from orchestrator.api.context import ApiContext, refuse_foreign_files
+from orchestrator.api.context import ApiContext
 from orchestrator.config import BackendKind
 from orchestrator.live.service import LiveSessions, not_found
 from orchestrator.live.store import SessionError, SessionView
@@ -129,8 +129,7 @@ def _client_routes(router: APIRouter, ctx: ApiContext, sessions: LiveSessions) -
         worker's answer arrives: a 25 fps video and an Opus audio track of the avatar. Speak with `/say`, a
         data-channel message (text, or JSON `{"text", "voice"}`) or the offer's audio track."""
         fields = body.model_dump(mode="json", exclude_none=True)
-        caller.check_user(body.user_id)
-        refuse_foreign_files(fields, ctx.handler_settings.avatar_store_uri)
+        ctx.check_inputs(caller, fields)
         session, answer = await sessions.create(fields, control_base(request, ctx, sessions))
         return SessionAnswer(session_id=session.session_id, answer=answer)
 
