@@ -157,7 +157,7 @@ class LocalBackend:
             if self._session_pool is None:
                 self._session_pool = WorkerPool(
                     self.session_workers,
-                    self.settings,
+                    self.settings.model_copy(update={"worker_tasks": ",".join(SESSION_TASKS)}),  # what they serve
                     self._run_session,
                     memory_limit_bytes=self.session_memory_bytes,
                     name="local-session",
