@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 
 FrameCallback = Callable[[float, int, np.ndarray], None]
+AudioCallback = Callable[[float, np.ndarray], None]  # (arrival time, int16 samples of one received audio frame)
 
 
 @dataclass
@@ -37,13 +38,14 @@ class LiveClient:
         mic: Any = None,
         keep_frames: bool = True,
         on_frame: FrameCallback | None = None,
+        on_audio: AudioCallback | None = None,
     ) -> None:
         from aiortc import RTCPeerConnection
 
         self.http = client
         self.received = Received()
         self.session_id: str | None = None
-        self._keep, self._on_frame = keep_frames, on_frame
+        self._keep, self._on_frame, self._on_audio = keep_frames, on_frame, on_audio
         self._tasks: list[asyncio.Task] = []
         self.pc = RTCPeerConnection()
         self.pc.addTransceiver("video", direction="recvonly")
@@ -86,6 +88,8 @@ class LiveClient:
                 frame = await track.recv()
                 if track.kind != "video":
                     self.received.audio_frames += 1
+                    if self._on_audio is not None:
+                        self._on_audio(time.time(), frame.to_ndarray())
                     continue
                 arrival = time.time()
                 if self._keep:

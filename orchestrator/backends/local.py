@@ -15,6 +15,7 @@ alone (``worker_crashed``) and its process is replaced.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -42,12 +43,27 @@ _live_runners: set[str] = set()
 _live_lock = threading.Lock()
 
 
-def run_live_session(payload: dict[str, Any], runtime: handlers.WorkerRuntime, progress: Any) -> dict[str, Any]:
-    """The ``live_session`` task in a local worker process: ``handlers.dispatch`` with realtime's task added."""
+def run_live_session(
+    payload: dict[str, Any], runtime: handlers.WorkerRuntime, progress: Any, limits: Any = None
+) -> dict[str, Any]:
+    """The ``live_session`` task in a local worker process: ``handlers.dispatch`` with realtime's task added, under
+    ``limits`` (``realtime.limits.RealtimeSettings``, read where the backend was made: the orchestrator's
+    environment, not the fork server's)."""
     import realtime
 
-    realtime.serve_live_sessions()
+    realtime.serve_live_sessions(limits)
     return handlers.dispatch(payload, runtime, progress)
+
+
+def live_session_runner() -> TaskRunner:
+    """``run_live_session`` under the REALTIME_* limits of this process's environment (when ``realtime`` is here)."""
+    import realtime
+
+    if not realtime.available():
+        return run_live_session
+    from realtime.limits import RealtimeSettings
+
+    return functools.partial(run_live_session, limits=RealtimeSettings())
 
 
 def runner_is_gone(runner: str | None) -> bool:
@@ -119,7 +135,7 @@ class LocalBackend:
         *,
         session_workers: int = 4,
         session_memory_bytes: int | None = None,
-        run_session: TaskRunner = run_live_session,
+        run_session: TaskRunner | None = None,
     ) -> None:
         self.endpoint = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.workers = workers
@@ -158,7 +174,7 @@ class LocalBackend:
                 self._session_pool = WorkerPool(
                     self.session_workers,
                     self.settings.model_copy(update={"worker_tasks": ",".join(SESSION_TASKS)}),  # what they serve
-                    self._run_session,
+                    self._run_session or live_session_runner(),
                     memory_limit_bytes=self.session_memory_bytes,
                     name="local-session",
                 )
