@@ -30,10 +30,13 @@ class Waiter:
         self.loop = asyncio.get_running_loop()
         self.event = asyncio.Event()
 
-    async def wait(self, timeout_s: float) -> None:
+    async def wait(self, timeout_s: float) -> bool:
+        """True when woken by a notification, False when the time passed."""
+        woken = False
         with suppress(TimeoutError):
-            await asyncio.wait_for(self.event.wait(), max(0.0, timeout_s))
+            woken = await asyncio.wait_for(self.event.wait(), max(0.0, timeout_s))
         self.event.clear()
+        return woken
 
     def set(self) -> None:
         self.loop.call_soon_threadsafe(self.event.set)
