@@ -2,6 +2,7 @@
 by ``add_operation_commands``)."""
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -46,6 +47,9 @@ def health(as_json: JsonOption = False) -> None:
     raise typer.Exit(EXIT_OK if report["status"] == "ok" else EXIT_FAILED)
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def serve(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
@@ -56,6 +60,8 @@ def serve(
 
     from orchestrator.api import create_app
 
+    if host in LOOPBACK_HOSTS:  # only this machine's browsers: their ICE candidates are loopback or private
+        os.environ.setdefault("REALTIME_ALLOW_PRIVATE_CANDIDATES", "1")
     with handled_errors():
         api = create_app(settings=OrchestratorSettings())
         api.state.context.service.start()  # before serving: a second replica on SQLite is refused here
