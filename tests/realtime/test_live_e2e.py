@@ -105,6 +105,11 @@ def deployment(tmp_path: Path, local_settings) -> Iterator[Deployment]:
             worker.process.wait(10)
 
 
+def ended_session(deployment: Deployment, session_id: str) -> dict | None:
+    session = httpx.get(f"{deployment.stack.url}/v1/sessions/{session_id}", headers=ALICE).json()
+    return session if session["status"] == "ended" else None
+
+
 def mouth_activity(images: list[np.ndarray], rest: np.ndarray) -> np.ndarray:
     """Per frame: how much the mouth region (the idle face's lip landmarks, 6 px around) changed since the
     previous frame, beyond what the region just above it (the nose: the head's own sway) changed. Any engine,
@@ -201,17 +206,7 @@ def test_a_killed_worker_ends_its_session_and_limits_and_tenancy_hold(deployment
             assert await peer.wait_frames(10, 30.0)
             deployment.worker.process.kill()  # the worker (and the emulated RunPod with it) dies
             before = peer.received.video_frames
-            ended = await asyncio.to_thread(
-                eventually,
-                lambda: (
-                    (s := httpx.get(f"{deployment.stack.url}/v1/sessions/{peer.session_id}", headers=ALICE).json())[
-                        "status"
-                    ]
-                    == "ended"
-                    and s
-                ),
-                15,
-            )
+            ended = await asyncio.to_thread(eventually, lambda: ended_session(deployment, peer.session_id), 15)
             await asyncio.sleep(1.0)
             after = peer.received.video_frames - before
             await peer.close(delete=False)
