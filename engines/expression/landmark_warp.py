@@ -11,20 +11,25 @@ import numpy as np
 from engines.errors import EngineError
 from engines.expression import FaceAnalysis, check_render_args, geometry, mouth, presets, register
 from engines.expression.warp import backward_maps
-from engines.face import FaceAnalyzer, FaceBox
+from engines.face import FaceAnalyzer, FaceBox, choose_face
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 DETECT_MAX_SIDE = 640  # faces are found on a copy at most this large; landmarks use the full image
 MIN_RELATIVE_SCORE = 0.5  # faces scoring under half the best detection are ignored
 NO_FACE_MESSAGE = "No face detected in image"
 
 
-def main_face(boxes: list[FaceBox]) -> FaceBox:
-    """The largest face among the confident ones: the detector also reports faint, sometimes larger, false hits."""
+def confident_faces(boxes: list[FaceBox]) -> list[FaceBox]:
+    """The confident faces: the detector also reports faint, sometimes larger, false hits."""
     best = max(b.score for b in boxes)
-    return max((b for b in boxes if b.score >= MIN_RELATIVE_SCORE * best), key=lambda b: b.area)
+    return [b for b in boxes if b.score >= MIN_RELATIVE_SCORE * best]
+
+
+def main_face(boxes: list[FaceBox]) -> FaceBox:
+    """The largest confident face."""
+    return max(confident_faces(boxes), key=lambda b: b.area)
 
 
 @register("landmark_warp")
@@ -36,7 +41,8 @@ class LandmarkWarpEngine:
     def __init__(self, faces: FaceAnalyzer) -> None:
         self._faces = faces
 
-    def _find_face(self, image_bgr: np.ndarray) -> FaceBox:
+    def _find_face(self, image_bgr: np.ndarray, face_index: int | None = None) -> tuple[FaceBox, int]:
+        """The largest confident face (or the ``face_index``-th largest) and how many confident faces there are."""
         h, w = image_bgr.shape[:2]
         scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
         small = image_bgr
@@ -45,22 +51,32 @@ class LandmarkWarpEngine:
         boxes = self._faces.detect(small) or self._faces.detect(small, upsample=1)
         if not boxes:
             raise EngineError("no_face", NO_FACE_MESSAGE)
-        b = main_face(boxes)
+        faces = confident_faces(boxes)
+        chosen = choose_face(faces, face_index)
+        if chosen is None:
+            raise EngineError(
+                "face_not_found",
+                f"`face_index` {face_index} asks for a face the image does not have: it has {len(faces)} "
+                f"(0 is the largest, {len(faces) - 1} the smallest)",
+            )
+        b = chosen[0]
         if scale == 1.0:
-            return b
-        return FaceBox(round(b.x1 / scale), round(b.y1 / scale), round(b.x2 / scale), round(b.y2 / scale), b.score)
+            return b, len(faces)
+        box = FaceBox(round(b.x1 / scale), round(b.y1 / scale), round(b.x2 / scale), round(b.y2 / scale), b.score)
+        return box, len(faces)
 
-    def analyze(self, image_bgr: np.ndarray) -> FaceAnalysis:
+    def analyze(self, image_bgr: np.ndarray, face_index: int | None = None) -> FaceAnalysis:
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
             raise EngineError("invalid_image", "Expected a BGR uint8 image.")
-        box = self._find_face(image_bgr)
+        box, faces_found = self._find_face(image_bgr, face_index)
         landmarks = self._faces.landmarks(image_bgr, box)
         frame = geometry.face_frame(landmarks)
         moving = geometry.moving_points(landmarks, frame)
         local = frame.to_local(moving)
         anchors = [geometry.hairline_anchors(landmarks, frame), geometry.anchor_ring(local, frame)]
         points = np.concatenate([moving, *anchors])
-        roi = geometry.roi_rect(points, frame, image_bgr.shape)
+        hull = geometry.face_hull(moving)
+        roi = geometry.roi_rect(hull, frame, image_bgr.shape)
         log.debug("face %s, inter-ocular %.1f px, warp ROI %s", box, frame.iod, roi)
         return FaceAnalysis(
             image=image_bgr,
@@ -72,8 +88,9 @@ class LandmarkWarpEngine:
             local=local,
             roi=roi,
             grid=geometry.coarse_grid(roi),
-            feather=geometry.feather_weights(roi, image_bgr.shape, geometry.ROI_MARGIN * frame.iod),
+            weight=geometry.hull_weights(hull, roi, geometry.HULL_MARGIN * frame.iod),
             mouth_colors=mouth.mouth_colors(image_bgr, landmarks),
+            faces_found=faces_found,
         )
 
     def moved_points(self, analysis: FaceAnalysis, emotion: str, intensity: float) -> np.ndarray:
@@ -88,7 +105,7 @@ class LandmarkWarpEngine:
         dst = self.moved_points(analysis, emotion, intensity)
         x1, y1, x2, y2 = analysis.roi
         map_x, map_y = backward_maps(
-            analysis.points, dst, analysis.grid, analysis.roi, analysis.feather, analysis.frame.iod
+            analysis.points, dst, analysis.grid, analysis.roi, analysis.weight, analysis.frame.iod
         )
         face = cv2.remap(analysis.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         out = analysis.image.copy()

@@ -2,8 +2,9 @@
 
 A smooth warp can only stretch what lies between the lips. Inside the moved inner-lip polygon each
 output pixel is instead taken from the source interior moved with the upper lip (upper teeth) or with
-the lower lip (lower teeth, jaw); what neither covers is the newly opened cavity: a dark colour with a
-tongue and, when the source mouth was closed, a soft hint of upper teeth.
+the lower lip (lower teeth, jaw); what neither covers is the newly opened cavity, shaded as the lip-sync
+engine shades it (``engines.lipsync.mouth``): a throat gradient, a tongue and, when the source mouth was
+closed, a row of upper teeth.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ import cv2
 import numpy as np
 
 from engines.expression import FaceFrame
+from engines.lipsync import mouth as shaded
 
 INNER_LIP = list(range(60, 68))  # a closed loop: corner, upper lip, corner, lower lip
 UPPER_CHAIN = [60, 61, 62, 63, 64]  # inner lip edges from corner to corner
 LOWER_CHAIN = [60, 67, 66, 65, 64]
 OUTER_LIP = list(range(48, 60))
-CAVITY_DARKNESS = 0.25  # cavity colour as a fraction of the lip colour
+CAVITY_DARKNESS = 0.35  # cavity colour as a fraction of the lip colour
 TEETH_BGR = np.array([212.0, 222.0, 228.0], np.float32)  # off-white, scaled by the skin's brightness
 MIN_MOTION = 0.005  # IOD: inner lips that moved less are left to the warp
 UPPER_SHARE = 0.8  # of the source's lip gap moving with the upper lip: visible teeth are mostly upper ones
-TONGUE_SHADE = 0.6  # tongue colour as a fraction of the lip colour
+TONGUE_SHADE = 0.8  # tongue colour as a fraction of the lip colour
 HINT_FADE_AREA = 0.03  # IOD^2: a source opening this large shows real teeth, so no painted hint
 EDGE_SIGMA = 0.6  # pixels: softness of the inner-lip edge
 
@@ -75,25 +77,14 @@ def _jaw_masks(shape, box_origin, src: np.ndarray, frame: FaceFrame) -> tuple[np
     return whole * above, whole * (1.0 - above)
 
 
-def _ellipse_layer(shape: tuple[int, int], centre: np.ndarray, axes: tuple[float, float], frame: FaceFrame):
-    layer = np.zeros(shape, np.float32)
-    angle = float(np.degrees(np.arctan2(frame.ex[1], frame.ex[0])))
-    size = (max(1, round(axes[0])), max(1, round(axes[1])))
-    cv2.ellipse(layer, (round(centre[0]), round(centre[1])), size, angle, 0, 360, 1.0, -1, cv2.LINE_AA)
-    return layer
-
-
 def _cavity(shape: tuple[int, int], dst: np.ndarray, frame: FaceFrame, colors, teeth_hint: float) -> np.ndarray:
-    """The open mouth's inside: dark, a tongue rising from the bottom, a soft band of upper teeth on top."""
+    """The open mouth's inside, shaded as the lip-sync engine shades it: a throat gradient, a tongue rising
+    from the bottom and, when the source mouth was closed, a row of upper teeth (``teeth_hint`` of them)."""
     width = float(np.hypot(*(dst[4] - dst[0])))
-    height = max(1.0, float(np.dot(dst[6] - dst[2], frame.ey)))
-    blur = max(0.8, 0.12 * height)
-    tongue = _ellipse_layer(shape, dst[6] + 0.05 * height * frame.ey, (0.32 * width, 0.3 * height), frame)
-    tongue = 0.8 * cv2.GaussianBlur(tongue, (0, 0), blur)[..., None]
-    teeth = _ellipse_layer(shape, dst[2] + 0.12 * height * frame.ey, (0.36 * width, 0.28 * height), frame)
-    teeth = 0.9 * teeth_hint * cv2.GaussianBlur(teeth, (0, 0), blur)[..., None]
-    inside = colors["cavity"] * (1.0 - tongue) + colors["tongue"] * tongue
-    return inside * (1.0 - teeth) + colors["teeth"] * teeth
+    gap = max(1.0, float(np.dot(dst[6] - dst[2], frame.ey)))
+    teeth = teeth_hint * min(shaded.TEETH_FRACTION * gap, shaded.TEETH_MAX * width)
+    palette = (colors["cavity"], colors["tongue"], colors["teeth"])
+    return shaded.shaded_interior(shape, dst, frame.ey, palette, teeth, width).astype(np.float32)
 
 
 def render_interior(

@@ -1,7 +1,7 @@
 """Dense backward warp from control-point motion: a thin-plate spline fitted from the moved points back
 to where they came from, evaluated on a coarse grid over the face ROI, upsampled with cv2.resize and
-applied with cv2.remap. The warp is multiplied by a feather weight so it fades to exactly zero at the
-ROI's inner edges.
+applied with cv2.remap. The warp is multiplied by a weight (the face hull's, ``geometry.hull_weights``)
+so it fades to exactly zero beyond the face.
 
 The linear algebra goes through OpenCV (cv2.solve, cv2.gemm): numpy's OpenBLAS starts threads for
 these small systems, which costs tens of milliseconds on a busy 2-core machine.
@@ -70,7 +70,7 @@ def backward_maps(
     dst: np.ndarray,
     grid: np.ndarray,
     roi: tuple[int, int, int, int],
-    feather: np.ndarray,
+    weight: np.ndarray,
     scale: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """cv2.remap maps (ROI-sized, absolute source coordinates) that move ``src`` points to ``dst``.
@@ -85,4 +85,4 @@ def backward_maps(
     dense = cv2.resize(coarse, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
     xs = np.arange(x1, x2, dtype=np.float32)
     ys = np.arange(y1, y2, dtype=np.float32)
-    return xs[None, :] + dense[..., 0] * feather, ys[:, None] + dense[..., 1] * feather
+    return xs[None, :] + dense[..., 0] * weight, ys[:, None] + dense[..., 1] * weight

@@ -2,8 +2,10 @@
 
 Per 25-fps frame a mouth shape comes from the phoneme timeline (text) or the audio (loudness and
 spectral shape); the avatar frame (ping-pong order) gets its jaw, chin and lips moved by a
-piecewise-affine warp and the opened mouth painted in (``engines.lipsync.warp``). Silent frames are
-the avatar's own frames, untouched. Nothing above the nose is ever modified.
+piecewise-affine warp and the opened mouth painted in (``engines.lipsync.warp``): with the avatar's own
+teeth and tongue when one of its frames shows an open mouth, else a shaded interior
+(``engines.lipsync.mouth``). Silent frames are the avatar's own frames, untouched. Nothing above the
+nose is ever modified.
 
 Per avatar frame precomputations (triangulation, basis fields, masks, colours) are cached across
 requests in a byte-bounded LRU keyed by the avatar's landmarks, so warm requests only warp. Avatars
@@ -24,13 +26,15 @@ import numpy as np
 from engines.errors import EngineError
 from engines.face import FaceAnalyzer, FaceBox
 from engines.lipsync import AvatarFrames, DrivingAudio, pingpong_index, register
+from engines.lipsync.mouth import MouthDonor, make_donor, most_open_frame
 from engines.lipsync.visemes import mouth_track_from_audio, mouth_track_from_phonemes
-from engines.lipsync.warp import MouthWarp, prepare_mouth_warp, render_mouth
+from engines.lipsync.warp import MouthWarp, face_axes, prepare_mouth_warp, render_mouth
 
 logger = logging.getLogger(__name__)
 
-VERSION = "1.0"
+VERSION = "1.1"
 WARP_CACHE_BYTES = 256 * 1024 * 1024
+DONOR_CACHE_AVATARS = 64  # avatars whose open-mouth donor (a small crop, or None) is kept
 MIN_SHAPE = 1e-3  # below this on every component the frame is shown as is
 
 
@@ -92,6 +96,8 @@ class VisemeWarpEngine:
     def __init__(self, faces: FaceAnalyzer, cache_bytes: int = WARP_CACHE_BYTES) -> None:
         self._faces = faces  # finds the mouth of avatars stored without landmarks.npy
         self._warps = WarpCache(cache_bytes)
+        self._donors: OrderedDict[str, MouthDonor | None] = OrderedDict()
+        self._donors_lock = threading.Lock()
 
     @classmethod
     def load(cls, faces: FaceAnalyzer) -> VisemeWarpEngine:
@@ -120,14 +126,33 @@ class VisemeWarpEngine:
         if float(np.max(shape)) < MIN_SHAPE:
             return frame
         key = frame_key or avatar_key(avatar, avatar.landmarks)
-        warp = self._warps.get((key, index), lambda: self._prepare(avatar, index, frame))
+        warp = self._warps.get((key, index), lambda: self._prepare(avatar, index, frame, key))
         return render_mouth(frame, warp, shape)
 
-    def _prepare(self, avatar: AvatarFrames, index: int, frame: np.ndarray) -> MouthWarp:
+    def _prepare(self, avatar: AvatarFrames, index: int, frame: np.ndarray, key: str) -> MouthWarp:
+        donor = self.mouth_donor(avatar, key)
         if avatar.landmarks is not None:
-            return prepare_mouth_warp(frame, avatar.landmarks[index])
+            return prepare_mouth_warp(frame, avatar.landmarks[index], donor)
         y1, y2, x1, x2 = (int(v) for v in avatar.coords[index])  # no landmarks.npy: find them in the stored box
-        return prepare_mouth_warp(frame, self._faces.landmarks(frame, FaceBox(x1, y1, x2, y2)))
+        return prepare_mouth_warp(frame, self._faces.landmarks(frame, FaceBox(x1, y1, x2, y2)), donor)
+
+    def mouth_donor(self, avatar: AvatarFrames, key: str) -> MouthDonor | None:
+        """The avatar's most open mouth, if a frame shows one (``engines.lipsync.mouth``); needs its landmarks."""
+        with self._donors_lock:
+            if key in self._donors:
+                self._donors.move_to_end(key)
+                return self._donors[key]
+        donor = None
+        index = None if avatar.landmarks is None else most_open_frame(avatar.landmarks)
+        if index is not None:
+            landmarks = avatar.landmarks[index]
+            donor = make_donor(avatar.frames[index], landmarks, face_axes(landmarks)[0])
+            logger.debug("avatar %s: inner mouth from frame %d", key[:8], index)
+        with self._donors_lock:
+            self._donors[key] = donor
+            while len(self._donors) > DONOR_CACHE_AVATARS:
+                self._donors.popitem(last=False)
+        return donor
 
 
 __all__ = ["VisemeWarpEngine", "WarpCache", "mouth_track"]

@@ -8,7 +8,8 @@ upsampling loses little) and a frame costs one weighted sum, one resize and one 
 
 The forward field d (source point p moves to p + d(p)) is inverted to first order: the pixel at q
 samples the source at q - d(q). That is exact where d is locally constant (the lower lip and chin move
-as a block) and only wrong inside the opened lip gap, which is repainted with the mouth interior.
+as a block) and only wrong inside the opened lip gap, which is repainted with the mouth interior
+(``engines.lipsync.mouth``: the avatar's own open mouth when it has one, else a shaded one with teeth).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from engines.lipsync import mouth
+from engines.lipsync.mouth import MouthDonor
 from engines.lipsync.piecewise_affine import border_anchors, displacement_fields, separate_points, warp_region
 
 # iBUG 300-W landmark indices.
@@ -50,14 +53,14 @@ ANCHOR_SPACING = 0.5  # mouth widths between fixed anchor points on the crop bor
 GRID_CELLS_PER_MOUTH = 24  # coarse grid resolution of the basis fields
 FEATHER = 0.12  # fraction of the crop over which the blend mask ramps up at its sides and bottom
 SPLIT_GAP = 1.0  # px between the two sides of the line where the lips part
+UPPER_TEETH_SHARE = 0.65  # of the source's lip gap above the split: teeth shown there are mostly upper ones
 
-# Mouth interior.
+# Mouth interior (``engines.lipsync.mouth``).
 MIN_GAP_PX = 0.75  # newly opened gap below which nothing is painted
 INTERIOR_FADE_IN = 0.08  # mouth widths of extra opening over which the interior fades in
-CAVITY_FROM_LIPS = np.array([0.3, 0.32, 0.5], dtype=np.float32)  # BGR: a deeper red than the lips ...
-CAVITY_SHADE = (0.6, 0.8)  # ... times 0.6 behind the teeth, rising by 0.8 toward the tongue at the bottom
-TEETH_BGR = np.array([200.0, 212.0, 222.0], dtype=np.float32)
-TEETH_FRACTION, TEETH_MAX = 0.32, 0.11  # teeth height: fraction of the gap, capped in mouth widths
+SHOWN_TEETH_PX = 3.0  # a source lip gap this wide shows the person's teeth: no painted ones under them
+CAVITY_FROM_LIPS = np.array([0.3, 0.32, 0.5], dtype=np.float32)  # BGR: a deeper red than the lips
+TEETH_BGR = np.array([214.0, 228.0, 238.0], dtype=np.float32)  # a warm off-white, scaled by the skin's light
 
 
 @dataclass
@@ -74,12 +77,19 @@ class MouthWarp:
     mouth_width: float
     source_gap: float  # px between the two sides of the split line in the source
     lip_gap: float  # px between the inner lips in the source (teeth may show there)
-    cavity_bgr: np.ndarray  # (3,) float32
+    lips_inner: np.ndarray  # (8, 2) float32 the inner-lip landmarks 60-67, crop coordinates
+    lips_inner_bases: np.ndarray  # (3, 8, 2) float32 their displacement per unit of each shape component
+    lips_bgr: np.ndarray  # (3,) float32
     teeth_bgr: np.ndarray  # (3,) float32
+    donor: MouthDonor | None = None  # the avatar's own open mouth, painted in when there is one
+
+    @property
+    def cavity_bgr(self) -> np.ndarray:
+        return self.lips_bgr * CAVITY_FROM_LIPS
 
     @property
     def nbytes(self) -> int:
-        return self.fields.nbytes + self.ramp_x.nbytes + self.ramp_y.nbytes + 512
+        return self.fields.nbytes + self.ramp_x.nbytes + self.ramp_y.nbytes + 1024
 
 
 def face_axes(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -131,10 +141,11 @@ def shape_bases(landmarks: np.ndarray) -> np.ndarray:
 def split_line(landmarks: np.ndarray, bases: np.ndarray, down: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Where the mouth opens: (8 polygon points, their (3, 8, 2) bases, inner-lip landmarks kept as controls).
 
-    The split runs through the middle of the source's lip gap, so whatever shows between the lips
-    (teeth of a smiling avatar) moves with its lip; the polygon 60, upper split x3, 64, lower split x3
-    encloses only the newly opened gap. Inner-lip landmarks closer than the split to each other are
-    dropped from the controls (they would coincide with the split points).
+    The split runs through the source's lip gap, UPPER_TEETH_SHARE of it down, so whatever shows between
+    the lips (the upper teeth of a smiling avatar) moves with the upper lip, the rest with the lower; the
+    polygon 60, upper split x3, 64, lower split x3 encloses only the newly opened gap. Inner-lip landmarks
+    closer than the split to each other are dropped from the controls (they would coincide with the split
+    points).
     """
     polygon = np.zeros((8, 2), dtype=np.float32)
     polygon_bases = np.zeros((3, 8, 2), dtype=np.float32)
@@ -142,7 +153,7 @@ def split_line(landmarks: np.ndarray, bases: np.ndarray, down: np.ndarray) -> tu
     polygon_bases[:, 0], polygon_bases[:, 4] = bases[:, 60], bases[:, 64]
     kept = [60, 64]
     for i, (upper, lower) in enumerate(zip(UPPER_INNER, LOWER_INNER, strict=True)):
-        mid = (landmarks[upper] + landmarks[lower]) / 2.0
+        mid = landmarks[upper] + UPPER_TEETH_SHARE * (landmarks[lower] - landmarks[upper])
         polygon[1 + i] = mid - down * (SPLIT_GAP / 2.0)
         polygon[7 - i] = mid + down * (SPLIT_GAP / 2.0)
         polygon_bases[:, 1 + i], polygon_bases[:, 7 - i] = bases[:, upper], bases[:, lower]
@@ -182,21 +193,18 @@ def _crop_rect(landmarks: np.ndarray, width: float, frame_size: tuple[int, int])
 
 
 def _lip_colours(frame: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(cavity, teeth) BGR colours matched to this face's lips and lighting."""
-    h, w = frame.shape[:2]
-    lower_lip = (landmarks[[56, 57, 58]] + landmarks[[65, 66, 67]]) / 2.0  # the lower lip's middle
-    xs = np.clip(np.round(lower_lip[:, 0]).astype(int), 0, w - 1)
-    ys = np.clip(np.round(lower_lip[:, 1]).astype(int), 0, h - 1)
-    lips = np.median(frame[ys, xs].astype(np.float32), axis=0)
+    """(lips, teeth) BGR colours matched to this face's lips and lighting."""
+    lips = mouth.lips_colour(frame, landmarks)
     x0, y0 = np.clip(landmarks[[2, 29]].min(axis=0).astype(int), 0, None)
     x1, y1 = landmarks[[14, 8]].max(axis=0).astype(int)
     skin = frame[y0 : max(y0 + 1, y1), x0 : max(x0 + 1, x1)].reshape(-1, 3).mean(axis=0)
     brightness = float(np.clip(skin.mean() / 150.0, 0.55, 1.1))
-    return lips * CAVITY_FROM_LIPS, TEETH_BGR * brightness
+    return lips, TEETH_BGR * brightness
 
 
-def prepare_mouth_warp(frame: np.ndarray, landmarks: np.ndarray) -> MouthWarp:
-    """Precompute the warp of one avatar frame (BGR) with its 68 landmarks (full-frame pixels)."""
+def prepare_mouth_warp(frame: np.ndarray, landmarks: np.ndarray, donor: MouthDonor | None = None) -> MouthWarp:
+    """Precompute the warp of one avatar frame (BGR) with its 68 landmarks (full-frame pixels); ``donor``: the
+    avatar's open mouth to paint into opened mouths (``engines.lipsync.mouth``), else a shaded one."""
     landmarks = np.asarray(landmarks, dtype=np.float32)
     down, _, _, width = face_axes(landmarks)
     x0, y0, x1, y1 = _crop_rect(landmarks, width, (frame.shape[1], frame.shape[0]))
@@ -214,7 +222,7 @@ def prepare_mouth_warp(frame: np.ndarray, landmarks: np.ndarray) -> MouthWarp:
     grid = (max(2, int(math.ceil(cw / step))), max(2, int(math.ceil(ch / step))))
     fields = displacement_fields(points, moves, (cw, ch), grid)
     nose_base = float(landmarks[33, 1]) - y0
-    cavity, teeth = _lip_colours(frame, landmarks)
+    lips, teeth = _lip_colours(frame, landmarks)
     return MouthWarp(
         crop=(x0, y0, x1, y1),
         fields=fields,
@@ -226,8 +234,11 @@ def prepare_mouth_warp(frame: np.ndarray, landmarks: np.ndarray) -> MouthWarp:
         mouth_width=width,
         source_gap=lip_gap(polygon, down),
         lip_gap=max(0.0, lip_gap(local[list(INNER_LIP)], down)),
-        cavity_bgr=cavity.astype(np.float32),
+        lips_inner=local[list(INNER_LIP)],
+        lips_inner_bases=np.ascontiguousarray(bases[:, list(INNER_LIP)]),
+        lips_bgr=lips.astype(np.float32),
         teeth_bgr=teeth.astype(np.float32),
+        donor=donor,
     )
 
 
@@ -245,58 +256,25 @@ def render_mouth(frame: np.ndarray, warp: MouthWarp, shape: np.ndarray) -> np.nd
 
 
 def paint_mouth_interior(warped: np.ndarray, warp: MouthWarp, shape: np.ndarray) -> None:
-    """Fill the newly opened part of the mouth with a dark cavity and a hint of upper teeth (in place)."""
-    polygon = warp.inner_lip + np.tensordot(shape.astype(np.float32), warp.inner_bases, axes=1)
-    gap = lip_gap(polygon, warp.down)
-    extra = gap - warp.source_gap
+    """Paint the inside of the opened mouth (in place): the avatar's own open mouth over the whole inner-lip
+    area when the warp has a donor, else a shaded interior in the newly opened gap."""
+    weights = shape.astype(np.float32)
+    split = warp.inner_lip + np.tensordot(weights, warp.inner_bases, axes=1)
+    extra = lip_gap(split, warp.down) - warp.source_gap
     if extra < MIN_GAP_PX:
         return
+    polygon = split if warp.donor is None else warp.lips_inner + np.tensordot(weights, warp.lips_inner_bases, axes=1)
     h, w = warped.shape[:2]
     lo = np.clip(np.floor(polygon.min(axis=0)).astype(int) - 1, 0, [w - 1, h - 1])
     hi = np.clip(np.ceil(polygon.max(axis=0)).astype(int) + 2, lo + 1, [w, h])
-    roi = warped[lo[1] : hi[1], lo[0] : hi[0]]
-    local = smooth_polygon(polygon - lo)
-    coverage = np.zeros(roi.shape[:2], dtype=np.uint8)
-    cv2.fillPoly(coverage, [np.round(local * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
-    strength = min(1.0, extra / (INTERIOR_FADE_IN * warp.mouth_width))
-    alpha = coverage.astype(np.float32) * (strength / 255.0)
-    interior = _interior(roi.shape[:2], polygon - lo, extra, warp)
-    roi[:] = cv2.blendLinear(interior, roi, alpha, 1.0 - alpha)
-
-
-def smooth_polygon(polygon: np.ndarray, iterations: int = 2) -> np.ndarray:
-    """Chaikin corner cutting of a closed polygon: lip outlines are curves, not zigzags."""
-    points = polygon
-    for _ in range(iterations):
-        following = np.roll(points, -1, axis=0)
-        points = np.stack([0.75 * points + 0.25 * following, 0.25 * points + 0.75 * following], axis=1)
-        points = points.reshape(-1, 2)
-    return points
-
-
-def _edge(poly: np.ndarray, order: list[int], xs: np.ndarray) -> np.ndarray:
-    pts = poly[order]
-    pts = pts[np.argsort(pts[:, 0], kind="stable")]
-    return np.interp(xs, pts[:, 0], pts[:, 1])
-
-
-def _interior(size: tuple[int, int], poly: np.ndarray, opening: float, warp: MouthWarp) -> np.ndarray:
-    """Cavity (darkest behind the teeth, lighter toward the tongue) and upper teeth below the split."""
-    h, w = size
-    xs = np.arange(w, dtype=np.float32)
-    upper = _edge(poly, [0, 1, 2, 3, 4], xs)[None, :]
-    lower = _edge(poly, [0, 7, 6, 5, 4], xs)[None, :]
-    ys = np.arange(h, dtype=np.float32)[:, None]
-    depth = np.clip((ys - upper) / np.maximum(lower - upper, 1.0), 0.0, 1.0)
-    shade = CAVITY_SHADE[0] + CAVITY_SHADE[1] * np.clip((depth - 0.5) / 0.5, 0.0, 1.0) ** 1.5
-    shown = warp.lip_gap / 2.0  # upper teeth the source already shows above the split
-    wanted = min(TEETH_FRACTION * (opening + warp.lip_gap), TEETH_MAX * warp.mouth_width)
-    teeth_height = max(0.0, wanted - shown)
-    teeth_weight = np.clip((teeth_height - (ys - upper)) / 1.5, 0.0, 1.0)
-    half = max((poly[4, 0] - poly[0, 0]) / 2.0, 1.0)
-    across = (xs - (poly[0, 0] + poly[4, 0]) / 2.0) / half
-    teeth_shade = np.clip(1.0 - 0.5 * across**2, 0.4, 1.0)[None, :]
-    cavity = shade[..., None] * warp.cavity_bgr
-    teeth = teeth_shade[..., None] * warp.teeth_bgr
-    image = cavity + teeth_weight[..., None] * (teeth - cavity)
-    return np.clip(image, 0, 255).astype(np.uint8)
+    region = warped[lo[1] : hi[1], lo[0] : hi[0]]
+    local = polygon - lo
+    if warp.donor is not None:
+        interior = mouth.donor_interior(region.shape[:2], local, warp.down, warp.donor, warp.lips_bgr)
+    else:
+        shows_teeth = warp.lip_gap >= SHOWN_TEETH_PX  # the person's own upper teeth are already above the split
+        teeth = 0.0 if shows_teeth else min(mouth.TEETH_FRACTION * extra, mouth.TEETH_MAX * warp.mouth_width)
+        tongue = warp.lips_bgr * mouth.TONGUE_LIFT
+        colours = (warp.cavity_bgr, tongue, warp.teeth_bgr)
+        interior = mouth.shaded_interior(region.shape[:2], local, warp.down, colours, teeth, warp.mouth_width)
+    mouth.paint(region, local, interior, min(1.0, extra / (INTERIOR_FADE_IN * warp.mouth_width)))

@@ -128,8 +128,7 @@ def _client_routes(router: APIRouter, ctx: ApiContext, sessions: LiveSessions) -
         """Start a live session on a worker (`BACKEND_LIVE_SESSION`) and answer the browser's WebRTC offer once the
         worker's answer arrives: a 25 fps video and an Opus audio track of the avatar. Speak with `/say`, a
         data-channel message (text, or JSON `{"text", "voice"}`) or the offer's audio track."""
-        fields = body.model_dump(mode="json", exclude_none=True)
-        ctx.check_inputs(caller, fields)
+        fields = ctx.check_inputs(caller, body.model_dump(mode="json", exclude_none=True))
         session, answer = await sessions.create(fields, control_base(request, ctx, sessions))
         return SessionAnswer(session_id=session.session_id, answer=answer)
 

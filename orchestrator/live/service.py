@@ -139,7 +139,7 @@ class LiveSessions:
         session = await to_thread.run_sync(self.store.reserve, row, *caps)
         started = time.monotonic()
         try:
-            stored = await to_thread.run_sync(self.jobs.stage_inputs, task, user_id)
+            stored = await to_thread.run_sync(self.jobs.stage_inputs, task)
             sent = {**stored, "control": control}
             job = await to_thread.run_sync(
                 self.jobs.start_validated, LIVE_TASK, {**stored, "control": {**control, "token": MASK}}, user_id, sent

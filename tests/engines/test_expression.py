@@ -10,7 +10,7 @@ from engines.errors import EngineError
 from engines.expression import DEFAULT_ENGINE, EMOTIONS, encode_image, fit_max_side, load_expression_engine, presets
 from engines.expression.landmark_warp import main_face
 from engines.face import FaceBox, load_face_analyzer
-from tests.media import ASTRONAUT_FACE_CENTER, astronaut_bgr, coffee_bgr
+from tests.media import ASTRONAUT_FACE_CENTER, astronaut_bgr, coffee_bgr, psnr
 
 INTENSITY = 0.7
 MIN_SHIFT_PX = 2.0  # dlib's landmarks are whole pixels: two of them is the smallest change we trust
@@ -43,6 +43,12 @@ EXPECTED = {
     "disgusted": [("upper_lip_y", -1)],
     "fearful": [("brows_y", -1), ("eye_opening", +1)],
 }
+
+
+# The CPU warp widens an eye by at most a fifth of its opening per unit of upper-lid raiser (a wider eye
+# would be a stretched iris: a dark blot), about a pixel on this 512-px portrait: its fear shows in the
+# raised brows and the dropped jaw instead.
+WARP_EXPECTED = {**EXPECTED, "fearful": [("brows_y", -1), ("mouth_open", +1)]}
 
 
 @pytest.fixture(scope="module")
@@ -80,17 +86,12 @@ def detector_noise(source, source_features) -> dict[str, float]:
     return noise
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
-
-
-@pytest.mark.parametrize("emotion", list(EXPECTED))
+@pytest.mark.parametrize("emotion", list(WARP_EXPECTED))
 def test_expression_shows_on_the_redetected_landmarks(
     engine, analysis, source_features, detector_noise, emotion
 ) -> None:
     rendered = features(landmarks(engine.render(analysis, emotion, INTENSITY)))
-    for name, direction in EXPECTED[emotion]:
+    for name, direction in WARP_EXPECTED[emotion]:
         change = (rendered[name] - source_features[name]) * direction
         needed = max(MIN_SHIFT_PX, 2.0 * detector_noise[name])
         assert change >= needed, f"{emotion}: {name} moved {change:+.2f} px the expected way, needed {needed:.2f}"

@@ -55,7 +55,7 @@ def test_single_emotion_from_a_data_uri(local_settings, portrait_uri, runtime: W
     assert render["emotion"] == "happy" and render["intensity"] == 0.7
     assert render["uri"].endswith("/emotions/u1/r1_happy.png")
     assert (render["width"], render["height"]) == (512, 512) and render["latency_ms"] > 0
-    assert result["engine"] == {"name": "landmark_warp", "version": "1.0.0"} and result["gpu_used"] is False
+    assert result["engine"] == {"name": "landmark_warp", "version": "1.1.0"} and result["gpu_used"] is False
     image = decode(render["uri"])
     assert image.shape == (512, 512, 3) and np.any(image != astronaut_bgr())
     assert stored_files(local_settings) == ["emotions/u1/r1_happy.png"]

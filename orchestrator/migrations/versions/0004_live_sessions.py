@@ -1,16 +1,16 @@
 """Live sessions on the workers: the ``sessions`` table (state, control token hash, answer, heartbeat, end) and
 ``session_commands`` (what each session's worker is told to do and what it answered).
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-15
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
