@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from handlers.errors import CodedError
+from handlers.schemas import LIVE_SESSION_TASK
 from orchestrator.config import BackendKind
 
 
@@ -29,7 +30,7 @@ class JobStatus(str, Enum):
 
 # Tasks whose job runs once only: a live session's peer connection and control token belong to its first run,
 # so a job of one found unsubmitted, or whose runner is gone, fails instead of running again.
-SINGLE_RUN_TASKS = frozenset({"live_session"})
+SINGLE_RUN_TASKS = frozenset({LIVE_SESSION_TASK})
 ACTIVE_STATUSES = frozenset({JobStatus.queued.value, JobStatus.running.value})
 FINISHED_STATUSES = frozenset(
     {JobStatus.completed.value, JobStatus.failed.value, JobStatus.cancelled.value, JobStatus.timed_out.value}

@@ -18,11 +18,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from handlers.schemas import (
-    MAX_TEXT_CHARS,
     IceServer,
     Identifier,
     LipSyncEngineName,
     LiveAnswer,
+    SayRequest,
     SessionCommands,
     SessionDescription,
     SessionEnd,
@@ -68,13 +68,6 @@ class SessionRequest(BaseModel):
 class SessionAnswer(BaseModel):
     session_id: str
     answer: SessionDescription
-
-
-class SayRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
-    voice: Voice | None = Field(None, description="Default: the session's voice.")
 
 
 class SayAnswer(BaseModel):
@@ -147,7 +140,8 @@ def _client_routes(router: APIRouter, ctx: ApiContext, sessions: LiveSessions) -
     @router.post("/v1/sessions/{session_id}/say", response_model=SayAnswer, tags=TAGS, summary="Make it speak")
     async def say(session_id: SessionIdPath, body: SayRequest, caller: Caller = Depends(ctx.authenticate)) -> SayAnswer:
         own(caller, session_id)
-        voice = body.voice.model_dump(mode="json") if body.voice is not None else None
+        # the same model as a data-channel message; a voice not given is the session's (the task's `voice`)
+        voice = body.voice.model_dump(mode="json") if "voice" in body.model_fields_set else None
         seconds = await sessions.say(session_id, body.text, voice)
         return SayAnswer(session_id=session_id, duration_s=round(seconds, 3))
 

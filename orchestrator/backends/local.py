@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import handlers
+from handlers.schemas import LIVE_SESSION_TASK
 from orchestrator.backends.base import Ownership, RemoteState, RemoteStatus, Submission
 from orchestrator.backends.errors import SubmitRejected
 from orchestrator.backends.worker_pool import TaskRunner, WorkerPool
@@ -36,7 +37,7 @@ from orchestrator.models import JobView
 
 log = logging.getLogger(__name__)
 
-SESSION_TASKS = frozenset({"live_session"})
+SESSION_TASKS = frozenset({LIVE_SESSION_TASK})
 MAX_FINISHED_RUNS = 1000  # finished results kept in memory for status() before the oldest are dropped
 
 _live_runners: set[str] = set()

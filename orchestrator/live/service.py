@@ -25,6 +25,7 @@ from anyio import to_thread
 
 from handlers.errors import TaskError
 from handlers.schemas import (
+    LIVE_SESSION_TASK,
     LiveAnswer,
     LiveSessionRequest,
     SessionCommand,
@@ -43,7 +44,6 @@ from orchestrator.service import JobService
 
 log = logging.getLogger(__name__)
 
-LIVE_TASK = "live_session"
 POLL_S = 0.25  # every wait re-reads the database this often, whatever notifications say
 MAX_COMMAND_WAIT_S = 30.0
 TURN_TTL_MARGIN_S = 600.0  # TURN credentials outlive the longest session by this much
@@ -110,7 +110,7 @@ class LiveSessions:
 
     @property
     def backend_kind(self) -> str:
-        return self.jobs.backend_for_task(LIVE_TASK).kind.value
+        return self.jobs.backend_for_task(LIVE_SESSION_TASK).kind.value
 
     def ice_servers(self, label: str) -> list[dict[str, Any]]:
         """The ICE servers for one peer, TURN credentials (TURN_SECRET) labelled ``label``."""
@@ -127,7 +127,7 @@ class LiveSessions:
             "max_duration_s": self.settings.realtime_max_duration_s,
             "idle_timeout_s": self.settings.realtime_idle_timeout_s,
         }
-        task = {**fields, "task": LIVE_TASK, "session_id": session_id, **limits}
+        task = {**fields, "task": LIVE_SESSION_TASK, "session_id": session_id, **limits}
         task["ice_servers"] = self.ice_servers(session_id)
         try:
             LiveSessionRequest.model_validate({**task, "control": control})
@@ -140,10 +140,8 @@ class LiveSessions:
         started = time.monotonic()
         try:
             stored = await to_thread.run_sync(self.jobs.stage_inputs, task)
-            sent = {**stored, "control": control}
-            job = await to_thread.run_sync(
-                self.jobs.start_validated, LIVE_TASK, {**stored, "control": {**control, "token": MASK}}, user_id, sent
-            )
+            sent, kept = {**stored, "control": control}, {**stored, "control": {**control, "token": MASK}}
+            job = await to_thread.run_sync(self.jobs.start_validated, LIVE_SESSION_TASK, kept, user_id, sent)
             await to_thread.run_sync(self.store.set_job, session_id, job.id)
             answer = await self._wait_answer(session_id, job.id)
         except BaseException as exc:

@@ -118,13 +118,15 @@ test("GET /v1/sessions/ice-servers, POST /v1/sessions, GET|DELETE /v1/sessions/{
     assert.match(err.message, /`avatar_id` or `image`/);
     return true;
   });
+  // each call is made only when awaited: a rejection made earlier and awaited later is an unhandled rejection
   const missing = "0".repeat(32);
-  for (const call of [
+  const calls = [
     () => client.say(missing, { text: "Hi." }),
     () => client.endSession(missing),
     () => client.getSession(missing),
     () => client.interrupt(missing),
-  ]) {
+  ];
+  for (const call of calls) {
     await assert.rejects(call(), (err: unknown) => {
       assert.ok(err instanceof AvatarApiError);
       assert.equal(err.status, 404);
