@@ -1227,12 +1227,15 @@ export interface components {
             /** Session Id */
             session_id: string;
         };
-        /** SayRequest */
+        /**
+         * SayRequest
+         * @description What a live avatar is asked to say: the body of `/say`, and of a data-channel message as JSON (a plain
+         *     text message is its `text`).
+         */
         SayRequest: {
             /** Text */
             text: string;
-            /** @description Default: the session's voice. */
-            voice?: components["schemas"]["Voice"] | null;
+            voice?: components["schemas"]["Voice"];
         };
         /** SeedGenerateAnswer */
         SeedGenerateAnswer: {
