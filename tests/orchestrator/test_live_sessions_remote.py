@@ -32,7 +32,7 @@ def emulated(db_url: str, local_settings) -> Iterator[tuple[LiveStack, object]]:
             backend_live_session=f"runpod:{ENDPOINT}",
             runpod_base_url=f"{emulator.url}/v2",
             realtime_answer_timeout_s=2.0,
-            realtime_heartbeat_timeout_s=1.5,
+            realtime_heartbeat_timeout_s=3.0,
             realtime_max_sessions_per_user=4,
             tenant_tokens={"alice-token": ["alice", SILENT]},
         )
