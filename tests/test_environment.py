@@ -91,6 +91,7 @@ VALUES = {
     "BACKEND_GENERATE_VIDEO": "modal:avatars/Worker",
     "BACKEND_RENDER_EMOTION": "runpod:ep-emotions",
     "BACKEND_HEALTH": "runpod:ep-health",
+    "BACKEND_LIVE_SESSION": "runpod:ep-live",
     "RUNPOD_API_KEY": "env-test-runpod",
     "RUNPOD_BASE_URL": "http://127.0.0.1:8090/v2",
     "AVATAR_TIMEOUT_S": "100",
@@ -131,6 +132,12 @@ VALUES = {
     "REALTIME_MAX_REPLY_BUFFER_BYTES": "4096",
     "REALTIME_MAX_MIC_LEAD_S": "1",
     "REALTIME_SPEECH_PIECE_CHARS": "120",
+    "REALTIME_ANSWER_TIMEOUT_S": "20",
+    "REALTIME_SAY_TIMEOUT_S": "10",
+    "REALTIME_HEARTBEAT_TIMEOUT_S": "12",
+    "REALTIME_SESSION_MEMORY_MB": "2048",
+    "ICE_SERVERS": '[{"urls": "stun:stun.example.com:3478"}]',
+    "TURN_SECRET": "env-test-turn",
 }
 
 
