@@ -930,7 +930,7 @@ export interface components {
          * LipSyncEngineName
          * @enum {string}
          */
-        LipSyncEngineName: "auto" | "liveportrait" | "musetalk" | "wav2lip96" | "wav2lip256" | "viseme_warp" | "d-id";
+        LipSyncEngineName: "auto" | "liveportrait" | "sadtalker" | "musetalk" | "wav2lip96" | "wav2lip256" | "viseme_warp" | "d-id";
         /**
          * LiveAnswer
          * @description Worker -> orchestrator: the SDP answer and the engine the session renders with.
@@ -1269,11 +1269,10 @@ export interface components {
             /** Audio Url */
             audio_url?: string | null;
             /**
-             * Driver
-             * @description `sadtalker` and `liveportrait` (seed names) run the `auto` lip-sync engine.
-             * @default sadtalker
+             * @description The lip-sync engine: seed 002's `sadtalker` and `liveportrait` run our in-process SadTalker and LivePortrait (their weights needed); omitted: `auto`.
+             * @default auto
              */
-            driver?: ("sadtalker" | "liveportrait") | components["schemas"]["LipSyncEngineName"];
+            driver?: components["schemas"]["LipSyncEngineName"];
             /**
              * Image B64
              * @description The portrait's bytes in base64.
