@@ -202,7 +202,10 @@ def generate(
     image: Annotated[str | None, typer.Option("--image", help="Portrait (file or URI) instead of an avatar.")] = None,
     text: Annotated[str | None, typer.Option("--text", help="Sentence to speak.")] = None,
     audio: Annotated[str | None, typer.Option("--audio", help="Speech audio (file or URI) instead of text.")] = None,
-    engine: Annotated[LipSyncEngineName, typer.Option("--engine")] = contract_default(GenerateVideoRequest, "engine"),
+    engine: Annotated[
+        LipSyncEngineName,
+        typer.Option("--engine", metavar="ENGINE", help=", ".join(e.value for e in LipSyncEngineName)),
+    ] = contract_default(GenerateVideoRequest, "engine"),
     voice_provider: Annotated[str | None, typer.Option("--voice-provider", help=", ".join(VOICE_PROVIDERS))] = None,
     voice: Annotated[str | None, typer.Option("--voice", help="Voice name (eSpeak: en-us).")] = None,
     user_id: UserOption = DEFAULT_USER_ID,

@@ -150,6 +150,8 @@ class LocalBackend:
         self._pool: WorkerPool | None = None
         self._session_pool: WorkerPool | None = None
         self._runs: OrderedDict[str, _Run] = OrderedDict()
+        # claimed in this process, not yet handed to submit: still ours (a claim writes the row before submit runs)
+        self._claimed: set[str] = set()
         self._lock = threading.Lock()
         self._closed = False
         with _live_lock:
@@ -188,6 +190,7 @@ class LocalBackend:
         with self._lock:
             self._runs[job.job_id] = run
             self._runs.move_to_end(job.job_id)
+            self._claimed.discard(job.job_id)
             self._evict_finished()
         (self.session_pool if job.task in SESSION_TASKS else self.pool).put(run)
         return job.job_id
@@ -206,6 +209,8 @@ class LocalBackend:
 
     def status(self, remote_id: str) -> RemoteStatus:
         run = self._runs.get(remote_id)
+        if run is None and remote_id in self._claimed:
+            return RemoteStatus(RemoteState.queued)  # claimed here, being handed over
         if run is None:
             return RemoteStatus(RemoteState.lost, error=f"Job {remote_id} is not running in this process.")
         if run.cancel.is_set() and (run.result is None or "error" in run.result):
@@ -223,6 +228,8 @@ class LocalBackend:
 
     def claim_values(self, job: JobView) -> dict[str, Any]:
         """A (re-)run starts from scratch in this process, which becomes the job's runner."""
+        with self._lock:
+            self._claimed.add(job.id)
         return {
             "endpoint": self.endpoint,
             "remote_id": job.id,
@@ -233,7 +240,7 @@ class LocalBackend:
 
     def ownership(self, job: JobView) -> Ownership:
         if job.endpoint == self.endpoint:
-            return Ownership.here if job.id in self._runs else Ownership.gone
+            return Ownership.here if job.id in self._runs or job.id in self._claimed else Ownership.gone
         return Ownership.gone if runner_is_gone(job.endpoint) or self._silent(job) else Ownership.elsewhere
 
     def _silent(self, job: JobView) -> bool:

@@ -34,3 +34,24 @@ def test_a_queued_job_does_not_make_the_local_backend_degraded(local_settings, t
     finally:
         release.touch()
         service.stop()
+
+
+def test_a_job_claimed_here_but_not_yet_handed_over_is_still_ours(local_settings, tmp_path: Path) -> None:  # noqa: ANN001
+    """Class: a refresh racing a submit. The claim writes the job's row (this runner's endpoint) before the backend
+    holds the run; a poll in between saw a job of this runner it did not hold and failed it as `worker_lost`
+    (8 racing live-session creates lost one that way)."""
+    from orchestrator.backends.base import Ownership
+    from orchestrator.models import JobEvent
+
+    settings = OrchestratorSettings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}", poll_interval_s=0.05)
+    local = LocalBackend(workers=1, settings=local_settings, run_task=dispatch_or_crash)
+    service = JobService(settings, backends={"health": local})
+    try:
+        job = service.submit("health", {}, start=False)  # stored, not claimed
+        claim = {"attempts": job.attempts + 1, **local.claim_values(job)}
+        assert service.store.transition(job.id, JobEvent.claim, claim, where={"attempts": job.attempts})
+        claimed = service.store.get(job.id)
+        assert local.ownership(claimed) is Ownership.here
+        assert service.lifecycle.refresh(claimed).status not in ("failed", "cancelled", "timed_out")
+    finally:
+        service.stop()
