@@ -10,12 +10,21 @@ TORCH_VERSION ?= 2.13.0
 CONSTRAINTS := constraints.txt
 UNPINNED := ^(\#|torch[a-z]*==|triton==|nvidia-|serverless-talking-head==)
 
-$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(PY)
 	# CPU torch first: a bare `torch` requirement would pull several GB of CUDA wheels.
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"
+	touch $@ $(VENV)/.demo-installed
+
+# What `make demo` runs, and only that: the project with its orchestrator and realtime extras (no torch, no test
+# tools), with pip's progress shown. `make setup` (the dev set) includes it.
+$(VENV)/.demo-installed: pyproject.toml $(CONSTRAINTS) | $(PY)
+	@echo "make demo: installing the demo's packages into $(VENV) (the project, its orchestrator and realtime extras)"
+	$(PY) -m pip install --progress-bar on -c $(CONSTRAINTS) -e ".[orchestrator,realtime]"
 	touch $@
 
 # The TypeScript client's npm packages (clients/typescript), when npm is installed.
@@ -36,9 +45,9 @@ client: setup
 	PYTHONPATH=. $(PY) $(CLIENT_DIR)/scripts/export_openapi.py > $(CLIENT_DIR)/openapi.json
 	cd $(CLIENT_DIR) && npm run --silent generate
 
-demo: setup
+# State goes to AVATARCTL_HOME (default ~/.local/share/avatarctl); the demo prints the commands that go on from it.
+demo: $(VENV)/.demo-installed
 	$(VENV)/bin/avatarctl demo
-	@echo "Live demo page: run '$(VENV)/bin/avatarctl serve' and open http://127.0.0.1:8000/"
 
 test: setup
 	@command -v node >/dev/null 2>&1 || echo "node not found: the TypeScript client's tests are skipped"
@@ -57,6 +66,7 @@ bench: setup
 	$(PY) bench/liveportrait.py --size 128 --frames 2
 	$(PY) bench/musetalk.py
 	$(PY) bench/coldstart.py
+	$(PY) bench/cli_still.py
 	$(PY) bench/orchestrator.py
 	$(PY) bench/faults.py
 	$(PY) bench/hostile.py

@@ -49,6 +49,11 @@ SDK_MODULE = "runpod.serverless"
 STREAM_ENV = "WORKER_STREAM"  # "1": serve the generator handler (streamed segments)
 
 ProgressSender = Callable[[dict[str, Any], dict[str, Any]], None]
+LOCAL_STORE_WARNING = (
+    "outputs are written to {uri}: a path inside this worker's container, which no caller can open and which is "
+    "lost when the worker stops. Set AVATAR_STORE_URI to an s3:// or gs:// bucket and give the worker its "
+    "credentials (images/README.md, 'Buckets')."
+)
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,23 @@ def init_worker() -> WorkerState:
             log.info("engines loaded in %.2f s: %s", time.perf_counter() - started, status)
             if _state.load_errors:
                 log.error("worker unhealthy, engines failed to load: %s", _state.load_errors)
+            for warning in store_warnings(None, runtime):
+                log.warning("NO BUCKET CONFIGURED: %s", warning)
         return _state
+
+
+def store_warnings(payload: Any, runtime: WorkerRuntime) -> list[str]:
+    """A warning when the job's outputs would stay on this worker's disk (a file:// store): RunPod workers are
+    containers whose disk nobody else reads, so results need a bucket."""
+    requested = payload.get("store") if isinstance(payload, dict) else None
+    uri = requested if isinstance(requested, str) else runtime.settings.avatar_store_uri
+    return [LOCAL_STORE_WARNING.format(uri=uri)] if uri.lower().startswith("file:") else []
+
+
+def with_warnings(result: dict[str, Any], payload: Any) -> dict[str, Any]:
+    """A successful result with ``warnings`` added when its outputs stayed inside the container."""
+    warnings = store_warnings(payload, init_worker().runtime)
+    return {**result, "warnings": [*result.get("warnings", []), *warnings]} if warnings else result
 
 
 class JobProgress:
@@ -174,7 +195,7 @@ def stream_handler(job: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if "error_code" in item:  # always the last item
             yield _finished(job, item, started)
             return
-        yield item
+        yield item if "index" in item else with_warnings(item, job.get("input"))  # segments carry an index
     log.info("job %s streamed in %.0f ms", job.get("id"), (time.perf_counter() - started) * 1000)
 
 
@@ -187,7 +208,7 @@ def _finished(job: dict[str, Any], result: dict[str, Any], started: float) -> di
         log.info("job %s (%s) failed in %.0f ms: %s", job.get("id"), task, elapsed_ms, result["error_code"])
         return failure(result["error_code"], result["error"])
     log.info("job %s (%s) done in %.0f ms", job.get("id"), task, elapsed_ms)
-    return result
+    return with_warnings(result, payload)
 
 
 def sdk_config() -> dict[str, Any]:

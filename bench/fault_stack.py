@@ -172,7 +172,7 @@ def stack(lease_s: float) -> Iterator[Stack]:
     client.put_object(
         Bucket=BUCKET, Key="uploads/faults/portrait.png", Body=cv2.imencode(".png", astronaut_bgr(256))[1].tobytes()
     )
-    emulator_app = create_emulator_app([ENDPOINT], workers=2)
+    emulator_app = create_emulator_app([ENDPOINT], workers=2, allow_private_webhooks=True)  # the API is local
     replicas = [Replica(i, {}) for i in range(REPLICAS)]
     with (
         fresh_schema(postgres_url()) as database_url,

@@ -131,6 +131,7 @@ def serving(args: list[str], env: dict[str, str], ready_path: str, port: int) ->
 def emulator(args: argparse.Namespace) -> Iterator[str]:
     port = free_port()
     command = ["emulate-runpod", "--endpoint-id", ENDPOINT, "--port", str(port), "--workers", str(args.workers)]
+    command.append("--allow-private-webhooks")  # the API it calls back is on this machine
     with serving([*command, "--log-level", "warning"], {}, f"/v2/{ENDPOINT}/health", port) as url:
         # warm-up: the first job imports the task modules; that is the worker's cold start, not measured here
         httpx.post(f"{url}/v2/{ENDPOINT}/runsync", json={"input": {"task": "health"}}, timeout=60).raise_for_status()

@@ -21,3 +21,6 @@ VOICE_PROVIDER_MODULES = {
 }
 VOICE_PROVIDERS = tuple(VOICE_PROVIDER_MODULES)
 DEFAULT_VOICE_PROVIDER = "espeak"
+
+# A photo with several faces: face_index 0 is the largest; at most this index.
+MAX_FACE_INDEX = 31

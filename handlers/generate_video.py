@@ -124,6 +124,8 @@ def stream(
         timings_ms=timings,
         engine=engine_info,
         playlist=playlist,
+        faces_found=avatar.faces_found,
+        face_index=(request.face_index or 0) if request.image is not None else None,
     )
 
 
@@ -134,7 +136,9 @@ def _avatar(
     request: GenerateVideoRequest, store: storage.ObjectStore, runtime: WorkerRuntime, work: Path, holds: ExitStack
 ) -> AvatarFrames:
     """The avatar's frames; a stored avatar's folder stays held (unchanged on disk) until ``holds`` closes."""
-    return avatar_frames(request.user_id, request.avatar_id, request.image, store, runtime, work, holds)
+    return avatar_frames(
+        request.user_id, request.avatar_id, request.image, store, runtime, work, holds, face_index=request.face_index
+    )
 
 
 def avatar_frames(
@@ -146,13 +150,18 @@ def avatar_frames(
     work: Path,
     holds: ExitStack,
     portrait_max_side: int = PORTRAIT_MAX_SIDE,
+    face_index: int | None = None,
 ) -> AvatarFrames:
-    """A stored avatar's frames (its folder held until ``holds`` closes), else the portrait ``image`` animated."""
+    """A stored avatar's frames (its folder held until ``holds`` closes), else the portrait ``image`` animated
+    (its largest face, or the ``face_index``-th largest)."""
     if image is not None:
-        return _portrait_avatar(image, runtime, work, portrait_max_side)
-    storage.check_input_allowed(store.uri(avatar_key(user_id, avatar_id or "")), runtime.settings.input_storage)
+        return _portrait_avatar(image, runtime, work, portrait_max_side, face_index)
+    # the TAR in the request's store is an input like any other (its store root was normalised when opened)
+    storage.check_input_uri(
+        store.uri(avatar_key(user_id, avatar_id or "")), runtime.settings.input_policy, what="avatar"
+    )
     cache = open_cache(runtime.settings.avatar_local_path, runtime.settings.avatar_revalidate_s)
-    path = holds.enter_context(cache.acquire(store, user_id, avatar_id or ""))
+    path = holds.enter_context(cache.acquire(store, user_id, avatar_id or "", runtime.settings.hand_placed_avatars))
     return stored_avatar(load_avatar(path), runtime.engines.frames)
 
 
@@ -175,11 +184,13 @@ def stored_avatar(loaded: LoadedAvatar, frame_cache: FrameCache) -> AvatarFrames
     )
 
 
-def _portrait_avatar(uri: str, runtime: WorkerRuntime, work: Path, max_side: int) -> AvatarFrames:
+def _portrait_avatar(
+    uri: str, runtime: WorkerRuntime, work: Path, max_side: int, face_index: int | None = None
+) -> AvatarFrames:
     from engines.lipsync.portrait_avatar import build_portrait_avatar
 
     image = read_image(fetch_image(uri, runtime.settings, work), runtime.settings, max_side)
-    return build_portrait_avatar(image, runtime.engines.face_analyzer())
+    return build_portrait_avatar(image, runtime.engines.face_analyzer(), face_index=face_index)
 
 
 # ---- speech ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 from handlers.schemas import StoredObject
 from handlers.settings import Settings
 from storage import ObjectStore, StorageError, open_store
+from storage.access import check_store_uri, normalise_prefixes, normalise_root
 
 log = logging.getLogger(__name__)
 
@@ -16,13 +17,19 @@ log = logging.getLogger(__name__)
 def resolve_store(request_store: str | None, settings: Settings) -> ObjectStore:
     """The store named by the request, else ``AVATAR_STORE_URI`` (the operator's, so a file:// one is allowed).
 
-    A request's file:// store is the worker's own disk: refused when ALLOW_FILE_URIS=0, as file:// inputs are."""
-    if request_store is not None and request_store.lower().startswith("file:") and not settings.storage.allow_file_uris:
+    A request's file:// store is the worker's own disk: refused when ALLOW_FILE_URIS=0, as file:// inputs are.
+    A request's store is normalised first, and must lie under ALLOWED_STORE_PREFIXES when that is set."""
+    if request_store is None:
+        return open_store(settings.avatar_store_uri, settings.storage)
+    if request_store.lower().startswith("file:") and not settings.storage.allow_file_uris:
         raise StorageError(
             "url_refused",
             f"`store` {request_store[:80]!r} is on this worker's disk; file:// is disabled (ALLOW_FILE_URIS)",
         )
-    return open_store(request_store or settings.avatar_store_uri, settings.storage)
+    allowed: tuple[str, ...] = ()
+    if settings.storage.store_prefixes:
+        allowed = (*normalise_prefixes(settings.storage.store_prefixes), normalise_root(settings.avatar_store_uri))
+    return open_store(check_store_uri(request_store, allowed), settings.storage)
 
 
 def upload(

@@ -29,8 +29,10 @@ from handlers.outputs import new_id, resolve_store, upload
 from handlers.runtime import WorkerRuntime
 from handlers.schemas import EmotionRender, RenderEmotionRequest, RenderEmotionResult
 from handlers.settings import Settings
-from storage import ObjectStore
-from storage.keys import emotion_key
+from storage import ObjectStore, check_input_uri
+from storage.avatar.cache import open_cache
+from storage.avatar.validate import load_avatar
+from storage.keys import avatar_key, emotion_key
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +58,35 @@ def run(request: RenderEmotionRequest, runtime: WorkerRuntime, progress: Progres
     with tempfile.TemporaryDirectory(prefix="render-emotion-") as tmp:
         work = Path(tmp)
         progress("fetch", STAGE_START["fetch"])
-        image = read_image(fetch_image(request.image, settings, work), settings, settings.emotion_max_side)
+        image = _portrait(request, store, runtime, work)
         progress("analyze", STAGE_START["analyze"])
-        stills = _render_all(engine, image, request, work, progress)
+        stills, faces_found = _render_all(engine, image, request, work, progress)
         progress("upload", STAGE_START["upload"])
         renders = _upload_all(store, stills, request, render_id, settings)
     progress("done", 1.0)
     engine_info = {"name": engine.name, "version": engine.version}
-    return RenderEmotionResult(renders=renders, engine=engine_info, gpu_used=engine.gpu)
+    if faces_found > 1:
+        log.info("the image has %d faces: rendered face %d (0 = the largest)", faces_found, request.face_index or 0)
+    return RenderEmotionResult(
+        renders=renders,
+        engine=engine_info,
+        gpu_used=engine.gpu,
+        faces_found=faces_found,
+        face_index=request.face_index or 0,
+    )
+
+
+def _portrait(request: RenderEmotionRequest, store: ObjectStore, runtime: WorkerRuntime, work: Path) -> np.ndarray:
+    """The request's image, or its avatar's first frame (from the local avatar cache, fetched when missing)."""
+    settings = runtime.settings
+    if request.image is not None:
+        return read_image(fetch_image(request.image, settings, work), settings, settings.emotion_max_side)
+    avatar_id = request.avatar_id or ""
+    check_input_uri(store.uri(avatar_key(request.user_id, avatar_id)), settings.input_policy, what="avatar")
+    cache = open_cache(settings.avatar_local_path, settings.avatar_revalidate_s)
+    with cache.acquire(store, request.user_id, avatar_id, settings.hand_placed_avatars) as path:
+        first_frame = load_avatar(path).full_frame_paths[0]
+        return read_image(first_frame, settings, settings.emotion_max_side)
 
 
 def output_format(request: RenderEmotionRequest) -> str:
@@ -72,10 +95,11 @@ def output_format(request: RenderEmotionRequest) -> str:
 
 def _render_all(
     engine: ExpressionEngine, image: np.ndarray, request: RenderEmotionRequest, work: Path, progress: Progress
-) -> list[tuple[str, Path, int, int, float]]:
-    """(emotion, encoded file, width, height, latency ms) per emotion, all written under ``work``."""
+) -> tuple[list[tuple[str, Path, int, int, float]], int]:
+    """(emotion, encoded file, width, height, latency ms) per emotion, all written under ``work``; and the number
+    of faces in the image."""
     started = time.perf_counter()
-    analysis = engine.analyze(image)
+    analysis = engine.analyze(image, request.face_index)
     emotions = request.emotion_list
     stills = []
     for i, emotion in enumerate(emotions):
@@ -87,7 +111,7 @@ def _render_all(
         started = finished
         span = STAGE_START["upload"] - STAGE_START["render"]
         progress("render", STAGE_START["render"] + span * (i + 1) / len(emotions))
-    return stills
+    return stills, analysis.faces_found
 
 
 def _upload_all(

@@ -8,12 +8,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from engines.constants import DEFAULT_VOICE_PROVIDER, EMOTIONS, IMAGE_CONTENT_TYPES, VOICE_PROVIDERS
+from engines.constants import DEFAULT_VOICE_PROVIDER, EMOTIONS, IMAGE_CONTENT_TYPES, MAX_FACE_INDEX, VOICE_PROVIDERS
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 DEFAULT_USER_ID = "default"  # the user of requests that name none (the seeds' routes, the CLIs)
 MAX_TEXT_CHARS = 5000
 URI_SCHEMES = ("s3://", "gs://", "file://", "https://", "http://", "data:")
+
+FACE_INDEX_HELP = (
+    "Which face of a photo with several: 0 = the largest (the default), 1 = the next largest, ... "
+    "The result says how many it has (`faces_found`) and which one was used (`face_index`)."
+)
 
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 """Avatar, user, video and render ids: letters, digits, `_` and `-`, 1 to 64 characters."""
@@ -79,7 +84,8 @@ class TaskRequest(_Strict):
 
     task: TaskName
     store: str | None = Field(
-        None, description="Root URI of the object store; None means env AVATAR_STORE_URI, else file://./var/store."
+        None,
+        description="Root URI of the object store; None means env AVATAR_STORE_URI, else file://{AVATARCTL_HOME}/store.",
     )
 
     @model_validator(mode="after")
@@ -148,6 +154,7 @@ class GenerateVideoRequest(TaskRequest):
     voice: Voice = Field(default_factory=Voice)
     engine: LipSyncEngineName = LipSyncEngineName.auto
     video_id: Identifier | None = Field(None, description="Output id; generated when absent.")
+    face_index: int | None = Field(None, ge=0, le=MAX_FACE_INDEX, description=FACE_INDEX_HELP + " With `image` only.")
     stream: bool = Field(
         False,
         description="Also store the video as fMP4 segments plus an HLS playlist while it renders "
@@ -158,6 +165,8 @@ class GenerateVideoRequest(TaskRequest):
     def _one_source_each(self) -> "GenerateVideoRequest":
         require_one_of(self, "avatar_id", "image")
         require_one_of(self, "text", "audio")
+        if self.face_index is not None and self.image is None:
+            raise ValueError("`face_index` picks a face of `image`; an avatar has one face already")
         if self.text is not None and not self.text.strip():
             raise ValueError("`text` is empty: give the sentence to speak")
         for uri in (self.image, self.audio):
@@ -169,18 +178,24 @@ class GenerateVideoRequest(TaskRequest):
 class RenderEmotionRequest(TaskRequest):
     task: Literal[TaskName.render_emotion] = TaskName.render_emotion
     user_id: Identifier
-    image: str = Field(description="Portrait URI or data: base64 URI.")
+    image: str | None = Field(None, description="Portrait URI or data: base64 URI.")
+    avatar_id: Identifier | None = Field(
+        None, description="Instead of `image`: this user's avatar (its first frame is the portrait)."
+    )
     emotion: Emotion | None = None
     emotions: list[Emotion] | None = Field(None, min_length=1, max_length=7)
     intensity: float = Field(0.7, ge=0.0, le=1.0)
     output_format: ImageFormat = ImageFormat.png
     render_id: Identifier | None = Field(None, description="Output id prefix; generated when absent.")
     engine: ExpressionEngineName = ExpressionEngineName.auto
+    face_index: int | None = Field(None, ge=0, le=MAX_FACE_INDEX, description=FACE_INDEX_HELP)
 
     @model_validator(mode="after")
     def _one_emotion_field(self) -> "RenderEmotionRequest":
         require_one_of(self, "emotion", "emotions")
-        _check_uri(self.image)
+        require_one_of(self, "image", "avatar_id")
+        if self.image is not None:
+            _check_uri(self.image)
         return self
 
     @property
@@ -363,6 +378,12 @@ class GenerateVideoResult(BaseModel):
         description="The HLS playlist (ended) of a `stream: true` request; absent otherwise.",
         exclude_if=lambda value: value is None,
     )
+    faces_found: int | None = Field(
+        None, description="With `image`: the faces in it.", exclude_if=lambda value: value is None
+    )
+    face_index: int | None = Field(
+        None, description="With `image`: the face animated (0 = the largest).", exclude_if=lambda value: value is None
+    )
 
 
 class StreamSegment(BaseModel):
@@ -390,3 +411,5 @@ class RenderEmotionResult(BaseModel):
     renders: list[EmotionRender]
     engine: dict[str, Any]
     gpu_used: bool
+    faces_found: int = Field(1, description="The faces in the image.")
+    face_index: int = Field(0, description="The face rendered (0 = the largest).")

@@ -1,12 +1,28 @@
-"""One settings object for the handlers, built from the environment at start-up and passed in."""
+"""One settings object for the handlers, built from the environment at start-up and passed in.
 
+State (the file:// store, the avatar cache, weights; the orchestrator adds its job database and secrets) lives
+under one folder that does not depend on the current directory: ``AVATARCTL_HOME``, by default
+``$XDG_DATA_HOME/avatarctl`` (``~/.local/share/avatarctl``). Each path's own variable still wins.
+"""
+
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage.access import InputPolicy
 from storage.config import StorageSettings
+
+LIVEPORTRAIT_INPUT_SIZES = (128, 256, 384, 512)
+HOME_ENV = "AVATARCTL_HOME"
+
+
+def default_home() -> Path:
+    """``$XDG_DATA_HOME/avatarctl``, else ``~/.local/share/avatarctl`` (AVATARCTL_HOME overrides it)."""
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "avatarctl"
 
 
 def store_root_uri(root_uri: str) -> str:
@@ -23,11 +39,20 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    avatar_store_uri: str = Field("file://./var/store", validation_alias=AliasChoices("AVATAR_STORE_URI"))
-    avatar_local_path: Path = Field(Path("./var/avatars"), validation_alias=AliasChoices("AVATAR_LOCAL_PATH"))
+    # Who may use avatars placed by hand in AVATAR_LOCAL_PATH/{avatar_id} (LiveTalking's layout): `all` (one
+    # tenant; a `.{avatar_id}.users` file beside a folder still limits it to the users it lists), `owned` (only
+    # folders with such a file, for those users), `none` (avatars come from the store only).
+    hand_placed_avatars: Literal["all", "owned", "none"] = Field(
+        "all", validation_alias=AliasChoices("HAND_PLACED_AVATARS")
+    )
+    # Where state lives unless a path's own variable says otherwise (see the module docstring).
+    avatarctl_home: Path = Field(default_factory=default_home, validation_alias=AliasChoices(HOME_ENV))
+    # "" = under AVATARCTL_HOME: file://{home}/store, {home}/avatars, {home}/weights.
+    avatar_store_uri: str = Field("", validation_alias=AliasChoices("AVATAR_STORE_URI"))
+    avatar_local_path: Path = Field(Path(""), validation_alias=AliasChoices("AVATAR_LOCAL_PATH"))
     # Seconds between checks that a cached avatar's TAR is unchanged in the store (0: every request).
     avatar_revalidate_s: float = Field(30.0, ge=0, validation_alias=AliasChoices("AVATAR_REVALIDATE_S"))
-    weights_dir: Path = Field(Path("./var/weights"), validation_alias=AliasChoices("WEIGHTS_DIR"))
+    weights_dir: Path = Field(Path(""), validation_alias=AliasChoices("WEIGHTS_DIR"))
     wav2lip96_checkpoint: Path | None = Field(None, validation_alias=AliasChoices("WAV2LIP96_CHECKPOINT"))
     wav2lip256_checkpoint: Path | None = Field(None, validation_alias=AliasChoices("WAV2LIP256_CHECKPOINT"))
     # auto: fp16 on CUDA, bf16 on CPUs with native bf16 (2.6-2.9x faster, <= ~1 grey level off fp32), else fp32.
@@ -41,9 +66,8 @@ class Settings(BaseSettings):
     liveportrait_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", validation_alias=AliasChoices("LIVEPORTRAIT_PRECISION")
     )
-    liveportrait_input_size: Literal[128, 256, 384, 512] = Field(
-        256, validation_alias=AliasChoices("LIVEPORTRAIT_INPUT_SIZE")
-    )
+    # an int checked against the sizes (a Literal of ints would refuse "256" as the environment spells it)
+    liveportrait_input_size: int = Field(256, validation_alias=AliasChoices("LIVEPORTRAIT_INPUT_SIZE"))
     musetalk_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", validation_alias=AliasChoices("MUSETALK_PRECISION")
     )
@@ -80,6 +104,24 @@ class Settings(BaseSettings):
 
     storage: StorageSettings = Field(default_factory=StorageSettings)
 
+    @field_validator("liveportrait_input_size")
+    @classmethod
+    def _input_size(cls, size: int) -> int:
+        if size not in LIVEPORTRAIT_INPUT_SIZES:
+            raise ValueError(f"LIVEPORTRAIT_INPUT_SIZE must be one of {', '.join(map(str, LIVEPORTRAIT_INPUT_SIZES))}")
+        return size
+
+    @model_validator(mode="after")
+    def _paths_under_home(self) -> "Settings":
+        self.avatarctl_home = self.avatarctl_home.expanduser().absolute()
+        if not self.avatar_store_uri:
+            self.avatar_store_uri = (self.avatarctl_home / "store").as_uri()
+        if self.avatar_local_path == Path(""):
+            self.avatar_local_path = self.avatarctl_home / "avatars"
+        if self.weights_dir == Path(""):
+            self.weights_dir = self.avatarctl_home / "weights"
+        return self
+
     @property
     def input_storage(self) -> StorageSettings:
         """The storage settings inputs are read with: when ALLOWED_INPUT_PREFIXES is set, the configured store
@@ -88,6 +130,11 @@ class Settings(BaseSettings):
             return self.storage
         prefixes = f"{self.storage.allowed_input_prefixes},{store_root_uri(self.avatar_store_uri)}/"
         return self.storage.model_copy(update={"allowed_input_prefixes": prefixes})
+
+    @property
+    def input_policy(self) -> InputPolicy:
+        """What this worker may read (``storage.access``): ``input_storage``'s prefixes and ALLOW_FILE_URIS."""
+        return InputPolicy.from_settings(self.input_storage)
 
     @property
     def served_tasks(self) -> list[str]:

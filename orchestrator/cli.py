@@ -24,6 +24,7 @@ from handlers.schemas import (
     DEFAULT_USER_ID,
     URI_SCHEMES,
     VOICE_PROVIDERS,
+    AvatarModel,
     Emotion,
     GenerateVideoRequest,
     ImageFormat,
@@ -39,20 +40,23 @@ from orchestrator.console import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_STILL_RUNNING,
+    FaceIndexOption,
     JsonOption,
+    OutputOption,
     StoreOption,
     TimeoutOption,
     UserOption,
     WaitOption,
     err,
-    fail,
     follow_job,
     handled_errors,
     job_service,
     print_job,
     print_rows,
     progress_of,
+    save_outputs,
     wait_with_progress,
+    watch_with_progress,
 )
 from orchestrator.models import JobStatus, JobView
 from orchestrator.uploads import UploadKind, upload_file
@@ -66,6 +70,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: wraps to the terminal's width, never truncates option names
 )
 jobs_app = typer.Typer(help="List, show, wait for and cancel jobs.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
@@ -91,24 +96,39 @@ def exit_code(job: JobView) -> int:
 
 
 def run_job(
-    task: str, payload: dict[str, Any], *, wait: bool, timeout_s: float | None, as_json: bool, follow: bool = False
+    task: str,
+    payload: dict[str, Any],
+    *,
+    wait: bool,
+    timeout_s: float | None,
+    as_json: bool,
+    follow: bool = False,
+    output: Path | None = None,
 ) -> None:
-    """Submit a job, wait for it unless told not to (``follow``: printing its events), print it, exit with its code."""
+    """Submit a job, wait for it unless told not to (``follow``: printing its events), print it, save its outputs
+    to ``output`` when given, exit with its code. A local job goes to a running replica (``avatarctl serve`` or
+    ``work``, whose worker processes are warm) when one beats on the database, else runs in this process."""
     with job_service() as service:
+        local = service.backend_for_task(task).kind is BackendKind.local
+        handed = local and service.replica_running()
         # a local job nobody here waits for is left to a replica, not started in this short-lived process
-        here = wait or follow or service.backend_for_task(task).kind is not BackendKind.local
+        here = not handed and (wait or follow or not local)
         job = service.submit(task, payload, start=here)
         if follow:
             job = follow_job(service, job, as_json)
+        elif wait and handed:
+            job = watch_with_progress(service, job, timeout_s, quiet=as_json)
         elif wait and not job.finished:
             job = wait_with_progress(service, job, timeout_s, quiet=as_json)
-        elif not here:
+        elif not here and not handed:
             err.print(
                 "note: stored for a replica: a running `avatarctl serve` or `avatarctl work` starts this local job"
                 f" at once (or `avatarctl jobs wait {job.id}` runs it here).",
                 markup=False,
             )
         print_job(job, as_json)
+        if output is not None and job.status == JobStatus.completed.value:
+            save_outputs(job, output, quiet=as_json)
     code = exit_code(job)
     raise typer.Exit(EXIT_OK if code == EXIT_STILL_RUNNING and not wait else code)
 
@@ -149,12 +169,17 @@ def preprocess(
     ] = None,
     face_det_batch_size: Annotated[int | None, typer.Option("--face-det-batch-size")] = None,
     nosmooth: Annotated[bool, typer.Option("--nosmooth", help="Do not smooth face boxes over time.")] = False,
+    models: Annotated[
+        list[AvatarModel] | None,
+        typer.Option("--model", help="Also prepare for this engine (musetalk; repeat for several)."),
+    ] = None,
     store: StoreOption = None,
     wait: WaitOption = True,
     timeout: TimeoutOption = None,
+    output: OutputOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Make an avatar from a training video (preprocess_avatar)."""
+    """Make an avatar from a training video (preprocess_avatar); --output saves its TAR."""
     with handled_errors():
         uri = input_uri(video, "--video", "training_video", user_id, store)
     payload = _payload(
@@ -165,9 +190,10 @@ def preprocess(
         pads=list(pads) if pads else None,
         face_det_batch_size=face_det_batch_size,
         nosmooth=nosmooth or None,
+        models=list(dict.fromkeys(m.value for m in models)) if models else None,
         store=store,
     )
-    run_job(TaskName.preprocess_avatar.value, payload, wait=wait, timeout_s=timeout, as_json=as_json)
+    run_job(TaskName.preprocess_avatar.value, payload, wait=wait, timeout_s=timeout, as_json=as_json, output=output)
 
 
 @app.command()
@@ -181,6 +207,7 @@ def generate(
     voice: Annotated[str | None, typer.Option("--voice", help="Voice name (eSpeak: en-us).")] = None,
     user_id: UserOption = DEFAULT_USER_ID,
     video_id: Annotated[str | None, typer.Option("--video-id", help="Output id; the job id when absent.")] = None,
+    face_index: FaceIndexOption = None,
     store: StoreOption = None,
     wait: WaitOption = True,
     timeout: TimeoutOption = None,
@@ -188,9 +215,11 @@ def generate(
         bool,
         typer.Option("--follow", help="Stream the video and print each segment as it is stored (waits to the end)."),
     ] = False,
+    output: OutputOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Make a lip-synced video from an avatar or a portrait, and text or audio (generate_video)."""
+    """Make a lip-synced video from an avatar or a portrait, and text or audio (generate_video); --output saves
+    the mp4."""
     with handled_errors():
         image_uri = input_uri(image, "--image", "image", user_id, store) if image else None
         audio_uri = input_uri(audio, "--audio", "audio", user_id, store) if audio else None
@@ -204,16 +233,21 @@ def generate(
         engine=engine.value,
         voice=voice_fields or None,
         video_id=video_id,
+        face_index=face_index,
         store=store,
         stream=follow or None,
     )
-    run_job(TaskName.generate_video.value, payload, wait=wait, timeout_s=timeout, as_json=as_json, follow=follow)
+    options = {"wait": wait, "timeout_s": timeout, "as_json": as_json, "follow": follow, "output": output}
+    run_job(TaskName.generate_video.value, payload, **options)
 
 
 @app.command()
 def emotion(
-    image: Annotated[str, typer.Option("--image", help="Portrait: a local file or a URI.")],
     emotions: Annotated[list[Emotion], typer.Option("--emotion", help="Emotion to render (repeat for several).")],
+    image: Annotated[str | None, typer.Option("--image", help="Portrait: a local file or a URI.")] = None,
+    avatar_id: Annotated[
+        str | None, typer.Option("--avatar-id", help="Instead of --image: an avatar's first frame.")
+    ] = None,
     intensity: Annotated[float, typer.Option("--intensity", min=0.0, max=1.0)] = contract_default(
         RenderEmotionRequest, "intensity"
     ),
@@ -224,26 +258,31 @@ def emotion(
     render_id: Annotated[
         str | None, typer.Option("--render-id", help="Output id prefix; the job id when absent.")
     ] = None,
+    face_index: FaceIndexOption = None,
     store: StoreOption = None,
     wait: WaitOption = True,
     timeout: TimeoutOption = None,
+    output: OutputOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Render emotion stills of a portrait (render_emotion)."""
+    """Render emotion stills of a portrait (render_emotion); --output saves the still (several: into a folder,
+    one file per emotion)."""
     with handled_errors():
-        image_uri = input_uri(image, "--image", "image", user_id, store)
+        image_uri = input_uri(image, "--image", "image", user_id, store) if image else None
     names = list(dict.fromkeys(e.value for e in emotions))
     payload = _payload(
         user_id=user_id,
         image=image_uri,
+        avatar_id=avatar_id,
         emotion=names[0] if len(names) == 1 else None,
         emotions=names if len(names) > 1 else None,
         intensity=intensity,
         output_format=output_format.value,
         render_id=render_id,
+        face_index=face_index,
         store=store,
     )
-    run_job(TaskName.render_emotion.value, payload, wait=wait, timeout_s=timeout, as_json=as_json)
+    run_job(TaskName.render_emotion.value, payload, wait=wait, timeout_s=timeout, as_json=as_json, output=output)
 
 
 # ---- jobs ----------------------------------------------------------------------------------
@@ -274,33 +313,37 @@ def jobs_list(
     print_rows(("ID", "TASK", "STATUS", "USER", "BACKEND", "CREATED (UTC)", "PROGRESS / ERROR"), rows)
 
 
+JobIdArgument = Annotated[str, typer.Argument(help="A job id, or a unique start of one (as printed).")]
+
+
 @jobs_app.command("show")
-def jobs_show(job_id: str, as_json: JsonOption = False) -> None:
-    """One job: status, outputs, error."""
+def jobs_show(job_id: JobIdArgument, output: OutputOption = None, as_json: JsonOption = False) -> None:
+    """One job: status, outputs, error; --output saves its outputs."""
     with job_service() as service:
-        job = service.get(job_id)
-        if job is None:
-            raise fail("job_not_found", f"No job with id {job_id!r}.", EXIT_FAILED)
-    print_job(job, as_json)
+        job = service.resolve(job_id)
+        print_job(job, as_json)
+        if output is not None:
+            save_outputs(job, output, quiet=as_json)
 
 
 @jobs_app.command("wait")
-def jobs_wait(job_id: str, timeout: TimeoutOption = None, as_json: JsonOption = False) -> None:
-    """Wait for a job to finish (resuming it if its runner is gone)."""
+def jobs_wait(
+    job_id: JobIdArgument, timeout: TimeoutOption = None, output: OutputOption = None, as_json: JsonOption = False
+) -> None:
+    """Wait for a job to finish (resuming it if its runner is gone); --output saves its outputs."""
     with job_service() as service:
-        job = service.get(job_id)
-        if job is None:
-            raise fail("job_not_found", f"No job with id {job_id!r}.", EXIT_FAILED)
-        job = wait_with_progress(service, job, timeout, quiet=as_json)
-    print_job(job, as_json)
+        job = wait_with_progress(service, service.resolve(job_id), timeout, quiet=as_json)
+        print_job(job, as_json)
+        if output is not None and job.status == JobStatus.completed.value:
+            save_outputs(job, output, quiet=as_json)
     raise typer.Exit(exit_code(job))
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: str, as_json: JsonOption = False) -> None:
+def jobs_cancel(job_id: JobIdArgument, as_json: JsonOption = False) -> None:
     """Cancel a queued or running job (a finished job is left as it is)."""
     with job_service() as service:
-        job = service.cancel(job_id)
+        job = service.cancel(service.resolve(job_id).id)
     print_job(job, as_json)
 
 

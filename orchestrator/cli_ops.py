@@ -42,6 +42,8 @@ def health(as_json: JsonOption = False) -> None:
             details = ", ".join(part.get("tasks", [])) + (f" ({part['error']})" if part.get("error") else "")
             rows.append((f"backend {spec}", str(part.get("ok")), details))
         print_rows(("PART", "OK", "DETAILS"), rows)
+        for warning in report.get("warnings", []):
+            err.print(f"warning: {warning}", markup=False)
         out.print(f"status: {report['status']}", markup=False)
     raise typer.Exit(EXIT_OK if report["status"] == "ok" else EXIT_FAILED)
 
@@ -70,6 +72,12 @@ def emulate_runpod(
     api_key: Annotated[str | None, typer.Option(envvar="EMULATOR_API_KEY", help="Require this key.")] = None,
     handler: Annotated[str | None, typer.Option(help="A RunPod handler to run: module:function.")] = None,
     return_aggregate_stream: Annotated[bool, typer.Option(help="A generator's output: all its items.")] = False,
+    allow_private_webhooks: Annotated[
+        bool, typer.Option(help="Deliver webhooks to private and loopback addresses too (RunPod cannot).")
+    ] = False,
+    webhook_prefix: Annotated[
+        list[str] | None, typer.Option("--webhook-prefix", help="Deliver webhooks to URLs under this (repeatable).")
+    ] = None,
     log_level: LogLevelOption = "info",
 ) -> None:
     """Serve a local RunPod API emulator that runs jobs with this checkout's handlers."""
@@ -77,7 +85,12 @@ def emulate_runpod(
 
     from orchestrator.emulator import create_emulator_app
 
-    options = {"handler": handler, "return_aggregate_stream": return_aggregate_stream}
+    options = {
+        "handler": handler,
+        "return_aggregate_stream": return_aggregate_stream,
+        "allow_private_webhooks": allow_private_webhooks,
+        "webhook_prefixes": tuple(webhook_prefix or ()),
+    }
     emulator = create_emulator_app(endpoint_ids, workers=workers, api_key=api_key, **options)
     err.print(
         f"RunPod emulator: set RUNPOD_BASE_URL=http://{host}:{port}/v2 and e.g."
@@ -152,14 +165,18 @@ def recover_avatars_command(
 
 
 def demo(
-    root: Annotated[Path, typer.Option("--root", help="Where the demo keeps its database, store and files.")] = Path(
-        "var"
-    ),
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="Where the demo keeps its database, store and files; default AVATARCTL_HOME."),
+    ] = None,
 ) -> None:
-    """Make an avatar from a generated video, a talking video and seven emotion stills, all locally."""
+    """Make an avatar from a generated video, a talking video and seven emotion stills, all locally; then print
+    the commands that go on from there."""
     from orchestrator.demo import run_demo
 
-    raise typer.Exit(run_demo(root, out))
+    with handled_errors():
+        home = handlers.Settings().avatarctl_home
+    raise typer.Exit(run_demo(root or home, out))
 
 
 def add_operation_commands(app: typer.Typer) -> None:

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from handlers.settings import HOME_ENV, default_home
 
 
 class BackendKind(str, Enum):
@@ -51,7 +54,9 @@ class OrchestratorSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    database_url: str = Field("sqlite:///./var/jobs.db", validation_alias=AliasChoices("DATABASE_URL"))
+    # State: the job database and the API's secrets live under AVATARCTL_HOME unless set (handlers.settings).
+    avatarctl_home: Path = Field(default_factory=default_home, validation_alias=AliasChoices(HOME_ENV))
+    database_url: str = Field("", validation_alias=AliasChoices("DATABASE_URL"))  # "": sqlite:///{home}/jobs.db
 
     # Which backend runs each task: `local`, `runpod:<endpoint_id>` or `modal:<app>/<Class>`.
     backend_preprocess_avatar: str = Field("local", validation_alias=AliasChoices("BACKEND_PREPROCESS_AVATAR"))
@@ -77,6 +82,8 @@ class OrchestratorSettings(BaseSettings):
     api_token: str | None = Field(None, validation_alias=AliasChoices("API_TOKEN"))
     webhook_secret: str | None = Field(None, validation_alias=AliasChoices("WEBHOOK_SECRET"))
     public_base_url: str | None = Field(None, validation_alias=AliasChoices("PUBLIC_BASE_URL"))
+    # The key of the API's signed file URLs (results in a file:// store); generated under {home}/secrets when unset.
+    url_signing_secret: str | None = Field(None, min_length=16, validation_alias=AliasChoices("URL_SIGNING_SECRET"))
 
     # HTTP request bodies (uploads excepted: they stream to disk under their own limits), and `data:` inputs
     # over MAX_INLINE_DATA_BYTES, which are stored in the store and passed by URI instead of kept in the job row.
@@ -87,6 +94,12 @@ class OrchestratorSettings(BaseSettings):
     # Comma-separated URI prefixes inputs must start with (empty: any); the workers enforce the same variable.
     allowed_input_prefixes: str = Field("", validation_alias=AliasChoices("ALLOWED_INPUT_PREFIXES"))
 
+    # GET /v1/jobs/{id}/events: open streams per tenant (the operator counts as one) and in all, and how long
+    # one stream may stay open before it ends with an `expired` event (the client reconnects).
+    event_streams_per_tenant: int = Field(16, ge=1, validation_alias=AliasChoices("EVENT_STREAMS_PER_TENANT"))
+    max_event_streams: int = Field(256, ge=1, validation_alias=AliasChoices("MAX_EVENT_STREAMS"))
+    event_stream_max_s: float = Field(3600.0, gt=0, validation_alias=AliasChoices("EVENT_STREAM_MAX_S"))
+
     poll_interval_s: float = Field(1.0, gt=0, validation_alias=AliasChoices("POLL_INTERVAL_S"))
     poll_max_interval_s: float = Field(15.0, gt=0, validation_alias=AliasChoices("POLL_MAX_INTERVAL_S"))
     local_workers: int = Field(2, ge=1, le=64, validation_alias=AliasChoices("LOCAL_WORKERS"))
@@ -95,6 +108,17 @@ class OrchestratorSettings(BaseSettings):
     # Replicas: how long a replica's claim on a job lasts without renewal (renewed every third of it), and
     # how long a local runner may stay silent before another replica runs its job again.
     lease_s: float = Field(15.0, ge=0.5, le=3600, validation_alias=AliasChoices("LEASE_S"))
+
+    @model_validator(mode="after")
+    def _state_under_home(self) -> OrchestratorSettings:
+        self.avatarctl_home = self.avatarctl_home.expanduser().absolute()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.avatarctl_home / 'jobs.db'}"
+        return self
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.avatarctl_home / "secrets"
 
     @field_validator("backend_preprocess_avatar", "backend_generate_video", "backend_render_emotion", "backend_health")
     @classmethod

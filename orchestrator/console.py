@@ -4,28 +4,32 @@ CLI's plumbing (exit codes, shared options, refusals as one line instead of a tr
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
+import handlers
 from handlers.errors import TaskError
 from handlers.schemas import TaskName
 from orchestrator.config import OrchestratorSettings
 from orchestrator.db import safe_url
-from orchestrator.events import job_events
-from orchestrator.models import JobStatus, JobView, OrchestratorError
+from orchestrator.models import JobNotFound, JobStatus, JobView, OrchestratorError
 from orchestrator.service import JobService
-from storage import StorageError
+from storage import StorageError, fetch
 from storage.local import path_from_file_uri
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
+WATCH_S = 0.1  # how often the CLI reads a job a running replica works on
 
 
 def local_path(uri: str) -> str:
@@ -112,9 +116,61 @@ def wait_with_progress(service: JobService, job: JobView, timeout_s: float | Non
     return job
 
 
+def watch_with_progress(service: JobService, job: JobView, timeout_s: float | None, quiet: bool) -> JobView:
+    """Wait for a job a running replica takes (reading the database every WATCH_S, showing progress); when no
+    replica has claimed it within LEASE_S (it stopped meanwhile), wait as ``wait_with_progress`` does, which
+    runs it here."""
+    timeout_s = timeout_s or service.settings.queue_timeout_s + service.settings.timeout_for(job.task)
+    give_up = time.monotonic() + timeout_s
+    unclaimed_until = time.monotonic() + service.settings.lease_s
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=err, disable=quiet) as progress:
+        bar = progress.add_task(f"{job.task} {job.id[:8]} sent to the running replica", total=1.0)
+        while not job.finished and time.monotonic() < give_up:
+            if job.attempts == 0 and time.monotonic() > unclaimed_until:
+                progress.stop()
+                return wait_with_progress(service, job, give_up - time.monotonic(), quiet)
+            time.sleep(WATCH_S)
+            job = service.get(job.id) or job
+            fraction, stage = progress_of(job)
+            label = f"{job.task} {job.id[:8]} {job.status}" + (f" · {stage}" if stage else "")
+            progress.update(bar, completed=1.0 if job.finished else fraction, description=label)
+    return job
+
+
+def save_outputs(job: JobView, dest: Path, quiet: bool = False) -> list[Path]:
+    """Copy a completed job's files (video, stills, avatar TAR) from the store to ``dest``: the file itself for
+    one output, else a folder with one file per output named after it (``happy.png``)."""
+    outputs = job_outputs(job)
+    if not outputs:
+        raise fail("no_output", f"Job {job.id} ({job.task}, {job.status}) has no file to save.", EXIT_FAILED)
+    settings = handlers.Settings()
+    if len(outputs) == 1 and not dest.is_dir():
+        targets = [dest]
+    else:
+        dest.mkdir(parents=True, exist_ok=True)
+        targets = [dest / f"{label}{Path(uri).suffix}" for label, uri in outputs]
+    with handled_errors():
+        for (_, uri), target in zip(outputs, targets, strict=True):
+            target = target / Path(local_path(uri)).name if target.is_dir() else target
+            fetch(uri, target.absolute(), settings.storage)
+            target.chmod(0o666 & ~_umask())  # a file for the user, not the store's private temp-file mode
+            if not quiet:
+                err.print(f"saved {target}", markup=False)
+    return targets
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def follow_job(service: JobService, job: JobView, as_json: bool) -> JobView:
     """Print a job's segments on stdout as they are stored (JSON lines with ``as_json``) and its stages on
     stderr, until it ends; returns the finished job."""
+    from orchestrator.events import job_events  # cv2 and the codecs: only for --follow (a still starts faster)
+
     stage = None
     for event in job_events(service, job.id):
         if event is None:
@@ -148,7 +204,16 @@ WaitOption = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the
 TimeoutOption = Annotated[
     float | None, typer.Option("--timeout", help="Seconds to wait; default: the task's queue + execution limits.")
 ]
-UserOption = Annotated[str, typer.Option("--user-id", help="Owner of the job and of its files in the store.")]
+UserOption = Annotated[
+    str, typer.Option("--user-id", envvar="AVATARCTL_USER", help="Owner of the job and of its files in the store.")
+]
+FaceIndexOption = Annotated[
+    int | None,
+    typer.Option("--face-index", min=0, help="A photo with several faces: 0 = the largest (default), 1 = next."),
+]
+OutputOption = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Save the result here (several files: into this folder).")
+]
 StoreOption = Annotated[
     str | None, typer.Option("--store", help="Store root URI (s3://, gs://, file://); default AVATAR_STORE_URI.")
 ]
@@ -167,13 +232,15 @@ def handled_errors() -> Iterator[None]:
     """Refusals become a one-line message and an exit code instead of a traceback."""
     try:
         yield
+    except JobNotFound as exc:
+        raise fail(exc.code, exc.message, EXIT_FAILED) from None
     except (TaskError, OrchestratorError) as exc:
         raise fail(exc.code, exc.message) from None
     except StorageError as exc:
         raise fail(exc.code, exc.message, EXIT_FAILED) from None
     except ValidationError as exc:  # settings from the environment
         raise fail("invalid_settings", str(exc)) from None
-    except DBAPIError:  # no server, refused, bad credentials: the URL (without its password) says which
+    except (DBAPIError, ArgumentError):  # no server, refused, bad credentials, not a URL: say which, no password
         url = safe_url(OrchestratorSettings().database_url)
         raise fail("database_unreachable", f"database unreachable: {url}", EXIT_FAILED) from None
 

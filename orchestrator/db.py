@@ -7,6 +7,7 @@ never changes again, so webhook replays, racing pollers and late results are har
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -32,7 +33,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 
@@ -97,7 +98,7 @@ class JobRow(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     progress: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(330), unique=True)  # "{user_id}/{key}"
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -132,15 +133,28 @@ COLUMNS = tuple(c.name for c in JobRow.__table__.columns)
 
 def normalize_url(database_url: str) -> URL:
     """``postgres://`` and ``postgresql://`` use the psycopg 3 driver (the one installed)."""
-    url = make_url(database_url.replace("postgres://", "postgresql://", 1))
+    try:
+        url = make_url(database_url.replace("postgres://", "postgresql://", 1))
+        url.port  # noqa: B018 - a port that is not a number raises here, not later in a driver
+    except (ArgumentError, ValueError):  # their messages may quote the URL, password and all
+        raise ArgumentError("DATABASE_URL is not a database URL (driver://user:password@host:port/name)") from None
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
     return url
 
 
-def safe_url(database_url: str) -> str:
-    """The database URL with any password hidden (for health, logs and error messages)."""
-    return normalize_url(database_url).render_as_string(hide_password=True)
+SECRET_QUERY_KEY = re.compile(r"pass|secret|token|key|auth", re.IGNORECASE)
+
+
+def safe_url(database_url: str | URL) -> str:
+    """The database URL with its password hidden, in the userinfo or as a query parameter (``?password=``,
+    ``sslpassword``, ...), for health, logs and error messages; an unparseable URL is not shown at all."""
+    try:
+        url = normalize_url(database_url) if isinstance(database_url, str) else database_url
+    except ArgumentError:
+        return "<DATABASE_URL that is not a database URL>"
+    query = {name: "***" if SECRET_QUERY_KEY.search(name) else value for name, value in url.query.items()}
+    return url.set(query=query).render_as_string(hide_password=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -183,7 +197,7 @@ class JobStore:
 
     def safe_url(self) -> str:
         """The database URL with any password hidden (for health and logs)."""
-        return self.url.render_as_string(hide_password=True)
+        return safe_url(self.url)
 
     def create(self, **values: Any) -> JobView:
         """Insert a job and return it as inserted (not re-read: another process may claim it at once);
@@ -207,6 +221,14 @@ class JobStore:
         query = select(*JobRow.__table__.columns).where(JobRow.id.in_(list(ids)))
         with self.engine.connect() as conn:
             return [_view(row) for row in conn.execute(query.order_by(JobRow.created_at, JobRow.id))]
+
+    def ids_starting_with(self, prefix: str, limit: int = 10) -> list[str]:
+        """Ids of up to ``limit`` jobs whose id starts with ``prefix`` (ids are hex: anything else matches none)."""
+        if not re.fullmatch(r"[0-9a-f]{1,32}", prefix):
+            return []
+        query = select(JobRow.id).where(JobRow.id.startswith(prefix)).order_by(JobRow.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [row[0] for row in conn.execute(query)]
 
     def get_by_idempotency_key(self, key: str) -> JobView | None:
         return self._one(JobRow.idempotency_key == key)

@@ -4,12 +4,16 @@ It writes a 4 s training video of skimage's astronaut with head motion, uploads 
 (``training-videos/demo/``), makes an avatar from it (preprocess_avatar), makes a talking video from
 a sentence (generate_video) and renders the seven emotions of the astronaut's portrait
 (render_emotion). Every step is a job of the ``JobService`` on the local backend, with the job
-database (SQLite) and a file:// store under ``root`` (``./var``), whatever the environment says, so
-the demo never touches a remote store or backend. It prints the local paths of what it made and the
-time of each step.
+database (SQLite) and a file:// store under ``root`` (AVATARCTL_HOME unless ``--root`` names another
+folder), whatever the environment says, so the demo never touches a remote store or backend. It shows
+each step with a progress bar, prints the local paths of what it made and the time of each step, then
+the exact commands that go on from there with the same state (its user and avatar).
 """
 
 import math
+import os
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -18,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 import handlers
 from handlers.schemas import REQUEST_MODELS, Emotion, TaskName
@@ -73,19 +78,24 @@ def head_motion_frames(seconds: float = VIDEO_SECONDS, fps: int = VIDEO_FPS, siz
     return frames
 
 
-def make_training_video(path: Path, seconds: float = VIDEO_SECONDS, fps: int = VIDEO_FPS) -> Path:
-    """Encode the head-motion frames as H.264 mp4 at ``path``."""
+def make_training_video(
+    path: Path, seconds: float = VIDEO_SECONDS, fps: int = VIDEO_FPS, console: Console | None = None
+) -> Path:
+    """Encode the head-motion frames as H.264 mp4 at ``path`` (with a progress bar on ``console``)."""
     import av
 
     frames = head_motion_frames(seconds, fps)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
+    columns = (TextColumn("  encoding"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"))
+    with av.open(str(path), "w") as container, Progress(*columns, console=console, disable=console is None) as bar:
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "18", "preset": "veryfast"}
+        task = bar.add_task("encode", total=len(frames))
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
+            bar.advance(task)
         container.mux(stream.encode())
     return path
 
@@ -103,8 +113,17 @@ def demo_settings(root: Path) -> tuple[OrchestratorSettings, handlers.Settings]:
     return settings, handler_settings
 
 
-def _run_step(service: JobService, console: Console, name: str, task: str, payload: dict[str, Any]) -> StepResult:
-    console.print(f"\n[bold]{name}[/bold]")
+STEPS = 5  # the training video, the uploads, then one job each: avatar, video, stills
+
+
+def _heading(console: Console, number: int, name: str) -> None:
+    console.print(f"\n[bold][{number}/{STEPS}] {name}[/bold]")
+
+
+def _run_step(
+    service: JobService, console: Console, number: int, name: str, task: str, payload: dict[str, Any]
+) -> StepResult:
+    _heading(console, number, name)
     started = time.perf_counter()
     job = service.submit(task, payload)
     job = wait_with_progress(service, job, STEP_TIMEOUT_S, quiet=False)
@@ -132,6 +151,49 @@ def _summary(console: Console, steps: list[StepResult], total_s: float) -> None:
     console.print(f"total {total_s:.1f} s", markup=False)
 
 
+def cli_name() -> str:
+    """How this process's ``avatarctl`` was invoked (``.venv/bin/avatarctl`` under ``make demo``)."""
+    invoked = Path(sys.argv[0])
+    if invoked.name != "avatarctl":
+        return "avatarctl"
+    inside = invoked.is_absolute() and invoked.is_relative_to(Path.cwd())
+    return os.path.relpath(invoked) if inside else str(invoked)
+
+
+def next_commands(portrait: Path) -> list[str]:
+    """The commands that go on from what the demo made, with its state, user and avatar."""
+    exe = cli_name()
+    user = f"--user-id {DEMO_USER_ID}"
+    return [
+        f'{exe} generate {user} --avatar-id {DEMO_AVATAR_ID} --text "Any sentence you like." --output hello.mp4',
+        f"{exe} emotion {user} --avatar-id {DEMO_AVATAR_ID} --emotion surprised --output surprised.png",
+        f"{exe} emotion {user} --image {shlex.quote(str(portrait))} --emotion happy --emotion sad --output stills",
+        f"{exe} jobs list --user-id {DEMO_USER_ID}",
+        f"{exe} serve   # then open http://127.0.0.1:8000/ : user {DEMO_USER_ID}, avatar id {DEMO_AVATAR_ID}",
+    ]
+
+
+def _state_note(root: Path) -> str | None:
+    """How to point the CLI at the demo's state when its defaults (from the environment) name other places."""
+    settings, handler_settings = OrchestratorSettings(), handlers.Settings()
+    demo_settings_, demo_handler_settings = demo_settings(root)
+    same = (
+        settings.database_url == demo_settings_.database_url
+        and handler_settings.avatar_store_uri == demo_handler_settings.avatar_store_uri
+        and handler_settings.avatar_local_path == demo_handler_settings.avatar_local_path
+    )
+    if same:
+        return None
+    return f"export AVATARCTL_HOME={shlex.quote(str(root))}; unset DATABASE_URL AVATAR_STORE_URI AVATAR_LOCAL_PATH"
+
+
+def _what_next(console: Console, root: Path, portrait: Path) -> None:
+    console.print(f"\n[bold]Go on from here[/bold] (state in {root}; user {DEMO_USER_ID}, avatar {DEMO_AVATAR_ID}):")
+    note = _state_note(root)
+    for line in ([note] if note else []) + next_commands(portrait):
+        console.print(f"  {line}", markup=False, soft_wrap=True)
+
+
 def run_demo(root: Path, console: Console) -> int:
     """Run the demo under ``root``; returns 0 when every step completed, else 1."""
     import cv2
@@ -145,21 +207,25 @@ def run_demo(root: Path, console: Console) -> int:
     files = root / "demo"
     try:
         console.print(f"demo under {root} (jobs: {settings.database_url}, store: {handler_settings.avatar_store_uri})")
-        video = make_training_video(files / "training.mp4")
+        _heading(console, 1, "a training video of the astronaut moving her head")
+        video = make_training_video(files / "training.mp4", console=console)
+        console.print(f"  {video} ({VIDEO_SECONDS:g} s, {VIDEO_SIZE}x{VIDEO_SIZE})", markup=False)
+        _heading(console, 2, "the video and a portrait into the store")
         upload = upload_file(
             store, video, kind=UploadKind.training_video, user_id=DEMO_USER_ID, settings=handler_settings
         )
-        console.print(f"training video: {video} ({VIDEO_SECONDS:g} s, {VIDEO_SIZE}x{VIDEO_SIZE}) -> {upload.uri}")
         portrait_path = files / "portrait.png"
         cv2.imwrite(str(portrait_path), astronaut_bgr())
         portrait = upload_file(
             store, portrait_path, kind=UploadKind.image, user_id=DEMO_USER_ID, settings=handler_settings
         )
+        console.print(f"  {local_path(upload.uri)}\n  {local_path(portrait.uri)}", markup=False)
         steps = [
             _run_step(
                 service,
                 console,
-                "1. avatar from the training video",
+                3,
+                "an avatar from the training video",
                 TaskName.preprocess_avatar.value,
                 {
                     "user_id": DEMO_USER_ID,
@@ -171,14 +237,16 @@ def run_demo(root: Path, console: Console) -> int:
             _run_step(
                 service,
                 console,
-                "2. talking video from a sentence",
+                4,
+                "a talking video from a sentence",
                 TaskName.generate_video.value,
                 {"user_id": DEMO_USER_ID, "avatar_id": DEMO_AVATAR_ID, "text": DEMO_SENTENCE},
             ),
             _run_step(
                 service,
                 console,
-                "3. the seven emotions",
+                5,
+                "the seven emotions",
                 TaskName.render_emotion.value,
                 {
                     "user_id": DEMO_USER_ID,
@@ -191,4 +259,7 @@ def run_demo(root: Path, console: Console) -> int:
     finally:
         service.stop()
     _summary(console, steps, time.perf_counter() - started)
-    return 0 if all(step.job.status == JobStatus.completed.value for step in steps) else 1
+    ok = all(step.job.status == JobStatus.completed.value for step in steps)
+    if ok:
+        _what_next(console, root, portrait_path)
+    return 0 if ok else 1

@@ -12,7 +12,8 @@ A webhook POST of the final job JSON (retried twice).
 Jobs run through a RunPod handler (``job -> result``, or a generator), answered as the worker SDK does
 (``orchestrator.emulator_jobs``). The default handler is our worker's: ``handlers.dispatch``, progress as
 the ``output`` while IN_PROGRESS, a failure's ``error`` the JSON ``{"error_code", "error"}``. A plain
-handler's output is the one item of its ``stream``. GET ``/emulator/stats``; ``Faults`` for tests.
+handler's output is the one item of its ``stream``. GET ``/emulator/stats`` (with the key); ``Faults`` for tests.
+Bodies are typed and limited as RunPod's are, webhooks go to public addresses (``emulator_requests``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -36,40 +36,28 @@ from fastapi.responses import JSONResponse
 import handlers
 from handlers.errors import TaskCancelled
 from orchestrator.background_server import BackgroundServer
+from orchestrator.body_limit import BodyLimit
 from orchestrator.emulator_jobs import (
     FINAL_STATES,
     RETRYABLE_STATES,
     EmulatedJob,
+    Faults,
     JobHandler,
     load_handler,
     run_handler,
     worker_failure,
 )
+from orchestrator.emulator_requests import MAX_RUN_BODY_BYTES, RequestRefused, RunBody, WebhookRule, parse_run_body
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BackgroundServer", "Faults", "RunpodEmulator", "create_emulator_app", "load_handler", "worker_failure"]
 
-DEFAULT_EXECUTION_TIMEOUT_MS = 600_000
-DEFAULT_TTL_MS = 86_400_000
 RUN_RETENTION_S = 1800.0  # a finished /run job's result is kept 30 min, a /runsync one's 1 min
 RUNSYNC_RETENTION_S = 60.0
 RUNSYNC_WAIT_MS = 90_000
 WEBHOOK_RETRIES = 2
 CRASH_MESSAGE = "Worker exited unexpectedly while running the job (emulated crash)."
-
-
-@dataclass
-class Faults:
-    """Failures to inject; counters are used up one request or job at a time."""
-
-    fail_requests: int = 0  # answer the next N /v2 requests with `fail_status`, doing nothing
-    fail_status: int = 500
-    accept_then_fail: int = 0  # the next N /run calls queue the job but answer 502 (an ambiguous submit)
-    crash_jobs: int = 0  # the next N jobs: the worker dies mid-job (FAILED)
-    lose_jobs: int = 0  # the next N jobs vanish mid-job (status 404, as RunPod past the TTL)
-    job_delay_s: float = 0.0  # every job spends this long IN_PROGRESS before its task runs
-    hold_queue: bool = False  # workers take no jobs: everything stays IN_QUEUE
 
 
 class RunpodEmulator:
@@ -86,8 +74,10 @@ class RunpodEmulator:
         webhook_retry_delay_s: float = 1.0,
         handler: JobHandler | None = None,
         return_aggregate_stream: bool = False,
+        webhooks: WebhookRule | None = None,
     ) -> None:
         self.endpoint_ids = set(endpoint_ids)
+        self.webhooks = webhooks or WebhookRule()  # public addresses only, unless allowed
         self.workers = workers
         self.runtime = runtime  # our handlers' runtime; built from the environment at start when None
         self.api_key = api_key
@@ -137,15 +127,14 @@ class RunpodEmulator:
 
     # ---- API operations ----------------------------------------------------------------------
 
-    def submit(self, endpoint_id: str, body: dict[str, Any], retention_s: float = RUN_RETENTION_S) -> EmulatedJob:
-        policy = body.get("policy") or {}
+    def submit(self, endpoint_id: str, body: RunBody, retention_s: float = RUN_RETENTION_S) -> EmulatedJob:
         job = EmulatedJob(
             id=f"{uuid.uuid4()}-e1",
             endpoint_id=endpoint_id,
-            input=body["input"],
-            webhook=body.get("webhook"),
-            execution_timeout_s=float(policy.get("executionTimeout", DEFAULT_EXECUTION_TIMEOUT_MS)) / 1000,
-            ttl_s=float(policy.get("ttl", DEFAULT_TTL_MS)) / 1000,
+            input=body.input,
+            webhook=body.webhook,
+            execution_timeout_s=body.policy.executionTimeout / 1000,
+            ttl_s=body.policy.ttl / 1000,
             retention_s=retention_s,
         )
         with self._lock:
@@ -349,8 +338,11 @@ def create_emulator_app(
     faults: Faults | None = None,
     handler: JobHandler | str | None = None,
     return_aggregate_stream: bool = False,
+    allow_private_webhooks: bool = False,
+    webhook_prefixes: tuple[str, ...] = (),
 ) -> FastAPI:
-    """The emulated RunPod API as a FastAPI app; ``app.state.emulator`` is its ``RunpodEmulator``."""
+    """The emulated RunPod API as a FastAPI app; ``app.state.emulator`` is its ``RunpodEmulator``. Webhooks go
+    to public addresses only unless ``allow_private_webhooks`` or under one of ``webhook_prefixes``."""
     emulator = RunpodEmulator(
         endpoint_ids,
         workers,
@@ -359,6 +351,7 @@ def create_emulator_app(
         faults=faults,
         handler=load_handler(handler) if isinstance(handler, str) else handler,
         return_aggregate_stream=return_aggregate_stream,
+        webhooks=WebhookRule.of(allow_private_webhooks, webhook_prefixes),
     )
 
     @asynccontextmanager
@@ -369,6 +362,7 @@ def create_emulator_app(
 
     app = FastAPI(title="RunPod API emulator", lifespan=lifespan)
     app.state.emulator = emulator
+    app.add_middleware(BodyLimit, limit_for=lambda _path: MAX_RUN_BODY_BYTES)
 
     @app.middleware("http")
     async def inject_request_faults(request: Request, call_next: Any) -> Any:
@@ -376,15 +370,23 @@ def create_emulator_app(
             return JSONResponse({"error": "injected fault"}, status_code=emulator.faults.fail_status)
         return await call_next(request)
 
-    def endpoint(endpoint_id: str, request: Request) -> str:
+    def authorized(request: Request) -> None:
         key = emulator.api_key
         if key and request.headers.get("authorization") not in (key, f"Bearer {key}"):
             raise HTTPException(401, "Unauthorized: send the API key as `Authorization: <key>` (or `Bearer <key>`).")
+
+    def endpoint(endpoint_id: str, request: Request) -> str:
+        authorized(request)
         if endpoint_id not in emulator.endpoint_ids:
             raise HTTPException(404, f"Endpoint {endpoint_id!r} not found.")
         return endpoint_id
 
     _add_routes(app, emulator, endpoint)
+
+    @app.get("/emulator/stats", dependencies=[Depends(authorized)])
+    def stats() -> dict[str, int]:
+        return emulator.stats()
+
     return app
 
 
@@ -395,20 +397,22 @@ def _job_or_404(job: EmulatedJob | None) -> EmulatedJob:
 
 
 def _add_routes(app: FastAPI, emulator: RunpodEmulator, endpoint: Any) -> None:
-    def submit(endpoint_id: str, body: dict[str, Any], retention_s: float = RUN_RETENTION_S) -> EmulatedJob:
-        if not isinstance(body.get("input"), dict):
-            raise HTTPException(400, "The body needs an `input` object.")
-        return emulator.submit(endpoint_id, body, retention_s)
+    def submit(endpoint_id: str, body: Any, retention_s: float = RUN_RETENTION_S) -> EmulatedJob:
+        try:
+            run = parse_run_body(body, emulator.webhooks)
+        except RequestRefused as exc:
+            raise HTTPException(400, str(exc)) from None
+        return emulator.submit(endpoint_id, run, retention_s)
 
     @app.post("/v2/{endpoint_id}/run")
-    def run(endpoint_id: str = Depends(endpoint), body: dict[str, Any] = Body(...)) -> Any:
+    def run(endpoint_id: str = Depends(endpoint), body: Any = Body(...)) -> Any:
         job = submit(endpoint_id, body)
         if emulator.take("accept_then_fail"):
             return JSONResponse({"error": "bad gateway (injected after queueing)"}, status_code=502)
         return {"id": job.id, "status": job.status}
 
     @app.post("/v2/{endpoint_id}/runsync")
-    def runsync(endpoint_id: str = Depends(endpoint), body: dict[str, Any] = Body(...), wait: int = RUNSYNC_WAIT_MS):
+    def runsync(endpoint_id: str = Depends(endpoint), body: Any = Body(...), wait: int = RUNSYNC_WAIT_MS):
         job = submit(endpoint_id, body, RUNSYNC_RETENTION_S)
         job.done.wait(min(max(wait, 1000), 300_000) / 1000)
         return job.to_json()
@@ -442,7 +446,3 @@ def _add_routes(app: FastAPI, emulator: RunpodEmulator, endpoint: Any) -> None:
     @app.get("/v2/{endpoint_id}/health")
     def health(endpoint_id: str = Depends(endpoint)) -> dict[str, Any]:
         return emulator.health(endpoint_id)
-
-    @app.get("/emulator/stats")
-    def stats() -> dict[str, int]:
-        return emulator.stats()

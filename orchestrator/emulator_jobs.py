@@ -29,6 +29,19 @@ JobHandler = Callable[[dict[str, Any]], Any]
 
 
 @dataclass
+class Faults:
+    """Failures to inject; counters are used up one request or job at a time."""
+
+    fail_requests: int = 0  # answer the next N /v2 requests with `fail_status`, doing nothing
+    fail_status: int = 500
+    accept_then_fail: int = 0  # the next N /run calls queue the job but answer 502 (an ambiguous submit)
+    crash_jobs: int = 0  # the next N jobs: the worker dies mid-job (FAILED)
+    lose_jobs: int = 0  # the next N jobs vanish mid-job (status 404, as RunPod past the TTL)
+    job_delay_s: float = 0.0  # every job spends this long IN_PROGRESS before its task runs
+    hold_queue: bool = False  # workers take no jobs: everything stays IN_QUEUE
+
+
+@dataclass
 class EmulatedJob:
     id: str
     endpoint_id: str

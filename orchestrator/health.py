@@ -25,7 +25,21 @@ def health_report(
         backends.setdefault(backend.spec, {"tasks": [], **_checked(backend.health)})["tasks"].append(task)
     report["backends"] = backends
     healthy = all(part.get("ok") for part in (report["db"], report["store"], *backends.values()))
-    return {"status": "ok" if healthy else "degraded", "polling": polling, **report}
+    warnings = _remote_without_bucket(settings.avatar_store_uri, backends)
+    return {"status": "ok" if healthy else "degraded", "polling": polling, **report, "warnings": warnings}
+
+
+def _remote_without_bucket(store_uri: str, backends: dict[str, Any]) -> list[str]:
+    """A warning per remote backend writing to a file:// store: its outputs stay on the remote worker's disk."""
+    if not store_uri.lower().startswith("file:"):
+        return []
+    return [
+        f"backend {spec} runs {', '.join(part['tasks'])} on remote workers, but AVATAR_STORE_URI is {store_uri}: "
+        "their outputs stay inside the workers' containers. Use an s3:// or gs:// bucket (images/README.md, "
+        "'Buckets')."
+        for spec, part in backends.items()
+        if not spec.startswith("local")
+    ]
 
 
 def _store_health(settings: handlers.Settings) -> dict[str, Any]:

@@ -140,7 +140,8 @@ class JobView(BaseModel):
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobView:
         """The job of a database row; callers see ``input`` masked, the backend gets ``payload`` whole."""
-        view = cls.model_validate({**row, "input": redact(row["input"])})
+        key = row.get("idempotency_key")
+        view = cls.model_validate({**row, "input": redact(row["input"]), "idempotency_key": client_key(key)})
         view._payload = row["input"]
         view._heartbeat_at = row.get("heartbeat_at")
         return view
@@ -153,6 +154,16 @@ class JobView(BaseModel):
     @property
     def finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+
+def scoped_key(user_id: str | None, key: str) -> str:
+    """An idempotency key as stored: scoped by the job's user (ids hold no ``/``), so two users' keys never meet."""
+    return f"{user_id or ''}/{key}"
+
+
+def client_key(stored: str | None) -> str | None:
+    """The key as its client gave it (``scoped_key`` undone; rows from before the scope are shown unchanged)."""
+    return stored.partition("/")[2] if stored and "/" in stored else stored
 
 
 class OrchestratorError(CodedError):

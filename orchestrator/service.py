@@ -31,11 +31,20 @@ from orchestrator.backends import Backend, backend_for
 from orchestrator.config import BackendKind, BackendSpec, OrchestratorSettings
 from orchestrator.db import DuplicateIdempotencyKey, JobStore, new_job_id, utcnow
 from orchestrator.health import health_report
+from orchestrator.input_policy import check_request_inputs
 from orchestrator.lifecycle import JobLifecycle
-from orchestrator.models import FINISHED_STATUSES, IdempotencyConflict, JobStatus, JobView, OrchestratorError
+from orchestrator.models import (
+    FINISHED_STATUSES,
+    IdempotencyConflict,
+    JobNotFound,
+    JobStatus,
+    JobView,
+    OrchestratorError,
+    scoped_key,
+)
 from orchestrator.poller import POLL_BACKOFF, Poller
 from orchestrator.replica import Replica
-from orchestrator.uploads import check_input_prefixes, own_upload_prefixes, stage_inline_data
+from orchestrator.uploads import stage_inline_data
 from orchestrator.webhooks import apply_webhook, check_webhook_token, webhook_token, webhook_url
 from storage import open_store
 
@@ -44,6 +53,7 @@ log = logging.getLogger(__name__)
 OUTPUT_ID_FIELDS = {"generate_video": "video_id", "render_emotion": "render_id"}
 WAIT_DB_CHECK_S = 0.5  # how often wait() re-reads a job that another process may be updating
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+MAX_CANDIDATES = 5  # job ids named when a prefix is ambiguous
 
 Progress = Callable[[JobView], None]
 
@@ -112,6 +122,30 @@ class JobService:
     def get(self, job_id: str) -> JobView | None:
         return self.store.get(job_id)
 
+    def resolve(self, job_id: str) -> JobView:
+        """The job named by its id or by a unique start of it (as the CLI prints them); JobNotFound, or
+        ``ambiguous_job_id`` naming the candidates."""
+        job = self.store.get(job_id)
+        if job is not None:
+            return job
+        candidates = self.store.ids_starting_with(job_id.strip().lower(), limit=MAX_CANDIDATES + 1)
+        if len(candidates) == 1 and (job := self.store.get(candidates[0])) is not None:
+            return job
+        if len(candidates) < 2:
+            raise JobNotFound(job_id)
+        shown = ", ".join(candidates[:MAX_CANDIDATES]) + (", ..." if len(candidates) > MAX_CANDIDATES else "")
+        raise OrchestratorError(
+            "ambiguous_job_id", f"{job_id!r} starts more than one job id: {shown}. Give more characters."
+        )
+
+    def replica_running(self) -> bool:
+        """Whether a started replica (``avatarctl serve`` or ``work``) beats on this database now."""
+        try:
+            return bool(self.replica.leases.live_replicas(within_s=self.settings.lease_s))
+        except Exception:  # a database without the table yet, or a hiccup: nobody to hand jobs to
+            log.debug("could not list live replicas", exc_info=True)
+            return False
+
     def list(self, user_id: str | None = None, status: str | None = None, **filters: Any) -> list[JobView]:
         """Jobs, newest first; ``filters`` are JobStore.list's (task, user_ids, limit, after)."""
         if status is not None and status not in JobStatus._value2member_map_:
@@ -137,7 +171,9 @@ class JobService:
             raise TaskError("invalid_input", f"`task` is {payload['task']!r} but the job is for {task!r}.")
         payload = {**payload, "task": task}
         request = handlers.parse(payload)
-        payload = self._stage_inputs(payload, getattr(request, "user_id", None))
+        payload = self._stage_inputs(payload)
+        user_id = getattr(request, "user_id", None)
+        idempotency_key = scoped_key(user_id, idempotency_key) if idempotency_key else None  # per user
         if idempotency_key and (existing := self.store.get_by_idempotency_key(idempotency_key)):
             return self._same_request(existing, payload)
         backend = self.backend_for_task(task)
@@ -149,7 +185,7 @@ class JobService:
             job = self.store.create(
                 id=job_id,
                 task=task,
-                user_id=getattr(request, "user_id", None),
+                user_id=user_id,
                 status=JobStatus.queued.value,
                 backend=backend.kind.value,
                 endpoint=backend.endpoint,
@@ -166,11 +202,11 @@ class JobService:
             return job
         return self.lifecycle.submit(job)
 
-    def _stage_inputs(self, payload: dict[str, Any], user_id: str | None) -> dict[str, Any]:
-        """Refuse inputs outside ALLOWED_INPUT_PREFIXES; store large ``data:`` inputs and pass their URIs."""
+    def _stage_inputs(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Inputs normalised and checked (ALLOWED_INPUT_PREFIXES: ``orchestrator.input_policy``; the API has
+        checked its caller's rules before); large ``data:`` inputs stored and passed by URI."""
+        payload = check_request_inputs(payload, self.settings, self.handler_settings, from_http=False)
         store_uri = payload.get("store") or self.handler_settings.avatar_store_uri
-        own = own_upload_prefixes(store_uri, user_id)
-        check_input_prefixes(payload, self.settings.input_prefixes, own)
         limit = self.settings.max_inline_data_bytes
         store = functools.partial(open_store, store_uri, self.handler_settings.storage)
         return stage_inline_data(payload, store, self.handler_settings, limit)

@@ -5,8 +5,8 @@ A training video goes to ``training-videos/{user_id}/{uuid}.{ext}`` (seed 000), 
 kind's limit is refused with ``too_large`` before anything reaches the store.
 
 Also the input policy of submitted jobs: large ``data:`` inputs are stored and passed by URI
-(``stage_inline_data``; content-addressed, so an idempotent retry names the same object), and input
-URIs must start with one of ALLOWED_INPUT_PREFIXES (``check_input_prefixes``).
+(``stage_inline_data``; content-addressed, so an idempotent retry names the same object); which input URIs a
+request may name is ``orchestrator.input_policy``'s.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import re
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -169,22 +169,6 @@ def stage_inline_data(
     return staged
 
 
-def check_input_prefixes(payload: dict[str, Any], prefixes: Sequence[str], own_prefixes: Sequence[str]) -> None:
-    """TaskError ``url_refused`` unless every input URI starts with an allowed prefix (``data:`` reads nothing
-    and is always allowed; so are ``own_prefixes``, the caller's own uploads). No prefixes: all allowed."""
-    if not prefixes:
-        return
-    for name in INPUT_FIELD_KINDS:
-        uri = payload.get(name)
-        if not isinstance(uri, str) or uri.startswith("data:") or uri.startswith((*prefixes, *own_prefixes)):
-            continue
-        raise TaskError(
-            "url_refused",
-            f"`{name}` {uri[:120]!r} is outside the allowed input locations ({', '.join(prefixes)}): "
-            "upload the file with POST /v1/uploads or use an allowed URI.",
-        )
-
-
 def own_upload_prefixes(store_uri: str, user_id: str | None) -> tuple[str, ...]:
     """Where a user's own uploads lie in the store (``uploads/{user_id}/``, ``training-videos/{user_id}/``)."""
     if not user_id:
@@ -197,7 +181,6 @@ __all__ = [
     "INPUT_FIELD_KINDS",
     "StoredUpload",
     "UploadKind",
-    "check_input_prefixes",
     "guess_extension",
     "own_upload_prefixes",
     "stage_inline_data",

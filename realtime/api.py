@@ -78,17 +78,17 @@ def realtime_router(
     manager: SessionManager,
     *,
     caller: Callable[..., Any] = _anyone,
-    check_access: Callable[[Any, dict[str, Any]], None] | None = None,
+    check_access: Callable[[Any, dict[str, Any]], dict[str, Any] | None] | None = None,
 ) -> APIRouter:
     """The routes. ``caller`` is the API's authentication dependency; ``check_access(caller, inputs)`` sees
-    ``{"user_id", "image", "store"}`` of a new session and ``{"user_id"}`` of a session being used, and
-    raises to refuse (the API's rules on which users a token may act for and which ``file://`` inputs
-    HTTP clients may name)."""
+    ``{"user_id", "image", "store"}`` of a new session and ``{"user_id"}`` of a session being used, raises to
+    refuse (the API's input rule: the users a token may act for, the URIs it may name) and returns the
+    inputs as checked (URIs normalised): the session is made from those."""
     router = APIRouter(tags=["live sessions"])
 
-    def check(who: Any, inputs: dict[str, Any]) -> None:
-        if check_access is not None:
-            check_access(who, inputs)
+    def check(who: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        checked = check_access(who, inputs) if check_access is not None else None
+        return inputs if checked is None else checked
 
     def session_of(who: Any, session_id: str) -> LiveSession:
         session = manager.get(session_id)
@@ -100,9 +100,9 @@ def realtime_router(
         """Answer the browser's WebRTC offer with the avatar's video (25 fps) and audio (Opus) tracks. Speak
         with `/say`, a data-channel message (text, or JSON `{"text", "voice"}`) or the offer's audio track."""
         try:
-            check(who, {"user_id": body.user_id, "image": body.image, "store": body.store})
+            inputs = check(who, {"user_id": body.user_id, "image": body.image, "store": body.store})
             session_id, answer = await manager.create(
-                body.user_id, body.avatar_id, body.image, body.store, body.offer.model_dump()
+                body.user_id, body.avatar_id, inputs.get("image"), inputs.get("store"), body.offer.model_dump()
             )
         except (TaskError, EngineError, StorageError) as exc:
             return _refusal(exc)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from storage.access import check_input_allowed
+from storage.access import InputPolicy, check_input_uri, normalise_root, normalise_uri
 from storage.base import ObjectInfo, ObjectStore, PutResult
 from storage.config import StorageSettings
 from storage.errors import StorageError
@@ -18,9 +18,12 @@ __all__ = [
     "ObjectStore",
     "PutResult",
     "StorageError",
+    "InputPolicy",
     "StorageSettings",
-    "check_input_allowed",
+    "check_input_uri",
     "fetch",
+    "normalise_root",
+    "normalise_uri",
     "open_store",
 ]
 
@@ -29,9 +32,12 @@ FETCH_SCHEMES = (*STORE_SCHEMES, "https", "http", "data")
 
 
 def open_store(root_uri: str, settings: StorageSettings | None = None) -> ObjectStore:
-    """The store rooted at ``s3://bucket[/prefix]``, ``gs://bucket[/prefix]`` or ``file:///dir`` / ``file://./dir``."""
+    """The store rooted at ``s3://bucket[/prefix]``, ``gs://bucket[/prefix]`` or ``file:///dir`` / ``file://./dir``;
+    the root is normalised first (``normalise_uri``: a root with dot segments or encoded slashes is refused)."""
     settings = settings or StorageSettings()
     scheme = _scheme(root_uri)
+    if scheme in STORE_SCHEMES:
+        root_uri = normalise_uri(root_uri, what="store", prefix=True)
     if scheme == "file":
         from storage.local import LocalStore
 
@@ -44,29 +50,35 @@ def open_store(root_uri: str, settings: StorageSettings | None = None) -> Object
     )
 
 
-def fetch(uri: str, dest: Path, settings: StorageSettings | None = None, max_bytes: int | None = None) -> Path:
-    """Download one object named by ``uri`` to ``dest`` (streamed, atomic), refusing more than ``max_bytes``."""
+def fetch(
+    uri: str,
+    dest: Path,
+    settings: StorageSettings | None = None,
+    max_bytes: int | None = None,
+    policy: InputPolicy | None = None,
+) -> Path:
+    """Download one object named by ``uri`` to ``dest`` (streamed, atomic), refusing more than ``max_bytes``.
+
+    ``uri`` is normalised and checked first (``check_input_uri`` with ``policy``, by default the settings'
+    ALLOWED_INPUT_PREFIXES and ALLOW_FILE_URIS), and the normalised URI is what is opened."""
     settings = settings or StorageSettings()
+    policy = policy or InputPolicy.from_settings(settings)
+    if _scheme(uri) in FETCH_SCHEMES:
+        uri = check_input_uri(uri, policy)  # data: passes unchanged: it carries its bytes and reads nothing
     scheme = _scheme(uri)
-    if scheme != "data":  # a data: URI carries its bytes: it reads nothing
-        check_input_allowed(uri, settings)
     if scheme in ("s3", "gs"):
         bucket, key = split_bucket_uri(uri)
         if not key:
             raise StorageError("invalid_uri", f"{uri!r} names a bucket, not an object")
         return _bucket_store(scheme, bucket, "", settings).get(key, dest, max_bytes=max_bytes)
     if scheme == "file":
-        if not settings.allow_file_uris:
-            raise StorageError(
-                "url_refused", f"file:// inputs are disabled on this worker ({_short(uri)!r}); set ALLOW_FILE_URIS=1"
-            )
         from storage.local import fetch_file
 
         return fetch_file(uri, dest, max_bytes)
     if scheme in ("http", "https"):
         from storage.http import fetch_http
 
-        return fetch_http(uri, dest, settings, max_bytes)
+        return fetch_http(uri, dest, settings, max_bytes, policy)
     if scheme == "data":
         from storage.http import fetch_data_uri
 

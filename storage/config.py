@@ -43,6 +43,18 @@ class StorageSettings(BaseSettings):
     # empty allows every input. Keeps callers from making workers read whatever their credentials reach.
     allowed_input_prefixes: str = Field("", validation_alias=AliasChoices("ALLOWED_INPUT_PREFIXES"))
 
+    # Comma-separated URI prefixes a request's `store` must start with. Workers check it only when it is set;
+    # the orchestrator limits tenants to it, or to the configured store when it is empty.
+    allowed_store_prefixes: str = Field("", validation_alias=AliasChoices("ALLOWED_STORE_PREFIXES"))
+
     @property
     def input_prefixes(self) -> tuple[str, ...]:
-        return tuple(p.strip() for p in self.allowed_input_prefixes.split(",") if p.strip())
+        return _split(self.allowed_input_prefixes)
+
+    @property
+    def store_prefixes(self) -> tuple[str, ...]:
+        return _split(self.allowed_store_prefixes)
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())

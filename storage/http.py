@@ -14,11 +14,11 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
+from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 import httpx
 
-from storage.access import check_input_allowed
+from storage.access import InputPolicy, check_input_uri, follow_redirect
 from storage.base import atomic_file, check_size
 from storage.config import StorageSettings
 from storage.errors import StorageError
@@ -89,21 +89,24 @@ def check_url_allowed(url: str, settings: StorageSettings) -> None:
             )
 
 
-def fetch_http(uri: str, dest: Path, settings: StorageSettings, max_bytes: int | None = None) -> Path:
-    """Stream ``uri`` to ``dest``, following redirects (each hop re-checked) and refusing more than the cap."""
+def fetch_http(
+    uri: str, dest: Path, settings: StorageSettings, max_bytes: int | None = None, policy: InputPolicy | None = None
+) -> Path:
+    """Stream ``uri`` to ``dest``, following redirects (each hop normalised and checked by ``storage.access``,
+    then opened as checked) and refusing more than the cap."""
     cap = byte_cap(settings, max_bytes)
-    url = uri
+    policy = policy or InputPolicy.from_settings(settings)
+    url = check_input_uri(uri, policy)
     deadline = time.monotonic() + settings.http_timeout_s  # for the whole download, redirects included
     try:
         with httpx.Client(timeout=settings.http_timeout_s, headers=REQUEST_HEADERS, follow_redirects=False) as client:
             for _ in range(MAX_REDIRECTS + 1):
                 _check_deadline(deadline, uri, settings)
                 check_url_allowed(url, settings)
-                check_input_allowed(url, settings)  # a redirect must stay inside ALLOWED_INPUT_PREFIXES too
                 with client.stream("GET", url) as response:
                     location = response.headers.get("location")
                     if response.status_code in REDIRECT_STATUSES and location:
-                        url = urljoin(str(response.url), location)
+                        url = follow_redirect(url, location, policy)  # the same rule as the first URL
                         continue
                     _save_response(response, dest, cap, uri, lambda: _check_deadline(deadline, uri, settings))
                     return dest

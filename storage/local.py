@@ -41,15 +41,20 @@ def path_from_file_uri(uri: str) -> Path:
 
 
 def fetch_file(uri: str, dest: Path, max_bytes: int | None = None) -> Path:
-    """Copy the local file named by a file:// URI to ``dest`` atomically."""
-    return _copy_out(path_from_file_uri(uri), dest, max_bytes, uri)
+    """Copy the local file named by a normalised file:// URI (``storage.access``: symlinks already resolved)
+    to ``dest`` atomically; a symlink put in its place since is not followed."""
+    return _copy_out(path_from_file_uri(uri), dest, max_bytes, uri, os.O_NOFOLLOW)
 
 
-def _copy_out(src: Path, dest: Path, max_bytes: int | None, uri: str) -> Path:
+def _copy_out(src: Path, dest: Path, max_bytes: int | None, uri: str, flags: int = 0) -> Path:
     if not src.is_file():
         raise StorageError("not_found", f"{uri} does not exist")
     check_size(src.stat().st_size, max_bytes, uri)
-    with src.open("rb") as fh, atomic_file(dest) as out:
+    try:
+        fd = os.open(src, os.O_RDONLY | flags)
+    except OSError as exc:
+        raise StorageError("not_found", f"{uri} cannot be opened ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as fh, atomic_file(dest) as out:
         copy_limited(fh, out, max_bytes, uri)
     return dest
 
@@ -74,6 +79,10 @@ class LocalStore(ObjectStore):
     def uri(self, key: str) -> str:
         """A proper file URI (percent-encoded), which :func:`storage.fetch` reads back."""
         return (self.root / check_key(key)).as_uri()
+
+    def local_path(self, key: str) -> Path:
+        """The file that holds ``key`` (checked to lie under the root; it may not exist yet)."""
+        return self._path(key)
 
     def _path(self, key: str) -> Path:
         path = self.root / check_key(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="needs a CUDA device (bench/gpu.sh runs `pytest -m cuda` on a lent GPU)")
     for item in marked:
         item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def avatarctl_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test's state (AVATARCTL_HOME: store, job database, avatars, secrets) under a temp folder, never the
+    user's own; child processes inherit it. Tests that need their own paths set them."""
+    home = tmp_path_factory.mktemp("avatarctl-home")
+    previous = os.environ.get("AVATARCTL_HOME")
+    os.environ["AVATARCTL_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("AVATARCTL_HOME", None)
+    else:
+        os.environ["AVATARCTL_HOME"] = previous
 
 
 def free_port() -> int:

@@ -62,6 +62,7 @@ class FaceAnalysis:
     grid: np.ndarray  # (gh, gw, 2) coarse sample positions (image pixels) of the dense warp
     weight: np.ndarray  # (roi h, roi w) float32 weight of the warp: 1 on the face, 0 beyond its hull's margin
     mouth_colors: dict[str, np.ndarray]  # BGR float32: "cavity", "teeth"
+    faces_found: int = 1  # faces in the image; ``box`` is the largest, or the one a face_index chose
 
     @property
     def width(self) -> int:
@@ -77,8 +78,9 @@ class ExpressionEngine(Protocol):
     version: str
     gpu: bool
 
-    def analyze(self, image_bgr: np.ndarray) -> FaceAnalysis:
-        """Find the largest face; EngineError ``no_face`` when there is none."""
+    def analyze(self, image_bgr: np.ndarray, face_index: int | None = None) -> FaceAnalysis:
+        """Find the largest face (or the ``face_index``-th largest); EngineError ``no_face`` when there is none,
+        ``face_not_found`` when there are fewer faces than ``face_index`` asks for."""
         ...
 
     def render(self, analysis: FaceAnalysis, emotion: str, intensity: float) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 from engines.errors import EngineError
 from engines.expression import FaceAnalysis, check_render_args, geometry, mouth, presets, register
 from engines.expression.warp import backward_maps
-from engines.face import FaceAnalyzer, FaceBox
+from engines.face import FaceAnalyzer, FaceBox, choose_face
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,15 @@ MIN_RELATIVE_SCORE = 0.5  # faces scoring under half the best detection are igno
 NO_FACE_MESSAGE = "No face detected in image"
 
 
-def main_face(boxes: list[FaceBox]) -> FaceBox:
-    """The largest face among the confident ones: the detector also reports faint, sometimes larger, false hits."""
+def confident_faces(boxes: list[FaceBox]) -> list[FaceBox]:
+    """The confident faces: the detector also reports faint, sometimes larger, false hits."""
     best = max(b.score for b in boxes)
-    return max((b for b in boxes if b.score >= MIN_RELATIVE_SCORE * best), key=lambda b: b.area)
+    return [b for b in boxes if b.score >= MIN_RELATIVE_SCORE * best]
+
+
+def main_face(boxes: list[FaceBox]) -> FaceBox:
+    """The largest confident face."""
+    return max(confident_faces(boxes), key=lambda b: b.area)
 
 
 @register("landmark_warp")
@@ -36,7 +41,8 @@ class LandmarkWarpEngine:
     def __init__(self, faces: FaceAnalyzer) -> None:
         self._faces = faces
 
-    def _find_face(self, image_bgr: np.ndarray) -> FaceBox:
+    def _find_face(self, image_bgr: np.ndarray, face_index: int | None = None) -> tuple[FaceBox, int]:
+        """The largest confident face (or the ``face_index``-th largest) and how many confident faces there are."""
         h, w = image_bgr.shape[:2]
         scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
         small = image_bgr
@@ -45,15 +51,24 @@ class LandmarkWarpEngine:
         boxes = self._faces.detect(small) or self._faces.detect(small, upsample=1)
         if not boxes:
             raise EngineError("no_face", NO_FACE_MESSAGE)
-        b = main_face(boxes)
+        faces = confident_faces(boxes)
+        chosen = choose_face(faces, face_index)
+        if chosen is None:
+            raise EngineError(
+                "face_not_found",
+                f"`face_index` {face_index} asks for a face the image does not have: it has {len(faces)} "
+                f"(0 is the largest, {len(faces) - 1} the smallest)",
+            )
+        b = chosen[0]
         if scale == 1.0:
-            return b
-        return FaceBox(round(b.x1 / scale), round(b.y1 / scale), round(b.x2 / scale), round(b.y2 / scale), b.score)
+            return b, len(faces)
+        box = FaceBox(round(b.x1 / scale), round(b.y1 / scale), round(b.x2 / scale), round(b.y2 / scale), b.score)
+        return box, len(faces)
 
-    def analyze(self, image_bgr: np.ndarray) -> FaceAnalysis:
+    def analyze(self, image_bgr: np.ndarray, face_index: int | None = None) -> FaceAnalysis:
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
             raise EngineError("invalid_image", "Expected a BGR uint8 image.")
-        box = self._find_face(image_bgr)
+        box, faces_found = self._find_face(image_bgr, face_index)
         landmarks = self._faces.landmarks(image_bgr, box)
         frame = geometry.face_frame(landmarks)
         moving = geometry.moving_points(landmarks, frame)
@@ -75,6 +90,7 @@ class LandmarkWarpEngine:
             grid=geometry.coarse_grid(roi),
             weight=geometry.hull_weights(hull, roi, geometry.HULL_MARGIN * frame.iod),
             mouth_colors=mouth.mouth_colors(image_bgr, landmarks),
+            faces_found=faces_found,
         )
 
     def moved_points(self, analysis: FaceAnalysis, emotion: str, intensity: float) -> np.ndarray:

@@ -11,6 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
+from engines.constants import MAX_FACE_INDEX
+from engines.errors import EngineError
 from engines.registry import registrar
 
 
@@ -45,6 +47,48 @@ class FaceAnalyzer(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class FoundFace:
+    """The face an image task works on: its box and landmarks, how many faces the image has, which one this is."""
+
+    box: FaceBox
+    landmarks: np.ndarray
+    faces_found: int
+    index: int  # 0 = the largest
+
+
+def choose_face(boxes: list[FaceBox], face_index: int | None) -> tuple[FaceBox, int] | None:
+    """The face ``face_index`` of ``boxes`` ordered largest first (None: the largest); None when there is no such
+    face."""
+    ranked = sorted(boxes, key=lambda b: b.area, reverse=True)
+    index = face_index or 0
+    return (ranked[index], index) if index < len(ranked) else None
+
+
+def find_face(
+    image: np.ndarray, analyzer: FaceAnalyzer, face_index: int | None = None, upsamples: tuple[int, ...] = (0, 1)
+) -> FoundFace:
+    """The largest face of an image (or its ``face_index``-th largest) and its landmarks. Each detector
+    upsampling in turn until one finds it; EngineError ``no_face`` when none does, ``face_not_found`` when the
+    image has fewer faces than ``face_index`` asks for."""
+    counted = 0
+    for upsample in upsamples:
+        boxes = analyzer.detect(image, upsample=upsample)
+        counted = max(counted, len(boxes))
+        chosen = choose_face(boxes, face_index)
+        if chosen is not None:
+            box, index = chosen
+            return FoundFace(box, analyzer.landmarks(image, box), len(boxes), index)
+    h, w = image.shape[:2]
+    if counted == 0:
+        raise EngineError("no_face", f"no face found in the {w}x{h} image: use a frontal portrait")
+    raise EngineError(
+        "face_not_found",
+        f"`face_index` {face_index} asks for a face the {w}x{h} image does not have: it has {counted} "
+        f"(0 is the largest, {counted - 1} the smallest)",
+    )
+
+
 FACE_ANALYZERS: dict[str, type] = {}
 register = registrar(FACE_ANALYZERS)
 
@@ -58,4 +102,14 @@ def load_face_analyzer(name: str = "dlib_hog") -> FaceAnalyzer:
     return FACE_ANALYZERS[name].load()
 
 
-__all__ = ["FaceBox", "FaceAnalyzer", "FACE_ANALYZERS", "register", "load_face_analyzer"]
+__all__ = [
+    "FaceBox",
+    "FaceAnalyzer",
+    "FoundFace",
+    "FACE_ANALYZERS",
+    "MAX_FACE_INDEX",
+    "choose_face",
+    "find_face",
+    "register",
+    "load_face_analyzer",
+]

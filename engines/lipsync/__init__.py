@@ -30,6 +30,7 @@ class AvatarFrames:
     # per-engine precomputed data (MuseTalk latents...), or a function returning it when first used
     material: dict[str, Any] = field(default_factory=dict)
     key: str | None = None  # identity of a stored avatar's unchanging version, for engines' own caches
+    faces_found: int | None = None  # a portrait's: how many faces its image has (the animated one is chosen)
 
     def __len__(self) -> int:
         return len(self.coords)

@@ -14,8 +14,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from engines.errors import EngineError
-from engines.face import FaceAnalyzer, FaceBox
+from engines.face import FaceAnalyzer, find_face
 from engines.lipsync import FPS, AvatarFrames
 from engines.lipsync.piecewise_affine import border_anchors, displacement_fields, separate_points, warp_region
 from engines.lipsync.warp import LEFT_BROW, LEFT_EYE, RIGHT_BROW, RIGHT_EYE
@@ -118,19 +117,13 @@ class PortraitFrames(Sequence):
         return frame
 
 
-def find_face(image: np.ndarray, analyzer: FaceAnalyzer) -> tuple[FaceBox, np.ndarray]:
-    """The largest face and its landmarks; EngineError ``no_face`` when there is none."""
-    for upsample in (0, 1):
-        boxes = analyzer.detect(image, upsample=upsample)
-        if boxes:
-            return boxes[0], analyzer.landmarks(image, boxes[0])
-    h, w = image.shape[:2]
-    raise EngineError("no_face", f"no face found in the {w}x{h} image: use a frontal portrait")
-
-
-def build_portrait_avatar(image: np.ndarray, analyzer: FaceAnalyzer, seconds: float = LOOP_SECONDS) -> AvatarFrames:
-    """An avatar of ``seconds`` of idle motion and blinks from one BGR portrait."""
-    box, landmarks = find_face(image, analyzer)
+def build_portrait_avatar(
+    image: np.ndarray, analyzer: FaceAnalyzer, seconds: float = LOOP_SECONDS, face_index: int | None = None
+) -> AvatarFrames:
+    """An avatar of ``seconds`` of idle motion and blinks from one BGR portrait: its largest face, or the
+    ``face_index``-th largest (``faces_found`` says how many it has)."""
+    face = find_face(image, analyzer, face_index)
+    box, landmarks = face.box, face.landmarks
     num_frames = max(2, int(round(seconds * FPS)))
     centre = box.center
     face_width = float(box.x2 - box.x1)
@@ -140,7 +133,9 @@ def build_portrait_avatar(image: np.ndarray, analyzer: FaceAnalyzer, seconds: fl
     shown = np.stack([closed_lids(lm, float(c)) if c > 0 else lm for lm, c in zip(swayed, closure, strict=True)])
     coords = [_box_coords(lm, image.shape) for lm in shown]
     frames = PortraitFrames(np.ascontiguousarray(image), matrices, swayed, closure)
-    return AvatarFrames(frames=frames, coords=coords, landmarks=shown.astype(np.float32), fps=FPS)
+    return AvatarFrames(
+        frames=frames, coords=coords, landmarks=shown.astype(np.float32), fps=FPS, faces_found=face.faces_found
+    )
 
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -155,4 +150,4 @@ def _box_coords(landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int
     return int(y1), int(y2), int(x1), int(x2)
 
 
-__all__ = ["build_portrait_avatar", "blink_schedule", "find_face", "PortraitFrames"]
+__all__ = ["build_portrait_avatar", "blink_schedule", "PortraitFrames"]

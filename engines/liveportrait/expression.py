@@ -15,8 +15,7 @@ import numpy as np
 
 from engines.errors import EngineError
 from engines.expression import check_render_args, register
-from engines.face import FaceAnalyzer
-from engines.lipsync.portrait_avatar import find_face
+from engines.face import FaceAnalyzer, find_face
 from engines.liveportrait.animate import FrameEdits, PortraitAnimator, PortraitSource
 from engines.liveportrait.crop import INPUT_SIZE
 from engines.liveportrait.editing import emotion_edit
@@ -34,6 +33,7 @@ class PortraitAnalysis:
 
     source: PortraitSource
     landmarks: np.ndarray  # (68, 2) in the portrait's pixels
+    faces_found: int = 1
 
 
 @register("liveportrait")
@@ -62,12 +62,13 @@ class LivePortraitExpressionEngine:
     def info(self) -> dict[str, object]:
         return self.animator.lp.info
 
-    def analyze(self, image_bgr: np.ndarray) -> PortraitAnalysis:
-        """Largest face (EngineError ``no_face`` / ``invalid_image``), then F and M once."""
+    def analyze(self, image_bgr: np.ndarray, face_index: int | None = None) -> PortraitAnalysis:
+        """Largest face, or the ``face_index``-th largest (EngineError ``no_face`` / ``face_not_found`` /
+        ``invalid_image``), then F and M once."""
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
             raise EngineError("invalid_image", "Expected a BGR uint8 image.")
-        _, landmarks = find_face(image_bgr, self.faces)
-        return PortraitAnalysis(self.animator.prepare(image_bgr, landmarks), landmarks)
+        face = find_face(image_bgr, self.faces, face_index)
+        return PortraitAnalysis(self.animator.prepare(image_bgr, face.landmarks), face.landmarks, face.faces_found)
 
     def render(self, analysis: PortraitAnalysis, emotion: str, intensity: float) -> np.ndarray:
         check_render_args(emotion, intensity)

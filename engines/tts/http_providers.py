@@ -11,9 +11,13 @@ connections a bounded number of times (honouring ``Retry-After``), and return no
 
 from __future__ import annotations
 
+import base64
+import html
+import json
 import logging
 import re
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
@@ -64,12 +68,27 @@ def _snippet(body: bytes, secret: str) -> str:
     return " ".join(text.split())[:SNIPPET_CHARS] or "(empty body)"
 
 
+def _secret_forms(secret: str) -> list[str]:
+    """The key as a provider might echo it: as is, percent-encoded (either case), JSON- or HTML-escaped, in
+    hex, or inside base64 (the stretch of a base64 text that depends on the key alone, at any alignment)."""
+    raw = secret.encode()
+    escaped = json.dumps(secret)[1:-1]
+    forms = {secret, quote(secret, safe=""), quote_plus(secret), quote(secret), escaped, escaped.replace("/", "\\/")}
+    forms |= {html.escape(secret), raw.hex()}
+    for shift in range(3):  # the key may start at any byte of a base64 quantum
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            core = encode(b"\0" * shift + raw).decode().rstrip("=")[4 if shift else 0 : -4]
+            forms.add(core if len(core) >= 8 else "")
+    return sorted((form for form in forms if len(form) >= MIN_SECRET_OVERLAP), key=len, reverse=True)
+
+
 def _redact(text: str, secret: str) -> str:
-    text = text.replace(secret, REDACTED)
-    for size in range(len(secret) - 1, MIN_SECRET_OVERLAP - 1, -1):  # the key cut by the body prefix's end
-        if text.endswith(secret[:size]):
-            text = text[:-size] + REDACTED
-            break
+    for form in _secret_forms(secret):
+        text = re.sub(re.escape(form), REDACTED, text, flags=re.IGNORECASE)
+        for size in range(len(form) - 1, MIN_SECRET_OVERLAP - 1, -1):  # the key cut by the body prefix's end
+            if text.lower().endswith(form[:size].lower()):
+                text = text[:-size] + REDACTED
+                break
     return CREDENTIAL_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
 
 

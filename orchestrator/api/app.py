@@ -13,6 +13,9 @@ Routes (``/docs`` is the documentation: every body and answer is a typed model):
 - ``POST /v1/uploads``: a file into the store (``training-videos/`` or ``uploads/``); answers its URI.
 - ``POST /v1/webhooks/runpod/{job_id}?token=``: RunPod's completion webhook (the token authenticates it).
 - ``GET /healthz`` and ``/health``, ``GET /metrics``: no bearer token needed.
+- ``GET /files/{expires}/{signature}/{key}``: a file:// store's output by the signed URL a result gave
+  (no bearer token: the signature authenticates it; byte ranges for video).
+- ``GET /docs``, ``/redoc``: this documentation, served with its assets from this process (no CDN).
 - Seed routes for clients migrating: ``POST /generate`` (seed 002), ``POST /render``, ``/render/batch``,
   ``GET``/``DELETE /output/{filename}`` (seed 004). They submit, wait up to ``sync_wait_s`` and answer
   the seed's fields. Uploaded bytes go to the store under ``uploads/{user_id}/`` first; uploads are
@@ -31,7 +34,7 @@ import importlib.metadata
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from handlers.errors import TaskError
 from handlers.schemas import REQUEST_MODELS
@@ -54,9 +56,12 @@ from orchestrator.api.compat import (
     seed_device_info,
     seed_health_fields,
 )
-from orchestrator.api.context import ApiContext, refuse_foreign_files
+from orchestrator.api.context import ApiContext
+from orchestrator.api.docs import add_offline_docs
+from orchestrator.api.files import add_file_routes
 from orchestrator.api.v1 import FILE_ROUTES as V1_FILE_ROUTES
 from orchestrator.api.v1 import add_v1_routes
+from orchestrator.body_limit import BodyLimit
 from orchestrator.config import OrchestratorSettings
 from orchestrator.metrics import ERROR_CODE_STATE, ApiMetrics, MetricsMiddleware
 from orchestrator.models import OrchestratorError
@@ -103,40 +108,6 @@ def redact_access_log() -> None:
     logger = logging.getLogger(ACCESS_LOGGER)
     if not any(isinstance(f, AccessLogRedaction) for f in logger.filters):
         logger.addFilter(AccessLogRedaction())
-
-
-class BodyTooLarge(StarletteHTTPException):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"The request body is over this route's limit of {limit} bytes.")
-
-
-class BodyLimit:
-    """ASGI middleware refusing request bodies over ``limit_for(path)`` bytes with 413: by Content-Length before
-    the route runs, and by counting while a body without one streams in."""
-
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
-        self.app = app
-        self.limit_for = limit_for
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = self.limit_for(scope["path"])
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:
-            body = {"error": BodyTooLarge(limit).detail, "error_code": "too_large"}
-            return await JSONResponse(body, status_code=413)(scope, receive, send)
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise BodyTooLarge(limit)  # an HTTPException: the route's body parsing lets it through
-            return message
-
-        await self.app(scope, counted, send)
 
 
 class ErrorBody(BaseModel):
@@ -291,7 +262,10 @@ def create_app(
         if ctx.owns_service:
             service.stop()
 
-    app = FastAPI(title=API_TITLE, version=_version(), lifespan=lifespan, description=__doc__)
+    app = FastAPI(
+        title=API_TITLE, version=_version(), lifespan=lifespan, description=__doc__, docs_url=None, redoc_url=None
+    )
+    add_offline_docs(app)
     app.state.context = ctx
     _add_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -302,14 +276,14 @@ def create_app(
     add_compat_routes(protected, ctx)
     _add_health_routes(public, ctx)
     _add_demo_page(public)
+    add_file_routes(public, ctx.signer)
     app.include_router(protected)
     app.include_router(public)
     app.state.sessions = sessions
-    store_uri = ctx.handler_settings.avatar_store_uri
 
-    def check_live_access(caller: Caller, inputs: dict[str, Any]) -> None:
-        caller.check_user(inputs.get("user_id"))
-        refuse_foreign_files(inputs, store_uri)
+    def check_live_access(caller: Caller, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A live session's inputs under the same rule as a job's (``ApiContext.check_inputs``)."""
+        return ctx.check_inputs(caller, inputs)
 
     app.include_router(realtime_router(sessions, caller=ctx.authenticate, check_access=check_live_access))
     return app

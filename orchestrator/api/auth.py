@@ -22,6 +22,11 @@ class Caller:
 
     user_ids: frozenset[str] | None = None
 
+    @property
+    def key(self) -> str:
+        """Who this caller is, for per-caller counts: the operator, or a tenant by its user ids."""
+        return "operator" if self.user_ids is None else "tenant:" + ",".join(sorted(self.user_ids))
+
     def may_act_for(self, user_id: str | None) -> bool:
         return self.user_ids is None or user_id in self.user_ids
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 from starlette.background import BackgroundTask
@@ -53,7 +53,8 @@ OUTPUT_FILENAME = re.compile(
 )
 # Job error codes that mean the input was at fault (422); any other failure is the worker's (502).
 INPUT_ERROR_CODES = frozenset(
-    {"invalid_input", "invalid_image", "image_too_large", "no_face", "not_found", "too_large", "invalid_uri"}
+    {"invalid_input", "invalid_image", "image_too_large", "no_face", "face_not_found", "not_found", "too_large"}
+    | {"invalid_uri"}
     | {"unsupported_uri", "url_refused", "invalid_data_uri", "audio_too_long", "invalid_audio", "unsupported_audio"}
     | {"empty_audio", "empty_speech", "empty_text", "unknown_emotion", "invalid_intensity", "invalid_format"}
     | {"unknown_voice", "unsupported_voice_option", "unknown_tts_provider", "access_denied"}
@@ -189,7 +190,9 @@ def _parse_emotions(values: list[str]) -> list[str]:
 
 
 def _add_seed_render_routes(router: APIRouter, ctx: ApiContext) -> None:
-    def render_job(caller: Caller, image: UploadFile, user_id: str, fields: dict[str, Any]) -> JobView:
+    def render_job(
+        request: Request, caller: Caller, image: UploadFile, user_id: str, fields: dict[str, Any]
+    ) -> JobView:
         caller.check_user(user_id)
         with ctx.rollback_uploads() as uploads:
             uploads.append(
@@ -206,7 +209,7 @@ def _add_seed_render_routes(router: APIRouter, ctx: ApiContext) -> None:
         job = ctx.wait(job)
         if job.status != JobStatus.completed.value:
             raise _job_failure(job)
-        return job
+        return ctx.present(job, request)
 
     @router.post(
         "/render",
@@ -215,6 +218,7 @@ def _add_seed_render_routes(router: APIRouter, ctx: ApiContext) -> None:
         summary="Render one emotion",
     )
     def render(
+        request: Request,
         source_image: UploadFile = File(...),
         emotion: Emotion = Form(Emotion.neutral),
         intensity: float = Form(EMOTION_DEFAULTS["intensity"], ge=0.0, le=1.0),
@@ -223,7 +227,7 @@ def _add_seed_render_routes(router: APIRouter, ctx: ApiContext) -> None:
         caller: Caller = Depends(ctx.authenticate),
     ) -> SeedRenderAnswer:
         fields = {"emotion": emotion.value, "intensity": intensity, "output_format": output_format.value}
-        job = render_job(caller, source_image, user_id, fields)
+        job = render_job(request, caller, source_image, user_id, fields)
         return _seed_render(job, job.output["renders"][0])
 
     @router.post(
@@ -233,6 +237,7 @@ def _add_seed_render_routes(router: APIRouter, ctx: ApiContext) -> None:
         summary="Render emotions",
     )
     def render_batch(
+        request: Request,
         source_image: UploadFile = File(...),
         emotions: list[str] = Form(..., description="Repeat the field, separate names with commas, or a JSON array."),
         intensity: float = Form(EMOTION_DEFAULTS["intensity"], ge=0.0, le=1.0),
@@ -241,7 +246,7 @@ def _add_seed_render_routes(router: APIRouter, ctx: ApiContext) -> None:
         caller: Caller = Depends(ctx.authenticate),
     ) -> list[SeedRenderAnswer]:
         fields = {"emotions": _parse_emotions(emotions), "intensity": intensity, "output_format": output_format.value}
-        job = render_job(caller, source_image, user_id, fields)
+        job = render_job(request, caller, source_image, user_id, fields)
         return [_seed_render(job, render) for render in job.output["renders"]]
 
 
@@ -293,7 +298,7 @@ def _add_seed_generate_route(router: APIRouter, ctx: ApiContext) -> None:
         return upload.uri
 
     @router.post("/generate", response_model=SeedGenerateAnswer, tags=["seed routes"], summary="Image + audio → video")
-    def generate(body: SeedGenerateBody, caller: Caller = Depends(ctx.authenticate)) -> JSONResponse:
+    def generate(body: SeedGenerateBody, request: Request, caller: Caller = Depends(ctx.authenticate)) -> JSONResponse:
         caller.check_user(body.user_id)
         with ctx.rollback_uploads() as uploads:
             image = source("image", body.image_url, body.image_b64, UploadKind.image, body.user_id, uploads)
@@ -301,7 +306,7 @@ def _add_seed_generate_route(router: APIRouter, ctx: ApiContext) -> None:
             engine = "auto" if body.driver in SEED_DRIVERS else LipSyncEngineName(body.driver).value
             payload = {"user_id": body.user_id, "image": image, "audio": audio, "engine": engine}
             job = ctx.submit(caller, "generate_video", payload)
-        job = ctx.wait(job)
+        job = ctx.present(ctx.wait(job), request)
         if job.status == JobStatus.completed.value:
             video = job.output["video"]
             answer = SeedGenerateAnswer(status="completed", video_url=video.get("url") or video["uri"], job_id=job.id)

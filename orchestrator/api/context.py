@@ -6,19 +6,21 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from fastapi import Request
+
 import handlers
-from handlers.errors import TaskError
 from orchestrator.api.auth import OPERATOR, Caller, authenticator, caller_of
+from orchestrator.api.files import FileSigner, file_signer
 from orchestrator.config import OrchestratorSettings
+from orchestrator.events import EventStreams
+from orchestrator.input_policy import check_request_inputs
 from orchestrator.metrics import ApiMetrics
 from orchestrator.models import JobView
 from orchestrator.service import JobService
-from orchestrator.uploads import INPUT_FIELD_KINDS, StoredUpload
+from orchestrator.uploads import StoredUpload
 from storage import ObjectStore, StorageError, open_store
-from storage.local import path_from_file_uri
 
 HEALTH_CACHE_S = 5.0
 
@@ -35,6 +37,23 @@ class ApiContext:
 
     def __post_init__(self) -> None:
         self.authenticate = authenticator(self.settings)  # the routes' dependency: Depends(ctx.authenticate)
+        self.streams = EventStreams(
+            self.settings.event_streams_per_tenant, self.settings.max_event_streams, self.settings.event_stream_max_s
+        )
+        storage = self.handler_settings.storage
+        self.signer: FileSigner | None = file_signer(
+            self.settings, self.handler_settings.avatar_store_uri, storage.signed_url_ttl_s
+        )
+
+    def base_url(self, request: Request) -> str:
+        """Where clients reach this API: PUBLIC_BASE_URL, else the address the request came to."""
+        return self.settings.public_base_url or str(request.base_url)
+
+    def present(self, job: JobView, request: Request) -> JobView:
+        """The job as answered: outputs in a file:// store get signed URLs under this API's address."""
+        if self.signer is None or job.output is None:
+            return job
+        return job.model_copy(update={"output": self.signer.sign_output(job.output, self.base_url(request))})
 
     def health(self) -> dict[str, Any]:
         """The service's health, reused for HEALTH_CACHE_S: the route is public and each report calls the
@@ -55,9 +74,16 @@ class ApiContext:
             self._stores[uri] = open_store(uri, self.handler_settings.storage)
         return self._stores[uri]
 
-    def submit(self, caller: Caller, task: str, payload: dict[str, Any], idempotency_key: str | None = None) -> JobView:
+    def check_inputs(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
+        """The API's one input rule for a job's or a live session's request: ``caller`` may act for its
+        ``user_id`` (else 403), and its ``store`` and input URIs are normalised and checked
+        (``orchestrator.input_policy.check_request_inputs``); returns the request with the normalised URIs,
+        which are what the caller must pass on. TaskError ``url_refused`` (422) naming the field otherwise."""
         caller.check_user(payload.get("user_id"))
-        refuse_foreign_files(payload, self.handler_settings.avatar_store_uri)
+        return check_request_inputs(payload, self.settings, self.handler_settings, owners=caller.user_ids)
+
+    def submit(self, caller: Caller, task: str, payload: dict[str, Any], idempotency_key: str | None = None) -> JobView:
+        payload = self.check_inputs(caller, payload)
         job = self.service.submit(task, payload, idempotency_key=idempotency_key)
         self.metrics.submitted.labels(task, job.backend).inc()
         return job
@@ -85,30 +111,3 @@ class ApiContext:
         """Whether an ``Authorization`` header names the operator (always true when no token is configured)."""
         given = (authorization or "").removeprefix("Bearer ").strip()
         return caller_of(self.settings, given) is OPERATOR
-
-
-def refuse_foreign_files(payload: dict[str, Any], store_uri: str) -> None:
-    """HTTP clients may not make the workers read or write this host's disk: ``file://`` inputs must lie in the
-    configured file store, and a ``store`` override may not be another ``file://`` root."""
-    store = payload.get("store")
-    if isinstance(store, str) and store.startswith("file:") and _file_root(store) != _file_root(store_uri):
-        raise TaskError("url_refused", "`store` may not name a file:// root other than the configured store.")
-    root = _file_root(store_uri)
-    for name in INPUT_FIELD_KINDS:
-        uri = payload.get(name)
-        if not (isinstance(uri, str) and uri.startswith("file:")):
-            continue
-        path = _file_root(uri)
-        if root is None or path is None or not path.is_relative_to(root):
-            raise TaskError(
-                "url_refused",
-                f"`{name}`: file:// inputs must lie in the configured store; upload the file with POST /v1/uploads.",
-            )
-
-
-def _file_root(uri: str) -> Path | None:
-    """The resolved local path of a file:// URI, or None for any other URI."""
-    try:
-        return path_from_file_uri(uri).resolve()
-    except StorageError:
-        return None

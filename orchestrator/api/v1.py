@@ -4,7 +4,8 @@ import base64
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, File, Form, Header, Query, Response, UploadFile
+import anyio
+from fastapi import APIRouter, Body, Depends, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, create_model
 from pydantic.json_schema import SkipJsonSchema
@@ -20,7 +21,7 @@ from handlers.schemas import (
 from orchestrator.api.auth import Caller
 from orchestrator.api.context import ApiContext
 from orchestrator.api.errors import ApiError
-from orchestrator.events import sse_stream
+from orchestrator.api.files import signed_sse
 from orchestrator.models import JobStatus, JobView
 from orchestrator.service import MAX_IDEMPOTENCY_KEY_CHARS
 from orchestrator.uploads import StoredUpload, UploadKind, upload_stream
@@ -70,11 +71,13 @@ def _submission_model(model: type[BaseModel]) -> type[BaseModel]:
 
 def _submit_endpoint(ctx: ApiContext, task: str, body_model: type[BaseModel]) -> Any:
     def submit(
+        request: Request,
         body: body_model,  # type: ignore[valid-type]
         idempotency_key: str | None = Header(None, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
         caller: Caller = Depends(ctx.authenticate),
     ) -> JobView:
-        return ctx.submit(caller, task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
+        job = ctx.submit(caller, task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
+        return ctx.present(job, request)
 
     return submit
 
@@ -95,17 +98,19 @@ def _add_submit_routes(router: APIRouter, ctx: ApiContext) -> None:
 
     @router.post("/v1/jobs", status_code=202, response_model=JobView, tags=["jobs"], summary="Submit any task")
     def submit_any(
+        request: Request,
         body: Annotated[AnyTaskRequest, Body()],
         idempotency_key: str | None = Header(None, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
         caller: Caller = Depends(ctx.authenticate),
     ) -> JobView:
-        return ctx.submit(caller, body.task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
+        job = ctx.submit(caller, body.task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
+        return ctx.present(job, request)
 
 
 def _add_job_routes(router: APIRouter, ctx: ApiContext) -> None:
     @router.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"], summary="Get a job")
-    def get_job(job_id: str, caller: Caller = Depends(ctx.authenticate)) -> JobView:
-        return ctx.job(caller, job_id)
+    def get_job(job_id: str, request: Request, caller: Caller = Depends(ctx.authenticate)) -> JobView:
+        return ctx.present(ctx.job(caller, job_id), request)
 
     @router.get(
         "/v1/jobs/{job_id}/events",
@@ -114,19 +119,26 @@ def _add_job_routes(router: APIRouter, ctx: ApiContext) -> None:
         summary="Follow a job (Server-Sent Events)",
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    def job_events(job_id: str, caller: Caller = Depends(ctx.authenticate)) -> StreamingResponse:
+    async def job_events(
+        job_id: str, request: Request, caller: Caller = Depends(ctx.authenticate)
+    ) -> StreamingResponse:
         """`progress` events, a streamed video's `segment` events as they are stored, then one event named
-        after the final status (`completed` with the output; `failed`, `cancelled`, `timed_out` with the error)."""
-        ctx.job(caller, job_id)
+        after the final status (`completed` with the output, after every segment; `failed`, `cancelled`,
+        `timed_out` with the error). At most EVENT_STREAMS_PER_TENANT open streams per token (429 beyond);
+        a stream open for EVENT_STREAM_MAX_S ends with `expired` (reconnect to follow on)."""
+        await anyio.to_thread.run_sync(ctx.job, caller, job_id, limiter=ctx.streams.limiter)
+        stream = ctx.streams.open(caller.key, ctx.service, job_id)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(sse_stream(ctx.service, job_id), media_type="text/event-stream", headers=headers)
+        events = signed_sse(stream, ctx.signer, ctx.base_url(request))
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     @router.delete("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"], summary="Cancel a job")
-    def cancel_job(job_id: str, caller: Caller = Depends(ctx.authenticate)) -> JobView:
-        return ctx.service.cancel(ctx.job(caller, job_id).id)
+    def cancel_job(job_id: str, request: Request, caller: Caller = Depends(ctx.authenticate)) -> JobView:
+        return ctx.present(ctx.service.cancel(ctx.job(caller, job_id).id), request)
 
     @router.get("/v1/jobs", response_model=list[JobView], tags=["jobs"], summary="List jobs, newest first")
     def list_jobs(
+        request: Request,
         response: Response,
         user_id: str | None = None,
         status: JobStatus | None = None,
@@ -148,7 +160,7 @@ def _add_job_routes(router: APIRouter, ctx: ApiContext) -> None:
         )
         if len(jobs) == limit:
             response.headers[NEXT_CURSOR_HEADER] = encode_cursor(jobs[-1])
-        return jobs
+        return [ctx.present(job, request) for job in jobs]
 
     @router.post(
         "/v1/uploads",

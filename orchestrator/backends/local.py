@@ -200,7 +200,7 @@ class LocalBackend:
             "runner": self.endpoint,
             "workers": self.workers,
             "running": sum(1 for r in runs if r.started and r.result is None),
-            "queued": sum(1 for r in runs if not r.started and not r.job.cancel.is_set()),
+            "queued": sum(1 for r in runs if not r.started and not r.cancel.is_set()),
         }
 
     def close(self) -> None:

@@ -5,6 +5,11 @@ LiveTalking, older genavatar versions and MuseTalk use for a list of ``(a, b, c,
 plain ints, numpy integer scalars (``numpy.core`` and ``numpy._core`` paths), or one 2-D integer array
 (``_reconstruct`` up to protocol 4, ``_frombuffer`` at protocol 5). Globals are never imported: each
 allowed one is a tag that a handful of checked rules turn into numbers. Anything else is refused.
+
+What a file may make the decoder do is bounded by what ``max_boxes`` boxes need (an avatar's reader passes
+its frame count), not by the file's size: opcodes (64 per box), array elements and encoded bytes built in all
+(a memoised buffer turned into arrays again and again is counted each time), lists and tuples, memo entries
+(numbered in order, as picklers write them), stack depth, FRAME opcodes (as a pickler writes them).
 """
 
 from __future__ import annotations
@@ -18,12 +23,19 @@ from typing import Any
 import numpy as np
 
 MAX_PICKLE_BYTES = 16 * 1024 * 1024
-MAX_BOXES = 200_000
+MAX_BOXES = 30_000  # 20 minutes at 25 fps; an avatar's reader passes its frame count instead
 MAX_MARK_DEPTH = 32
 MAX_NESTING = 4  # the box list, a box, a reduce's arguments, a shape inside them
-MAX_CONTAINERS = 8 * MAX_BOXES + 64  # a box of numpy scalars takes five tuples
-MAX_MEMO = 4 * MAX_BOXES
+MAX_STACK = 2048  # pickle batches appends by 1000: a box list never needs a deeper stack
 MAX_INT_BITS = 63
+# Budgets scale with the boxes allowed (the avatar's frame count), so what a file may make the decoder do
+# and build is bounded by what that many boxes need, whatever the file's size:
+CONTAINERS_PER_BOX = 10  # protocol 2 spends nine tuples on a box of numpy scalars
+MEMO_PER_BOX = 24  # and 21 memo entries (kept as a list: 8 bytes each)
+ELEMENTS_PER_BOX = 4  # array elements built in all (arrays, numpy scalars): each box is four numbers
+OPS_PER_BOX = 64  # the most opcodes a writer spends on one box is 59 (protocol 2, numpy scalars)
+BUDGET_SLACK = 256  # headers, globals, dtypes, shapes
+FRAME_BYTES = 64 * 1024  # pickle's frame size target (protocol 4 and 5)
 
 SCALAR = "scalar"
 DTYPE = "dtype"
@@ -43,7 +55,7 @@ GLOBALS = {
     ("_codecs", "encode"): ENCODE,
 }
 INT_DTYPE_CODES = {f"{kind}{size}" for kind in "iu" for size in (1, 2, 4, 8)}
-BYTE_ORDERS = {"<", ">", "|", "="}
+BYTE_ORDERS = {("<",), (">",), ("|",), ("=",)}  # as state[1:2]
 
 
 class BoxPickleError(ValueError):
@@ -59,6 +71,7 @@ class _Global:
 class _DType:
     code: str  # "i8", "u4", ...
     order: str = "="
+    built: bool = False  # BUILD sets the byte order once
 
     def numpy(self) -> np.dtype:
         return np.dtype(("|" if self.code[1] == "1" else self.order) + self.code)
@@ -75,19 +88,53 @@ _MARK = object()
 
 
 @dataclass
+class _Budget:
+    """What one decode may still do and build; each ``spend_*`` refuses once a budget is exhausted."""
+
+    max_boxes: int
+    ops: int = 0
+    elements: int = 0
+
+    def __post_init__(self) -> None:
+        self.ops = OPS_PER_BOX * self.max_boxes + BUDGET_SLACK
+        self.elements = ELEMENTS_PER_BOX * self.max_boxes + BUDGET_SLACK
+        self.containers = CONTAINERS_PER_BOX * self.max_boxes + BUDGET_SLACK
+        self.memo = MEMO_PER_BOX * self.max_boxes + BUDGET_SLACK
+        self.buffer_bytes = 8 * ELEMENTS_PER_BOX * self.max_boxes + 16 * BUDGET_SLACK  # int64 elements at most
+
+    def spend_op(self) -> None:
+        self.ops -= 1
+        if self.ops < 0:
+            raise BoxPickleError(f"more opcodes than {self.max_boxes} boxes need (a work bomb)")
+
+    def spend_bytes(self, count: int) -> None:
+        """Called before a buffer of ``count`` bytes is made from text (``_codecs.encode``)."""
+        self.buffer_bytes -= count
+        if self.buffer_bytes < 0:
+            raise BoxPickleError(f"encodes more bytes than {self.max_boxes} boxes hold (a build bomb)")
+
+    def spend_elements(self, count: int) -> None:
+        """Called before an array or scalar of ``count`` elements is made, never after."""
+        self.elements -= count
+        if self.elements < 0:
+            raise BoxPickleError(f"builds more array elements than {self.max_boxes} boxes hold (a build bomb)")
+
+
+@dataclass
 class _Machine:
     max_boxes: int
+    budget: _Budget
     stack: list[Any] = field(default_factory=list)
     marks: list[int] = field(default_factory=list)
-    memo: dict[int, Any] = field(default_factory=dict)
+    memo: list[Any] = field(default_factory=list)  # picklers number memo entries 0, 1, 2, ... in order
     depths: dict[int, int] = field(default_factory=dict)  # id of each list and tuple built -> its nesting depth
     inner_lists: set[int] = field(default_factory=set)  # lists inside another container: plain values only
     built: list[Any] = field(default_factory=list)  # keeps every container alive, so no id is reused
 
     def container(self, value: Any, items: list[Any]) -> Any:
         """Record a new list or tuple holding ``items``; refuse nesting no box list needs."""
-        if len(self.built) >= MAX_CONTAINERS:
-            raise BoxPickleError(f"more than {MAX_CONTAINERS} lists and tuples")
+        if len(self.built) >= self.budget.containers:
+            raise BoxPickleError(f"more than {self.budget.containers} lists and tuples")
         self.depths[id(value)] = self._depth_holding(0, items)
         self.built.append(value)
         return value
@@ -126,22 +173,27 @@ class _Machine:
         self.marks.append(len(self.stack))
 
     def put(self, index: int) -> None:
-        if index < 0 or len(self.memo) >= MAX_MEMO:
-            raise BoxPickleError(f"memo index {index} out of range or memo over {MAX_MEMO} entries")
-        self.memo[index] = self.top()
+        if not 0 <= index <= len(self.memo) or index >= self.budget.memo:
+            raise BoxPickleError(f"memo index {index} out of order or over {self.budget.memo} entries")
+        if index == len(self.memo):
+            self.memo.append(self.top())
+        else:
+            self.memo[index] = self.top()
 
     def get(self, index: int) -> None:
-        if index not in self.memo:
+        if not 0 <= index < len(self.memo):
             raise BoxPickleError(f"memo entry {index} was never stored")
         self.push(self.memo[index])
 
     def push(self, value: Any) -> None:
+        if len(self.stack) >= MAX_STACK:
+            raise BoxPickleError(f"more than {MAX_STACK} values on the stack")
         self.stack.append(value)
 
     def extend(self, target: Any, items: list[Any]) -> None:
         if not isinstance(target, list):
             raise BoxPickleError(f"append to a {type(target).__name__}")
-        if len(target) + len(items) > self.max_boxes:
+        if len(target) + len(items) > max(self.max_boxes, 4):  # the box list, or a box of four values
             raise BoxPickleError(f"more than {self.max_boxes} entries")
         if id(target) in self.inner_lists and any(isinstance(item, (list, tuple)) for item in items):
             raise BoxPickleError("a list inside another takes only plain values")
@@ -173,44 +225,46 @@ def _dtype(args: Any) -> _DType:
     return _DType(code)
 
 
-def _array(raw: Any, dtype: Any, shape: Any, fortran: bool) -> np.ndarray:
-    if not isinstance(dtype, _DType) or not isinstance(raw, (bytes, bytearray)):
+def _array(raw: Any, dtype: Any, shape: Any, fortran: bool, budget: _Budget) -> np.ndarray:
+    if not isinstance(dtype, _DType) or not isinstance(raw, bytes):
         raise BoxPickleError("an array must hold integer data given as bytes")
     if not (isinstance(shape, tuple) and 1 <= len(shape) <= 2 and all(_int(n) >= 0 for n in shape)):
         raise BoxPickleError(f"array shape {shape!r} is not 1-D or 2-D")
     count = shape[0] * (shape[1] if len(shape) == 2 else 1)
     np_dtype = dtype.numpy()
-    if count > 4 * MAX_BOXES or len(raw) != count * np_dtype.itemsize:
+    if len(raw) != count * np_dtype.itemsize:
         raise BoxPickleError(f"array data of {len(raw)} bytes does not match shape {shape} of {np_dtype}")
-    values = np.frombuffer(bytes(raw), dtype=np_dtype).astype(np.int64)
+    budget.spend_elements(count)  # a memoised buffer may be referenced again and again: count what is built
+    values = np.frombuffer(raw, dtype=np_dtype).astype(np.int64)
     return values.reshape(shape, order="F" if fortran else "C")
 
 
-def _reduce(func: Any, args: Any) -> Any:
+def _reduce(func: Any, args: Any, budget: _Budget) -> Any:
     if not isinstance(func, _Global) or not isinstance(args, tuple):
         raise BoxPickleError("REDUCE of something that is not an allowed global")
     if func.tag == DTYPE:
         return _dtype(args)
     if func.tag == SCALAR and len(args) == 2:
-        return int(_array(args[1], args[0], (1,), False)[0])
+        return int(_array(args[1], args[0], (1,), False, budget)[0])
     if func.tag == ENCODE and len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
+        budget.spend_bytes(len(args[0]))  # a memoised text may be encoded again and again
         return args[0].encode("latin-1")
     if func.tag == RECONSTRUCT and len(args) == 3 and args[0] == _Global(NDARRAY):
         return _ArrayShell()
     if func.tag == FROMBUFFER and len(args) == 4 and args[3] in ("C", "F"):
-        return _array(args[0], args[1], args[2], args[3] == "F")
+        return _array(args[0], args[1], args[2], args[3] == "F", budget)
     raise BoxPickleError(f"REDUCE of {func.tag} with these arguments is not allowed")
 
 
-def _build(target: Any, state: Any) -> None:
-    if isinstance(target, _DType) and isinstance(state, tuple) and len(state) >= 2 and state[1] in BYTE_ORDERS:
-        target.order = state[1]
+def _build(target: Any, state: Any, budget: _Budget) -> None:
+    if isinstance(target, _DType) and not target.built and isinstance(state, tuple) and state[1:2] in BYTE_ORDERS:
+        target.order, target.built = state[1], True
         return
     if isinstance(target, _ArrayShell) and target.array is None and isinstance(state, tuple) and len(state) == 5:
         _version, shape, dtype, fortran, raw = state
         if fortran not in (True, False, 0, 1):
             raise BoxPickleError("unexpected array order flag")
-        target.array = _array(raw, dtype, shape, bool(fortran))
+        target.array = _array(raw, dtype, shape, bool(fortran), budget)
         return
     raise BoxPickleError(f"BUILD of a {type(target).__name__} is not allowed")
 
@@ -237,11 +291,11 @@ def _op_table(m: _Machine) -> dict[str, Callable[[Any], None]]:
 
     def reduce(_: Any) -> None:
         args, func = m.pop(), m.pop()
-        m.push(_reduce(func, args))
+        m.push(_reduce(func, args, m.budget))
 
     def build(_: Any) -> None:
         state = m.pop()
-        _build(m.top(), state)
+        _build(m.top(), state, m.budget)
 
     table: dict[str, Callable[[Any], None]] = {
         "PROTO": lambda _: None,
@@ -285,10 +339,25 @@ def _split_global(arg: Any) -> tuple[str, str]:
     return module, name
 
 
+def _check_framing(name: str, pos: int, frames: int, data_bytes: int) -> int:
+    """PROTO only first; FRAMEs no more often than a pickler writes them (one per 64 KiB, plus one before each
+    large buffer): floods of these no-op opcodes are refused. Returns the frames seen."""
+    if name == "PROTO" and pos != 0:
+        raise BoxPickleError("PROTO after the first opcode")
+    if name == "FRAME":
+        frames += 1
+        if frames > 2 + 2 * data_bytes // FRAME_BYTES:
+            raise BoxPickleError(f"more FRAME opcodes than {data_bytes} bytes need")
+    return frames
+
+
 def _run(data: bytes, max_boxes: int) -> Any:
-    machine = _Machine(max_boxes)
+    machine = _Machine(max_boxes, _Budget(max_boxes))
     table = _op_table(machine)
-    for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
+    frames = 0
+    for opcode, arg, pos in pickletools.genops(io.BytesIO(data)):
+        machine.budget.spend_op()
+        frames = _check_framing(opcode.name, pos, frames, len(data))
         if opcode.name == "STOP":
             if len(machine.stack) != 1 or machine.marks:
                 raise BoxPickleError("STOP with a malformed stack")

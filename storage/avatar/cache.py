@@ -93,16 +93,17 @@ class AvatarCache:
     # --- readers --------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def acquire(self, store: ObjectStore, user_id: str, avatar_id: str) -> Iterator[Path]:
+    def acquire(self, store: ObjectStore, user_id: str, avatar_id: str, hand_placed: str = "all") -> Iterator[Path]:
         """The avatar's folder for as long as the ``with`` block runs, downloading its TAR once if needed.
 
         The folder never changes while held; a cached version is checked against the store's TAR at most once
-        per ``revalidate_s``. An avatar placed by hand in ``{root}/{avatar_id}`` is used as it is, by anyone
-        (one unpacked there from a store TAR, with an owner record, is not: its TAR is served from here).
+        per ``revalidate_s``. An avatar placed by hand in ``{root}/{avatar_id}`` is used as it is, by the users
+        ``hand_placed`` (HAND_PLACED_AVATARS, ``flat.hand_placed_avatar``) lets use it (one unpacked there from
+        a store TAR, with an owner record, is not: its TAR is served from here).
         """
         key = keys.avatar_key(user_id, check_avatar_id(avatar_id))
         owner = store.uri(key)
-        flat = hand_placed_avatar(self.root, avatar_id)
+        flat = hand_placed_avatar(self.root, avatar_id, user_id, hand_placed)
         if flat is not None:
             yield flat
             return

@@ -46,12 +46,22 @@ def unpack_avatar(
     return target
 
 
-def hand_placed_avatar(root: Path, avatar_id: str) -> Path | None:
-    """``root/avatar_id`` when it is a valid avatar placed by hand, else None; a broken folder is logged and
-    left alone. A folder with an owner record was unpacked from a store TAR: that TAR is the versioned
-    cache's to serve (and to check for replacements), so such a folder is not used."""
+HAND_PLACED_RULES = ("all", "owned", "none")
+
+
+def hand_placed_avatar(root: Path, avatar_id: str, user_id: str | None = None, rule: str = "all") -> Path | None:
+    """``root/avatar_id`` when it is a valid avatar placed by hand that ``user_id`` may use, else None; a broken
+    folder is logged and left alone. A folder with an owner record was unpacked from a store TAR: that TAR is
+    the versioned cache's to serve (and to check for replacements), so such a folder is not used.
+
+    Who may use one (``rule``, HAND_PLACED_AVATARS): a users file beside it (``.{avatar_id}.users``, one user id
+    a line) limits it to those users; ``all`` serves folders without one to everyone, ``owned`` serves only
+    folders with one, ``none`` never serves hand-placed folders."""
     folder = root / avatar_id
-    if not folder.is_dir() or _owner_file(root, avatar_id).exists():
+    if rule == "none" or not folder.is_dir() or _owner_file(root, avatar_id).exists():
+        return None
+    users = _listed_users(root, avatar_id)
+    if (users is None and rule != "all") or (users is not None and user_id not in users):
         return None
     try:
         validate_avatar_dir(folder)
@@ -87,6 +97,15 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(new)
     else:
         new.unlink()
+
+
+def _listed_users(root: Path, avatar_id: str) -> frozenset[str] | None:
+    """The user ids in ``.{avatar_id}.users`` (one a line), or None when there is no such file."""
+    try:
+        text = (root / f".{avatar_id}.users").read_text(encoding="utf-8", errors="replace")[:1_000_000]
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    return frozenset(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _owner_file(root: Path, avatar_id: str) -> Path:

@@ -10,8 +10,10 @@ the same material, with MuseTalk's own face boxes in ``avator_info.json`` (``fac
 avatar serves every engine; LiveTalking's wav2lip reads it as before (its musetalk loader would read
 our ``coords.pkl`` in the other order: give it an avatar made with ``models: ["musetalk"]`` only).
 
-``latents.pt`` is a pickle: loaded only with ``torch.load(weights_only=True)`` after a size cap, then
-checked (shape, count, finite); ``mask_coords.pkl`` goes through our opcode reader, never pickle.
+``latents.pt`` is a pickle: its zip is checked first, then it is loaded only with
+``torch.load(weights_only=True)`` and every tensor's shape, strides and storage are checked against the
+frame count before anything is copied (``latents.py``); ``mask_coords.pkl`` goes through our opcode
+reader, never pickle.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from storage.avatar.coords import Box, read_boxes_file
 from storage.avatar.entries import frame_files, frame_size, invalid, read_json_object
+from storage.avatar.latents import read_latents
 from storage.avatar.layout import (
     AVATAR_INFO,
     COORDS,
@@ -34,7 +37,6 @@ from storage.avatar.layout import (
     LATENTS,
     MASK_COORDS,
     MASK_DIR,
-    MAX_ENTRY_BYTES,
     frame_name,
 )
 from storage.base import atomic_file
@@ -42,7 +44,6 @@ from storage.base import atomic_file
 if TYPE_CHECKING:
     import torch
 
-LATENT_SHAPE = (8, 32, 32)
 MUSETALK_VERSION = "v15"
 
 
@@ -83,40 +84,10 @@ def xyxy_to_coords(box: Box) -> Box:
     return y1, y2, x1, x2
 
 
-def read_latents(avatar: Path, num_frames: int) -> torch.Tensor:
-    """``latents.pt`` as float32 (N, 8, 32, 32): a list of (1, 8, 32, 32) tensors or one stacked tensor."""
-    import torch
-
-    path = avatar / LATENTS
-    if path.stat().st_size > MAX_ENTRY_BYTES[LATENTS]:
-        raise invalid(avatar, f"{LATENTS} is over {MAX_ENTRY_BYTES[LATENTS]} bytes")
-    try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad or hostile pickle
-        raise invalid(avatar, f"{LATENTS} is not a list of tensors ({type(exc).__name__})") from None
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not items or not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in items):
-        raise invalid(avatar, f"{LATENTS} must hold float tensors")
-    try:
-        latents = torch.cat([t.reshape(-1, *LATENT_SHAPE) for t in items]).float()
-    except RuntimeError:
-        shapes = sorted({tuple(t.shape) for t in items})[:3]
-        raise invalid(avatar, f"{LATENTS} holds tensors of shape {shapes}, expected (1, 8, 32, 32)") from None
-    if latents.shape[0] != num_frames:
-        raise invalid(
-            avatar,
-            f"{LATENTS} has {latents.shape[0]} latents for {num_frames} frames "
-            "(LiveTalking skips frames without a face: prepare the avatar again)",
-        )
-    if not torch.isfinite(latents).all():
-        raise invalid(avatar, f"{LATENTS} holds NaN or infinite values")
-    return latents
-
-
-def _face_boxes(avatar: Path, info: dict[str, Any]) -> list[Box]:
+def _face_boxes(avatar: Path, info: dict[str, Any], num_frames: int) -> list[Box]:
     boxes = info.get("face_boxes")
     if boxes is None:  # LiveTalking's own layout: coords.pkl holds them
-        return read_boxes_file(avatar / COORDS)
+        return read_boxes_file(avatar / COORDS, max_boxes=num_frames)
     if not isinstance(boxes, list) or not all(
         isinstance(b, list) and len(b) == 4 and all(isinstance(v, int) for v in b) for b in boxes
     ):
@@ -146,8 +117,8 @@ def read_material(
     for name in (MASK_COORDS,):
         if not (avatar / name).is_file():
             raise invalid(avatar, f"has {LATENTS} but no {name}")
-    boxes = _face_boxes(avatar, read_json_object(avatar, AVATAR_INFO))
-    crop_boxes = read_boxes_file(avatar / MASK_COORDS)
+    boxes = _face_boxes(avatar, read_json_object(avatar, AVATAR_INFO), num_frames)
+    crop_boxes = read_boxes_file(avatar / MASK_COORDS, max_boxes=num_frames)
     masks = frame_files(avatar, MASK_DIR)
     counts = {"face boxes": len(boxes), MASK_COORDS: len(crop_boxes), f"{MASK_DIR}/": len(masks)}
     if any(count != num_frames for count in counts.values()):

@@ -103,11 +103,11 @@ MUSETALK_FACE_SIZE = 256
 
 def _inspect(avatar: Path, every_frame: bool) -> Inspected:
     _check_entries(avatar)
-    coords = read_coords(avatar / COORDS)
+    full = frame_files(avatar, FULL_IMGS)
+    coords = read_coords(avatar / COORDS, max_boxes=len(full))  # one box per frame: the decoder's budgets
     musetalk_only = is_musetalk_only(avatar)  # LiveTalking's musetalk layout: (x1, y1, x2, y2), no face_imgs/
     if musetalk_only:
         coords = [xyxy_to_coords(box) for box in coords]
-    full = frame_files(avatar, FULL_IMGS)
     faces = [] if musetalk_only else frame_files(avatar, FACE_IMGS)
     if not coords:
         raise invalid(avatar, "has no frames")

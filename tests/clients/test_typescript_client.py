@@ -1,30 +1,24 @@
 """The TypeScript client (clients/typescript): its committed OpenAPI document and generated types are current,
-and its node tests pass against a live `avatarctl serve` started here. Node-dependent tests are skipped,
-saying so, where node or the client's npm packages are missing (`.ci/run` installs them)."""
+its node tests pass against the `avatarctl serve` they start themselves, and its `npm pack` tarball installs
+offline into a fresh project that compiles under strict settings and refuses a wrong emotion name. Node-dependent
+tests are skipped, saying so, where node or the client's npm packages are missing (`.ci/run` installs them)."""
 
 from __future__ import annotations
 
+import json
 import os
 import runpy
 import shutil
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
-import httpx
 import pytest
 
-from tests.entrypoints.conftest import FACE_CROP, REPO_ROOT, child_env
-from tests.media import coffee_bgr, head_motion, write_video
-from tests.orchestrator.test_api import PORTRAIT, png_bytes, wav_bytes
+from tests.entrypoints.conftest import REPO_ROOT
 
 CLIENT_DIR = REPO_ROOT / "clients" / "typescript"
 EXPORT_SCRIPT = CLIENT_DIR / "scripts" / "export_openapi.py"
-TOKEN = "ts-client-token"
 
 
 def node_ready() -> None:
@@ -45,68 +39,118 @@ def test_the_committed_types_are_generated_from_the_document() -> None:
     checked = subprocess.run(
         ["npm", "run", "--silent", "check-types"], cwd=CLIENT_DIR, capture_output=True, text=True, timeout=120
     )
-    assert checked.returncode == 0, f"stale src/schema.d.ts: run `make client`\n{checked.stdout}{checked.stderr}"
+    assert checked.returncode == 0, f"stale src/schema.ts: run `make client`\n{checked.stdout}{checked.stderr}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def write_fixtures(folder: Path) -> Path:
-    folder.mkdir()
-    (folder / "portrait.png").write_bytes(PORTRAIT)
-    (folder / "coffee.png").write_bytes(png_bytes(coffee_bgr()))
-    (folder / "speech.wav").write_bytes(wav_bytes())
-    frames, _ = head_motion(50, 25.0, size=512)
-    write_video(folder / "train.mp4", [f[FACE_CROP] for f in frames], 25.0)
-    assert cv2.imread(str(folder / "portrait.png")) is not None
-    return folder
-
-
-@pytest.fixture
-def live_serve(tmp_path: Path) -> Iterator[str]:
-    """`avatarctl serve` in a child process: SQLite, a file:// store, one local worker, a bearer token."""
-    port = free_port()
-    env = child_env(
-        DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}",
-        AVATAR_STORE_URI=(tmp_path / "store").as_uri(),
-        AVATAR_LOCAL_PATH=str(tmp_path / "avatars"),
-        WEIGHTS_DIR=str(tmp_path / "weights"),
-        API_TOKEN=TOKEN,
-        LOCAL_WORKERS="1",
-        POLL_INTERVAL_S="0.05",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-    )
-    (tmp_path / "store").mkdir()
-    command = [sys.executable, "-c", "from orchestrator.cli import app; app()", "serve", "--port", str(port)]
-    server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        give_up = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < give_up, server.stdout.read().decode()[-3000:]
-            time.sleep(0.2)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(20)
-
-
-def test_the_client_against_a_live_avatarctl_serve(live_serve: str, tmp_path: Path) -> None:
+def test_the_client_against_the_server_its_tests_start() -> None:
+    """`npm test` starts its own `avatarctl serve` (scripts/test_server.py: temporary state, generated media)."""
     node_ready()
-    env = child_env(
-        AVATARCTL_URL=live_serve,
-        AVATARCTL_TOKEN=TOKEN,
-        AVATARCTL_FIXTURES=str(write_fixtures(tmp_path / "fixtures")),
-    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVATARCTL_")}
+    env.update(AVATARCTL_PYTHON=sys.executable, PYTHONPATH=str(REPO_ROOT))
     ran = subprocess.run(["npm", "test"], cwd=CLIENT_DIR, env=env, capture_output=True, text=True, timeout=540)
     output = ran.stdout + ran.stderr
     assert ran.returncode == 0, output[-6000:]
     assert "# fail 0" in output and "# pass 13" in output, output[-3000:]
+
+
+CONSUMER_TSCONFIG = {
+    "compilerOptions": {
+        "target": "ES2022",
+        "module": "NodeNext",
+        "moduleResolution": "NodeNext",
+        "lib": ["ES2022", "DOM"],
+        "strict": True,
+        "skipLibCheck": False,
+        "noEmit": True,
+        "types": [],
+    },
+    "include": ["*.ts"],
+}
+CONSUMER_CODE = """
+import { AvatarClient, type Emotion, type EmotionRequest, type Job } from "@serverless-talking-head/client";
+
+const client = new AvatarClient({ baseUrl: "http://127.0.0.1:8000", token: "t" });
+const happy: Emotion = "happy";
+const request: EmotionRequest = { user_id: "u1", image: "s3://bucket/face.png", emotion: happy };
+export async function run(): Promise<Job> {
+  return client.submitEmotion(request);
+}
+"""
+WRONG_EMOTION = """
+// @ts-expect-error: "joy" is not one of the seven emotions
+export const joy: Emotion = "joy";
+// @ts-expect-error: nor in a request
+export const wrong: EmotionRequest = { user_id: "u1", image: "s3://bucket/face.png", emotion: "joy" };
+"""
+
+
+def runtime_dependencies() -> list[str]:
+    """The client's runtime dependencies and theirs (not the dev tools), from its lockfile."""
+    lock = json.loads((CLIENT_DIR / "package-lock.json").read_text())["packages"]
+    return [path.removeprefix("node_modules/") for path, entry in lock.items() if path and not entry.get("dev")]
+
+
+def test_the_packed_client_compiles_strictly_in_a_fresh_project_and_rejects_a_wrong_emotion(tmp_path: Path) -> None:
+    node_ready()
+    packed = subprocess.run(
+        ["npm", "pack", "--json", "--pack-destination", str(tmp_path)],
+        cwd=CLIENT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert packed.returncode == 0, packed.stderr[-3000:]
+    (info,) = json.loads(packed.stdout[packed.stdout.index("[") :])
+    files = {entry["path"] for entry in info["files"]}
+    assert {"dist/index.js", "dist/index.d.ts", "dist/schema.d.ts", "package.json"} <= files, files
+    assert not any(path.startswith(("test/", "build-test/", "src/", "node_modules/")) for path in files), files
+
+    consumer = tmp_path / "consumer"
+    consumer.mkdir()
+    (consumer / "package.json").write_text(json.dumps({"name": "consumer", "private": True, "type": "module"}))
+    (consumer / "tsconfig.json").write_text(json.dumps(CONSUMER_TSCONFIG))
+    # offline: the client from its tarball, its dependencies packed from the client's own node_modules
+    tarballs = [str(tmp_path / info["filename"])]
+    for dependency in runtime_dependencies():
+        dep = subprocess.run(
+            [
+                "npm",
+                "pack",
+                "--json",
+                "--pack-destination",
+                str(tmp_path),
+                str(CLIENT_DIR / "node_modules" / dependency),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert dep.returncode == 0, dep.stderr[-2000:]
+        tarballs.append(str(tmp_path / json.loads(dep.stdout[dep.stdout.index("[") :])[0]["filename"]))
+    install = ["npm", "install", "--offline", "--no-audit", "--no-fund", *tarballs]
+    installed = subprocess.run(install, cwd=consumer, capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-2000:]
+    tsc = [str(CLIENT_DIR / "node_modules" / ".bin" / "tsc"), "-p", "."]  # the client's pinned TypeScript
+
+    (consumer / "consumer.ts").write_text(CONSUMER_CODE + WRONG_EMOTION)
+    strict = subprocess.run(tsc, cwd=consumer, capture_output=True, text=True, timeout=300)
+    assert strict.returncode == 0, strict.stdout[-3000:]  # also: each @ts-expect-error above is a real error
+
+    (consumer / "consumer.ts").write_text(CONSUMER_CODE + WRONG_EMOTION.replace("// @ts-expect-error", "//"))
+    refused = subprocess.run(tsc, cwd=consumer, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and '"joy"' in refused.stdout, refused.stdout[-3000:]
+
+    loaded = subprocess.run(
+        [
+            "node",
+            "--input-type=module",
+            "-e",
+            "const m = await import('@serverless-talking-head/client');console.log(typeof m.AvatarClient)",
+        ],
+        cwd=consumer,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert loaded.stdout.strip() == "function", loaded.stderr

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from engines.constants import EMOTIONS
-from engines.face import load_face_analyzer
+from engines.face import find_face, load_face_analyzer
 from engines.lipsync import DrivingAudio
-from engines.lipsync.portrait_avatar import build_portrait_avatar, find_face
+from engines.lipsync.portrait_avatar import build_portrait_avatar
 from engines.liveportrait import load_liveportrait
 from engines.liveportrait.animate import FrameEdits
 from engines.liveportrait.crop import CROP_SIZE, crop_face, crop_transform, eye_ratios, lip_ratio, paste_back
@@ -36,7 +36,7 @@ SMALL_INPUT = 128
 @pytest.fixture(scope="module")
 def portrait() -> tuple[np.ndarray, np.ndarray]:
     image = astronaut_bgr()
-    return image, find_face(image, load_face_analyzer())[1]
+    return image, find_face(image, load_face_analyzer()).landmarks
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import logging
+import re
 import struct
 import threading
 import time
@@ -12,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote, quote_plus
 
 import numpy as np
 import pytest
@@ -378,3 +382,38 @@ def test_provider_error_bodies_never_carry_the_key_into_errors_or_logs(
     assert str(status) in err.value.message and "denied" in err.value.message and "[redacted]" in err.value.message
     assert "oa-key" not in err.value.message and "oa-key" not in caplog.text
     assert len(err.value.message) < 500
+
+
+ODD_KEY = "sk-Ab/Cd+eF=gh&Ij:9~xyzzy"
+
+
+def _echoes() -> dict[str, str]:
+    percent = quote(ODD_KEY, safe="")
+    return {
+        "percent": percent,
+        "percent_lowercase_hex": re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), percent),
+        "plus": quote_plus(ODD_KEY),
+        "path_quoted": quote(ODD_KEY),
+        "json": json.dumps(ODD_KEY)[1:-1].replace("/", "\\/"),
+        "html": html.escape(ODD_KEY),
+        "hex": ODD_KEY.encode().hex().upper(),
+        "base64_bearer": base64.b64encode(f"Bearer {ODD_KEY}".encode()).decode(),
+        "base64_basic": base64.b64encode(f"user:{ODD_KEY}".encode()).decode(),
+        "base64url": base64.urlsafe_b64encode(ODD_KEY.encode()).decode(),
+    }
+
+
+@pytest.mark.parametrize("encoding", sorted(_echoes()))
+def test_provider_echoes_of_the_key_in_simple_encodings_are_redacted(provider: FakeProvider, encoding: str) -> None:
+    """Class: key echoes that redaction missed: URL-encoded (either hex case, `+` for spaces), JSON- or
+    HTML-escaped, hex and base64 (Basic or Bearer) forms of the key are redacted from errors."""
+    echoed = _echoes()[encoding]
+    body = f'{{"error": "denied", "echo": "{echoed}", "url": "https://p.example/v1?key={quote(ODD_KEY)}"}}'
+    provider.script.extend([(401, body.encode(), {"Content-Type": "application/json"})] * 3)
+    synth = load_synthesizer("openai", api_key=ODD_KEY, base_url=provider.url, model="tts-test", retry_wait_s=0.01)
+    with pytest.raises(EngineError) as err:
+        synth.synthesize("Hello", VoiceParams())
+    message = err.value.message
+    assert "denied" in message and "[redacted]" in message
+    assert echoed not in message and echoed.lower() not in message.lower(), message
+    assert "xyzzy" not in message and ODD_KEY not in message, message

@@ -21,6 +21,7 @@ ORCHESTRATOR_MODULES = {
     "sqlalchemy": "sqlalchemy",
     "alembic": "alembic",
     "fastapi": None,
+    "fastapi-offline": "fastapi_offline",
     "uvicorn": "uvicorn",
     "python-multipart": "multipart",
     "prometheus-client": "prometheus_client",

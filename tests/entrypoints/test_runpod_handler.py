@@ -186,6 +186,21 @@ def test_hub_tests_pass_through_the_sdk_runner(fresh_worker: None, local_setting
         assert case["timeout"] > 0
 
 
+def test_a_worker_without_a_bucket_says_so_in_health_and_results(
+    fresh_worker: None, local_settings: Settings, face_data_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from runpod.serverless.modules.rp_job import run_job
+
+    health = asyncio.run(run_job(runpod_handler.handler, {"id": "h", "input": {"task": "health"}}))["output"]
+    assert "NO BUCKET CONFIGURED" in caplog.text
+    job = {"task": "render_emotion", "user_id": "u", "image": face_data_uri, "emotion": "happy"}
+    render = asyncio.run(run_job(runpod_handler.handler, {"id": "r", "input": job}))["output"]
+    for result in (health, render):
+        (warning,) = result["warnings"]
+        assert local_settings.avatar_store_uri in warning and "AVATAR_STORE_URI" in warning
+    assert render["renders"][0]["uri"].startswith(local_settings.avatar_store_uri)
+
+
 def test_refused_input_through_the_sdk_runner_keeps_its_code(
     fresh_worker: None, local_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -313,6 +328,7 @@ def test_runsync_render_emotion_writes_the_still_to_s3(api_server: str, s3_endpo
         assert render["uri"].startswith("s3://rp-default/emotions/rp-user/")
         assert s3_object_size(s3_endpoint, render["uri"]) > 1000
     assert "base64" not in json.dumps(answer["output"])  # results point at the store, never carry media
+    assert "warnings" not in answer["output"]  # a bucket: nothing to warn about
 
 
 def test_runsync_refused_input_fails_with_its_code(api_server: str) -> None:

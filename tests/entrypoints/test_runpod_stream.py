@@ -84,6 +84,15 @@ def test_status_aggregates_the_stream_and_plain_jobs_yield_their_result(stream_s
     assert [item["video_id"] for item in answer["output"]] == ["rp-plain"]
 
 
+def test_status_after_stream_in_the_sdk_server_no_longer_knows_the_job(stream_server: str, portrait_uri: str) -> None:
+    """Issue 26: the SDK's local server (--rp_serve_api) runs a job once, on the first of /stream or /status,
+    then forgets it: /status after /stream answers FAILED "Job ID not found" (RunPod and the emulator keep it)."""
+    queued = post(stream_server, "/run", {"input": video_job(portrait_uri, "rp-twice")})
+    assert post(stream_server, f"/stream/{queued['id']}")["status"] == "COMPLETED"
+    after = post(stream_server, f"/status/{queued['id']}")
+    assert after["status"] == "FAILED" and after["error"] == "Job ID not found"
+
+
 def test_a_refused_stream_job_fails_with_its_code(local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     from runpod.serverless.modules.rp_job import run_job_generator
 

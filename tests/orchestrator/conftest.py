@@ -61,7 +61,7 @@ class RunningEmulator:
 @pytest.fixture
 def emulator(local_settings: Settings, runtime: WorkerRuntime) -> Iterator[RunningEmulator]:
     """The RunPod emulator (2 workers, real handlers, file:// store) on a free port; faults off."""
-    app = create_emulator_app([ENDPOINT_ID], workers=2, runtime=runtime)
+    app = create_emulator_app([ENDPOINT_ID], workers=2, runtime=runtime, allow_private_webhooks=True)
     with BackgroundServer(app) as server:
         yield RunningEmulator(server.url, app.state.emulator)
 

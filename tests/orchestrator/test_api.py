@@ -209,9 +209,11 @@ def test_seed_generate_from_base64_image_and_audio(api: Api) -> None:
     answer = api.client.post("/generate", json=body)
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "completed"
-    video = path_from_file_uri(answer.json()["video_url"])
-    assert video.is_file() and video.stat().st_size > 1000
     job = api.client.get(f"/v1/jobs/{answer.json()['job_id']}").json()
+    video = path_from_file_uri(job["output"]["video"]["uri"])
+    assert video.is_file() and video.stat().st_size > 1000
+    assert answer.json()["video_url"].startswith(f"{api.url}/files/")  # the file:// store's signed URL
+    assert httpx.get(answer.json()["video_url"]).content == video.read_bytes()
     assert job["input"]["engine"] == "auto" and job["input"]["audio"].endswith(".wav")
     bad = api.client.post("/generate", json={**body, "audio_b64": "not base64!"})
     assert bad.status_code == 422 and bad.json()["status"] == "error" and "`audio_b64`" in bad.json()["message"]

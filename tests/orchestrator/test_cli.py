@@ -4,6 +4,7 @@ a local training video uploaded before its job, bad input, and recover-avatars a
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import cv2
@@ -157,17 +158,36 @@ def test_recover_avatars_with_bad_settings_is_one_line_not_a_traceback(cli_env, 
     assert result.exit_code == 2 and "invalid_settings" in result.stderr and "MAX_VIDEO_BYTES" in result.stderr
 
 
-def test_demo_makes_an_avatar_a_video_and_seven_stills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_makes_an_avatar_a_video_and_seven_stills_then_its_commands_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AVATAR_STORE_URI", "s3://not-used-by-the-demo")
-    result = invoke("demo", "--root", str(tmp_path / "var"))
+    home = tmp_path / "home"
+    monkeypatch.setenv("AVATARCTL_HOME", str(home))
+    result = invoke("demo")  # state in AVATARCTL_HOME
     assert result.exit_code == 0, result.output
-    store = tmp_path / "var" / "store"
+    store = home / "store"
     assert (store / "avatars" / "demo" / "demo-astronaut.tar").is_file()
     videos = list((store / "generated-videos" / "demo").glob("*.mp4"))
     stills = sorted(p.name.rsplit("_", 1)[1] for p in (store / "emotions" / "demo").glob("*.png"))
     assert len(videos) == 1 and str(videos[0]) in result.stdout
     assert stills == sorted(f"{emotion.value}.png" for emotion in Emotion)
-    assert "3. the seven emotions" in result.stdout and "total" in result.stdout
+    assert "[5/5] the seven emotions" in result.stdout and "total" in result.stdout
+
+    # the commands it prints go on from its state: AVATARCTL_HOME is the CLI's too, once the variable naming
+    # another store is unset as the printed note says
+    lines = result.stdout[result.stdout.index("Go on from here") :].splitlines()[1:]
+    assert lines[0].strip().startswith(f"export AVATARCTL_HOME={home}; unset DATABASE_URL AVATAR_STORE_URI")
+    monkeypatch.delenv("AVATAR_STORE_URI")
+    commands = [shlex.split(line.split("#")[0])[1:] for line in lines[1:] if line.strip().startswith("avatarctl ")]
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        if command[0] == "serve":
+            continue
+        ran = invoke(*command)
+        assert ran.exit_code == 0, (command, ran.output)
+    assert (tmp_path / "hello.mp4").stat().st_size > 1000 and (tmp_path / "surprised.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "stills").iterdir()) == ["happy.png", "sad.png"]
 
 
 def test_an_unreachable_database_is_one_line_without_its_password(cli_env, monkeypatch) -> None:
@@ -178,3 +198,25 @@ def test_an_unreachable_database_is_one_line_without_its_password(cli_env, monke
     assert lines == [
         "error [database_unreachable]: database unreachable: postgresql+psycopg://avatar:***@127.0.0.1:9/jobs?connect_timeout=2"
     ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://avatar@127.0.0.1:9/jobs?password=s3cr3t&connect_timeout=2",
+        "postgresql://avatar@127.0.0.1:9/jobs?PASSWORD=s3cr3t&connect_timeout=2",
+        "postgresql+psycopg://avatar@127.0.0.1:9/jobs?sslpassword=s3cr3t&connect_timeout=2",
+        "postgresql+psycopg://avatar:s3cr3t@127.0.0.1:9/jobs?connect_timeout=2&passfile=/s3cr3t",
+        "postgresql+psycopg://avatar:s3%63r3t@127.0.0.1:9/jobs?connect_timeout=2",
+        "postgresql+psycopg://avatar:s3cr3t@127.0.0.1:notaport/jobs",
+    ],
+)
+def test_a_database_password_in_any_part_of_the_url_never_reaches_cli_errors(cli_env, monkeypatch, url) -> None:
+    """Class: secrets in CLI errors: a password in the userinfo or as a query parameter (any case, encoded) is
+    masked; a URL that does not parse is not echoed."""
+    monkeypatch.setenv("DATABASE_URL", url)
+    for args in (["jobs", "list"], ["db", "current"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert "database_unreachable" in result.output
+        assert "s3cr3t" not in result.output and "s3%63r3t" not in result.output, result.output

@@ -74,7 +74,8 @@ def make_stack(
     services: list[JobService] = []
 
     def build(webhooks: bool = False) -> Stack:
-        emulator_app = create_emulator_app([ENDPOINT], workers=2, runtime=WorkerRuntime(Settings(), test_engines))
+        runtime = WorkerRuntime(Settings(), test_engines)
+        emulator_app = create_emulator_app([ENDPOINT], workers=2, runtime=runtime, allow_private_webhooks=True)
         servers.append(BackgroundServer(emulator_app).start())
         port = free_port()
         remote = f"runpod:{ENDPOINT}"

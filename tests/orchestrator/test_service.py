@@ -176,7 +176,7 @@ def test_health_reports_db_store_and_backends(service):
         "render_emotion",
         "health",
     }
-    assert report["store"]["ok"] and report["status"] == "ok"
+    assert report["store"]["ok"] and report["status"] == "ok" and report["warnings"] == []
 
 
 def test_health_is_degraded_when_a_backend_is_down(settings):
@@ -189,6 +189,8 @@ def test_health_is_degraded_when_a_backend_is_down(settings):
         service.stop()
     assert report["status"] == "degraded" and report["db"]["ok"]
     assert report["backends"]["runpod:ep"]["ok"] is False and report["backends"]["runpod:ep"]["tasks"] == ["health"]
+    (warning,) = report["warnings"]  # remote workers with a file:// store: their outputs would stay on their disk
+    assert warning.startswith("backend runpod:ep runs health on remote workers") and "AVATAR_STORE_URI" in warning
 
 
 def test_backend_specs_are_validated(monkeypatch):

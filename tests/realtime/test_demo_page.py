@@ -4,31 +4,27 @@ live session, send text, and see the video element show changing frames with the
 from __future__ import annotations
 
 import base64
-import shutil
 import time
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 
 from engines.face import load_face_analyzer
 from storage.local import path_from_file_uri
+from tests.browser import BROWSER_ARGS, CHROMIUM, needs_chromium, offline_page
+from tests.entrypoints.conftest import training_video  # noqa: F401  (a fixture)
+from tests.media import coffee_bgr
+from tests.orchestrator.conftest import eventually
 from tests.realtime.conftest import TOKEN, LiveApi, mouth_openings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO_ROOT / "var" / "demo-page.png"
-CHROMIUM = next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
-NO_BROWSER = "no Chromium: the demo page's browser test did not run (.ci/run installs Debian's chromium)"
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_BROWSER)
+FINISHED = ("completed", "failed", "cancelled", "timed_out")
+pytestmark = needs_chromium
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra has it)")
-
-BROWSER_ARGS = [
-    "--no-sandbox",  # CI runs as root
-    "--autoplay-policy=no-user-gesture-required",
-    "--use-fake-ui-for-media-stream",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",  # plain host candidates: the server cannot resolve mDNS names
-]
 GRAB_FRAME = """() => {
   const video = document.getElementById("video");
   const canvas = document.createElement("canvas");
@@ -77,3 +73,53 @@ def test_the_demo_page_runs_a_live_session_in_chromium(live_api: LiveApi) -> Non
     rest = np.nanmedian(openings[: len(idle)])
     assert np.nanmax(openings[len(idle) :]) > rest + 0.04, (rest, openings[len(idle) :])  # the mouth moves
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_the_demo_pages_video_form_stills_and_job_list(live_api: LiveApi, training_video: Path) -> None:  # noqa: F811
+    """The non-live parts: jobs of the chosen user only, statuses in words, a failed job's error, an error that
+    goes once the next action starts, a video made from an avatar and played through its signed URL, and the
+    seven stills of the avatar without an upload."""
+    client = httpx.Client(base_url=live_api.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    video = client.post(
+        "/v1/uploads",
+        files={"file": ("train.mp4", training_video.read_bytes(), "video/mp4")},
+        data={"user_id": "page-user", "kind": "training_video"},
+    ).json()["uri"]
+    avatar = client.post("/v1/avatars", json={"user_id": "page-user", "avatar_id": "page-avatar", "video": video})
+    coffee = "data:image/png;base64," + base64.b64encode(cv2.imencode(".png", coffee_bgr())[1].tobytes()).decode()
+    failed = client.post("/v1/emotions", json={"user_id": "page-user", "image": coffee, "emotion": "happy"}).json()
+    other = client.post("/v1/emotions", json={"user_id": "someone-else", "image": coffee, "emotion": "sad"}).json()
+    for job_id in (avatar.json()["id"], failed["id"], other["id"]):
+        eventually(lambda job_id=job_id: client.get(f"/v1/jobs/{job_id}").json()["status"] in FINISHED, 120, 0.2)
+
+    with offline_page() as (page, blocked):
+        page.goto(live_api.url + "/")
+        page.fill("#token", TOKEN)
+        page.dispatch_event("#token", "change")
+        page.fill("#user", "page-user")
+        page.dispatch_event("#user", "change")
+        page.wait_for_function("document.querySelectorAll('#jobs tr').length >= 3", timeout=15000)
+        table = page.inner_text("#jobs")
+        assert failed["id"][:8] in table and other["id"][:8] not in table, table
+        assert "failed" in table and "no_face" in table and "done" in table and "{" not in table, table
+        assert page.eval_on_selector("#avatars option", "o => o.value") == "page-avatar"
+
+        page.click("#make-video")  # neither an avatar nor a portrait yet: an error the user can act on
+        page.wait_for_function("document.getElementById('message').textContent.includes('avatar id')")
+        page.fill("#avatar", "page-avatar")
+        page.click("#make-video")
+        assert page.inner_text("#message") == ""  # the stale error is gone as soon as the next action starts
+        page.wait_for_function("document.getElementById('clip').readyState >= 1", timeout=120000)
+        src = page.get_attribute("#clip", "src")
+        assert (
+            src.startswith(live_api.url + "/files/") and page.evaluate("document.getElementById('clip').duration") > 0.5
+        )
+
+        page.click("#emotions")
+        page.wait_for_function(
+            "[...document.querySelectorAll('#gallery img')].filter(i => i.complete && i.naturalWidth > 0).length == 7",
+            timeout=60000,
+        )
+        assert page.inner_text("#emotion-status") == "done" and page.inner_text("#message") == ""
+        page.screenshot(path=str(SCREENSHOT.with_name("demo-page-video.png")))
+    assert blocked == []

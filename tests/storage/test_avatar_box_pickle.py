@@ -5,14 +5,17 @@ hostile pickles (code-running reduces, native-crash shapes, decode bombs, memo a
 from __future__ import annotations
 
 import pickle
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from storage.avatar.box_pickle import BoxPickleError, read_boxes_pickle
+from storage.avatar.box_pickle import MAX_BOXES, BoxPickleError, read_boxes_pickle
 from storage.avatar.coords import read_coords
 from tests.storage.avatar_hostile import GIB, address_space_now, hostile_pickles, run_isolated
+from tests.storage.pickle_bombs import build_bombs, work_bombs
 
 BOXES = [(1, 50, 2, 60), (3, 70, 4, 80), (0, 59999, 5, 6)]  # fits every dtype below
 
@@ -73,7 +76,10 @@ def test_read_coords_gives_plain_int_tuples(tmp_path: Path) -> None:
     assert coords == BOXES and all(type(v) is int for box in coords for v in box)
 
 
-HOSTILE = hostile_pickles()
+HOSTILE = {**hostile_pickles(), **build_bombs(), **work_bombs()}
+MIB = 1024 * 1024
+AVATAR_FRAMES = 25  # an avatar's reader passes its frame count: the budgets scale with it
+FULL_LENGTH = 7500  # 300 s at 25 fps (MAX_VIDEO_SECONDS)
 
 
 def _read_in_child(data: bytes, path: Path):  # noqa: ANN202 - the case callable run_isolated expects
@@ -117,3 +123,47 @@ def test_reads_musetalk_mask_coords(tmp_path: Path) -> None:
     assert read_boxes_file(path) == [tuple(box) for box in crop_boxes]
     path.write_bytes(pickle.dumps(crop_boxes))
     assert read_boxes_file(path) == [tuple(box) for box in crop_boxes]
+
+
+def _refusal_peak(data: bytes, max_boxes: int) -> tuple[str, int, float]:
+    """(message, peak bytes traced while decoding, CPU seconds) of a refused decode."""
+    tracemalloc.start()
+    started = time.process_time()
+    try:
+        with pytest.raises(BoxPickleError) as err:
+            read_boxes_pickle(data, max_boxes=max_boxes)
+        return str(err.value), tracemalloc.get_traced_memory()[1], time.process_time() - started
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("name", sorted(build_bombs()))
+@pytest.mark.parametrize("max_boxes", [AVATAR_FRAMES, FULL_LENGTH, MAX_BOXES])
+def test_build_bombs_are_refused_before_they_build(name: str, max_boxes: int) -> None:
+    """Class: build bombs: a memoised buffer, scalar or text referenced again and again is counted each time it
+    is turned into an array (elements and bytes built, not read); peak memory stays within a few MB of the input."""
+    data = build_bombs()[name]
+    message, peak, _ = _refusal_peak(data, max_boxes)
+    assert peak <= len(data) + 4 * MIB, f"{name}: {peak / MIB:.1f} MiB traced for {len(data) / MIB:.1f} MiB ({message})"
+
+
+@pytest.mark.parametrize("name", sorted(work_bombs()))
+@pytest.mark.parametrize("max_boxes", [AVATAR_FRAMES, FULL_LENGTH, MAX_BOXES])
+def test_work_bombs_are_refused_within_an_opcode_budget(name: str, max_boxes: int) -> None:
+    """Class: decoder work: megabytes of memo reads, no-op frames, references or memo writes are refused by the
+    stack, framing, memo and opcode budgets (which scale with the boxes allowed), not after seconds of CPU."""
+    data = work_bombs()[name]
+    message, peak, cpu_s = _refusal_peak(data, max_boxes)
+    assert peak <= len(data) + 4 * MIB, f"{name}: {peak / MIB:.1f} MiB traced ({message})"
+    assert cpu_s < 5.0, f"{name}: {cpu_s:.1f} s of CPU before the refusal ({message})"  # 26 s before the budgets
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_the_budgets_admit_a_full_length_avatar(protocol: int) -> None:
+    """Class: compatibility at the budgets' edge: 7500 boxes (300 s at 25 fps) in the costliest layouts read
+    under a budget of exactly 7500 boxes."""
+    boxes = [(i, i + 1, i + 2, i + 3) for i in range(FULL_LENGTH)]
+    for obj in ([tuple(np.int64(v) for v in b) for b in boxes], np.array(boxes), [np.array(b) for b in boxes]):
+        assert read_boxes_pickle(pickle.dumps(obj, protocol=protocol), max_boxes=FULL_LENGTH).tolist() == [
+            list(b) for b in boxes
+        ]

@@ -84,6 +84,37 @@ def test_hand_placed_avatar_is_used_without_touching_the_store(tmp_path: Path) -
     assert store.gets == 0
 
 
+@pytest.mark.parametrize(
+    ("rule", "users_file", "served_to"),
+    [
+        ("all", None, {"u1", "u2", "u3"}),
+        ("all", "u1\n", {"u1"}),
+        ("owned", None, set()),
+        ("owned", "u1\nu3\n", {"u1", "u3"}),
+        ("none", "u1\n", set()),
+        ("none", None, set()),
+    ],
+)
+def test_hand_placed_avatars_are_served_to_the_users_the_rule_allows(
+    tmp_path: Path, rule: str, users_file: str | None, served_to: set[str]
+) -> None:
+    """Class: hand-placed folders served to every tenant: HAND_PLACED_AVATARS (all, owned, none) and a
+    `.{avatar_id}.users` file decide who gets {root}/{avatar_id}; the others get their own avatar or none."""
+    root = tmp_path / "cache"
+    make_avatar_dir(root, "av", frames=2)
+    if users_file is not None:
+        (root / ".av.users").write_text(users_file)
+    store = open_store((tmp_path / "empty").as_uri())
+    for user in ("u1", "u2", "u3"):
+        if user in served_to:
+            with AvatarCache(root).acquire(store, user, "av", rule) as path:
+                assert path == root / "av"
+            continue
+        with pytest.raises(StorageError) as err, AvatarCache(root).acquire(store, user, "av", rule):
+            pass
+        assert err.value.code == "avatar_not_found", (rule, user)
+
+
 def test_downloads_from_s3_once_and_leaves_no_temp_files(s3_bucket: str, tmp_path: Path) -> None:
     """Class: cache: one download, then hits; only the version, its pointer and the owner note stay."""
     store = CountingStore(open_store(s3_bucket))

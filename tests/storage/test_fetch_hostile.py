@@ -8,9 +8,7 @@ outside ALLOWED_INPUT_PREFIXES refused.
 from __future__ import annotations
 
 import gzip
-import http.server
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from storage import StorageError, StorageSettings, fetch
+from tests.storage.http_servers import serving
 from tests.storage.test_local_and_fetch import _Handler as PlainHandler
 
 BODY = b"x" * 2048
@@ -52,12 +51,8 @@ class _Hostile(PlainHandler):
 
 @pytest.fixture(scope="module")
 def hostile_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_Hostile) as url:
+        yield url
 
 
 LOCAL = StorageSettings(allow_private_urls=True, http_timeout_s=1.0)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from storage import StorageError, StorageSettings, fetch, open_store
 from storage.base import HashingReader
 from storage.http import check_url_allowed
 from storage.local import LocalStore
+from tests.storage.http_servers import QuietHandler, serving
 from tests.storage.store_checks import check_stat_tracks_replacement
 
 PAYLOAD = os.urandom(10_000)
@@ -156,7 +155,7 @@ def test_bad_data_uris(tmp_path: Path, uri: str, code: str) -> None:
 # --- http(s):// ---
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     def do_GET(self) -> None:
         if self.path == "/file":
             self._send(200, PAYLOAD, {"Content-Length": str(len(PAYLOAD))})
@@ -172,25 +171,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._send(404, b"no", {"Content-Length": "2"})
 
-    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
 
 @pytest.fixture(scope="module")
 def http_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_Handler) as url:
+        yield url
 
 
 ALLOW_PRIVATE = StorageSettings(allow_private_urls=True, http_timeout_s=0.5)

@@ -1,6 +1,6 @@
 """Print the orchestrator API's OpenAPI document (the FastAPI app's, built without a server or a database).
 
-``make client`` writes it to clients/typescript/openapi.json and generates src/schema.d.ts from it; the
+``make client`` writes it to clients/typescript/openapi.json and generates src/schema.ts from it; the
 test suite fails when either committed file is stale.
 """
 

@@ -1,18 +1,18 @@
 /**
- * The client against a live `avatarctl serve` (started by tests/clients/test_typescript_client.py, which sets
- * AVATARCTL_URL, AVATARCTL_TOKEN and AVATARCTL_FIXTURES: portrait.png, speech.wav, train.mp4, coffee.png).
- * One test per /v1 route and per seed 004 route, plus seed 002's /generate.
+ * The client against a live `avatarctl serve`: the one test/server.ts starts (temporary state, generated media),
+ * or the one AVATARCTL_URL names. One test per /v1 route and per seed 004 route, plus seed 002's /generate.
  */
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { test } from "node:test";
+import { after, test } from "node:test";
 
 import { AvatarApiError, AvatarClient, JobFailedError, WaitTimeoutError, newIdempotencyKey } from "../src/index.js";
+import { startServer } from "./server.js";
 
-const baseUrl = process.env.AVATARCTL_URL ?? "http://127.0.0.1:8000";
-const token = process.env.AVATARCTL_TOKEN;
-const fixtures = process.env.AVATARCTL_FIXTURES ?? ".";
+const server = await startServer();
+after(() => server.stop());
+const { url: baseUrl, token, fixtures } = server;
 const client = new AvatarClient({ baseUrl, token });
 const fixture = async (name: string) => new Blob([await readFile(join(fixtures, name))]);
 const fast = { initialDelayMs: 50, maxDelayMs: 500, timeoutMs: 120_000 };
@@ -52,6 +52,9 @@ test("POST /v1/uploads then POST /v1/emotions: submit, wait, idempotent replay, 
     renders.map((r) => r.emotion),
     ["happy", "sad"],
   );
+  const still = await fetch((renders[0] as unknown as { url: string }).url); // a signed URL: no token needed
+  assert.equal(still.status, 200);
+  assert.equal(still.headers.get("content-type"), "image/png");
   const replay = await client.submitEmotion(body, { idempotencyKey: key });
   assert.equal(replay.id, job.id);
   await assert.rejects(client.submitEmotion({ ...body, intensity: 0.2 }, { idempotencyKey: key }), (err: unknown) => {

@@ -4,6 +4,26 @@
  */
 
 export interface paths {
+    "/files/{expires}/{signature}/{key}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A stored output by its signed URL (byte ranges supported)
+         * @description The object a signed URL from a result names (file:// stores only; other stores sign their own URLs).
+         */
+        get: operations["signed_file_files__expires___signature___key__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/generate": {
         parameters: {
             query?: never;
@@ -207,7 +227,9 @@ export interface paths {
         /**
          * Follow a job (Server-Sent Events)
          * @description `progress` events, a streamed video's `segment` events as they are stored, then one event named
-         *     after the final status (`completed` with the output; `failed`, `cancelled`, `timed_out` with the error).
+         *     after the final status (`completed` with the output, after every segment; `failed`, `cancelled`,
+         *     `timed_out` with the error). At most EVENT_STREAMS_PER_TENANT open streams per token (429 beyond);
+         *     a stream open for EVENT_STREAM_MAX_S ends with `expired` (reconnect to follow on).
          */
         get: operations["job_events_v1_jobs__job_id__events_get"];
         put?: never;
@@ -426,13 +448,18 @@ export interface components {
             /** @default auto */
             engine?: components["schemas"]["LipSyncEngineName"];
             /**
+             * Face Index
+             * @description Which face of a photo with several: 0 = the largest (the default), 1 = the next largest, ... The result says how many it has (`faces_found`) and which one was used (`face_index`). With `image` only.
+             */
+            face_index?: number | null;
+            /**
              * Image
              * @description Portrait URI, used instead of an avatar.
              */
             image?: string | null;
             /**
              * Store
-             * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://./var/store.
+             * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://{AVATARCTL_HOME}/store.
              */
             store?: string | null;
             /**
@@ -469,13 +496,18 @@ export interface components {
             /** @default auto */
             engine?: components["schemas"]["LipSyncEngineName"];
             /**
+             * Face Index
+             * @description Which face of a photo with several: 0 = the largest (the default), 1 = the next largest, ... The result says how many it has (`faces_found`) and which one was used (`face_index`). With `image` only.
+             */
+            face_index?: number | null;
+            /**
              * Image
              * @description Portrait URI, used instead of an avatar.
              */
             image?: string | null;
             /**
              * Store
-             * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://./var/store.
+             * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://{AVATARCTL_HOME}/store.
              */
             store?: string | null;
             /**
@@ -504,7 +536,7 @@ export interface components {
         HealthRequest: {
             /**
              * Store
-             * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://./var/store.
+             * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://{AVATARCTL_HOME}/store.
              */
             store?: string | null;
             /**
@@ -660,7 +692,7 @@ export interface components {
             ];
             /**
              * Store
-             * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://./var/store.
+             * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://{AVATARCTL_HOME}/store.
              */
             store?: string | null;
             /**
@@ -734,7 +766,7 @@ export interface components {
             ];
             /**
              * Store
-             * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://./var/store.
+             * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://{AVATARCTL_HOME}/store.
              */
             store?: string | null;
             /** User Id */
@@ -747,16 +779,26 @@ export interface components {
         };
         /** RenderEmotionRequest */
         RenderEmotionRequest: {
+            /**
+             * Avatar Id
+             * @description Instead of `image`: this user's avatar (its first frame is the portrait).
+             */
+            avatar_id?: string | null;
             emotion?: components["schemas"]["Emotion"] | null;
             /** Emotions */
             emotions?: components["schemas"]["Emotion"][] | null;
             /** @default auto */
             engine?: components["schemas"]["ExpressionEngineName"];
             /**
+             * Face Index
+             * @description Which face of a photo with several: 0 = the largest (the default), 1 = the next largest, ... The result says how many it has (`faces_found`) and which one was used (`face_index`).
+             */
+            face_index?: number | null;
+            /**
              * Image
              * @description Portrait URI or data: base64 URI.
              */
-            image: string;
+            image?: string | null;
             /**
              * Intensity
              * @default 0.7
@@ -771,7 +813,7 @@ export interface components {
             render_id?: string | null;
             /**
              * Store
-             * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://./var/store.
+             * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://{AVATARCTL_HOME}/store.
              */
             store?: string | null;
             /**
@@ -784,16 +826,26 @@ export interface components {
         };
         /** RenderEmotionSubmission */
         RenderEmotionSubmission: {
+            /**
+             * Avatar Id
+             * @description Instead of `image`: this user's avatar (its first frame is the portrait).
+             */
+            avatar_id?: string | null;
             emotion?: components["schemas"]["Emotion"] | null;
             /** Emotions */
             emotions?: components["schemas"]["Emotion"][] | null;
             /** @default auto */
             engine?: components["schemas"]["ExpressionEngineName"];
             /**
+             * Face Index
+             * @description Which face of a photo with several: 0 = the largest (the default), 1 = the next largest, ... The result says how many it has (`faces_found`) and which one was used (`face_index`).
+             */
+            face_index?: number | null;
+            /**
              * Image
              * @description Portrait URI or data: base64 URI.
              */
-            image: string;
+            image?: string | null;
             /**
              * Intensity
              * @default 0.7
@@ -808,7 +860,7 @@ export interface components {
             render_id?: string | null;
             /**
              * Store
-             * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://./var/store.
+             * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://{AVATARCTL_HOME}/store.
              */
             store?: string | null;
             /** User Id */
@@ -1031,6 +1083,55 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    signed_file_files__expires___signature___key__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                expires: number;
+                signature: string;
+                key: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Missing or wrong bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     generate_generate_post: {
         parameters: {
             query?: never;
