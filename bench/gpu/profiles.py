@@ -26,7 +26,7 @@ class Profile:
     liveportrait_input_size: int
     live_streams: tuple[int, ...]  # concurrent sessions tried, in order, until one misses 25 fps
     live_seconds: float
-    compile: bool  # the torch.compile variants (CUDA only)
+    compile: bool  # the torch.compile variants (compiled on CUDA; a CPU run keeps the code path working)
     pytest_box_s: float
     sections_box_s: dict[str, float] = field(default_factory=dict)
 
@@ -77,9 +77,9 @@ CPU = Profile(
     liveportrait_input_size=128,
     live_streams=(1,),
     live_seconds=0.08,
-    compile=False,
+    compile=True,
     pytest_box_s=60.0,
-    sections_box_s={"weights": 70.0, "engine": 60.0, "compile": 0.0},
+    sections_box_s={"weights": 70.0, "engine": 60.0, "compile": 40.0},
 )
 
 PROFILES = {p.name: p for p in (GPU, CPU)}

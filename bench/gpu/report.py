@@ -57,7 +57,7 @@ def engine_row(results: dict[str, Any], engine: str) -> list[str]:
         engine_ms = timings.get("features", 0) + timings.get("render", 0)  # features: until the first batch is out
         split = f"{engine_ms:.0f} / {timings.get('encode', 0):.0f}; {DASH if decode is None else decode}"
     compile_cell = DASH
-    if compiled and "skipped" not in compiled:
+    if compiled and compiled.get("compiled"):
         first = next((v for k, v in compiled.items() if isinstance(v, dict)), None)
         if first:
             compile_cell = f"{first['fps']:g} frames/s ({first['speedup']:g}x, 1st call {first['first_call_s']:g} s)"
