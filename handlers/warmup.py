@@ -24,10 +24,19 @@ log = logging.getLogger(__name__)
 LIVEPORTRAIT_EXPRESSION = "engines.liveportrait.expression"
 
 
+def _neural_rows() -> list:
+    """The engine table's rows of engines with weights (name, module)."""
+    try:
+        from engines import table  # the engine table, once it lives in engines/ (the streaming seam)
+    except ImportError:
+        return list(engine_choice.NEURAL_ENGINES)
+    return [row for row in table.rows() if row.name != table.CPU_ENGINE]
+
+
 def _neural_modules(runtime: WorkerRuntime) -> list[str]:
     """The modules of the neural engines whose weights this worker has (imported, not loaded)."""
     settings = runtime.settings
-    present = [spec for spec in engine_choice.NEURAL_ENGINES if engine_choice.present_weights(spec.name, settings)]
+    present = [spec for spec in _neural_rows() if engine_choice.present_weights(spec.name, settings)]
     modules = [spec.module for spec in present]
     if any(spec.name == "liveportrait" for spec in present):
         modules.append(LIVEPORTRAIT_EXPRESSION)

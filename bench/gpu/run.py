@@ -153,9 +153,8 @@ def run(
     runner.finish("weights", *writer, runner.box("weights"), writer_started)  # no CPU contention after
     for engine in chosen:
         runner.section("engine", engine.name)
-    if profile.compile:
-        for engine in (e for e in chosen if e.name in ("liveportrait", "musetalk")):
-            runner.section("compile", engine.name)
+    for engine in (e for e in chosen if e.name in profile.compile):
+        runner.section("compile", engine.name)
     ran["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     ran["seconds"] = time.monotonic() - runner.started
     results = {"ran": ran, "sections": runner.sections}

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.gpu import bundle, model_paths
+from bench.gpu.profiles import PROFILES
 from bench.gpu.specs import engines
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +34,7 @@ def test_cpu_run_measures_every_engine_with_only_the_gpu_image_and_the_bundle(tm
     results = json.loads((out / "results.json").read_text())
     sections = results["sections"]
     names = [e.name for e in engines()]
-    compiled = [f"compile:{n}" for n in names if n in ("musetalk", "liveportrait")]  # a no-op on a CPU: the code path
+    compiled = [f"compile:{n}" for n in names if n in PROFILES["cpu"].compile]  # a no-op on a CPU: the code path
     assert set(sections) == {"cuda_tests", "weights", *(f"engine:{n}" for n in names), *compiled}
     failed = {name: s.get("error") for name, s in sections.items() if s["status"] != "ok"}
     assert failed == {}, failed
