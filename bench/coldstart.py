@@ -179,9 +179,7 @@ def bench_parts(runs: int, work: Path) -> None:
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     medians = {key: statistics.median(r[key] for r in results) for key, _, _ in PARTS}
     total = sum(medians.values())
-    print(
-        f"\nstart-up parts (fresh process, median of {runs}; neural engine: a random wav2lip96 checkpoint, on the CPU)"
-    )
+    print(f"\nstart-up parts (fresh process, median of {runs}; neural engine: random wav2lip96 weights, on the CPU)")
     for key, label, covered in PARTS:
         print(f"  {label:<66} {medians[key]:6.2f} s   {covered}")
     snapped = medians["import"] + medians["cpu_part"]
