@@ -12,6 +12,13 @@ GCS_* credentials, WORKER_TASKS) come from the Modal Secrets named in MODAL_WORK
 Importing this module loads no engine and needs no Modal token; ``Worker().health.local()`` runs a
 task in-process.
 
+``LiveWorker`` serves live sessions (``live_session``, ``realtime`` extra): a class of its own because a
+session's call lasts as long as the session (its ``timeout`` is ``MODAL_WORKER_LIVE_TIMEOUT_S``, above the
+sessions' ``max_duration_s``), and ``@modal.concurrent(max_inputs=MODAL_WORKER_LIVE_SESSIONS)`` lets one
+container hold several sessions, each call on a thread of its own, sharing the container's engines. The
+orchestrator addresses it as ``modal:<app_name>/LiveWorker`` (method ``live_session``); the sessions'
+ICE servers must include a TURN server, since a Modal container accepts no inbound connection.
+
 ``generate_video_stream`` is a generator method: with ``stream=True`` it yields one small item per
 segment stored (``{"index", "uri", "url", "duration_s", "playlist_uri", "timings_ms"}``), then the
 usual result; call it with ``.remote_gen(...)`` (``for item in ...``).
@@ -30,16 +37,17 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import handlers
+import realtime
 from handlers.logs import configure_logging
 from handlers.runtime import WorkerRuntime
-from handlers.schemas import DEFAULT_USER_ID, URI_SCHEMES, TaskName
+from handlers.schemas import DEFAULT_USER_ID, LIVE_SESSION_TASK, URI_SCHEMES, TaskName
 from handlers.settings import Settings
 from storage import StorageError, open_store
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent
-PROJECT_PACKAGES = ("handlers", "engines", "storage")
+PROJECT_PACKAGES = ("handlers", "engines", "storage", "realtime")
 SOURCE_IGNORE = ["**/__pycache__/**", "**/*.pyc"]  # keep non-Python files (engine data tables) in the image
 PYTHON_VERSION = "3.11"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -62,6 +70,10 @@ class ModalConfig(BaseSettings):
     timeout_s: int = Field(1800, ge=10)
     # Engine loading (weights read from the Volume on a fresh container) gets its own budget, not the call's.
     startup_timeout_s: int = Field(600, ge=10)
+    # Live sessions: one call lasts the whole session, so its limit covers the longest session (REALTIME_MAX_DURATION_S,
+    # 3600 by default) plus set-up; one container holds this many sessions at once (REALTIME_MAX_SESSIONS).
+    live_timeout_s: int = Field(3900, ge=60, le=86400)
+    live_sessions: int = Field(4, ge=1, le=64)
     # Keeps a container warm across one user's avatar -> video -> emotions burst without paying idle hours.
     scaledown_window_s: int = Field(300, ge=2)
     # Modal's CPU memory snapshot: a container restores the imports and the CPU engines (face analyzer, eSpeak,
@@ -96,8 +108,8 @@ worker_image = (
     modal.Image.debian_slim(python_version=PYTHON_VERSION)
     # No apt packages: OpenCV (headless), PyAV (FFmpeg), dlib and eSpeak NG all ship their native code in wheels.
     .pip_install(f"torch=={CONFIG.torch_version}", index_url=CONFIG.torch_index)
-    .pip_install_from_pyproject(str(PROJECT_ROOT / "pyproject.toml"))
-    .env({"WEIGHTS_DIR": WEIGHTS_MOUNT, "ALLOW_FILE_URIS": "0", **CONFIG.as_env()})
+    .pip_install_from_pyproject(str(PROJECT_ROOT / "pyproject.toml"), optional_dependencies=["realtime"])
+    .env({"WEIGHTS_DIR": WEIGHTS_MOUNT, "ALLOW_FILE_URIS": "0", "TALKING_HEAD_WORKER": "1", **CONFIG.as_env()})
     .add_local_python_source(*PROJECT_PACKAGES, ignore=SOURCE_IGNORE)
 )
 
@@ -106,6 +118,15 @@ worker_secrets = [modal.Secret.from_name(name.strip()) for name in CONFIG.secret
 # GPU memory is only captured in a snapshot through Modal's (experimental) GPU snapshot option.
 GPU_SNAPSHOT = bool(CONFIG.gpu_snapshot and CONFIG.memory_snapshot and CONFIG.gpu)
 snapshot_options = {"enable_gpu_snapshot": True} if GPU_SNAPSHOT else {}
+
+
+def unhealthy(load_errors: dict[str, str]) -> dict[str, Any]:
+    """Refuse the call and, in a Modal container, take no more inputs so a fresh container replaces this one."""
+    if not modal.is_local():
+        modal.experimental.stop_fetching_inputs()
+    details = "; ".join(f"{task}: {error}" for task, error in load_errors.items())
+    message = f"This worker failed to load its engines ({details}); it will be replaced."
+    return {"error": message, "error_code": "worker_unhealthy"}
 
 
 @app.cls(
@@ -150,12 +171,7 @@ class Worker:
         return handlers.dispatch({**fields, "task": task.value}, self.runtime)
 
     def _unhealthy(self) -> dict[str, Any]:
-        """Refuse the call and, in a Modal container, take no more inputs so a fresh container replaces this one."""
-        if not modal.is_local():
-            modal.experimental.stop_fetching_inputs()
-        details = "; ".join(f"{task}: {error}" for task, error in self.load_errors.items())
-        message = f"This worker failed to load its engines ({details}); it will be replaced."
-        return {"error": message, "error_code": "worker_unhealthy"}
+        return unhealthy(self.load_errors)
 
     @modal.method()
     def preprocess_avatar(self, **fields: Any) -> dict[str, Any]:
@@ -180,6 +196,40 @@ class Worker:
     @modal.method()
     def health(self, **fields: Any) -> dict[str, Any]:
         return self._run(TaskName.health, fields)
+
+
+@app.cls(
+    image=worker_image,
+    gpu=CONFIG.gpu or None,
+    volumes={WEIGHTS_MOUNT: weights_volume},
+    secrets=worker_secrets,
+    timeout=CONFIG.live_timeout_s,
+    startup_timeout=CONFIG.startup_timeout_s,
+    scaledown_window=CONFIG.scaledown_window_s,
+)
+@modal.concurrent(max_inputs=CONFIG.live_sessions)
+class LiveWorker:
+    """Live sessions: several per container (threads), the engines loaded once in `load`."""
+
+    @modal.enter()
+    def load(self) -> None:
+        from realtime.limits import RealtimeSettings
+
+        configure_logging()
+        self.load_errors: dict[str, str] = {}
+        if not realtime.serve_live_sessions(RealtimeSettings(max_sessions=CONFIG.live_sessions)):
+            self.load_errors = {LIVE_SESSION_TASK: handlers.unavailable_reason(LIVE_SESSION_TASK)}
+            return
+        self.runtime = WorkerRuntime.build(Settings(worker_tasks=LIVE_SESSION_TASK))
+        status = handlers.load_engines(self.runtime)
+        self.load_errors = {task: s for task, s in status.items() if s != "ok"}
+
+    @modal.method()
+    def live_session(self, **fields: Any) -> dict[str, Any]:
+        """One session, from its offer to its end: the LiveSessionResult, or ``{"error", "error_code"}``."""
+        if self.load_errors:
+            return unhealthy(self.load_errors)
+        return handlers.dispatch({**fields, "task": LIVE_SESSION_TASK}, self.runtime)
 
 
 @app.function(image=worker_image, volumes={WEIGHTS_MOUNT: weights_volume}, timeout=FILL_WEIGHTS_TIMEOUT_S)

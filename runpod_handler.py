@@ -17,10 +17,19 @@ stored segment (``{"index", "uri", "url", "duration_s", "playlist_uri", "timings
 ``/stream/{id}``, then the usual result; every other job yields just its result. ``/status`` then
 answers RunPod's aggregate: the list of everything yielded, the result last. A failure is yielded as
 the same ``{"error", "error_code"}``, which the SDK turns into a FAILED job.
+
+Live sessions: a worker whose WORKER_TASKS lists ``live_session`` (with the ``realtime`` extra installed)
+serves ``concurrent_handler``, an async handler, with a ``concurrency_modifier`` of
+``REALTIME_MAX_SESSIONS``: the SDK then runs up to that many jobs at once, each on its own thread, so one
+worker holds several sessions sharing its engines and its session loop. One-shot jobs on such a worker
+still run one at a time. A session's job lasts as long as the session: the endpoint's executionTimeout
+must be longer than ``max_duration_s`` (plus set-up), and its workers need a TURN server in the
+sessions' ICE servers (serverless workers accept no inbound connection).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import logging
@@ -28,16 +37,18 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import handlers
+import realtime
 from handlers.health import cpu_name
 from handlers.logs import configure_logging
 from handlers.runtime import WorkerRuntime
+from handlers.schemas import LIVE_SESSION_TASK
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +127,7 @@ def init_worker() -> WorkerState:
     global _state
     with _state_lock:
         if _state is None:
+            realtime.serve_live_sessions()  # live_session joins the task table when aiortc is installed
             runtime = WorkerRuntime.from_env()
             started = time.perf_counter()
             status = handlers.load_engines(runtime)
@@ -199,6 +211,20 @@ def stream_handler(job: dict[str, Any]) -> Iterator[dict[str, Any]]:
     log.info("job %s streamed in %.0f ms", job.get("id"), (time.perf_counter() - started) * 1000)
 
 
+_one_shot_jobs: list[asyncio.Semaphore] = []
+
+
+async def concurrent_handler(job: dict[str, Any]) -> dict[str, Any]:
+    """``handler`` on a thread of its own: live sessions side by side, one-shot jobs one at a time."""
+    payload = job.get("input")
+    if isinstance(payload, dict) and payload.get("task") == LIVE_SESSION_TASK:
+        return await asyncio.to_thread(handler, job)
+    if not _one_shot_jobs:
+        _one_shot_jobs.append(asyncio.Semaphore(1))
+    async with _one_shot_jobs[0]:
+        return await asyncio.to_thread(handler, job)
+
+
 def _finished(job: dict[str, Any], result: dict[str, Any], started: float) -> dict[str, Any]:
     """Log the job's outcome; a failure becomes the SDK's FAILED answer with the code inside ``error``."""
     payload = job.get("input")
@@ -211,11 +237,37 @@ def _finished(job: dict[str, Any], result: dict[str, Any], started: float) -> di
     return with_warnings(result, payload)
 
 
-def sdk_config() -> dict[str, Any]:
-    """What ``serverless.start`` gets: the plain handler, or the generator one when WORKER_STREAM=1."""
-    if os.environ.get(STREAM_ENV, "0").strip().lower() in ("1", "true", "yes"):
+def sdk_config(served_tasks: Sequence[str] = ()) -> dict[str, Any]:
+    """What ``serverless.start`` gets: the concurrent handler when the worker serves live sessions, else the
+    plain handler, or the generator one when WORKER_STREAM=1."""
+    if LIVE_SESSION_TASK in served_tasks:
+        if _streaming():
+            log.warning("WORKER_STREAM is ignored on a worker serving live sessions")
+        return {"handler": concurrent_handler, "concurrency_modifier": concurrency_modifier}
+    if _streaming():
         return {"handler": stream_handler, "return_aggregate_stream": True}
     return {"handler": handler}
+
+
+def _streaming() -> bool:
+    return os.environ.get(STREAM_ENV, "0").strip().lower() in ("1", "true", "yes")
+
+
+def concurrency_modifier(current: int) -> int:
+    """RunPod's ``concurrency_modifier``: the jobs this worker takes at once, ``REALTIME_MAX_SESSIONS`` when it
+    serves live sessions, else 1 (also what the RunPod emulator reads from this module)."""
+    if LIVE_SESSION_TASK not in init_worker().runtime.settings.served_tasks:
+        return 1
+    return live_sessions_per_worker()
+
+
+def live_sessions_per_worker() -> int:
+    """REALTIME_MAX_SESSIONS of this process's session host (1 without the realtime extra)."""
+    if not realtime.available():
+        return 1
+    from realtime.manager import process_host
+
+    return process_host().limits.max_sessions
 
 
 def main() -> None:
@@ -225,8 +277,8 @@ def main() -> None:
         return
     # force: the SDK configures the root logger itself when imported (runpod.serverless.utils.rp_upload).
     configure_logging(os.environ.get("LOG_LEVEL", "INFO").upper(), force=True)
-    init_worker()
-    serverless.start(sdk_config())
+    state = init_worker()
+    serverless.start(sdk_config(state.runtime.settings.served_tasks))
 
 
 if __name__ == "__main__":

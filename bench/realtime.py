@@ -18,7 +18,13 @@ portrait of the astronaut, and aiortc peers in this process too (their decoding 
 - concurrent sessions: 1, 2, ... sessions at once, all speaking; the most for which every peer
   still receives >= 22.5 fps (25 fps - 10%).
 
+Live sessions through the worker path: the RunPod worker (``runpod_handler.py --rp_serve_api``, a process of
+its own) runs the ``live_session`` task and dials out to a control peer in this process (the contract's
+routes); say -> mouth is timed from queuing the `say` command (which the worker's long-poll takes) to the
+first received frame whose mouth moved (median of ``--says``); target <= 300 ms.
+
     python bench/realtime.py [--runs 3] [--seconds 10] [--side 512] [--says 5] [--max-sessions 12]
+                             [--skip-streaming] [--worker-only]
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from bench.options import add_clip_options  # noqa: E402  (after the path insert)
 
 TARGET_FIRST_SEGMENT_MS = 300.0
+TARGET_SAY_TO_MOUTH_MS = 300.0
 TARGET_STREAM_RTF = 2.0
 MIN_LIVE_FPS = 22.5
 LONG_TEXT = "Several sessions speak at the same time, so every one of them renders its mouth in each frame. " * 2
@@ -207,17 +214,79 @@ def bench_live(work: Path, says: int, max_sessions: int) -> None:
     service.stop()
 
 
+async def worker_say_to_mouth(worker, control, says: int) -> tuple[list[float], list[float]]:
+    """(say -> first mouth movement, say -> `said` event) in ms, through a worker session's control channel."""
+    from realtime.client import LiveClient
+    from tests.realtime.hostile_sessions import payload
+
+    watch = MouthWatch()
+    peer = LiveClient(keep_frames=False, on_frame=watch.frame)
+    task = payload(control, worker.portrait, await peer.offer())
+    runner = asyncio.ensure_future(asyncio.to_thread(worker.run, task, 600))
+    answer = await asyncio.to_thread(control.answer, task["session_id"], 90.0)
+    await peer.accept(answer["answer"])
+    await peer.wait_frames(25)
+    to_mouth, to_said = [], []
+    for _ in range(says):
+        idle_from = time.time()
+        await asyncio.sleep(2.0)
+        start = time.time()
+        seq = control.command(task["session_id"], "say", "Hello, how are you today?")
+        said = await asyncio.to_thread(control.said, task["session_id"], seq)
+        said_at = time.time()
+        await asyncio.sleep(3.0)
+        moved = watch.first_move_after(start, idle_from)
+        if moved is not None and said is not None:
+            to_mouth.append((moved - start) * 1000)
+            to_said.append((said_at - start) * 1000)
+    control.command(task["session_id"], "stop")
+    await runner
+    await peer.close()
+    return to_mouth, to_said
+
+
+def bench_worker_live(work: Path, says: int) -> None:
+    import cv2
+
+    from tests.media import astronaut_bgr
+    from tests.realtime.control_peer import ControlPeer
+    from tests.realtime.hostile_sessions import Worker
+
+    store = work / "worker-store"
+    store.mkdir()
+    cv2.imwrite(str(store / "portrait.png"), astronaut_bgr(512)[0:256, 96:352])
+    os.environ.update(AVATAR_STORE_URI=store.as_uri(), AVATAR_LOCAL_PATH=str(work / "worker-cache"))
+    worker = Worker(work, (store / "portrait.png").as_uri())
+    try:
+        worker.wait_ready()
+        with ControlPeer() as control:
+            to_mouth, to_said = asyncio.run(worker_say_to_mouth(worker, control, says))
+    finally:
+        worker.stop()
+    print("\nlive session on a worker (RunPod entry point, control long-poll), 256x256 portrait, viseme_warp")
+    if to_mouth:
+        mouth_ms = statistics.median(to_mouth)
+        print(f"{'say -> `said` reported (ms)':34}{statistics.median(to_said):>10.1f}")
+        print(
+            f"{'say -> first mouth movement (ms)':34}{mouth_ms:>10.1f}   target <= {TARGET_SAY_TO_MOUTH_MS:g} "
+            f"({len(to_mouth)} says; {'met' if mouth_ms <= TARGET_SAY_TO_MOUTH_MS else 'MISSED'})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_clip_options(parser)
     parser.add_argument("--says", type=int, default=5)
     parser.add_argument("--max-sessions", type=int, default=12)
     parser.add_argument("--skip-streaming", action="store_true", help="only the live-session figures")
+    parser.add_argument("--worker-only", action="store_true", help="only the live session on a worker")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-realtime-") as tmp:
-        if not args.skip_streaming:
+        if not args.skip_streaming and not args.worker_only:
             bench_streaming(Path(tmp), args.runs, args.seconds, args.side)
-        bench_live(Path(tmp), args.says, args.max_sessions)
+        if not args.worker_only:
+            bench_live(Path(tmp), args.says, args.max_sessions)
+        bench_worker_live(Path(tmp), args.says)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,16 @@
 """Task handlers and the one dispatch function every caller uses.
 
-Each task lives in its own module (``handlers/<task>.py``) exposing:
+Each task lives in its own module, named in the task table ``TASKS`` (task name -> a function importing
+its module on first use), exposing:
 
 - ``load(runtime)``: load its engines into the runtime (idempotent); absent when the task loads nothing;
 - ``describe(runtime)``: the engine it would use and why, for ``health`` (no heavy work);
 - ``run(request, runtime, progress)``: do the task and return its result model.
+
+The one-shot tasks are ``handlers/<task>.py``. The live-session task (``live_session``) lives in the
+``realtime`` package, which ``handlers`` may not import: an entry point that serves live sessions adds it
+to the table with ``realtime.serve_live_sessions()`` (aiortc installed); elsewhere it answers
+``task_not_served`` naming the ``realtime`` extra.
 
 The runtime (``handlers.runtime.WorkerRuntime``: settings, loaded engines, caches) is built once per
 process by the entry point and passed in; ``dispatch(payload)`` without one uses a default runtime
@@ -13,7 +19,6 @@ built from the environment on first use.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -25,7 +30,7 @@ from pydantic import ValidationError
 from engines.errors import EngineError
 from handlers.errors import TaskCancelled, TaskError
 from handlers.runtime import WorkerRuntime
-from handlers.schemas import REQUEST_MODELS, TaskName
+from handlers.schemas import LIVE_SESSION_TASK, REQUEST_MODELS, TASK_MODELS, TaskName
 from handlers.settings import Settings
 from storage.errors import StorageError
 
@@ -35,15 +40,70 @@ Progress = Callable[[str, float], None]
 """Called with a stage name and the fraction of the task done (0..1)."""
 
 WORK_TASKS = [t.value for t in TaskName if t is not TaskName.health]
+"""The one-shot jobs (what the orchestrator's /v1/jobs offers); ``live_session`` is a task, not a job."""
+
+TaskLoader = Callable[[], ModuleType]
 
 
 def _no_progress(stage: str, fraction: float) -> None:
     """The progress callback of callers that do not follow progress."""
 
 
+def _preprocess_avatar() -> ModuleType:
+    from handlers import preprocess_avatar
+
+    return preprocess_avatar
+
+
+def _generate_video() -> ModuleType:
+    from handlers import generate_video
+
+    return generate_video
+
+
+def _render_emotion() -> ModuleType:
+    from handlers import render_emotion
+
+    return render_emotion
+
+
+def _health() -> ModuleType:
+    from handlers import health
+
+    return health
+
+
+# The task table: each task's module, imported on first use (a worker loads only what it serves).
+TASKS: dict[str, TaskLoader] = {
+    TaskName.preprocess_avatar.value: _preprocess_avatar,
+    TaskName.generate_video.value: _generate_video,
+    TaskName.render_emotion.value: _render_emotion,
+    TaskName.health.value: _health,
+}
+
+LIVE_SESSIONS_UNAVAILABLE = (
+    "This worker does not serve live sessions: they need the `realtime` extra (aiortc) and an entry point "
+    "that enables them (runpod_handler.py, modal_app.py's LiveWorker, or `realtime.serve_live_sessions()`)."
+)
+
+
+def register_task(task: str, loader: TaskLoader) -> None:
+    """Add a task from a package above ``handlers`` to the table (``realtime`` adds ``live_session``)."""
+    TASKS[task] = loader
+
+
+def unavailable_reason(task: str) -> str:
+    if task == LIVE_SESSION_TASK:
+        return LIVE_SESSIONS_UNAVAILABLE
+    return f"Unknown task `{task}`: use one of {', '.join(TASK_MODELS)}."
+
+
 def task_module(task: str) -> ModuleType:
-    """The module that implements ``task`` (one of ``TaskName``), imported on first use."""
-    return importlib.import_module(f"handlers.{TaskName(task).value}")
+    """The module that implements ``task``, imported on first use; TaskError when this process has none."""
+    loader = TASKS.get(task)
+    if loader is None:
+        raise TaskError("task_not_served", unavailable_reason(task))
+    return loader()
 
 
 def worker_runtime(settings: Settings | None = None) -> WorkerRuntime:
@@ -67,7 +127,8 @@ def error(code: str, message: str) -> dict[str, str]:
     return {"error": message, "error_code": code}
 
 
-def _validation_message(exc: ValidationError) -> str:
+def validation_message(exc: ValidationError) -> str:
+    """A pydantic error as one line naming each field and what is wrong (no input values echoed)."""
     parts = []
     for err in exc.errors(include_url=False):
         field = ".".join(str(p) for p in err["loc"]) or "input"
@@ -84,20 +145,22 @@ def parse(payload: Any) -> Any:
         raise TaskError("invalid_input", "The payload must be a JSON object with a `task` field.")
     task = payload.get("task")
     if task is None:
-        raise TaskError("missing_task", f"Missing `task`: use one of {', '.join(REQUEST_MODELS)}.")
-    model = REQUEST_MODELS.get(task) if isinstance(task, str) else None
+        raise TaskError("missing_task", f"Missing `task`: use one of {', '.join(TASK_MODELS)}.")
+    model = TASK_MODELS.get(task) if isinstance(task, str) else None
     if model is None:
-        raise TaskError("unknown_task", f"Unknown task {task!r}: use one of {', '.join(REQUEST_MODELS)}.")
+        raise TaskError("unknown_task", f"Unknown task {task!r}: use one of {', '.join(TASK_MODELS)}.")
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        raise TaskError("invalid_input", _validation_message(exc)) from None
+        raise TaskError("invalid_input", validation_message(exc)) from None
 
 
 def _served(payload: Any, runtime: WorkerRuntime | None) -> tuple[Any, WorkerRuntime, ModuleType]:
     """The validated request, the runtime and the task's module; TaskError when this worker cannot run it."""
     request = parse(payload)
     runtime = runtime or default_runtime()
+    if request.task not in TASKS:
+        raise TaskError("task_not_served", unavailable_reason(request.task))
     if request.task not in (TaskName.health.value, *runtime.settings.served_tasks):
         raise TaskError("task_not_served", f"This worker does not serve `{request.task}` (WORKER_TASKS).")
     return request, runtime, task_module(request.task)
@@ -172,6 +235,11 @@ __all__ = [
     "load_engines",
     "parse",
     "task_module",
+    "register_task",
+    "validation_message",
+    "TASKS",
+    "WORK_TASKS",
+    "REQUEST_MODELS",
     "Progress",
     "Settings",
     "TaskError",

@@ -34,25 +34,20 @@ from engines.codecs.segments import SegmentedMp4Writer, SegmentPlan
 from engines.codecs.video_out import EncodeStats, Mp4Writer
 from engines.errors import EngineError
 from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames, DrivingAudio, LipSyncEngine
-from engines.lipsync.frame_cache import FrameCache, LazyFrames
-from engines.tts import SpeechSynthesizer, VoiceParams, resample
 from handlers import Progress, engine_choice
-from handlers.errors import TaskError
-from handlers.inputs import fetch_image, read_image, timed
+from handlers.inputs import timed
 from handlers.outputs import new_id, resolve_store, upload
 from handlers.runtime import WorkerRuntime
-from handlers.schemas import GenerateVideoRequest, GenerateVideoResult, StreamSegment, Voice
+from handlers.schemas import HOSTED_ENGINES, GenerateVideoRequest, GenerateVideoResult, StreamSegment
 from handlers.settings import Settings
+from handlers.sources import avatar_frames
+from handlers.speech import decode_speech, fetch_audio, speak, synthesizer
 from handlers.streaming import SegmentPublisher
-from storage.avatar.cache import open_cache
-from storage.avatar.validate import LoadedAvatar, load_avatar
-from storage.keys import avatar_key, video_key
+from storage.keys import video_key
 
 log = logging.getLogger(__name__)
 
 VIDEO_CONTENT_TYPE = "video/mp4"
-PORTRAIT_MAX_SIDE = 1280  # larger portraits are scaled down: the video is made at this size at most
-AUDIO_BYTES_PER_SECOND = 384_000  # fetch cap for audio files: 48 kHz stereo 32-bit PCM, the largest usual wav
 PROGRESS_EVERY_FRAMES = 25
 FIRST_SEGMENT_WAIT_S = 5.0  # the most rendering waits for the encoder to finish the first segment
 STAGE_START = {"fetch": 0.0, "tts": 0.1, "render": 0.2, "upload": 0.95}
@@ -61,12 +56,14 @@ STAGE_START = {"fetch": 0.0, "tts": 0.1, "render": 0.2, "upload": 0.95}
 def load(runtime: WorkerRuntime) -> None:
     """Load what the first request would: face analyzer, eSpeak, the lip-sync engine."""
     runtime.engines.face_analyzer()
-    _synthesizer("espeak", runtime)
+    synthesizer("espeak", runtime)
     engine_choice.lipsync_engine("auto", runtime)
 
 
 def describe(runtime: WorkerRuntime) -> dict[str, Any]:
-    return engine_choice.describe(runtime)
+    from handlers.hosted_video import describe as hosted
+
+    return {**engine_choice.describe(runtime), "hosted": hosted(runtime)}
 
 
 def run(request: GenerateVideoRequest, runtime: WorkerRuntime, progress: Progress) -> GenerateVideoResult:
@@ -79,6 +76,16 @@ def stream(
     request: GenerateVideoRequest, runtime: WorkerRuntime, progress: Progress
 ) -> Iterator[StreamSegment | GenerateVideoResult]:
     """The task as a sequence: a ``StreamSegment`` per stored segment (``stream: true`` only), the result last."""
+    if request.driving_video is not None:  # LivePortrait reenactment: its own pipeline (never streamed)
+        from handlers import driving_video  # torch: imported only by the requests that need it
+
+        yield driving_video.run(request, runtime, progress)
+        return
+    if request.engine in HOSTED_ENGINES:  # rendered by a hosted service; we keep its mp4
+        from handlers import hosted_video
+
+        yield hosted_video.run(request, runtime, progress)
+        return
     started = time.perf_counter()
     settings = runtime.settings
     timings: dict[str, float] = {}
@@ -91,7 +98,7 @@ def stream(
         progress("fetch", STAGE_START["fetch"])
         with timed(timings, "fetch"):
             avatar = _avatar(request, store, runtime, work, holds)
-            audio_path = _fetch_audio(request.audio, settings, work) if request.audio else None
+            audio_path = fetch_audio(request.audio, settings, work) if request.audio else None
         progress("tts", STAGE_START["tts"])
         with timed(timings, "tts"):
             audio = _speech(request, audio_path, runtime)
@@ -129,7 +136,7 @@ def stream(
     )
 
 
-# ---- avatar ----------------------------------------------------------------------------------
+# ---- avatar and speech -----------------------------------------------------------------------
 
 
 def _avatar(
@@ -141,113 +148,10 @@ def _avatar(
     )
 
 
-def avatar_frames(
-    user_id: str,
-    avatar_id: str | None,
-    image: str | None,
-    store: storage.ObjectStore,
-    runtime: WorkerRuntime,
-    work: Path,
-    holds: ExitStack,
-    portrait_max_side: int = PORTRAIT_MAX_SIDE,
-    face_index: int | None = None,
-) -> AvatarFrames:
-    """A stored avatar's frames (its folder held until ``holds`` closes), else the portrait ``image`` animated
-    (its largest face, or the ``face_index``-th largest)."""
-    if image is not None:
-        return _portrait_avatar(image, runtime, work, portrait_max_side, face_index)
-    # the TAR in the request's store is an input like any other (its store root was normalised when opened)
-    storage.check_input_uri(
-        store.uri(avatar_key(user_id, avatar_id or "")), runtime.settings.input_policy, what="avatar"
-    )
-    cache = open_cache(runtime.settings.avatar_local_path, runtime.settings.avatar_revalidate_s)
-    path = holds.enter_context(cache.acquire(store, user_id, avatar_id or "", runtime.settings.hand_placed_avatars))
-    return stored_avatar(load_avatar(path), runtime.engines.frames)
-
-
-def stored_avatar(loaded: LoadedAvatar, frame_cache: FrameCache) -> AvatarFrames:
-    """A stored avatar as engine input, its frames decoded lazily through the process's frame cache."""
-    material = {}
-    if loaded.musetalk is not None:
-        from handlers.musetalk_material import ENGINE, engine_material
-
-        stored = loaded.musetalk  # read (latents.pt) only if the MuseTalk engine renders this avatar
-        material[ENGINE] = lambda: engine_material(stored, frame_cache)
-    return AvatarFrames(
-        frames=LazyFrames(loaded.full_frame_paths, frame_cache),
-        coords=[tuple(int(v) for v in box) for box in loaded.coords],
-        face_crops=LazyFrames(loaded.face_crop_paths, frame_cache) if loaded.face_crop_paths else None,
-        landmarks=None if loaded.landmarks is None else np.asarray(loaded.landmarks, dtype=np.float32),
-        fps=FPS,
-        material=material,
-        key=str(loaded.info.path),  # the cache's version folder: unchanged while it exists
-    )
-
-
-def _portrait_avatar(
-    uri: str, runtime: WorkerRuntime, work: Path, max_side: int, face_index: int | None = None
-) -> AvatarFrames:
-    from engines.lipsync.portrait_avatar import build_portrait_avatar
-
-    image = read_image(fetch_image(uri, runtime.settings, work), runtime.settings, max_side)
-    return build_portrait_avatar(image, runtime.engines.face_analyzer(), face_index=face_index)
-
-
-# ---- speech ----------------------------------------------------------------------------------
-
-
-def _fetch_audio(uri: str, settings: Settings, work: Path) -> Path:
-    max_bytes = int(settings.max_audio_seconds * AUDIO_BYTES_PER_SECOND)
-    return storage.fetch(uri, work / "speech-audio", settings.input_storage, max_bytes=max_bytes)
-
-
 def _speech(request: GenerateVideoRequest, audio_path: Path | None, runtime: WorkerRuntime) -> DrivingAudio:
-    from engines.codecs.audio import decode_audio
-
     if audio_path is not None:
-        max_seconds = runtime.settings.max_audio_seconds
-        samples = decode_audio(audio_path, sample_rate=SAMPLE_RATE, max_seconds=max_seconds)
-        if len(samples) == 0:
-            raise TaskError("empty_audio", "`audio` decodes to no samples: give a file with speech in it")
-        return DrivingAudio(samples=samples)
+        return DrivingAudio(samples=decode_speech(audio_path, runtime.settings))
     return speak(request.text or "", request.voice, runtime)  # the schema allows exactly one of text / audio
-
-
-def speak(text: str, voice: Voice, runtime: WorkerRuntime) -> DrivingAudio:
-    """``text`` spoken at 16 kHz with its phoneme timeline (when the synthesizer gives one); TaskError when
-    it makes no audio or more than MAX_AUDIO_SECONDS."""
-    settings = runtime.settings
-    speech = _synthesizer(voice.provider, runtime).synthesize(text, _voice_params(voice))
-    samples = resample(speech.samples, speech.sample_rate, SAMPLE_RATE)
-    if len(samples) == 0:
-        raise TaskError("empty_speech", "the speech synthesizer returned no audio for `text`")
-    seconds = len(samples) / SAMPLE_RATE
-    if seconds > settings.max_audio_seconds:
-        raise TaskError(
-            "audio_too_long",
-            f"`text` makes {seconds:.1f} s of speech; the limit is {settings.max_audio_seconds:g} s",
-        )
-    return DrivingAudio(samples=samples, phonemes=speech.phonemes or None)
-
-
-def _voice_params(voice: Voice) -> VoiceParams:
-    return VoiceParams(name=voice.name, rate=voice.rate, pitch=voice.pitch, ref_id=voice.ref_id)
-
-
-def _provider_config(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Each HTTP speech provider's configuration from the settings (eSpeak takes none)."""
-    return {
-        "fish": {"api_key": settings.fish_api_key, "base_url": settings.fish_base_url},
-        "openai": {
-            "api_key": settings.openai_api_key,
-            "base_url": settings.openai_base_url,
-            "model": settings.openai_tts_model,
-        },
-    }
-
-
-def _synthesizer(provider: str, runtime: WorkerRuntime) -> SpeechSynthesizer:
-    return runtime.engines.synthesizer(provider, **_provider_config(runtime.settings).get(provider, {}))
 
 
 # ---- render + encode -------------------------------------------------------------------------

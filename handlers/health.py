@@ -1,4 +1,7 @@
-"""`health`: device, the engine each task would use and why, weights found, versions."""
+"""`health`: device, the engine each task would use and why, weights found, versions.
+
+``live_session`` is reported beside the jobs: ``unavailable`` (with the reason) where this process cannot
+serve live sessions, ``not_served`` where WORKER_TASKS leaves it out, else its limits and engine."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 
 import handlers
 from handlers.runtime import WorkerRuntime
-from handlers.schemas import HealthRequest
+from handlers.schemas import LIVE_SESSION_TASK, HealthRequest
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ def device() -> dict[str, Any]:
 def _task_status(task: str, runtime: WorkerRuntime) -> dict[str, Any]:
     """One task's entry; a task that fails to import or describe itself is reported, not fatal to health."""
     try:
+        if task not in handlers.TASKS:
+            return {"status": "unavailable", "reason": handlers.unavailable_reason(task)}
         if task not in runtime.settings.served_tasks:
             return {"status": "not_served"}
         return {"status": "ok", **handlers.task_module(task).describe(runtime)}
@@ -64,7 +69,7 @@ def _task_status(task: str, runtime: WorkerRuntime) -> dict[str, Any]:
 
 
 def run(request: HealthRequest, runtime: WorkerRuntime, progress: handlers.Progress) -> dict[str, Any]:
-    tasks = {task: _task_status(task, runtime) for task in handlers.WORK_TASKS}
+    tasks = {task: _task_status(task, runtime) for task in (*handlers.WORK_TASKS, LIVE_SESSION_TASK)}
     return {
         "status": "ok",
         "device": device(),

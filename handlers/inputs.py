@@ -1,11 +1,14 @@
-"""Shared pieces of the tasks: stage timing and portrait images fetched from URIs."""
+"""Shared pieces of the tasks: stage timing, portrait images and videos fetched from URIs within the limits."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -14,6 +17,13 @@ from engines.expression import fit_max_side
 from handlers.errors import TaskError
 from handlers.settings import Settings
 from storage import StorageError
+
+if TYPE_CHECKING:
+    from engines.codecs.video_in import VideoInfo
+
+log = logging.getLogger(__name__)
+
+TRAINING_VIDEO = "The training video"
 
 
 @contextmanager
@@ -62,3 +72,37 @@ def read_image(path: Path, settings: Settings, max_side: int) -> np.ndarray:
     if image is None:
         raise TaskError("invalid_image", "`image` could not be decoded; use PNG, JPEG or WebP.")
     return fit_max_side(image, max_side)
+
+
+def fetch_video(uri: str, work: Path, settings: Settings, what: str = TRAINING_VIDEO, stem: str = "source") -> Path:
+    """Download a video (MAX_VIDEO_BYTES at most) into ``work/stem``, keeping a short alphanumeric suffix."""
+    suffix = Path(urlsplit(uri).path).suffix.lower()
+    dest = work / (stem + (suffix if suffix[1:].isalnum() and len(suffix) <= 6 else ""))
+    try:
+        return storage.fetch(uri, dest, settings.input_storage, max_bytes=settings.max_video_bytes)
+    except StorageError as exc:
+        if exc.code == "too_large":
+            limit_mb = settings.max_video_bytes / 1e6
+            raise TaskError("video_too_large", f"{what} is over the {limit_mb:g} MB limit (MAX_VIDEO_BYTES).") from None
+        raise
+
+
+def probe_within_limits(video: Path, settings: Settings, what: str = TRAINING_VIDEO) -> VideoInfo:
+    """The video's size and length, refused past MAX_VIDEO_SECONDS and MAX_VIDEO_SIDE."""
+    from engines.codecs.video_in import probe_video
+
+    info = probe_video(video)
+    if info.duration_s is not None and info.duration_s > settings.max_video_seconds:
+        raise TaskError(
+            "video_too_long",
+            f"{what} is {info.duration_s:.1f} s long; the limit is "
+            f"{settings.max_video_seconds:g} s (MAX_VIDEO_SECONDS).",
+        )
+    if max(info.width, info.height) > settings.max_video_side:
+        raise TaskError(
+            "video_too_large",
+            f"{what} is {info.width}x{info.height}; its longest side may be at most "
+            f"{settings.max_video_side} px (MAX_VIDEO_SIDE).",
+        )
+    log.info("%s: %s", what.lower(), info)
+    return info

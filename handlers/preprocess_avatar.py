@@ -30,22 +30,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 
 import storage
-from engines.codecs.video_in import VideoInfo, probe_video, read_frames
+from engines.codecs.video_in import VideoInfo, read_frames
 from engines.constants import FPS
 from engines.face import FaceAnalyzer
 from engines.face.boxes import AvatarFrame, FaceBoxStream, FaceGapError, NoFaceError
 from engines.face.tracker import FaceTracker
 from handlers import engine_choice
 from handlers.errors import TaskError
-from handlers.inputs import timed
+from handlers.inputs import fetch_video, probe_within_limits, timed
+from handlers.livetalking_export import export_tars, upload_with_exports
 from handlers.musetalk_material import add_material
-from handlers.outputs import resolve_store, upload
+from handlers.outputs import resolve_store
 from handlers.runtime import WorkerRuntime
 from handlers.schemas import AvatarModel, PreprocessAvatarRequest, PreprocessAvatarResult
 from handlers.settings import Settings
@@ -99,10 +99,10 @@ def run(request: PreprocessAvatarRequest, runtime: WorkerRuntime, progress: Prog
         work = Path(tmp)
         progress("fetch", STAGE_START["fetch"])
         with timed(timings, "fetch"):
-            video = _fetch(request.video, work, settings)
+            video = fetch_video(request.video, work, settings)
         progress("probe", STAGE_START["probe"])
         with timed(timings, "probe"):
-            info = _probe(video, settings)
+            info = probe_within_limits(video, settings)
         avatar = AvatarWriter(work / request.avatar_id, PNG_PARAMS)
         frames = _make_frames(video, info, avatar, request, settings, analyzer, progress, timings)
         with timed(timings, "tables"):
@@ -117,9 +117,12 @@ def run(request: PreprocessAvatarRequest, runtime: WorkerRuntime, progress: Prog
         tar_path = work / f"{request.avatar_id}.tar"
         with timed(timings, "tar"):
             pack_avatar(avatar.path, tar_path)
+            exports = export_tars(avatar.path, request.export_livetalking, work)
         progress("upload", STAGE_START["upload"])
         with timed(timings, "upload"):
-            stored = upload(store, tar_path, key, settings, TAR_CONTENT_TYPE)
+            stored, livetalking = upload_with_exports(
+                store, tar_path, key, exports, request.user_id, settings, TAR_CONTENT_TYPE
+            )
         progress("install", STAGE_START["install"])
         with timed(timings, "install"):
             _install(avatar.path, request.avatar_id, settings, store, key)
@@ -134,6 +137,7 @@ def run(request: PreprocessAvatarRequest, runtime: WorkerRuntime, progress: Prog
         timings_ms=timings,
         engine={"face": analyzer.name, "tracker": frames.policy, "tracking": frames.stats},
         models=request.prepared_models,
+        livetalking=livetalking,
     )
 
 
@@ -159,38 +163,6 @@ class _Frames:
 
 
 # ---- fetch and probe ---------------------------------------------------------------------------
-
-
-def _fetch(uri: str, work: Path, settings: Settings) -> Path:
-    suffix = Path(urlsplit(uri).path).suffix.lower()
-    dest = work / ("source" + (suffix if suffix[1:].isalnum() and len(suffix) <= 6 else ""))
-    try:
-        return storage.fetch(uri, dest, settings.input_storage, max_bytes=settings.max_video_bytes)
-    except storage.StorageError as exc:
-        if exc.code == "too_large":
-            limit_mb = settings.max_video_bytes / 1e6
-            raise TaskError(
-                "video_too_large", f"The training video is over the {limit_mb:g} MB limit (MAX_VIDEO_BYTES)."
-            ) from None
-        raise
-
-
-def _probe(video: Path, settings: Settings) -> VideoInfo:
-    info = probe_video(video)
-    if info.duration_s is not None and info.duration_s > settings.max_video_seconds:
-        raise TaskError(
-            "video_too_long",
-            f"The training video is {info.duration_s:.1f} s long; the limit is "
-            f"{settings.max_video_seconds:g} s (MAX_VIDEO_SECONDS).",
-        )
-    if max(info.width, info.height) > settings.max_video_side:
-        raise TaskError(
-            "video_too_large",
-            f"The training video is {info.width}x{info.height}; its longest side may be at most "
-            f"{settings.max_video_side} px (MAX_VIDEO_SIDE).",
-        )
-    log.info("training video: %s", info)
-    return info
 
 
 # ---- frames: decode -> track -> boxes -> PNGs ----------------------------------------------------

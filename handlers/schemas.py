@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from engines.constants import DEFAULT_VOICE_PROVIDER, EMOTIONS, IMAGE_CONTENT_TYPES, MAX_FACE_INDEX, VOICE_PROVIDERS
+from handlers.driving_options import DrivingVideoOptions, check_driven_request
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 DEFAULT_USER_ID = "default"  # the user of requests that name none (the seeds' routes, the CLIs)
@@ -58,6 +59,10 @@ class LipSyncEngineName(str, Enum):
     wav2lip96 = "wav2lip96"
     wav2lip256 = "wav2lip256"
     viseme_warp = "viseme_warp"
+    d_id = "d-id"  # hosted (D-ID's talks API): a portrait image only, not live-capable
+
+
+HOSTED_ENGINES = (LipSyncEngineName.d_id.value,)
 
 
 class ExpressionEngineName(str, Enum):
@@ -119,6 +124,9 @@ class PreprocessAvatarRequest(TaskRequest):
     )
     bbox_shift: int = Field(0, ge=-64, le=64, description="MuseTalk: moves the face box's nose line (px), as upstream.")
     extra_margin: int = Field(10, ge=0, le=64, description="MuseTalk v1.5: pixels added below the chin, as upstream.")
+    export_livetalking: list[AvatarModel] = Field(
+        default_factory=list, max_length=2, description="Also store TARs LiveTalking's loaders play unchanged."
+    )
 
     @model_validator(mode="after")
     def _video_uri(self) -> "PreprocessAvatarRequest":
@@ -127,6 +135,8 @@ class PreprocessAvatarRequest(TaskRequest):
             raise ValueError("`pads` values must be within -512..512 pixels")
         if self.model is not None and self.models is not None:
             raise ValueError("give `model` or `models`, not both")
+        if not set(self.export_livetalking) <= set(self.prepared_models):
+            raise ValueError("`export_livetalking` can only name the models the avatar is prepared for (`models`)")
         return self
 
     @property
@@ -151,6 +161,12 @@ class GenerateVideoRequest(TaskRequest):
     image: str | None = Field(None, description="Portrait URI, used instead of an avatar.")
     text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     audio: str | None = Field(None, description="Speech audio URI (wav, mp3, m4a, ogg), used instead of text.")
+    driving_video: str | None = Field(
+        None,
+        description="LivePortrait reenactment: a driving video URI (or a motion template .npz) whose face motion "
+        "animates `image` (or the stored avatar's frames); its sound is kept unless `audio` is given.",
+    )
+    driving_options: DrivingVideoOptions | None = Field(None, description="How `driving_video` drives the face.")
     voice: Voice = Field(default_factory=Voice)
     engine: LipSyncEngineName = LipSyncEngineName.auto
     video_id: Identifier | None = Field(None, description="Output id; generated when absent.")
@@ -164,12 +180,21 @@ class GenerateVideoRequest(TaskRequest):
     @model_validator(mode="after")
     def _one_source_each(self) -> "GenerateVideoRequest":
         require_one_of(self, "avatar_id", "image")
-        require_one_of(self, "text", "audio")
+        if self.driving_video is not None:
+            check_driven_request(self.text, self.engine, self.stream)
+        else:
+            require_one_of(self, "text", "audio")
+            if self.driving_options is not None:
+                raise ValueError("`driving_options` need a `driving_video`")
+        if self.engine in HOSTED_ENGINES and (self.image is None or self.stream or self.face_index is not None):
+            raise ValueError(
+                f"`engine: {self.engine}` animates one portrait: give `image`, without `stream` or `face_index`"
+            )
         if self.face_index is not None and self.image is None:
             raise ValueError("`face_index` picks a face of `image`; an avatar has one face already")
         if self.text is not None and not self.text.strip():
             raise ValueError("`text` is empty: give the sentence to speak")
-        for uri in (self.image, self.audio):
+        for uri in (self.image, self.audio, self.driving_video):
             if uri is not None:
                 _check_uri(uri)
         return self
@@ -229,6 +254,7 @@ REQUEST_MODELS: dict[str, type[TaskRequest]] = {
 # Media flows browser <-> worker over ICE (STUN/TURN from `ice_servers`); the data channel goes straight
 # to the worker. The task's result is a LiveSessionResult when the session is over.
 
+LIVE_SESSION_TASK = "live_session"  # a task of the workers, not a one-shot job (not in TaskName / REQUEST_MODELS)
 SESSION_ID_PATTERN = r"^[0-9a-f]{32}$"
 MAX_SDP_CHARS = 100_000
 
@@ -276,6 +302,8 @@ class LiveSessionRequest(TaskRequest):
     @model_validator(mode="after")
     def _one_source(self) -> "LiveSessionRequest":
         require_one_of(self, "avatar_id", "image")
+        if self.engine in HOSTED_ENGINES:
+            raise ValueError(f"`engine: {self.engine}` is a hosted service, not live-capable")
         if self.image is not None:
             _check_uri(self.image)
         if self.offer.type != "offer":
@@ -343,6 +371,24 @@ class LiveSessionResult(BaseModel):
     stats: LiveSessionStats
 
 
+class SayRequest(_Strict):
+    """What a live avatar is asked to say: the body of `/say`, and of a data-channel message as JSON (a plain
+    text message is its `text`)."""
+
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    voice: Voice = Field(default_factory=Voice)
+
+    @model_validator(mode="after")
+    def _something_to_say(self) -> "SayRequest":
+        if not self.text.strip():
+            raise ValueError("`text` is empty: give the sentence to speak")
+        return self
+
+
+TASK_MODELS: dict[str, type[TaskRequest]] = {**REQUEST_MODELS, LIVE_SESSION_TASK: LiveSessionRequest}
+"""Every task a worker may be given: the one-shot jobs and the live session."""
+
+
 # ---- results -------------------------------------------------------------------------------
 
 
@@ -361,6 +407,9 @@ class PreprocessAvatarResult(BaseModel):
     timings_ms: dict[str, float]
     engine: dict[str, Any]
     models: list[str] = ["wav2lip"]
+    livetalking: dict[str, StoredObject] | None = Field(
+        None, description="`export_livetalking`'s TARs by model.", exclude_if=lambda value: value is None
+    )
 
 
 class GenerateVideoResult(BaseModel):

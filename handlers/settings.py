@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.access import InputPolicy
@@ -96,6 +96,18 @@ class Settings(BaseSettings):
     openai_api_key: str | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY"))
     openai_base_url: str = Field("https://api.openai.com", validation_alias=AliasChoices("OPENAI_BASE_URL"))
     openai_tts_model: str = Field("gpt-4o-mini-tts", validation_alias=AliasChoices("OPENAI_TTS_MODEL"))
+
+    # D-ID (`engine: d-id`): the key exactly as D-ID issues it; a talk is followed for at most DID_TIMEOUT_S.
+    did_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("DID_API_KEY"))
+    did_base_url: str = Field("https://api.d-id.com", validation_alias=AliasChoices("DID_BASE_URL"))
+    did_timeout_s: float = Field(600.0, gt=0, validation_alias=AliasChoices("DID_TIMEOUT_S"))
+    did_request_timeout_s: float = Field(30.0, gt=0, validation_alias=AliasChoices("DID_REQUEST_TIMEOUT_S"))
+    did_poll_interval_s: float = Field(2.0, gt=0, validation_alias=AliasChoices("DID_POLL_INTERVAL_S"))
+    did_poll_max_interval_s: float = Field(15.0, gt=0, validation_alias=AliasChoices("DID_POLL_MAX_INTERVAL_S"))
+    # The orchestrator's public URL and webhook secret (its own variables): with both, hosted services call
+    # back through it (D-ID's webhook) instead of being polled as often.
+    public_base_url: str | None = Field(None, validation_alias=AliasChoices("PUBLIC_BASE_URL"))
+    webhook_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("WEBHOOK_SECRET"))
 
     # Tasks this process serves and loads engines for (RunPod: one image, several endpoints).
     worker_tasks: str = Field(

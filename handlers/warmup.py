@@ -76,8 +76,11 @@ def load_cpu_part(runtime: WorkerRuntime, tasks: list[str] | None = None) -> dic
         log.exception("importing the neural engines failed")
         status["imports"] = f"{type(exc).__name__}: {exc}"
     for task in tasks if tasks is not None else runtime.settings.served_tasks:
+        part = CPU_PARTS.get(task)
+        if part is None:  # a task added by another package (live_session): loaded whole by load_engines
+            continue
         try:
-            CPU_PARTS[task](runtime)
+            part(runtime)
             status[task] = "ok"
         except Exception as exc:
             log.exception("loading the CPU part of %s failed", task)

@@ -1,5 +1,5 @@
-"""``avatarctl`` operations: health, serve, emulate-runpod, recover-avatars, demo (registered on the main app
-by ``add_operation_commands``)."""
+"""``avatarctl`` operations: health, serve, emulate-runpod, recover-avatars, export-livetalking, demo (registered on
+the main app by ``add_operation_commands``)."""
 
 import json
 from collections.abc import Callable
@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 import handlers
+from orchestrator.cli_livetalking import export_livetalking_command
 from orchestrator.config import OrchestratorSettings
 from orchestrator.console import (
     EXIT_FAILED,
@@ -184,4 +185,5 @@ def add_operation_commands(app: typer.Typer) -> None:
     app.command()(serve)
     app.command("emulate-runpod")(emulate_runpod)
     app.command("recover-avatars")(recover_avatars_command)
+    app.command("export-livetalking")(export_livetalking_command)
     app.command()(demo)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,6 +79,10 @@ class OrchestratorSettings(BaseSettings):
     health_timeout_s: float = Field(60.0, gt=0, validation_alias=AliasChoices("HEALTH_TIMEOUT_S"))
     # How long a job may wait for a worker before it starts (on top of its execution limit).
     queue_timeout_s: float = Field(3600.0, ge=0, validation_alias=AliasChoices("QUEUE_TIMEOUT_S"))
+
+    # Seed 002's provider switch for POST /generate: `d-id` renders with D-ID (engine `d-id`, DID_API_KEY on
+    # the workers) instead of the in-process engines.
+    avatar_provider: Literal["sadtalker", "d-id"] = Field("sadtalker", validation_alias=AliasChoices("AVATAR_PROVIDER"))
 
     api_token: str | None = Field(None, validation_alias=AliasChoices("API_TOKEN"))
     webhook_secret: str | None = Field(None, validation_alias=AliasChoices("WEBHOOK_SECRET"))

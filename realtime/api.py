@@ -11,8 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engines.errors import EngineError
 from handlers.errors import TaskError
-from handlers.schemas import MAX_TEXT_CHARS, Identifier, Voice, _check_uri, require_one_of
-from realtime.manager import RealtimeUnavailable, SessionLimitReached, SessionManager, SessionNotFound
+from handlers.schemas import Identifier, SayRequest, _check_uri, require_one_of
+from realtime.limits import RealtimeUnavailable, SessionLimitReached, SessionNotFound
+from realtime.manager import SessionManager
 from realtime.session import LiveSession
 from storage.errors import StorageError
 
@@ -46,13 +47,6 @@ class SessionRequest(BaseModel):
 class SessionAnswer(BaseModel):
     session_id: str
     answer: SessionDescription
-
-
-class SayRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
-    voice: Voice = Field(default_factory=Voice)
 
 
 class SayAnswer(BaseModel):

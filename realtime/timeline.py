@@ -67,8 +67,17 @@ class SpeechTimeline:
     def interrupt_with(self, block: SpeechBlock) -> None:
         """Play ``block`` from its start frame: what was scheduled from then on is dropped (or cut)."""
         with self._lock:
-            kept = [b if b.end_frame <= block.start_frame else b.cut(block.start_frame) for b in self._blocks]
-            self._blocks = [b for b in kept if b.start_frame < block.start_frame and len(b.shapes)] + [block]
+            self._cut(block.start_frame)
+            self._blocks.append(block)
+
+    def cut_from(self, frame: int) -> None:
+        """Silence from ``frame`` on: what was scheduled from then is dropped (a block playing is cut, faded)."""
+        with self._lock:
+            self._cut(frame)
+
+    def _cut(self, frame: int) -> None:
+        kept = [b if b.end_frame <= frame else b.cut(frame) for b in self._blocks]
+        self._blocks = [b for b in kept if b.start_frame < frame and len(b.shapes)]
 
     def append(self, samples: np.ndarray, shapes: np.ndarray, earliest_frame: int) -> SpeechBlock:
         """Queue speech after what is scheduled, and not before ``earliest_frame``."""

@@ -7,10 +7,16 @@ VIDEOS_PREFIX = "generated-videos/"
 EMOTIONS_PREFIX = "emotions/"
 TRAINING_VIDEOS_PREFIX = "training-videos/"
 UPLOADS_PREFIX = "uploads/"
+LIVETALKING_PREFIX = "livetalking/"
 
 
 def avatar_key(user_id: str, avatar_id: str) -> str:
     return f"{AVATARS_PREFIX}{user_id}/{avatar_id}.tar"
+
+
+def livetalking_key(user_id: str, avatar_id: str, model: str) -> str:
+    """An avatar exported for LiveTalking's ``model`` loader (apart from ``avatars/``: not one of our avatars)."""
+    return f"{LIVETALKING_PREFIX}{user_id}/{model}/{avatar_id}.tar"
 
 
 def video_key(user_id: str, video_id: str) -> str:

@@ -8,7 +8,7 @@ def test_health_reports_device_and_tasks(local_settings, runtime: WorkerRuntime)
     result = handlers.dispatch({"task": "health"}, runtime)
     assert result["status"] == "ok"
     assert result["device"]["type"] in ("cpu", "cuda")
-    assert set(result["tasks"]) == {"preprocess_avatar", "generate_video", "render_emotion"}
+    assert set(result["tasks"]) == {"preprocess_avatar", "generate_video", "render_emotion", "live_session"}
 
 
 def test_unknown_task_is_named():

@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings
 
 from handlers.settings import Settings
 from orchestrator.config import OrchestratorSettings
-from realtime.manager import RealtimeSettings
+from realtime.limits import RealtimeSettings
 from storage.config import StorageSettings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -22,6 +22,8 @@ SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (Settings, StorageSettings, O
 
 # A valid value for each documented variable, unlike its default, so the test sees it arrive.
 VALUES = {
+    "AVATARCTL_HOME": "/tmp/env-test-home",
+    "URL_SIGNING_SECRET": "env-test-signing-secret-0123456789",
     "AVATAR_STORE_URI": "file:///tmp/env-test-store",
     "AVATAR_LOCAL_PATH": "/tmp/env-test-avatars",
     "AVATAR_REVALIDATE_S": "5",
@@ -68,6 +70,13 @@ VALUES = {
     "OPENAI_API_KEY": "env-test-openai",
     "OPENAI_BASE_URL": "https://openai.example.com",
     "OPENAI_TTS_MODEL": "tts-1",
+    "DID_API_KEY": "env-test-did",
+    "DID_BASE_URL": "https://did.example.com",
+    "DID_TIMEOUT_S": "120",
+    "DID_REQUEST_TIMEOUT_S": "10",
+    "DID_POLL_INTERVAL_S": "1",
+    "DID_POLL_MAX_INTERVAL_S": "5",
+    "AVATAR_PROVIDER": "d-id",
     "DATABASE_URL": "sqlite:////tmp/env-test-jobs.db",
     "BACKEND_PREPROCESS_AVATAR": "runpod:ep-avatars",
     "BACKEND_GENERATE_VIDEO": "modal:avatars/Worker",
@@ -97,6 +106,22 @@ VALUES = {
     "REALTIME_MAX_SESSIONS_PER_USER": "1",
     "REALTIME_IDLE_TIMEOUT_S": "30",
     "REALTIME_MAX_SIDE": "256",
+    "REALTIME_MAX_DURATION_S": "600",
+    "REALTIME_SETUP_TIMEOUT_S": "20",
+    "REALTIME_MAX_OFFER_MEDIA": "3",
+    "REALTIME_MAX_REMOTE_CANDIDATES": "6",
+    "REALTIME_ALLOW_PRIVATE_CANDIDATES": "1",
+    "REALTIME_ICE_TRANSPORT_POLICY": "relay",
+    "REALTIME_HEARTBEAT_S": "2",
+    "REALTIME_POLL_WAIT_S": "10",
+    "REALTIME_CONTROL_TIMEOUT_S": "5",
+    "REALTIME_CONTROL_LOST_S": "15",
+    "REALTIME_MAX_MESSAGE_BYTES": "8192",
+    "REALTIME_MESSAGES_PER_S": "2",
+    "REALTIME_MESSAGE_BURST": "4",
+    "REALTIME_MAX_REPLY_BUFFER_BYTES": "4096",
+    "REALTIME_MAX_MIC_LEAD_S": "1",
+    "REALTIME_SPEECH_PIECE_CHARS": "120",
 }
 
 

@@ -140,6 +140,12 @@ def decode_audio(path: Path | BinaryIO, sample_rate: int = SAMPLE_RATE, max_seco
     return samples
 
 
+def has_audio(path: Path) -> bool:
+    """Whether a media file has an audio stream (a video may have none); ``unsupported_audio`` if not media."""
+    with _open(path) as container:
+        return bool(container.streams.audio)
+
+
 def decode_audio_bytes(data: bytes, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
     """decode_audio for audio held in memory (an HTTP response body)."""
     if not data:

@@ -9,6 +9,7 @@ networks at 256 px. Eye and lip opening ratios (inputs of the retargeting MLPs) 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -26,6 +27,10 @@ LEFT_EYE, RIGHT_EYE = (36, 41), (42, 47)  # image-left eye, image-right eye (cor
 NOSE_TIP, MOUTH_LEFT, MOUTH_RIGHT = 30, 48, 54
 INNER_LIP_TOP, INNER_LIP_BOTTOM = 62, 66
 MASK_FEATHER = 0.12  # fraction of the crop over which the paste-back mask fades out at the edges
+# A driving video's crop (upstream ``crop_driving_video``): one unrotated square for the whole video, the
+# average of each frame's landmark square at this scale and offset.
+DRIVING_SCALE = 2.2
+DRIVING_VY_RATIO = -0.1
 
 
 @dataclass(frozen=True)
@@ -45,10 +50,10 @@ def _axis_points(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return eyes, mouth
 
 
-def crop_transform(
-    landmarks: np.ndarray, size: int = CROP_SIZE, scale: float = SCALE, vx: float = VX_RATIO, vy: float = VY_RATIO
-) -> np.ndarray:
-    """3x3 similarity from source pixels to a ``size`` crop, rotation-aligned on the eyes-to-mouth axis."""
+def face_square(
+    landmarks: np.ndarray, scale: float = SCALE, vx: float = VX_RATIO, vy: float = VY_RATIO
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """(centre, side, x axis) of upstream's face square: the landmarks' extent along the eyes-to-mouth axes."""
     pts = np.asarray(landmarks, np.float64)
     eyes, mouth = _axis_points(pts)
     uy = mouth - eyes
@@ -62,6 +67,14 @@ def crop_transform(
     side = float((high - low).max()) * scale
     mid = (low + high) / 2
     center = center0 + ux * mid[0] + uy * mid[1] + ux * (vx * side) + uy * (vy * side)
+    return center, side, ux
+
+
+def crop_transform(
+    landmarks: np.ndarray, size: int = CROP_SIZE, scale: float = SCALE, vx: float = VX_RATIO, vy: float = VY_RATIO
+) -> np.ndarray:
+    """3x3 similarity from source pixels to a ``size`` crop, rotation-aligned on the eyes-to-mouth axis."""
+    center, side, ux = face_square(landmarks, scale, vx, vy)
     s = size / side
     angle = math.atan2(ux[1], ux[0])
     cos, sin = math.cos(angle), math.sin(angle)
@@ -75,12 +88,51 @@ def crop_transform(
     )
 
 
-def crop_face(image: np.ndarray, landmarks: np.ndarray, size: int = CROP_SIZE) -> Crop:
+def crop_face(
+    image: np.ndarray,
+    landmarks: np.ndarray,
+    size: int = CROP_SIZE,
+    scale: float = SCALE,
+    vx: float = VX_RATIO,
+    vy: float = VY_RATIO,
+) -> Crop:
     """The rotation-aligned face crop (border replicated) and where the landmarks land in it."""
-    to_crop = crop_transform(landmarks, size)
-    warped = cv2.warpAffine(image, to_crop[:2], (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return _crop(image, landmarks, crop_transform(landmarks, size, scale, vx, vy), size, cv2.BORDER_REPLICATE)
+
+
+def warp_crop(image: np.ndarray, to_crop: np.ndarray, size: int = CROP_SIZE, border: int = cv2.BORDER_REPLICATE):
+    """``image`` through the 3x3 ``to_crop`` into a ``size`` square (bilinear)."""
+    return cv2.warpAffine(image, to_crop[:2], (size, size), flags=cv2.INTER_LINEAR, borderMode=border)
+
+
+def _crop(image: np.ndarray, landmarks: np.ndarray | None, to_crop: np.ndarray, size: int, border: int) -> Crop:
+    warped = warp_crop(image, to_crop, size, border)
+    if landmarks is None:
+        return Crop(warped, to_crop, np.zeros((0, 2), np.float32))
     points = np.asarray(landmarks, np.float64) @ to_crop[:2, :2].T + to_crop[:2, 2]
     return Crop(warped, to_crop, points.astype(np.float32))
+
+
+def driving_box(
+    landmarks: Sequence[np.ndarray], scale: float = DRIVING_SCALE, vx: float = VX_RATIO, vy: float = DRIVING_VY_RATIO
+) -> tuple[float, float, float]:
+    """(centre x, centre y, side) of a driving video's crop: each frame's face square, unrotated, averaged."""
+    squares = []
+    for points in landmarks:
+        center, side, _ = face_square(points, scale, vx, vy)
+        squares.append([center[0] - side / 2, center[1] - side / 2, center[0] + side / 2, center[1] + side / 2])
+    left, top, right, bottom = np.mean(np.asarray(squares, np.float64), axis=0)
+    return (left + right) / 2, (top + bottom) / 2, right - left
+
+
+def crop_box(
+    image: np.ndarray, box: tuple[float, float, float], landmarks: np.ndarray | None = None, size: int = CROP_SIZE
+) -> Crop:
+    """An unrotated square crop ``box`` (centre x, centre y, side) at ``size`` px, black outside the image."""
+    cx, cy, side = box
+    s = size / side
+    to_crop = np.array([[s, 0.0, size / 2 - s * cx], [0.0, s, size / 2 - s * cy], [0.0, 0.0, 1.0]])
+    return _crop(image, landmarks, to_crop, size, cv2.BORDER_CONSTANT)
 
 
 @lru_cache(maxsize=8)

@@ -304,6 +304,8 @@ def _add_seed_generate_route(router: APIRouter, ctx: ApiContext) -> None:
             image = source("image", body.image_url, body.image_b64, UploadKind.image, body.user_id, uploads)
             audio = source("audio", body.audio_url, body.audio_b64, UploadKind.audio, body.user_id, uploads)
             engine = "auto" if body.driver in SEED_DRIVERS else LipSyncEngineName(body.driver).value
+            if ctx.settings.avatar_provider == "d-id":  # seed 002's AVATAR_PROVIDER=d-id: the hosted fallback
+                engine = LipSyncEngineName.d_id.value
             payload = {"user_id": body.user_id, "image": image, "audio": audio, "engine": engine}
             job = ctx.submit(caller, "generate_video", payload)
         job = ctx.present(ctx.wait(job), request)

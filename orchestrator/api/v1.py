@@ -22,6 +22,7 @@ from orchestrator.api.auth import Caller
 from orchestrator.api.context import ApiContext
 from orchestrator.api.errors import ApiError
 from orchestrator.api.files import signed_sse
+from orchestrator.api.hosted import add_hosted_webhook_routes
 from orchestrator.models import JobStatus, JobView
 from orchestrator.service import MAX_IDEMPOTENCY_KEY_CHARS
 from orchestrator.uploads import StoredUpload, UploadKind, upload_stream
@@ -194,3 +195,4 @@ def add_v1_routes(protected: APIRouter, public: APIRouter, ctx: ApiContext) -> N
     _add_submit_routes(protected, ctx)
     _add_job_routes(protected, ctx)
     _add_webhook_routes(public, ctx)
+    add_hosted_webhook_routes(public, ctx)

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from storage.avatar.layout import (
     FRAME_DIRS,
+    IGNORED_DIRS,
     TOP_FILES,
     VARIABLE_SIZE_DIRS,
     check_avatar_id,
@@ -227,6 +228,10 @@ class _Extraction:
             raise _unsafe(self.source, member.name, problem)
         if rel is None:
             return
+        if rel.split("/", 1)[0] in IGNORED_DIRS:
+            if member.isreg():
+                self._skip(tar, member, "MuseTalk's output file")
+            return
         if layout_rel(rel, member.isdir()) is None:
             raise _unsafe(self.source, member.name, "is outside the avatar layout (coords.pkl, full_imgs/, ...)")
         if member.isdir():
@@ -246,14 +251,14 @@ class _Extraction:
         if self.declared_bytes > self.limits.max_bytes:
             raise _unsafe(self.source, member.name, f"takes the archive past {self.limits.max_bytes} bytes")
 
-    def _skip(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-        """Read past a stray OS file (within the budgets) and note it."""
+    def _skip(self, tar: tarfile.TarFile, member: tarfile.TarInfo, what: str = "the stray OS file") -> None:
+        """Read past a file an avatar does not use (within the budgets) and note it."""
         source = tar.extractfile(member)
         if source is not None:
             with source:
                 while source.read(COPY_CHUNK_BYTES):
                     self.reader.since_member = 0
-        log.info("archive %s: skipped the stray OS file %r", self.source, member.name)
+        log.info("archive %s: skipped %s %r", self.source, what, member.name)
 
     def _copy(self, tar: tarfile.TarFile, member: tarfile.TarInfo, rel: str) -> None:
         target = self.dest / rel

@@ -30,6 +30,9 @@ MASK_DIR = "mask"
 MASK_COORDS = "mask_coords.pkl"
 LATENTS = "latents.pt"
 AVATAR_INFO = "avator_info.json"  # sic: upstream's spelling
+# MuseTalk's realtime_inference leaves its (empty) output folder in the avatars LiveTalking users copy over:
+# accepted and left out of what we unpack or pack.
+IGNORED_DIRS = ("vid_output",)
 FRAME_DIRS = (FULL_IMGS, FACE_IMGS, MASK_DIR)  # face_imgs/ (wav2lip) and mask/ (musetalk) are per engine
 VARIABLE_SIZE_DIRS = (MASK_DIR,)  # each mask is its frame's crop-box size
 TOP_FILES = (COORDS, LANDMARKS, META, MASK_COORDS, LATENTS, AVATAR_INFO)

@@ -15,6 +15,7 @@ from storage.avatar.layout import (
     FACE_IMGS,
     FRAME_DIRS,
     FULL_IMGS,
+    IGNORED_DIRS,
     LANDMARK_POINTS,
     LANDMARKS,
     MAX_ENTRY_BYTES,
@@ -91,6 +92,8 @@ def _check_entries(avatar: Path) -> None:
     if not avatar.is_dir():
         raise invalid(avatar, "not a directory")
     for entry in avatar.iterdir():
+        if entry.name in IGNORED_DIRS and entry.is_dir() and not entry.is_symlink():
+            continue
         if entry.name not in (*TOP_FILES, *FRAME_DIRS) and not is_stray_os_file(entry.name):
             raise invalid(avatar, f"unexpected entry {entry.name!r} (allowed: {', '.join((*FRAME_DIRS, *TOP_FILES))})")
     if not (avatar / COORDS).is_file():

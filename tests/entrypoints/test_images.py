@@ -73,7 +73,9 @@ def test_both_images_exist() -> None:
 def test_copied_paths_exist_and_are_not_ignored(dockerfile: Path) -> None:
     patterns = dockerignore_patterns()
     sources = copy_sources(dockerfile)
-    assert {"pyproject.toml", "README.md", "engines", "storage", "handlers", "runpod_handler.py"} <= set(sources)
+    assert {"pyproject.toml", "README.md", "engines", "storage", "handlers", "realtime", "runpod_handler.py"} <= set(
+        sources
+    )
     for source in sources:
         assert (REPO_ROOT / source).exists(), f"{dockerfile.name} copies {source}, which is not in the repository"
         assert not ignored(source, patterns), f"{source} is excluded by .dockerignore"
@@ -107,7 +109,8 @@ def exported_requirements(dockerfile: Path) -> list[str]:
 
 def test_the_dependency_export_lists_the_worker_dependencies(dockerfile: Path) -> None:
     project = PYPROJECT["project"]
-    extras = ["worker", "musetalk"] if dockerfile.name == "Dockerfile.cuda" else ["worker"]  # MuseTalk wants CUDA
+    # MuseTalk wants CUDA; live sessions (aiortc) are served by both
+    extras = ["worker", "realtime", "musetalk"] if dockerfile.name == "Dockerfile.cuda" else ["worker", "realtime"]
     expected = project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]]
     assert exported_requirements(dockerfile) == expected
 

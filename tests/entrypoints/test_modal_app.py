@@ -68,7 +68,7 @@ def test_config_from_env_reaches_the_container_unchanged(monkeypatch: pytest.Mon
 def test_health(local_settings: Settings) -> None:
     result = modal_app.Worker().health.local()
     assert result["status"] == "ok"
-    assert set(result["tasks"]) == set(handlers.WORK_TASKS)
+    assert set(result["tasks"]) == {*handlers.WORK_TASKS, "live_session"}
 
 
 def test_refused_input_returns_the_contract_error(local_settings: Settings) -> None:

@@ -22,6 +22,7 @@ import pytest
 import handlers
 import runpod_handler
 from handlers.runtime import WorkerRuntime
+from handlers.schemas import LIVE_SESSION_TASK
 from handlers.settings import Settings
 from tests.conftest import free_port
 from tests.entrypoints.conftest import (
@@ -128,7 +129,7 @@ def test_hub_config_names_real_settings_and_its_tests_are_valid_payloads() -> No
     assert env_keys <= known, env_keys - known
     for preset in hub["config"]["presets"]:
         for task in preset["defaults"]["WORKER_TASKS"].split(","):
-            assert task in handlers.WORK_TASKS
+            assert task in (*handlers.WORK_TASKS, LIVE_SESSION_TASK)
 
 
 # ---- the handler in-process, run by the SDK's own job runner -------------------------------------

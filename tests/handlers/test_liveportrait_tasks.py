@@ -1,8 +1,8 @@
 """render_emotion and generate_video with ``engine: liveportrait`` through handlers.dispatch, and the choice.
 
-Random weights in the official layout (written once per module, pointed at by LIVEPORTRAIT_DIR) check the
-plumbing end to end: stills and an mp4 come out, the reports name the engine. The networks run at
-LIVEPORTRAIT_INPUT_SIZE=128 to keep the CPU cost low. Without CUDA, ``auto`` keeps the CPU engines.
+Random weights in the official layout (written once per run by tests/handlers/conftest.py, pointed at by
+LIVEPORTRAIT_DIR) check the plumbing end to end: stills and an mp4 come out, the reports name the engine. The
+networks run at LIVEPORTRAIT_INPUT_SIZE=128 to keep the CPU cost low. Without CUDA, ``auto`` keeps the CPU engines.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from engines.codecs.audio import write_wav
-from engines.liveportrait.random_weights import write_random_weights
 from handlers import dispatch
 from handlers.engine_choice import cuda_available
 from handlers.runtime import WorkerRuntime
@@ -23,17 +22,6 @@ from storage import open_store
 from tests.media import astronaut_bgr, tone
 
 USER = "u1"
-
-
-@pytest.fixture(scope="module")
-def weights_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_random_weights(tmp_path_factory.mktemp("liveportrait"), seed=4)
-
-
-@pytest.fixture
-def lp_runtime(runtime: WorkerRuntime, weights_root: Path) -> WorkerRuntime:
-    settings = runtime.settings.model_copy(update={"liveportrait_dir": weights_root, "liveportrait_input_size": 128})
-    return runtime.with_settings(settings)
 
 
 @pytest.fixture

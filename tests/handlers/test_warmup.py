@@ -70,6 +70,10 @@ def test_cpu_part_imports_the_neural_engine_and_loads_only_the_cpu_ones(w2l_runt
     assert loaded_engines(w2l_runtime) == sorted(["viseme_warp", expected])
 
 
+def test_tasks_without_a_cpu_part_are_left_to_load_engines(w2l_runtime: WorkerRuntime) -> None:
+    assert load_cpu_part(w2l_runtime, ["generate_video", "live_session"]) == {"generate_video": "ok"}
+
+
 def test_a_failing_cpu_part_is_reported_per_task(w2l_runtime: WorkerRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(runtime: WorkerRuntime) -> None:
         raise OSError("espeak data missing")

@@ -197,7 +197,8 @@ def test_failed_job_from_our_worker_keeps_its_error_code(local_settings, monkeyp
 
     monkeypatch.setenv("WORKER_TASKS", "render_emotion")
     monkeypatch.setattr(runpod_handler, "_state", None)  # a fresh worker for this test, restored after
-    result = runpod_handler.handler({"id": "j-bad", "input": {"task": "render_emotion", "user_id": "u"}})
+    bad = {"task": "render_emotion", "user_id": "u", "emotion": "happy"}  # neither `image` nor `avatar_id`
+    result = runpod_handler.handler({"id": "j-bad", "input": bad})
     failed = parse_job({"id": "j-bad", "status": "FAILED", "error": result["error"]})
     assert failed.state is RemoteState.failed
     assert failed.error_code == "invalid_input" and "`image`" in failed.error

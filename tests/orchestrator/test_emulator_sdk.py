@@ -210,7 +210,9 @@ def test_the_real_worker_handler_runs_under_the_emulator_with_the_same_answers(
             ours = raw(sdk_emulator, "POST", "runsync", json={"input": payload}).json()
             assert real["status"] == ours["status"] and real.keys() == ours.keys()
             assert real.get("error") == ours.get("error")
-            assert (real.get("output") or {}).keys() == (ours.get("output") or {}).keys()
+            # the real worker also warns that its file:// store is its own container's disk (no bucket)
+            real_keys = (real.get("output") or {}).keys() - {"warnings"}
+            assert real_keys == (ours.get("output") or {}).keys()
 
 
 def test_the_streaming_worker_streams_segments_through_the_sdk(local_settings, monkeypatch):

@@ -288,3 +288,24 @@ def stream_flood_class(corpus: Corpus) -> ClassReport:
         f"slots left {flood.leaks}"
     )
     return report
+
+
+@hostile_class("sdps", "live-session offers: oversized, many m-lines, malformed, random bytes, a candidate flood")
+def sdp_class(corpus: Corpus) -> ClassReport:
+    return _live_class(corpus, "sdps")
+
+
+@hostile_class("sessions", "live-session floods: data-channel floods, huge and nested messages, say floods, a fast mic")
+def session_flood_class(corpus: Corpus) -> ClassReport:
+    return _live_class(corpus, "sessions")
+
+
+def _live_class(corpus: Corpus, name: str) -> ClassReport:
+    """Against a RunPod worker holding live sessions (tests/realtime/hostile_sessions.py)."""
+    from tests.realtime.hostile_sessions import run_live_class
+
+    live = run_live_class(name, corpus.work / name)
+    report = ClassReport(name, cases=live.cases, refused=live.clean, crashes=int(live.crashed), leaks=live.held)
+    report.peak_rss_mb, report.rows, report.unexpected = live.peak_rss_mb, live.rows, live.unexpected
+    report.figures = {"worker threads above the start": str(live.extra_threads)}
+    return report

@@ -329,6 +329,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/webhooks/d-id/{nonce}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Did Webhook
+         * @description D-ID posts a talk here when it is done (or failed); ``token`` is the HMAC of the nonce.
+         */
+        post: operations["did_webhook_v1_webhooks_d_id__nonce__post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/webhooks/runpod/{job_id}": {
         parameters: {
             query?: never;
@@ -420,6 +440,110 @@ export interface components {
             deleted: string;
         };
         /**
+         * DrivingVideoOptions
+         * @description LivePortrait's video-driven switches: upstream's inference and crop arguments, without ``flag_``.
+         */
+        DrivingVideoOptions: {
+            /**
+             * Animation Region
+             * @default all
+             * @enum {string}
+             */
+            animation_region?: "all" | "exp" | "pose" | "lip" | "eyes";
+            /**
+             * Crop Driving Video
+             * @description Crop a square driving video too (others always are).
+             * @default false
+             */
+            crop_driving_video?: boolean;
+            /**
+             * Driving Multiplier
+             * @default 1
+             */
+            driving_multiplier?: number;
+            /**
+             * Driving Option
+             * @default expression-friendly
+             * @enum {string}
+             */
+            driving_option?: "expression-friendly" | "pose-friendly";
+            /**
+             * Eye Retargeting
+             * @description Upstream's work-in-progress eye-open transfer.
+             * @default false
+             */
+            eye_retargeting?: boolean;
+            /**
+             * Lip Retargeting
+             * @description Upstream's work-in-progress lip-open transfer.
+             * @default false
+             */
+            lip_retargeting?: boolean;
+            /**
+             * Normalize Lip
+             * @description Close the source's open lips first (relative motion).
+             * @default false
+             */
+            normalize_lip?: boolean;
+            /**
+             * Paste Back
+             * @description Paste the face into the source frame (needs stitching), else the crop.
+             * @default true
+             */
+            paste_back?: boolean;
+            /**
+             * Relative Motion
+             * @description Motion since the first driving frame (false: absolute).
+             * @default true
+             */
+            relative_motion?: boolean;
+            /**
+             * Scale
+             * @description Source crop size over the face (larger: smaller face).
+             * @default 2.3
+             */
+            scale?: number;
+            /**
+             * Scale Crop Driving Video
+             * @default 2.2
+             */
+            scale_crop_driving_video?: number;
+            /**
+             * Smooth Observation Variance
+             * @description Source-video smoothing.
+             * @default 3e-7
+             */
+            smooth_observation_variance?: number;
+            /**
+             * Stitching
+             * @description Stitch the face to the shoulders (upstream: off for large motion).
+             * @default true
+             */
+            stitching?: boolean;
+            /**
+             * Vx Ratio
+             * @description Source crop offset, of its size.
+             * @default 0
+             */
+            vx_ratio?: number;
+            /**
+             * Vx Ratio Crop Driving Video
+             * @default 0
+             */
+            vx_ratio_crop_driving_video?: number;
+            /**
+             * Vy Ratio
+             * @description Source crop offset (negative: up).
+             * @default -0.125
+             */
+            vy_ratio?: number;
+            /**
+             * Vy Ratio Crop Driving Video
+             * @default -0.1
+             */
+            vy_ratio_crop_driving_video?: number;
+        };
+        /**
          * Emotion
          * @enum {string}
          */
@@ -445,6 +569,13 @@ export interface components {
             audio?: string | null;
             /** Avatar Id */
             avatar_id?: string | null;
+            /** @description How `driving_video` drives the face. */
+            driving_options?: components["schemas"]["DrivingVideoOptions"] | null;
+            /**
+             * Driving Video
+             * @description LivePortrait reenactment: a driving video URI (or a motion template .npz) whose face motion animates `image` (or the stored avatar's frames); its sound is kept unless `audio` is given.
+             */
+            driving_video?: string | null;
             /** @default auto */
             engine?: components["schemas"]["LipSyncEngineName"];
             /**
@@ -493,6 +624,13 @@ export interface components {
             audio?: string | null;
             /** Avatar Id */
             avatar_id?: string | null;
+            /** @description How `driving_video` drives the face. */
+            driving_options?: components["schemas"]["DrivingVideoOptions"] | null;
+            /**
+             * Driving Video
+             * @description LivePortrait reenactment: a driving video URI (or a motion template .npz) whose face motion animates `image` (or the stored avatar's frames); its sound is kept unless `audio` is given.
+             */
+            driving_video?: string | null;
             /** @default auto */
             engine?: components["schemas"]["LipSyncEngineName"];
             /**
@@ -544,6 +682,14 @@ export interface components {
              * @enum {string}
              */
             task: "health";
+        };
+        /** HostedWebhookAck */
+        HostedWebhookAck: {
+            /**
+             * Received
+             * @default true
+             */
+            received?: boolean;
         };
         /**
          * ImageFormat
@@ -633,7 +779,7 @@ export interface components {
          * LipSyncEngineName
          * @enum {string}
          */
-        LipSyncEngineName: "auto" | "liveportrait" | "musetalk" | "wav2lip96" | "wav2lip256" | "viseme_warp";
+        LipSyncEngineName: "auto" | "liveportrait" | "musetalk" | "wav2lip96" | "wav2lip256" | "viseme_warp" | "d-id";
         /** PreprocessAvatarRequest */
         PreprocessAvatarRequest: {
             /** Avatar Id */
@@ -644,6 +790,11 @@ export interface components {
              * @default 0
              */
             bbox_shift?: number;
+            /**
+             * Export Livetalking
+             * @description Also store TARs LiveTalking's loaders play unchanged.
+             */
+            export_livetalking?: components["schemas"]["AvatarModel"][];
             /**
              * Extra Margin
              * @description MuseTalk v1.5: pixels added below the chin, as upstream.
@@ -718,6 +869,11 @@ export interface components {
              * @default 0
              */
             bbox_shift?: number;
+            /**
+             * Export Livetalking
+             * @description Also store TARs LiveTalking's loaders play unchanged.
+             */
+            export_livetalking?: components["schemas"]["AvatarModel"][];
             /**
              * Extra Margin
              * @description MuseTalk v1.5: pixels added below the chin, as upstream.
@@ -876,7 +1032,11 @@ export interface components {
             /** Session Id */
             session_id: string;
         };
-        /** SayRequest */
+        /**
+         * SayRequest
+         * @description What a live avatar is asked to say: the body of `/say`, and of a data-channel message as JSON (a plain
+         *     text message is its `text`).
+         */
         SayRequest: {
             /** Text */
             text: string;
@@ -2050,6 +2210,63 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["JobView"];
+                };
+            };
+            /** @description Missing or wrong bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    did_webhook_v1_webhooks_d_id__nonce__post: {
+        parameters: {
+            query?: {
+                token?: string;
+            };
+            header?: never;
+            path: {
+                nonce: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    [key: string]: unknown;
+                };
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HostedWebhookAck"];
                 };
             };
             /** @description Missing or wrong bearer token */

@@ -117,8 +117,10 @@ test("POST /v1/sessions, POST /v1/sessions/{id}/say, DELETE /v1/sessions/{id}: t
     assert.match(err.message, /`avatar_id` or `image`/);
     return true;
   });
-  for (const call of [client.say("no-such-session", { text: "Hi." }), client.endSession("no-such-session")]) {
-    await assert.rejects(call, (err: unknown) => {
+  // each call is made only when awaited: a rejection made earlier and awaited later is an unhandled rejection
+  const calls = [() => client.say("no-such-session", { text: "Hi." }), () => client.endSession("no-such-session")];
+  for (const call of calls) {
+    await assert.rejects(call(), (err: unknown) => {
       assert.ok(err instanceof AvatarApiError);
       assert.equal(err.status, 404);
       assert.equal(err.errorCode, "session_not_found");

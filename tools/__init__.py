@@ -1,0 +1,1 @@
+"""Operator tools that run outside the workers (never shipped in a worker image)."""
