@@ -7,7 +7,7 @@
 #
 # The GPU machine needs `make gpu-bundle`'s folder (GPU_BUNDLE, default var/gpu-bundle) copied beside the
 # checkout: its wheels go into a private target folder on PYTHONPATH (the image's torch is never touched).
-# OUT_DIR receives results.json (everything measured), table.md (the readable table), cuda-tests.xml and run.log.
+# OUT_DIR receives results.json (everything measured), table.md (the readable table), cuda-tests*.xml, run.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
