@@ -42,9 +42,16 @@ def recording(bundle: Path | None, profile: Profile) -> tuple[dict[str, Any], st
         recorded = read_recording(bundle)
         if avatar_key(profile.avatar_side, profile.avatar_frames) in recorded["avatars"]:
             return recorded, f"bundle ({bundle / FACES_FILE})"
-    from engines.face import load_face_analyzer
+    try:
+        from engines.face import load_face_analyzer
 
-    return record(load_face_analyzer(), [(profile.avatar_side, profile.avatar_frames)]), "recorded now (dlib)"
+        analyzer = load_face_analyzer()
+    except Exception as exc:  # the GPU machine: no dlib model, the bundle's recording is the only source
+        raise RuntimeError(
+            f"no face recording for this run in {bundle}/{FACES_FILE} and no dlib model here to make one ({exc}): "
+            "run `make gpu-bundle` where the project is installed and copy var/gpu-bundle beside this checkout"
+        ) from exc
+    return record(analyzer, [(profile.avatar_side, profile.avatar_frames)]), "recorded now (dlib)"
 
 
 def speech_text(seconds: float) -> tuple[str, float]:

@@ -128,7 +128,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gpu-run-") as tmp:
         work = Work(args.work or Path(tmp))
-        run(args.out, work, profile, args.bundle, [e for e in args.engines.split(",") if e], args.time_scale)
+        results = run(args.out, work, profile, args.bundle, [e for e in args.engines.split(",") if e], args.time_scale)
+    if "inputs" in results["sections"]:
+        raise SystemExit(f"no inputs, nothing measured: {results['sections']['inputs']['error']}")
 
 
 def run(
@@ -144,7 +146,12 @@ def run(
     ran |= {"torch": torch.__version__, "engines": [e.name for e in chosen], "sizes": profile.as_dict()}
     ran["papers"] = {e.name: e.paper for e in chosen}
     print(f"{ran['where']}; torch {ran['torch']}, python {ran['python']}", flush=True)
-    ran["inputs"] = prepare(work, profile, bundle if bundle.is_dir() else None)
+    try:
+        ran["inputs"] = prepare(work, profile, bundle if bundle.is_dir() else None)
+    except Exception as exc:  # nothing can be measured without the inputs: say why, in the results too
+        ran["inputs"] = {"error": f"{type(exc).__name__}: {exc}"}
+        runner.sections["inputs"] = {"status": "error", "error": ran["inputs"]["error"]}
+        return write_results(out, ran, runner)
     print(f"  inputs: {ran['inputs']}", flush=True)
     writer_started = time.monotonic()
     writer = runner.spawn("weights", None, runner.box("weights"))
@@ -155,6 +162,10 @@ def run(
         runner.section("engine", engine.name)
     for engine in (e for e in chosen if e.name in profile.compile):
         runner.section("compile", engine.name)
+    return write_results(out, ran, runner)
+
+
+def write_results(out: Path, ran: dict[str, Any], runner: Runner) -> dict[str, Any]:
     ran["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     ran["seconds"] = time.monotonic() - runner.started
     results = {"ran": ran, "sections": runner.sections}
