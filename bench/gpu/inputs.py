@@ -48,7 +48,8 @@ def recording(bundle: Path | None, profile: Profile) -> tuple[dict[str, Any], st
         analyzer = load_face_analyzer()
     except Exception as exc:  # the GPU machine: no dlib model, the bundle's recording is the only source
         raise RuntimeError(
-            f"no face recording for this run in {bundle}/{FACES_FILE} and no dlib model here to make one ({exc}): "
+            f"no face recording for this run in {bundle or 'the bundle (not found)'}/{FACES_FILE} and no dlib model "
+            f"here to make one ({exc}): "
             "run `make gpu-bundle` where the project is installed and copy var/gpu-bundle beside this checkout"
         ) from exc
     return record(analyzer, [(profile.avatar_side, profile.avatar_frames)]), "recorded now (dlib)"
