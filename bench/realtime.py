@@ -10,8 +10,9 @@ warm-up request first, then ``--runs`` requests of each kind (median):
   rewrites, the final mp4); target >= 2x real time. The same request without ``stream`` is the
   baseline measured alongside, so the ratio shows what streaming costs.
 
-Live sessions (WebRTC), against ``avatarctl serve``'s app under uvicorn in this process, a 256 px
-portrait of the astronaut, and aiortc peers in this process too (their decoding shares the CPU):
+Live sessions (WebRTC), against ``avatarctl serve``'s app under uvicorn in this process (the local backend: each
+session in a worker process of its own), a 256 px portrait of the astronaut, and aiortc peers in this process
+(their decoding shares the CPU):
 
 - say -> mouth: from ``POST /v1/sessions/{id}/say`` to the first received frame whose mouth region
   differs from the idle avatar by more than idle motion does (median of ``--says``).
@@ -23,8 +24,13 @@ its own) runs the ``live_session`` task and dials out to a control peer in this 
 routes); say -> mouth is timed from queuing the `say` command (which the worker's long-poll takes) to the
 first received frame whose mouth moved (median of ``--says``); target <= 300 ms.
 
+Through the orchestrator and ONE RunPod worker process (``bench/realtime_worker.py``): say -> mouth and fps,
+direct vs TURN; the A/V offset at the receiver over 60 s; sessions one worker process holds at >= 24 fps, per
+engine (viseme_warp, wav2lip96 on random weights).
+
     python bench/realtime.py [--runs 3] [--seconds 10] [--side 512] [--says 5] [--max-sessions 12]
-                             [--skip-streaming] [--worker-only]
+                             [--engines viseme_warp,wav2lip96] [--av-seconds 60] [--worker-sessions 6]
+                             [--skip-streaming] [--worker-only] [--worker-path-only]
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.options import add_clip_options  # noqa: E402  (after the path insert)
+from bench.realtime_worker import bench_worker_path  # noqa: E402
 
 TARGET_FIRST_SEGMENT_MS = 300.0
 TARGET_SAY_TO_MOUTH_MS = 300.0
@@ -195,6 +202,7 @@ def bench_live(work: Path, says: int, max_sessions: int) -> None:
     store.mkdir()
     cv2.imwrite(str(store / "portrait.png"), astronaut_bgr(512)[0:256, 96:352])
     os.environ.update(AVATAR_STORE_URI=store.as_uri(), REALTIME_MAX_SESSIONS=str(max_sessions), API_TOKEN="")
+    os.environ.update(REALTIME_MAX_SESSIONS_PER_USER=str(max_sessions), REALTIME_ALLOW_PRIVATE_CANDIDATES="1")
     service = JobService(OrchestratorSettings(database_url=f"sqlite:///{work / 'jobs.db'}"))
     image = (store / "portrait.png").as_uri()
     with BackgroundServer(create_app(service)) as server:
@@ -280,13 +288,22 @@ def main() -> None:
     parser.add_argument("--max-sessions", type=int, default=12)
     parser.add_argument("--skip-streaming", action="store_true", help="only the live-session figures")
     parser.add_argument("--worker-only", action="store_true", help="only the live session on a worker")
+    parser.add_argument("--engines", default="viseme_warp,wav2lip96", help="engines of the worker-process figures")
+    parser.add_argument("--av-seconds", type=float, default=60.0, help="length of the A/V offset run")
+    parser.add_argument("--worker-sessions", type=int, default=6, help="most sessions tried on one worker process")
+    parser.add_argument("--worker-path-only", action="store_true", help="only the sessions through a RunPod worker")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-realtime-") as tmp:
-        if not args.skip_streaming and not args.worker_only:
+        quick = args.worker_only or args.worker_path_only
+        if not args.skip_streaming and not quick:
             bench_streaming(Path(tmp), args.runs, args.seconds, args.side)
-        if not args.worker_only:
+        if not quick:
             bench_live(Path(tmp), args.says, args.max_sessions)
-        bench_worker_live(Path(tmp), args.says)
+        if not args.worker_path_only:
+            bench_worker_live(Path(tmp), args.says)
+        if not args.worker_only:
+            engines = [name.strip() for name in args.engines.split(",") if name.strip()]
+            bench_worker_path(Path(tmp), engines, args.says, args.av_seconds, args.worker_sessions)
 
 
 if __name__ == "__main__":

@@ -163,9 +163,39 @@ MANIFEST += tuple(
     )
     for name, path in _LIVEPORTRAIT_FILES.items()
 )
+# SadTalker: the official release layout under `sadtalker/checkpoints/` (the engine's root is `sadtalker/`).
+# Code Apache-2.0 ("we've removed the non-commercial restriction", upstream README); the checkpoints are release
+# assets of the same repository with no licence text of their own. No checksums are published: pinned at fetch.
+SADTALKER_DIR = "sadtalker"
+SADTALKER_URL = "https://github.com/OpenTalker/SadTalker/releases/download/v0.0.2-rc"
+SADTALKER_LICENCE = (
+    "Apache-2.0 (OpenTalker/SadTalker code; the checkpoints are its v0.0.2-rc release assets, no separate "
+    "licence stated: confirm before commercial use)"
+)
+_SADTALKER_FILES = {  # name -> (file, required by the engine at its default 256 px)
+    "sadtalker_256": ("SadTalker_V0.0.2_256.safetensors", True),
+    "sadtalker_mapping_crop": ("mapping_00229-model.pth.tar", True),
+    "sadtalker_mapping_full": ("mapping_00109-model.pth.tar", True),
+    "sadtalker_512": ("SadTalker_V0.0.2_512.safetensors", False),
+}
+MANIFEST += tuple(
+    WeightsFile(
+        name,
+        f"{SADTALKER_DIR}/checkpoints/{file}",
+        "sadtalker",
+        None,
+        None,
+        SADTALKER_LICENCE,
+        True,
+        "https://github.com/OpenTalker/SadTalker#-2-download-models",
+        f"{SADTALKER_URL}/{file}",
+    )
+    for name, (file, _) in _SADTALKER_FILES.items()
+)
 GROUPS = {  # `fetch-weights musetalk` / `fetch-weights liveportrait`: the whole set
     "musetalk": (*_MUSETALK_FILES, "musetalk_face_parsing"),
     "liveportrait": tuple(_LIVEPORTRAIT_FILES),
+    "sadtalker": tuple(_SADTALKER_FILES),
 }
 BY_NAME = {w.name: w for w in MANIFEST}
 # Which manifest entries serve each engine, in order of preference (musetalk: all its required files).
@@ -174,6 +204,7 @@ ENGINE_WEIGHTS = {
     "wav2lip256": ("wav2lip256",),
     "musetalk": MUSETALK_REQUIRED,
     "liveportrait": tuple(_LIVEPORTRAIT_FILES),
+    "sadtalker": tuple(name for name, (_, required) in _SADTALKER_FILES.items() if required),
 }
 
 
@@ -209,7 +240,11 @@ def locate(entry: WeightsFile, dirs: Sequence[Path]) -> Path | None:
 
 
 # Engines whose weights are a set of files under one folder: (folder, the file that stands for the set)
-SET_ENGINES = {"musetalk": (MUSETALK_DIR, "musetalk_unet"), "liveportrait": (LIVEPORTRAIT_DIR, "liveportrait_warping")}
+SET_ENGINES = {
+    "musetalk": (MUSETALK_DIR, "musetalk_unet"),
+    "liveportrait": (LIVEPORTRAIT_DIR, "liveportrait_warping"),
+    "sadtalker": (SADTALKER_DIR, "sadtalker_256"),
+}
 
 
 def find_engine_root(engine: str, weights_dir: Path | None) -> Path | None:

@@ -28,11 +28,12 @@ from engines.face.boxes import FaceBoxStream, FaceGapError, NoFaceError
 from engines.liveportrait.driving import MOTION_ARRAYS, DrivingOptions, Motion
 from engines.liveportrait.reenact import CropOptions, Reenactor, Source
 from handlers import Progress, engine_choice
+from handlers.driving_options import DrivingVideoOptions
 from handlers.errors import TaskError
 from handlers.inputs import fetch_video, probe_within_limits, timed
 from handlers.outputs import new_id, resolve_store, upload
 from handlers.runtime import WorkerRuntime
-from handlers.schemas import DrivingVideoOptions, GenerateVideoRequest, GenerateVideoResult
+from handlers.schemas import GenerateVideoRequest, GenerateVideoResult
 from handlers.settings import Settings
 from handlers.sources import avatar_frames, portrait_image
 from handlers.speech import decode_speech, fetch_audio

@@ -9,6 +9,8 @@ loaded as given) or from the weights directories (manifest files, checksum-verif
 cached per process.
 ``liveportrait`` animates one portrait: auto tries it first for image-driven requests (CUDA only), never
 for stored avatars; its weights are a set (``LIVEPORTRAIT_DIR`` or ``WEIGHTS_DIR/liveportrait``).
+``sadtalker`` (portrait only, CUDA for auto) comes next: seed 001's fallback when LivePortrait cannot load
+(``SADTALKER_DIR`` or ``WEIGHTS_DIR/sadtalker``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,24 @@ NEURAL_ENGINES = (
         portrait_only=True,
         precision_setting="liveportrait_precision",
         options=("liveportrait_input_size",),
+    ),
+    NeuralEngine(  # seed 001: LivePortrait on CUDA, SadTalker when it cannot load
+        "sadtalker",
+        "engines.sadtalker.engine",
+        "sadtalker_dir",
+        needs_cuda=True,
+        setting_file="checkpoints/SadTalker_V0.0.2_256.safetensors",
+        portrait_only=True,
+        precision_setting="sadtalker_precision",
+        options=(
+            "sadtalker_size",
+            "sadtalker_preprocess",
+            "sadtalker_still",
+            "sadtalker_pose_style",
+            "sadtalker_expression_scale",
+            "sadtalker_blink",
+            "sadtalker_render_size",
+        ),
     ),
     NeuralEngine("musetalk", "engines.lipsync.musetalk", None, needs_cuda=True, precision_setting="musetalk_precision"),
     NeuralEngine("wav2lip256", "engines.lipsync.wav2lip", "wav2lip256_checkpoint", needs_cuda=True),

@@ -9,13 +9,14 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.access import InputPolicy
 from storage.config import StorageSettings
 
 LIVEPORTRAIT_INPUT_SIZES = (128, 256, 384, 512)
+SADTALKER_SIZES = (256, 512)  # the two released weights files
 HOME_ENV = "AVATARCTL_HOME"
 
 
@@ -71,6 +72,24 @@ class Settings(BaseSettings):
     musetalk_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", validation_alias=AliasChoices("MUSETALK_PRECISION")
     )
+    # SadTalker: your own copy of the official layout (checkpoints/SadTalker_V0.0.2_256.safetensors and the two
+    # mapping files); else WEIGHTS_DIR/sadtalker. Size 512 needs SadTalker_V0.0.2_512.safetensors too.
+    sadtalker_dir: Path | None = Field(None, validation_alias=AliasChoices("SADTALKER_DIR"))
+    sadtalker_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", validation_alias=AliasChoices("SADTALKER_PRECISION")
+    )
+    sadtalker_size: int = Field(256, validation_alias=AliasChoices("SADTALKER_SIZE"))  # checked below
+    sadtalker_preprocess: Literal["crop", "extcrop", "full", "extfull"] = Field(
+        "crop", validation_alias=AliasChoices("SADTALKER_PREPROCESS")
+    )
+    sadtalker_still: bool = Field(False, validation_alias=AliasChoices("SADTALKER_STILL"))
+    sadtalker_pose_style: int = Field(0, ge=0, lt=46, validation_alias=AliasChoices("SADTALKER_POSE_STYLE"))
+    sadtalker_expression_scale: float = Field(
+        1.0, ge=0.0, le=3.0, validation_alias=AliasChoices("SADTALKER_EXPRESSION_SCALE")
+    )
+    sadtalker_blink: bool = Field(True, validation_alias=AliasChoices("SADTALKER_BLINK"))
+    # Render at another size than the weights' (128: about 4x cheaper on a CPU, less detail); unset: the weights'.
+    sadtalker_render_size: int | None = Field(None, validation_alias=AliasChoices("SADTALKER_RENDER_SIZE"))
 
     # Training-video limits (preprocess_avatar).
     max_video_bytes: int = Field(1024 * 1024 * 1024, validation_alias=AliasChoices("MAX_VIDEO_BYTES"))
@@ -121,6 +140,14 @@ class Settings(BaseSettings):
     def _input_size(cls, size: int) -> int:
         if size not in LIVEPORTRAIT_INPUT_SIZES:
             raise ValueError(f"LIVEPORTRAIT_INPUT_SIZE must be one of {', '.join(map(str, LIVEPORTRAIT_INPUT_SIZES))}")
+        return size
+
+    @field_validator("sadtalker_size", "sadtalker_render_size")
+    @classmethod
+    def _sadtalker_size(cls, size: int | None, info: ValidationInfo) -> int | None:
+        allowed = SADTALKER_SIZES if info.field_name == "sadtalker_size" else LIVEPORTRAIT_INPUT_SIZES
+        if size is not None and size not in allowed:
+            raise ValueError(f"{info.field_name.upper()} must be one of {', '.join(map(str, allowed))}")
         return size
 
     @model_validator(mode="after")

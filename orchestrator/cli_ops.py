@@ -2,6 +2,7 @@
 the main app by ``add_operation_commands``)."""
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -49,6 +50,9 @@ def health(as_json: JsonOption = False) -> None:
     raise typer.Exit(EXIT_OK if report["status"] == "ok" else EXIT_FAILED)
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def serve(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
@@ -59,6 +63,8 @@ def serve(
 
     from orchestrator.api import create_app
 
+    if host in LOOPBACK_HOSTS:  # only this machine's browsers: their ICE candidates are loopback or private
+        os.environ.setdefault("REALTIME_ALLOW_PRIVATE_CANDIDATES", "1")
     with handled_errors():
         api = create_app(settings=OrchestratorSettings())
         api.state.context.service.start()  # before serving: a second replica on SQLite is refused here
@@ -79,6 +85,9 @@ def emulate_runpod(
     webhook_prefix: Annotated[
         list[str] | None, typer.Option("--webhook-prefix", help="Deliver webhooks to URLs under this (repeatable).")
     ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=64, help="Jobs per worker at once (default: the handler's declared).")
+    ] = None,
     log_level: LogLevelOption = "info",
 ) -> None:
     """Serve a local RunPod API emulator that runs jobs with this checkout's handlers."""
@@ -91,6 +100,7 @@ def emulate_runpod(
         "return_aggregate_stream": return_aggregate_stream,
         "allow_private_webhooks": allow_private_webhooks,
         "webhook_prefixes": tuple(webhook_prefix or ()),
+        "concurrency": concurrency,
     }
     emulator = create_emulator_app(endpoint_ids, workers=workers, api_key=api_key, **options)
     err.print(

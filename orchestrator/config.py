@@ -13,7 +13,11 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from handlers.schemas import IceServer
 from handlers.settings import HOME_ENV, default_home
+
+ICE_URL_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+LIVE_SESSION_END_MARGIN_S = 60.0  # a worker past its session's maximum length has this long to end it
 
 
 class BackendKind(str, Enum):
@@ -64,6 +68,7 @@ class OrchestratorSettings(BaseSettings):
     backend_generate_video: str = Field("local", validation_alias=AliasChoices("BACKEND_GENERATE_VIDEO"))
     backend_render_emotion: str = Field("local", validation_alias=AliasChoices("BACKEND_RENDER_EMOTION"))
     backend_health: str = Field("local", validation_alias=AliasChoices("BACKEND_HEALTH"))
+    backend_live_session: str = Field("local", validation_alias=AliasChoices("BACKEND_LIVE_SESSION"))
 
     runpod_api_key: str | None = Field(None, validation_alias=AliasChoices("RUNPOD_API_KEY"))
     runpod_base_url: str = Field("https://api.runpod.ai/v2", validation_alias=AliasChoices("RUNPOD_BASE_URL"))
@@ -114,6 +119,28 @@ class OrchestratorSettings(BaseSettings):
     # how long a local runner may stay silent before another replica runs its job again.
     lease_s: float = Field(15.0, ge=0.5, le=3600, validation_alias=AliasChoices("LEASE_S"))
 
+    # Live sessions (orchestrator.live): caps across every replica, the session's limits (sent in its task),
+    # how long the API waits for the worker, and the ICE servers browsers and workers use.
+    realtime_max_sessions: int = Field(4, ge=1, validation_alias=AliasChoices("REALTIME_MAX_SESSIONS"))
+    realtime_max_sessions_per_user: int = Field(
+        2, ge=1, validation_alias=AliasChoices("REALTIME_MAX_SESSIONS_PER_USER")
+    )
+    realtime_max_duration_s: float = Field(
+        3600.0, gt=0, le=6 * 3600, validation_alias=AliasChoices("REALTIME_MAX_DURATION_S")
+    )
+    realtime_idle_timeout_s: float = Field(300.0, gt=0, validation_alias=AliasChoices("REALTIME_IDLE_TIMEOUT_S"))
+    realtime_answer_timeout_s: float = Field(60.0, gt=0, validation_alias=AliasChoices("REALTIME_ANSWER_TIMEOUT_S"))
+    realtime_say_timeout_s: float = Field(30.0, gt=0, validation_alias=AliasChoices("REALTIME_SAY_TIMEOUT_S"))
+    realtime_heartbeat_timeout_s: float = Field(
+        30.0, gt=0, validation_alias=AliasChoices("REALTIME_HEARTBEAT_TIMEOUT_S")
+    )
+    # Address space of one local session process (RLIMIT_AS; the local backend runs one session per process).
+    realtime_session_memory_mb: int = Field(4096, ge=256, validation_alias=AliasChoices("REALTIME_SESSION_MEMORY_MB"))
+    ice_servers: list[IceServer] = Field(
+        default_factory=list, max_length=8, validation_alias=AliasChoices("ICE_SERVERS")
+    )
+    turn_secret: str | None = Field(None, validation_alias=AliasChoices("TURN_SECRET"))
+
     @model_validator(mode="after")
     def _state_under_home(self) -> OrchestratorSettings:
         self.avatarctl_home = self.avatarctl_home.expanduser().absolute()
@@ -125,10 +152,25 @@ class OrchestratorSettings(BaseSettings):
     def secrets_dir(self) -> Path:
         return self.avatarctl_home / "secrets"
 
-    @field_validator("backend_preprocess_avatar", "backend_generate_video", "backend_render_emotion", "backend_health")
+    @field_validator(
+        "backend_preprocess_avatar",
+        "backend_generate_video",
+        "backend_render_emotion",
+        "backend_health",
+        "backend_live_session",
+    )
     @classmethod
     def _valid_backend(cls, value: str) -> str:
         return str(parse_backend_spec(value))
+
+    @field_validator("ice_servers")
+    @classmethod
+    def _ice_urls(cls, servers: list[IceServer]) -> list[IceServer]:
+        for server in servers:
+            for url in [server.urls] if isinstance(server.urls, str) else server.urls:
+                if not url.startswith(ICE_URL_SCHEMES):
+                    raise ValueError(f"ICE server URL {url[:80]!r} must start with one of {', '.join(ICE_URL_SCHEMES)}")
+        return servers
 
     @field_validator("runpod_base_url", "public_base_url")
     @classmethod
@@ -154,4 +196,10 @@ class OrchestratorSettings(BaseSettings):
             "preprocess_avatar": self.avatar_timeout_s,
             "generate_video": self.video_timeout_s,
             "render_emotion": self.emotion_timeout_s,
+            "live_session": self.live_session_timeout_s,
         }.get(task, self.health_timeout_s)
+
+    @property
+    def live_session_timeout_s(self) -> float:
+        """A live session's execution limit: its maximum length, the wait for its answer and a margin to end."""
+        return self.realtime_max_duration_s + self.realtime_answer_timeout_s + LIVE_SESSION_END_MARGIN_S

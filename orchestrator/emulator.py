@@ -7,7 +7,9 @@ given as RunPod documents it (``authorization: <key>``) or as ``Bearer <key>``. 
 IN_PROGRESS, COMPLETED, FAILED, CANCELLED, TIMED_OUT. ``policy.executionTimeout`` stops a running job when
 it passes (the task is cancelled at its next stage and writes nothing; TIMED_OUT); ``policy.ttl`` drops a
 job (queued jobs never run; status 404); a result is kept 30 min after ``run``, 1 min after ``runsync``.
-A webhook POST of the final job JSON (retried twice).
+A webhook POST of the final job JSON (retried twice). Each worker runs ``concurrency`` jobs at once (what the
+handler's module declares with ``concurrency_modifier``), each for as long as its executionTimeout allows:
+long-running live sessions run like any job.
 
 Jobs run through a RunPod handler (``job -> result``, or a generator), answered as the worker SDK does
 (``orchestrator.emulator_jobs``). The default handler is our worker's: ``handlers.dispatch``, progress as
@@ -43,6 +45,8 @@ from orchestrator.emulator_jobs import (
     EmulatedJob,
     Faults,
     JobHandler,
+    declared_concurrency,
+    health_report,
     load_handler,
     run_handler,
     worker_failure,
@@ -75,10 +79,12 @@ class RunpodEmulator:
         handler: JobHandler | None = None,
         return_aggregate_stream: bool = False,
         webhooks: WebhookRule | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.endpoint_ids = set(endpoint_ids)
         self.webhooks = webhooks or WebhookRule()  # public addresses only, unless allowed
         self.workers = workers
+        self.concurrency = concurrency  # jobs one worker runs at once (RunPod: the handler's concurrency_modifier)
         self.runtime = runtime  # our handlers' runtime; built from the environment at start when None
         self.api_key = api_key
         self.faults = faults or Faults()
@@ -100,8 +106,10 @@ class RunpodEmulator:
             return
         self.runtime = self.runtime or handlers.worker_runtime()
         self._stopping.clear()
-        for n in range(self.workers):
-            thread = threading.Thread(target=self._work, args=(f"emulated-worker-{n}",), daemon=True)
+        for n in range(self.workers * self.concurrency):
+            thread = threading.Thread(
+                target=self._work, args=(f"emulated-worker-{n // self.concurrency}",), daemon=True
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -195,19 +203,7 @@ class RunpodEmulator:
     def health(self, endpoint_id: str) -> dict[str, Any]:
         with self._lock:
             jobs = [j for j in list(self.jobs.values()) if j.endpoint_id == endpoint_id and self._expire(j)]
-            retried = self.counts["retried"]
-        states = Counter(j.status for j in jobs)
-        running = states["IN_PROGRESS"]
-        return {
-            "jobs": {
-                "completed": states["COMPLETED"],
-                "failed": states["FAILED"] + states["TIMED_OUT"],
-                "inProgress": running,
-                "inQueue": states["IN_QUEUE"],
-                "retried": retried,
-            },
-            "workers": {"idle": max(0, self.workers - running), "running": running, "ready": self.workers},
-        }
+            return health_report(jobs, self.workers, self.counts["retried"])
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -340,9 +336,11 @@ def create_emulator_app(
     return_aggregate_stream: bool = False,
     allow_private_webhooks: bool = False,
     webhook_prefixes: tuple[str, ...] = (),
+    concurrency: int | None = None,
 ) -> FastAPI:
     """The emulated RunPod API as a FastAPI app; ``app.state.emulator`` is its ``RunpodEmulator``. Webhooks go
-    to public addresses only unless ``allow_private_webhooks`` or under one of ``webhook_prefixes``."""
+    to public addresses only unless ``allow_private_webhooks`` or under one of ``webhook_prefixes``. ``concurrency``
+    (jobs per worker) defaults to what a ``module:function`` handler's module declares (``concurrency_modifier``)."""
     emulator = RunpodEmulator(
         endpoint_ids,
         workers,
@@ -352,6 +350,7 @@ def create_emulator_app(
         handler=load_handler(handler) if isinstance(handler, str) else handler,
         return_aggregate_stream=return_aggregate_stream,
         webhooks=WebhookRule.of(allow_private_webhooks, webhook_prefixes),
+        concurrency=concurrency or (declared_concurrency(handler) if isinstance(handler, str) else 1),
     )
 
     @asynccontextmanager

@@ -17,6 +17,7 @@ import json
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,3 +193,26 @@ def load_handler(spec: str) -> JobHandler:
     if not callable(handler):
         raise ValueError(f"{spec!r} names no callable handler (use module:function).")
     return handler
+
+
+def declared_concurrency(spec: str) -> int:
+    """The jobs one worker runs at once, as the handler's module declares it to RunPod's SDK
+    (``concurrency_modifier(current) -> int``, given to ``runpod.serverless.start``); 1 when it declares none."""
+    modifier = getattr(importlib.import_module(spec.partition(":")[0]), "concurrency_modifier", None)
+    return max(1, int(modifier(1))) if callable(modifier) else 1
+
+
+def health_report(jobs: list[EmulatedJob], workers: int, retried: int) -> dict[str, Any]:
+    """RunPod's ``/health`` of an endpoint: its jobs by state, and its workers (busy: running at least one job)."""
+    states = Counter(job.status for job in jobs)
+    busy = len({job.worker_id for job in jobs if job.status == "IN_PROGRESS"})
+    return {
+        "jobs": {
+            "completed": states["COMPLETED"],
+            "failed": states["FAILED"] + states["TIMED_OUT"],
+            "inProgress": states["IN_PROGRESS"],
+            "inQueue": states["IN_QUEUE"],
+            "retried": retried,
+        },
+        "workers": {"idle": max(0, workers - busy), "running": busy, "ready": workers},
+    }

@@ -29,7 +29,7 @@ from orchestrator.backends import (
 )
 from orchestrator.config import OrchestratorSettings
 from orchestrator.db import JobStore, utcnow
-from orchestrator.models import JobEvent, JobNotFound, JobStatus, JobView
+from orchestrator.models import SINGLE_RUN_TASKS, JobEvent, JobNotFound, JobStatus, JobView
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,9 @@ class JobLifecycle:
         if job.deadline_at and utcnow() >= job.deadline_at:
             return self.time_out(job)
         if job.attempts == 0:
-            return self.submit(job) if adopted or _unclaimed_for_long(job) else job
+            if not (adopted or _unclaimed_for_long(job)):
+                return job
+            return self._never_submitted(job) if job.task in SINGLE_RUN_TASKS else self.submit(job)
         backend = self.backend_of(job)
         ownership = backend.ownership(job)
         if ownership is Ownership.elsewhere:
@@ -210,7 +212,14 @@ class JobLifecycle:
             return job
         return self.apply(job, remote)
 
+    def _never_submitted(self, job: JobView) -> JobView:
+        message = f"The orchestrator that created this {job.task} job stopped before submitting it."
+        return self.finish(job, JobEvent.fail, error=message, error_code="orchestrator_restarted")
+
     def _run_again(self, job: JobView) -> JobView:
+        if job.task in SINGLE_RUN_TASKS:
+            message = f"The process that ran this {job.task} job is gone; it is not run again."
+            return self.finish(job, JobEvent.fail, error=message, error_code="worker_lost")
         if job.attempts >= self.settings.max_attempts:
             return self.finish(
                 job,

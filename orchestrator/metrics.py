@@ -5,6 +5,10 @@
 - ``avatarctl_http_errors_total{route, error_code}``: answers with status >= 400, by error code;
 - ``avatarctl_submissions_total{task, backend}``: job submissions accepted (idempotent replays included);
 - ``avatarctl_jobs{task, status}``: jobs in the database, read at scrape time;
+- live sessions: ``avatarctl_live_sessions{status}`` (in the database, at scrape time),
+  ``avatarctl_live_sessions_created_total{backend}``, ``avatarctl_live_sessions_ended_total{reason, error_code}``
+  (ended by this replica), ``avatarctl_live_session_answer_seconds`` (create to the worker's answer),
+  ``avatarctl_live_say_seconds`` (``/say`` to the worker's ``said``);
 - ``avatarctl_leases_held{replica}``, ``avatarctl_lease_acquisitions_total{replica}`` (jobs this replica took
   from no one or from another replica), ``avatarctl_lease_takeovers_total{replica}`` (of those, jobs whose
   replica's lease had expired), ``avatarctl_replica_heartbeat_failures_total{replica}``.
@@ -38,6 +42,7 @@ UNMATCHED_ROUTE = "unmatched"
 JOB_LABELS = ["task", "status"]
 ERROR_CODE_STATE = "avatarctl_error_code"  # key in the ASGI scope's state where error handlers leave their code
 
+SESSION_STATUSES = ("starting", "live", "ended")
 SEED_METRIC_ROUTES = frozenset({"/render", "/render/batch", "/output/{filename}", "/health"})
 
 JobCounts = Callable[[], dict[tuple[str, str], int]]
@@ -81,6 +86,53 @@ class LeaseCollector(Collector):
             yield counter
 
 
+class SessionsCollector(Collector):
+    """``avatarctl_live_sessions{status}`` from the session table at scrape time (zeros included)."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("avatarctl_live_sessions", "Live sessions by status.", labels=["status"])
+        try:
+            counts = self._counts()
+        except Exception as exc:
+            log.warning("session counts unavailable for /metrics: %s", exc)
+            return
+        for status in SESSION_STATUSES:
+            gauge.add_metric([status], counts.get(status, 0))
+        yield gauge
+
+
+class SessionMetrics:
+    """The live sessions' counters and latencies (in ``registry``: the API's)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = registry or CollectorRegistry()
+        self.registry = registry
+        self.created = Counter(
+            "avatarctl_live_sessions_created_total", "Live sessions started.", ["backend"], registry=registry
+        )
+        self.ended = Counter(
+            "avatarctl_live_sessions_ended_total",
+            "Live sessions this replica ended, by reason.",
+            ["reason", "error_code"],
+            registry=registry,
+        )
+        self.answer_seconds = Histogram(
+            "avatarctl_live_session_answer_seconds",
+            "From a create to its worker's SDP answer.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.say_seconds = Histogram(
+            "avatarctl_live_say_seconds", "From /say to the worker's said.", buckets=LATENCY_BUCKETS, registry=registry
+        )
+
+    def count_sessions(self, counts: Callable[[], dict[str, int]]) -> None:
+        self.registry.register(SessionsCollector(counts))
+
+
 LEASE_COUNTERS = (
     ("avatarctl_lease_acquisitions", "acquired_total", "Jobs this replica took from no one or from another."),
     ("avatarctl_lease_takeovers", "takeovers_total", "Jobs taken over after another replica's lease expired."),
@@ -121,6 +173,7 @@ class ApiMetrics:
             registry=self.registry,
         )
         self._add_seed_metrics()
+        self.sessions = SessionMetrics(self.registry)
         if job_counts is not None:
             self.registry.register(JobsCollector(job_counts))
         if lease_stats is not None:

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from handlers.errors import CodedError
+from handlers.schemas import LIVE_SESSION_TASK
 from orchestrator.config import BackendKind
 
 
@@ -27,6 +28,9 @@ class JobStatus(str, Enum):
     timed_out = "timed_out"
 
 
+# Tasks whose job runs once only: a live session's peer connection and control token belong to its first run,
+# so a job of one found unsubmitted, or whose runner is gone, fails instead of running again.
+SINGLE_RUN_TASKS = frozenset({LIVE_SESSION_TASK})
 ACTIVE_STATUSES = frozenset({JobStatus.queued.value, JobStatus.running.value})
 FINISHED_STATUSES = frozenset(
     {JobStatus.completed.value, JobStatus.failed.value, JobStatus.cancelled.value, JobStatus.timed_out.value}
@@ -144,6 +148,12 @@ class JobView(BaseModel):
         view = cls.model_validate({**row, "input": redact(row["input"]), "idempotency_key": client_key(key)})
         view._payload = row["input"]
         view._heartbeat_at = row.get("heartbeat_at")
+        return view
+
+    def with_payload(self, payload: dict[str, Any]) -> JobView:
+        """This job carrying ``payload`` for its backend (secrets the stored row masks)."""
+        view = self.model_copy()
+        view._payload = payload
         return view
 
     @property

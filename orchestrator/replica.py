@@ -59,6 +59,8 @@ class Replica:
         self.role = role
         self.wake = wake
         self.runners = runners
+        # Further PostgreSQL channels to LISTEN on (the live sessions'): channel -> called with each payload.
+        self.listeners: dict[str, Callable[[str], None]] = {}
         self.started = False
         self.held = 0
         self.acquired_total = 0
@@ -166,13 +168,24 @@ class Replica:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(conninfo, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {JOBS_CHANNEL}")
+                    for channel in (JOBS_CHANNEL, *self.listeners):
+                        conn.execute(f"LISTEN {channel}")
                     while not self._stop.is_set():
-                        for _notice in conn.notifies(timeout=1.0):
-                            self.wake()
+                        for notice in conn.notifies(timeout=1.0):
+                            self._heard(notice.channel, notice.payload)
             except psycopg.Error as exc:
                 log.warning("replica %s: LISTEN connection lost (%s); reconnecting", self.id, exc)
                 self._stop.wait(LISTEN_RETRY_S)
+
+    def _heard(self, channel: str, payload: str) -> None:
+        listener = self.listeners.get(channel)
+        if listener is None:
+            self.wake()
+            return
+        try:
+            listener(payload)
+        except Exception:
+            log.exception("replica %s: listener of %s failed", self.id, channel)
 
     # ---- health -----------------------------------------------------------------------------
 

@@ -171,11 +171,28 @@ class JobService:
             raise TaskError("invalid_input", f"`task` is {payload['task']!r} but the job is for {task!r}.")
         payload = {**payload, "task": task}
         request = handlers.parse(payload)
-        payload = self._stage_inputs(payload)
+        payload = self.stage_inputs(payload)
         user_id = getattr(request, "user_id", None)
         idempotency_key = scoped_key(user_id, idempotency_key) if idempotency_key else None  # per user
         if idempotency_key and (existing := self.store.get_by_idempotency_key(idempotency_key)):
             return self._same_request(existing, payload)
+        return self._create(task, payload, user_id, idempotency_key, start)
+
+    def start_validated(self, task: str, payload: dict[str, Any], user_id: str, sent: dict[str, Any]) -> JobView:
+        """Store and submit a job whose payload the caller validated and staged (``stage_inputs``). The backend gets
+        ``sent``, which may carry secrets that ``payload`` (what the row keeps) masks: such a job runs once only
+        (``models.SINGLE_RUN_TASKS``)."""
+        return self._create(task, payload, user_id, None, True, sent)
+
+    def _create(
+        self,
+        task: str,
+        payload: dict[str, Any],
+        user_id: str | None,
+        idempotency_key: str | None,
+        start: bool,
+        sent: dict[str, Any] | None = None,
+    ) -> JobView:
         backend = self.backend_for_task(task)
         job_id = new_job_id()
         full = dict(payload)
@@ -200,9 +217,11 @@ class JobService:
         if not start:
             self.replica.announce(job.id)
             return job
+        if sent is not None:
+            job = job.with_payload(_as_json({**sent, "task": task}))
         return self.lifecycle.submit(job)
 
-    def _stage_inputs(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def stage_inputs(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Inputs normalised and checked (ALLOWED_INPUT_PREFIXES: ``orchestrator.input_policy``; the API has
         checked its caller's rules before); large ``data:`` inputs stored and passed by URI."""
         payload = check_request_inputs(payload, self.settings, self.handler_settings, from_http=False)

@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 
 FrameCallback = Callable[[float, int, np.ndarray], None]
+AudioCallback = Callable[[float, np.ndarray], None]  # (arrival time, int16 samples of one received audio frame)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class LiveClient:
         mic: Any = None,
         keep_frames: bool = True,
         on_frame: FrameCallback | None = None,
+        on_audio: AudioCallback | None = None,
         ice_servers: list[dict[str, Any]] | None = None,
         relay_only: bool = False,
         channel: bool = False,
@@ -55,7 +57,7 @@ class LiveClient:
         self.received = Received()
         self.session_id: str | None = None
         self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._keep, self._on_frame = keep_frames, on_frame
+        self._keep, self._on_frame, self._on_audio = keep_frames, on_frame, on_audio
         self._tasks: list[asyncio.Task] = []
         policy = RTCIceTransportPolicy.RELAY if relay_only else RTCIceTransportPolicy.ALL
         servers = [RTCIceServer(**server) for server in ice_servers or []]
@@ -136,6 +138,8 @@ class LiveClient:
                 frame = await track.recv()
                 if track.kind != "video":
                     self.received.audio_frames += 1
+                    if self._on_audio is not None:
+                        self._on_audio(time.time(), frame.to_ndarray())
                     continue
                 arrival = time.time()
                 self.received.video_frames += 1

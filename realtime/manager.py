@@ -6,9 +6,6 @@ before anything else (``too_many_sessions`` beyond ``REALTIME_MAX_SESSIONS``; ``
 session id already live here), runs the session on the process's session loop (a thread started with
 the first session, shared by every session of the process with its engines and caches) and frees the
 slot when the session is over, however it ends.
-
-``SessionManager`` keeps the orchestrator's in-process sessions (``realtime.api``) working until those
-routes move to the orchestrator's control side; it runs sessions on the API's own loop.
 """
 
 from __future__ import annotations
@@ -20,13 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import handlers
-import realtime
 from handlers.errors import TaskError
-from handlers.schemas import LiveControl, LiveSessionRequest, LiveSessionResult, SessionDescription
-from handlers.settings import Settings
-from realtime.limits import RealtimeSettings, RealtimeUnavailable, SessionLimitReached, SessionNotFound
-from realtime.session import LiveSession, new_session_id
-from realtime.worker import open_session, serve_session
+from handlers.schemas import LiveSessionRequest, LiveSessionResult
+from realtime.limits import RealtimeSettings, SessionLimitReached
+from realtime.worker import serve_session
 
 log = logging.getLogger(__name__)
 
@@ -96,68 +90,3 @@ def process_host(limits: RealtimeSettings | None = None) -> SessionHost:
         if not _host:
             _host.append(SessionHost(limits or RealtimeSettings()))
         return _host[0]
-
-
-IN_PROCESS_CONTROL = LiveControl(url="http://in-process.invalid", token="in-process-no-control")
-
-
-class SessionManager:
-    """The orchestrator's in-process sessions (``realtime.api``), made and ended by its routes."""
-
-    def __init__(self, settings: Settings | None = None, limits: RealtimeSettings | None = None) -> None:
-        self.runtime = handlers.worker_runtime(settings)  # this process's engines for its live sessions
-        self.settings = self.runtime.settings
-        limits = limits or RealtimeSettings()
-        if "allow_private_candidates" not in limits.model_fields_set:  # the API's own sessions serve local browsers
-            limits = limits.model_copy(update={"allow_private_candidates": True})
-        self.limits = limits
-        self.sessions: dict[str, LiveSession] = {}
-        self._opening: set[str] = set()
-
-    async def create(
-        self, user_id: str, avatar_id: str | None, image: str | None, store: str | None, offer: dict[str, str]
-    ) -> tuple[str, dict[str, str]]:
-        """A new session for the avatar (or portrait) answering ``offer``; returns (session id, SDP answer)."""
-        if not realtime.available():
-            raise RealtimeUnavailable()
-        self._drop_closed()
-        if len(self.sessions) + len(self._opening) >= self.limits.max_sessions:
-            raise SessionLimitReached(self.limits.max_sessions)
-        session_id = new_session_id()
-        self._opening.add(session_id)  # the slot, taken before the first await
-        try:
-            request = LiveSessionRequest(
-                session_id=session_id,
-                user_id=user_id,
-                avatar_id=avatar_id,
-                image=image,
-                store=store,
-                offer=SessionDescription(sdp=offer["sdp"], type="offer"),
-                control=IN_PROCESS_CONTROL,
-                idle_timeout_s=self.limits.idle_timeout_s,
-            )
-            session, answer, _ = await open_session(request, self.runtime, self.limits)
-        finally:
-            self._opening.discard(session_id)
-        self.sessions[session_id] = session
-        log.info("session %s started for %s (%d live)", session_id, user_id, len(self.sessions))
-        return session_id, answer
-
-    def get(self, session_id: str) -> LiveSession:
-        session = self.sessions.get(session_id)
-        if session is None or session.closed:
-            raise SessionNotFound(session_id)
-        return session
-
-    async def close(self, session_id: str) -> None:
-        await self.get(session_id).end("stopped")
-        self.sessions.pop(session_id, None)
-
-    async def close_all(self) -> None:
-        for session in list(self.sessions.values()):
-            await session.end("stopped")
-        self.sessions.clear()
-
-    def _drop_closed(self) -> None:
-        for session_id in [sid for sid, s in self.sessions.items() if s.closed]:
-            del self.sessions[session_id]

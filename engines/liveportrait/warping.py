@@ -51,9 +51,16 @@ class SourceMotion:
 
 
 class DenseMotionNetwork(nn.Module):
-    def __init__(self, num_kp: int = NUM_KP) -> None:
+    """Sparse motions around each keypoint blended by a predicted mask, plus an occlusion map.
+
+    ``mask_floor``: mask weights below it are zeroed after the softmax (SadTalker's face-vid2vid does this
+    with 1e-3, not renormalised; LivePortrait keeps every weight).
+    """
+
+    def __init__(self, num_kp: int = NUM_KP, mask_floor: float = 0.0) -> None:
         super().__init__()
         self.num_kp = num_kp
+        self.mask_floor = mask_floor
         self.hourglass = Hourglass(cin=(num_kp + 1) * (COMPRESS + 1), **HOURGLASS)
         self.mask = nn.Conv3d(self.hourglass.out_filters, num_kp + 1, kernel_size=7, padding=3)
         self.compress = nn.Conv3d(FEATURE_CHANNELS, COMPRESS, kernel_size=1)
@@ -91,9 +98,21 @@ class DenseMotionNetwork(nn.Module):
         prediction = self.hourglass(stacked.to(dtype))
 
         mask = F.softmax(self.mask(prediction).float(), dim=1).unsqueeze(-1)  # (B, K+1, d, h, w, 1)
+        if self.mask_floor:
+            mask = mask.masked_fill(mask < self.mask_floor, 0.0)
         deformation = (motions * mask).sum(dim=1)
         occlusion = torch.sigmoid(self.occlusion(prediction.reshape(batch, -1, height, width)))
         return deformation, occlusion
+
+
+def warp_feature(net: nn.Module, feature: torch.Tensor, src: SourceMotion, kp_driving: torch.Tensor) -> torch.Tensor:
+    """The feature volume warped to ``kp_driving`` by ``net``'s ``dense_motion_network``, then ``third``,
+    ``fourth`` and the occlusion map: face-vid2vid's warping, shared with SadTalker's generator."""
+    deformation, occlusion = net.dense_motion_network(src, kp_driving)
+    warped = F.grid_sample(feature.float(), deformation, align_corners=False)
+    batch, channels, depth, height, width = warped.shape
+    flat = warped.reshape(batch, channels * depth, height, width).to(net.fourth.weight.dtype)
+    return net.fourth(net.third(flat)) * occlusion
 
 
 class WarpingNetwork(nn.Module):
@@ -109,11 +128,7 @@ class WarpingNetwork(nn.Module):
         return self.dense_motion_network.source(feature, kp_source)
 
     def warp(self, feature: torch.Tensor, src: SourceMotion, kp_driving: torch.Tensor) -> torch.Tensor:
-        deformation, occlusion = self.dense_motion_network(src, kp_driving)
-        warped = F.grid_sample(feature.float(), deformation, align_corners=False)
-        batch, channels, depth, height, width = warped.shape
-        flat = warped.reshape(batch, channels * depth, height, width).to(self.fourth.weight.dtype)
-        return self.fourth(self.third(flat)) * occlusion
+        return warp_feature(self, feature, src, kp_driving)
 
     def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> torch.Tensor:
         return self.warp(feature, self.source(feature, kp_source), kp_driving)

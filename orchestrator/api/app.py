@@ -46,8 +46,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from handlers.errors import TaskError
-from handlers.schemas import REQUEST_MODELS
-from orchestrator.api.auth import Caller
+from handlers.schemas import MAX_SDP_CHARS, REQUEST_MODELS
 from orchestrator.api.compat import FILE_ROUTES as SEED_FILE_ROUTES
 from orchestrator.api.compat import (
     SEED_ERROR_SHAPE_PATHS,
@@ -59,20 +58,23 @@ from orchestrator.api.compat import (
 from orchestrator.api.context import ApiContext
 from orchestrator.api.docs import add_offline_docs
 from orchestrator.api.files import add_file_routes
+from orchestrator.api.sessions import add_session_routes
 from orchestrator.api.v1 import FILE_ROUTES as V1_FILE_ROUTES
 from orchestrator.api.v1 import add_v1_routes
 from orchestrator.body_limit import BodyLimit
 from orchestrator.config import OrchestratorSettings
+from orchestrator.live.service import LiveSessions
+from orchestrator.live.watchdog import SessionWatchdog
 from orchestrator.metrics import ERROR_CODE_STATE, ApiMetrics, MetricsMiddleware
 from orchestrator.models import OrchestratorError
 from orchestrator.service import JobService
 from orchestrator.uploads import multipart_limit
-from realtime.api import realtime_router
-from realtime.manager import SessionManager
 from storage import StorageError
 
 log = logging.getLogger(__name__)
 
+SESSIONS_PATH = "/v1/sessions"
+SESSION_BODY_LIMIT = 2 * MAX_SDP_CHARS + 16 * 1024  # an SDP (UTF-8: up to 2 bytes a character here) and fields
 DEMO_PAGE = Path(__file__).with_name("static") / "demo.html"
 
 API_TITLE = "avatarctl API"
@@ -223,7 +225,10 @@ def _add_demo_page(router: APIRouter) -> None:
 
 
 def body_limit(settings: OrchestratorSettings, ctx: ApiContext, path: str) -> int:
-    """MAX_REQUEST_BYTES, except for the routes that take a file: the limit of its kind (plus the envelope)."""
+    """MAX_REQUEST_BYTES, except for the routes that take a file (the limit of its kind, plus the envelope) and
+    the live-session routes (an SDP and a few fields: bounded before anything is parsed)."""
+    if path.startswith(SESSIONS_PATH):
+        return min(settings.max_request_bytes, SESSION_BODY_LIMIT)
     kinds = {**V1_FILE_ROUTES, **SEED_FILE_ROUTES}.get(path)
     return multipart_limit(ctx.handler_settings, *kinds) if kinds else settings.max_request_bytes
 
@@ -247,7 +252,9 @@ def create_app(
     service = service or JobService(settings)
     metrics = ApiMetrics(job_counts=service.store.counts, lease_stats=service.lease_stats)
     ctx = ApiContext(service, settings, metrics, sync_wait_s, owns_service)
-    sessions = SessionManager(ctx.handler_settings)
+    sessions = LiveSessions(service, metrics.sessions)
+    metrics.sessions.count_sessions(sessions.store.counts)
+    watchdog = SessionWatchdog(sessions)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -255,10 +262,11 @@ def create_app(
         if not settings.auth_required:
             log.warning("API_TOKEN is not set: the HTTP API accepts requests without authentication")
         service.start()
+        watchdog.start()
         if renders_here(settings):  # seed /health reports this machine's device: torch's import takes seconds
             threading.Thread(target=seed_device_info, name="device-info", daemon=True).start()
         yield
-        await sessions.close_all()
+        watchdog.stop()
         if ctx.owns_service:
             service.stop()
 
@@ -274,16 +282,12 @@ def create_app(
     public = APIRouter(responses=ERROR_RESPONSES)
     add_v1_routes(protected, public, ctx)
     add_compat_routes(protected, ctx)
+    add_session_routes(protected, public, ctx, sessions)
     _add_health_routes(public, ctx)
     _add_demo_page(public)
     add_file_routes(public, ctx.signer)
     app.include_router(protected)
     app.include_router(public)
     app.state.sessions = sessions
-
-    def check_live_access(caller: Caller, inputs: dict[str, Any]) -> dict[str, Any]:
-        """A live session's inputs under the same rule as a job's (``ApiContext.check_inputs``)."""
-        return ctx.check_inputs(caller, inputs)
-
-    app.include_router(realtime_router(sessions, caller=ctx.authenticate, check_access=check_live_access))
+    app.state.session_watchdog = watchdog
     return app

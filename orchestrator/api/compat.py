@@ -43,7 +43,6 @@ from orchestrator.uploads import UploadKind, upload_stream
 from storage import ObjectStore
 from storage.keys import emotion_key
 
-SEED_DRIVERS = ("sadtalker", "liveportrait")  # seed 002's drivers: both run our `auto` lip-sync engine
 FILE_ROUTES = {"/render": (UploadKind.image,), "/render/batch": (UploadKind.image,)}  # multipart, one file each
 EMOTION_DEFAULTS = {name: RenderEmotionRequest.model_fields[name].default for name in ("intensity", "output_format")}
 SEED_ERROR_SHAPE_PATHS = frozenset({"/generate"})  # seed 002 answers errors with `status` and `message` too
@@ -70,8 +69,10 @@ class SeedGenerateBody(BaseModel):
     image_b64: str | None = Field(None, description="The portrait's bytes in base64.")
     audio_url: str | None = None
     audio_b64: str | None = Field(None, description="The speech audio's bytes in base64.")
-    driver: Literal["sadtalker", "liveportrait"] | LipSyncEngineName = Field(
-        "sadtalker", description="`sadtalker` and `liveportrait` (seed names) run the `auto` lip-sync engine."
+    driver: LipSyncEngineName = Field(
+        LipSyncEngineName.auto,
+        description="The lip-sync engine: seed 002's `sadtalker` and `liveportrait` run our in-process SadTalker "
+        "and LivePortrait (their weights needed); omitted: `auto`.",
     )
     user_id: Identifier = DEFAULT_USER_ID
 
@@ -303,7 +304,7 @@ def _add_seed_generate_route(router: APIRouter, ctx: ApiContext) -> None:
         with ctx.rollback_uploads() as uploads:
             image = source("image", body.image_url, body.image_b64, UploadKind.image, body.user_id, uploads)
             audio = source("audio", body.audio_url, body.audio_b64, UploadKind.audio, body.user_id, uploads)
-            engine = "auto" if body.driver in SEED_DRIVERS else LipSyncEngineName(body.driver).value
+            engine = body.driver.value
             if ctx.settings.avatar_provider == "d-id":  # seed 002's AVATAR_PROVIDER=d-id: the hosted fallback
                 engine = LipSyncEngineName.d_id.value
             payload = {"user_id": body.user_id, "image": image, "audio": audio, "engine": engine}

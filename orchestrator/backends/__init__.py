@@ -35,7 +35,13 @@ def backend_for(
         return ModalBackend(app_name, class_name)
     from orchestrator.backends.local import LocalBackend
 
-    return LocalBackend(workers=settings.local_workers, on_change=on_change, silent_after_s=settings.lease_s)
+    return LocalBackend(
+        workers=settings.local_workers,
+        on_change=on_change,
+        silent_after_s=settings.lease_s,
+        session_workers=settings.realtime_max_sessions,
+        session_memory_bytes=settings.realtime_session_memory_mb * 2**20,
+    )
 
 
 __all__ = [

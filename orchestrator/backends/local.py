@@ -6,10 +6,16 @@ its runner lives, and adopts it once the runner is gone (``runner_is_gone``) or 
 (``heartbeat_at`` older than ``silent_after_s``, LEASE_S: a runner on a host that died). Tasks run in a
 ``WorkerPool``: a task that crashes its process fails with ``worker_crashed`` and the pool replaces the
 process; the orchestrator keeps serving.
+
+Live sessions (``live_session``, long-running) have a pool of their own, so they never hold up the one-shot
+jobs: ``session_workers`` processes (REALTIME_MAX_SESSIONS), one session at a time each, every process capped
+at ``session_memory_bytes`` of address space (RLIMIT_AS): a session that crashes or runs out of memory fails
+alone (``worker_crashed``) and its process is replaced.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import handlers
+from handlers.schemas import LIVE_SESSION_TASK
 from orchestrator.backends.base import Ownership, RemoteState, RemoteStatus, Submission
 from orchestrator.backends.errors import SubmitRejected
 from orchestrator.backends.worker_pool import TaskRunner, WorkerPool
@@ -30,10 +37,34 @@ from orchestrator.models import JobView
 
 log = logging.getLogger(__name__)
 
+SESSION_TASKS = frozenset({LIVE_SESSION_TASK})
 MAX_FINISHED_RUNS = 1000  # finished results kept in memory for status() before the oldest are dropped
 
 _live_runners: set[str] = set()
 _live_lock = threading.Lock()
+
+
+def run_live_session(
+    payload: dict[str, Any], runtime: handlers.WorkerRuntime, progress: Any, limits: Any = None
+) -> dict[str, Any]:
+    """The ``live_session`` task in a local worker process: ``handlers.dispatch`` with realtime's task added, under
+    ``limits`` (``realtime.limits.RealtimeSettings``, read where the backend was made: the orchestrator's
+    environment, not the fork server's)."""
+    import realtime
+
+    realtime.serve_live_sessions(limits)
+    return handlers.dispatch(payload, runtime, progress)
+
+
+def live_session_runner() -> TaskRunner:
+    """``run_live_session`` under the REALTIME_* limits of this process's environment (when ``realtime`` is here)."""
+    import realtime
+
+    if not realtime.available():
+        return run_live_session
+    from realtime.limits import RealtimeSettings
+
+    return functools.partial(run_live_session, limits=RealtimeSettings())
 
 
 def runner_is_gone(runner: str | None) -> bool:
@@ -102,6 +133,10 @@ class LocalBackend:
         on_change: Callable[[str], None] | None = None,
         run_task: TaskRunner = handlers.dispatch,
         silent_after_s: float | None = None,
+        *,
+        session_workers: int = 4,
+        session_memory_bytes: int | None = None,
+        run_session: TaskRunner | None = None,
     ) -> None:
         self.endpoint = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.workers = workers
@@ -109,7 +144,11 @@ class LocalBackend:
         self.settings = settings or handlers.Settings()
         self._run_task = run_task
         self.silent_after_s = silent_after_s
+        self.session_workers = session_workers
+        self.session_memory_bytes = session_memory_bytes
+        self._run_session = run_session
         self._pool: WorkerPool | None = None
+        self._session_pool: WorkerPool | None = None
         self._runs: OrderedDict[str, _Run] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
@@ -128,6 +167,20 @@ class LocalBackend:
                 self._pool = WorkerPool(self.workers, self.settings, self._run_task)
             return self._pool
 
+    @property
+    def session_pool(self) -> WorkerPool:
+        """The live sessions' worker processes (started on first use)."""
+        with self._lock:
+            if self._session_pool is None:
+                self._session_pool = WorkerPool(
+                    self.session_workers,
+                    self.settings.model_copy(update={"worker_tasks": ",".join(SESSION_TASKS)}),  # what they serve
+                    self._run_session or live_session_runner(),
+                    memory_limit_bytes=self.session_memory_bytes,
+                    name="local-session",
+                )
+            return self._session_pool
+
     def submit(self, job: Submission) -> str:
         if self._closed:
             raise SubmitRejected("backend_closed", "The local backend is shut down.")
@@ -136,7 +189,7 @@ class LocalBackend:
             self._runs[job.job_id] = run
             self._runs.move_to_end(job.job_id)
             self._evict_finished()
-        self.pool.put(run)
+        (self.session_pool if job.task in SESSION_TASKS else self.pool).put(run)
         return job.job_id
 
     def _changed(self, job_id: str) -> None:
@@ -211,8 +264,9 @@ class LocalBackend:
             _live_runners.discard(self.endpoint)
         for run in list(self._runs.values()):
             run.cancel.set()
-        if self._pool is not None:
-            self._pool.close()
+        for pool in (self._pool, self._session_pool):
+            if pool is not None:
+                pool.close()
 
 
 def _result_status(result: dict[str, Any]) -> RemoteStatus:

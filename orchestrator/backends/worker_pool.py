@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import queue
+import resource
 import signal
 import threading
 import time
@@ -52,9 +53,13 @@ class PoolJob(Protocol):
     def on_result(self, result: dict[str, Any]) -> None: ...
 
 
-def _worker_main(conn: Connection, settings: handlers.Settings, run_task: TaskRunner) -> None:
+def _worker_main(
+    conn: Connection, settings: handlers.Settings, run_task: TaskRunner, memory_limit_bytes: int | None = None
+) -> None:
     """A worker process: run the jobs the pipe brings, one at a time, until it closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the orchestrator's to handle
+    if memory_limit_bytes is not None:  # an allocation past it fails (MemoryError) or kills this process only
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
     runtime = handlers.worker_runtime(settings)  # this process's: its engines load on first use and stay
     while True:
         try:
@@ -102,7 +107,7 @@ class _Slot:
 
     def __init__(self, pool: WorkerPool, index: int) -> None:
         self.pool = pool
-        self.name = f"local-worker-{index}"
+        self.name = f"{pool.name}-{index}"
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: Connection | None = None
         self.thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
@@ -126,7 +131,10 @@ class _Slot:
         ctx = self.pool.context
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
-            target=_worker_main, args=(child, self.pool.settings, self.pool.run_task), name=self.name, daemon=True
+            target=_worker_main,
+            args=(child, self.pool.settings, self.pool.run_task, self.pool.memory_limit_bytes),
+            name=self.name,
+            daemon=True,
         )
         self.process.start()
         child.close()
@@ -183,11 +191,21 @@ class _Slot:
 
 
 class WorkerPool:
-    """``size`` worker processes taking jobs from one queue, oldest first."""
+    """``size`` worker processes taking jobs from one queue, oldest first; ``memory_limit_bytes`` caps each
+    process's address space (RLIMIT_AS)."""
 
-    def __init__(self, size: int, settings: handlers.Settings, run_task: TaskRunner = handlers.dispatch) -> None:
+    def __init__(
+        self,
+        size: int,
+        settings: handlers.Settings,
+        run_task: TaskRunner = handlers.dispatch,
+        memory_limit_bytes: int | None = None,
+        name: str = "local-worker",
+    ) -> None:
         self.settings = settings
         self.run_task = run_task
+        self.memory_limit_bytes = memory_limit_bytes
+        self.name = name
         self.context = _fork_server()
         self.jobs: queue.Queue[PoolJob | None] = queue.Queue()
         self.closed = False

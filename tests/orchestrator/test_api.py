@@ -203,7 +203,6 @@ def test_seed_generate_from_base64_image_and_audio(api: Api) -> None:
     body = {
         "image_b64": base64.b64encode(PORTRAIT).decode(),
         "audio_b64": base64.b64encode(wav_bytes()).decode(),
-        "driver": "sadtalker",
         "user_id": "seed-u",
     }
     answer = api.client.post("/generate", json=body)
@@ -221,6 +220,18 @@ def test_seed_generate_from_base64_image_and_audio(api: Api) -> None:
     assert both.status_code == 422 and "exactly one of `image_url` or `image_b64`" in both.json()["message"]
     # the refused requests left no uploads behind: only the completed request's image and audio
     assert len(list((api.store_root / "uploads" / "seed-u").iterdir())) == 2
+
+
+def test_seed_generate_drivers_name_our_engines(api: Api) -> None:
+    """Seed 002's `driver` picks the engine: `sadtalker` runs ours (no weights here: a clear failure naming them)."""
+    body = {"image_b64": base64.b64encode(PORTRAIT).decode(), "audio_b64": base64.b64encode(wav_bytes()).decode()}
+    for driver in ("sadtalker", "liveportrait"):
+        answer = api.client.post("/generate", json={**body, "driver": driver, "user_id": f"drv-{driver}"})
+        assert answer.status_code == 502 and answer.json()["status"] == "error", answer.text
+        assert answer.json()["error_code"] == "engine_unavailable"
+        assert f"fetch-weights {driver}" in answer.json()["message"]
+        jobs = api.client.get("/v1/jobs", params={"user_id": f"drv-{driver}"}).json()
+        assert [job["input"]["engine"] for job in jobs] == [driver]
 
 
 def test_uploads_route_and_upload_limits(api: Api, tmp_path: Path) -> None:

@@ -85,7 +85,7 @@ def test_seed002_generate_with_urls_answers_video_url(api: Api) -> None:
     for kind, name, data in (("image", "face.png", PORTRAIT), ("audio", "speech.wav", wav_bytes())):
         answer = api.client.post("/v1/uploads", files={"file": (name, data)}, data={"user_id": "seed2", "kind": kind})
         uploads[kind] = answer.json()["uri"]
-    body = {"image_url": uploads["image"], "audio_url": uploads["audio"], "driver": "sadtalker"}
+    body = {"image_url": uploads["image"], "audio_url": uploads["audio"]}  # no driver: auto
     resp = api.client.post("/generate", json=body).json()  # the seed's orchestrator reads resp.get("video_url")
     assert resp["status"] == "completed", resp
     video = httpx.get(resp["video_url"])  # a signed URL the seed's clients can download

@@ -4,7 +4,9 @@ live session, send text, and see the video element show changing frames with the
 from __future__ import annotations
 
 import base64
+import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -19,6 +21,7 @@ from tests.entrypoints.conftest import training_video  # noqa: F401  (a fixture)
 from tests.media import coffee_bgr
 from tests.orchestrator.conftest import eventually
 from tests.realtime.conftest import TOKEN, LiveApi, mouth_openings
+from tests.turn import NO_TURNSERVER, TURNSERVER, turn_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO_ROOT / "var" / "demo-page.png"
@@ -44,19 +47,53 @@ def grab(page, seconds: float, every_s: float = 0.1) -> list[np.ndarray]:
     return frames
 
 
-def test_the_demo_page_runs_a_live_session_in_chromium(live_api: LiveApi) -> None:
+RELAYED = """async () => {
+  const stats = await pc.getStats();
+  for (const report of stats.values()) {
+    if (report.type === "candidate-pair" && report.nominated && report.state === "succeeded") {
+      return stats.get(report.localCandidateId).candidateType;
+    }
+  }
+  return null;
+}"""
+
+
+@pytest.fixture(autouse=True)
+def loopback_peers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session's worker accepts the browser's loopback (and loopback-relayed) candidates."""
+    monkeypatch.setenv("REALTIME_ALLOW_PRIVATE_CANDIDATES", "1")
+
+
+@pytest.fixture(params=["direct", "relay"])
+def ice_mode(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """`relay`: coturn on loopback in ICE_SERVERS with TURN_SECRET, and the page opened with `?relay=1`."""
+    if request.param == "direct":
+        yield "direct"
+        return
+    if TURNSERVER is None:
+        pytest.skip(NO_TURNSERVER)
+    with turn_server(tmp_path) as turn:
+        monkeypatch.setenv("ICE_SERVERS", json.dumps(turn.ice_servers))
+        monkeypatch.setenv("TURN_SECRET", turn.secret)
+        yield "relay"
+
+
+def test_the_demo_page_runs_a_live_session_in_chromium(ice_mode: str, live_api: LiveApi) -> None:
+    """Direct, and relay-only: Chromium takes the ICE servers (coturn, time-limited credentials) from the API and
+    `?relay=1` makes it use relayed candidates only."""
     portrait = path_from_file_uri(live_api.portrait_uri)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.goto(live_api.url + "/")
+            page.goto(live_api.url + ("/?relay=1" if ice_mode == "relay" else "/"))
             page.fill("#token", TOKEN)
             page.dispatch_event("#token", "change")
             page.set_input_files("#portrait", str(portrait))
             page.click("#start")
             page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=30000)
             idle = grab(page, 1.5)
+            candidate = page.evaluate(RELAYED)
             page.fill("#text", "Hello there! Watch my mouth move while I speak to you.")
             page.click("#say")
             speaking = grab(page, 2.5)
@@ -66,6 +103,7 @@ def test_the_demo_page_runs_a_live_session_in_chromium(live_api: LiveApi) -> Non
         finally:
             browser.close()
 
+    assert candidate == ("relay" if ice_mode == "relay" else "host"), candidate
     assert all(frame.shape[:2] == (256, 256) and frame.mean() > 30 for frame in idle + speaking)  # video, not black
     changes = [np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(idle, idle[1:], strict=False)]
     assert max(changes) > 0.3  # the frames change while idle

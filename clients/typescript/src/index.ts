@@ -32,6 +32,8 @@ export type SessionRequest = Schemas["SessionRequest"];
 export type SessionAnswer = Schemas["SessionAnswer"];
 export type SayRequest = Schemas["SayRequest"];
 export type SayAnswer = Schemas["SayAnswer"];
+export type Session = Schemas["SessionView"];
+export type IceServer = Schemas["IceServer"];
 
 /** `GET /v1/jobs/{id}/events`: progress, a streamed video's segments, then one event named after the final status. */
 export type JobEvent =
@@ -236,9 +238,31 @@ export class AvatarClient {
 
   // ---- live sessions (WebRTC) -------------------------------------------------------------------
 
-  /** Answer a WebRTC offer with the avatar's tracks (`POST /v1/sessions`). */
+  /**
+   * The ICE servers to build the peer connection with (`GET /v1/sessions/ice-servers`): STUN/TURN from the
+   * deployment's `ICE_SERVERS`, TURN entries with time-limited credentials. Pass them as
+   * `new RTCPeerConnection({ iceServers })` (add `iceTransportPolicy: "relay"` to force TURN).
+   */
+  async iceServers(): Promise<IceServer[]> {
+    return unwrap(await this.api.GET("/v1/sessions/ice-servers")).ice_servers;
+  }
+
+  /**
+   * Answer a WebRTC offer with the avatar's tracks (`POST /v1/sessions`): the session starts on a worker, and this
+   * resolves once the worker's SDP answer arrived. Media and the data channel then go straight to the worker.
+   */
   async startSession(body: SessionRequest): Promise<SessionAnswer> {
     return unwrap(await this.api.POST("/v1/sessions", { body }));
+  }
+
+  /** A session's status (`starting`, `live`, `ended`), engine, the worker's statistics and why it ended. */
+  async getSession(sessionId: string): Promise<Session> {
+    return unwrap(await this.api.GET("/v1/sessions/{session_id}", { params: { path: { session_id: sessionId } } }));
+  }
+
+  /** Stop what the avatar is saying (`POST /v1/sessions/{id}/interrupt`). */
+  async interrupt(sessionId: string): Promise<void> {
+    unwrap(await this.api.POST("/v1/sessions/{session_id}/interrupt", { params: { path: { session_id: sessionId } } }));
   }
 
   async say(sessionId: string, body: SayRequest): Promise<SayAnswer> {

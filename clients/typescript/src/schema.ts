@@ -250,11 +250,33 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Start a live session
-         * @description Answer the browser's WebRTC offer with the avatar's video (25 fps) and audio (Opus) tracks. Speak
-         *     with `/say`, a data-channel message (text, or JSON `{"text", "voice"}`) or the offer's audio track.
+         * Start a session
+         * @description Start a live session on a worker (`BACKEND_LIVE_SESSION`) and answer the browser's WebRTC offer once the
+         *     worker's answer arrives: a 25 fps video and an Opus audio track of the avatar. Speak with `/say`, a
+         *     data-channel message (text, or JSON `{"text", "voice"}`) or the offer's audio track.
          */
         post: operations["create_session_v1_sessions_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sessions/ice-servers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * ICE servers for a peer
+         * @description The STUN/TURN servers to build the browser's RTCPeerConnection with (`ICE_SERVERS`; TURN entries carry
+         *     time-limited credentials when `TURN_SECRET` is set).
+         */
+        get: operations["ice_servers_v1_sessions_ice_servers_get"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -268,11 +290,32 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        /**
+         * Get a session
+         * @description Status (`starting`, `live`, `ended`), engine, the worker's last statistics, and why it ended.
+         */
+        get: operations["get_session_v1_sessions__session_id__get"];
         put?: never;
         post?: never;
-        /** End a live session */
+        /** End a session */
         delete: operations["end_session_v1_sessions__session_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sessions/{session_id}/interrupt": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Stop speaking */
+        post: operations["interrupt_v1_sessions__session_id__interrupt_post"];
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -287,8 +330,88 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Make the avatar speak */
+        /** Make it speak */
         post: operations["say_v1_sessions__session_id__say_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sessions/{session_id}/worker/answer": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Worker Answer
+         * @description The worker's SDP answer (once): the waiting create answers the client with it.
+         */
+        post: operations["worker_answer_v1_sessions__session_id__worker_answer_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sessions/{session_id}/worker/commands": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Worker Commands
+         * @description Commands after `after` (`say`, `interrupt`), waiting up to `wait` s for one; 410 once the session ended.
+         */
+        get: operations["worker_commands_v1_sessions__session_id__worker_commands_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sessions/{session_id}/worker/end": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Worker End
+         * @description The session is over on the worker: its reason (kept unless it had ended already) and final statistics.
+         */
+        post: operations["worker_end_v1_sessions__session_id__worker_end_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sessions/{session_id}/worker/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Worker Events
+         * @description `said` (completes the waiting `/say`), `error` (refuses it), `heartbeat` (alive, with statistics).
+         */
+        post: operations["worker_events_v1_sessions__session_id__worker_events_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -665,11 +788,6 @@ export interface components {
             video_id?: string | null;
             voice?: components["schemas"]["Voice"];
         };
-        /** HTTPValidationError */
-        HTTPValidationError: {
-            /** Detail */
-            detail?: components["schemas"]["ValidationError"][];
-        };
         /** HealthRequest */
         HealthRequest: {
             /**
@@ -692,10 +810,43 @@ export interface components {
             received?: boolean;
         };
         /**
+         * IceServer
+         * @description One STUN/TURN server, as RTCIceServer's JSON (``ICE_SERVERS`` holds a list of these).
+         */
+        IceServer: {
+            /** Credential */
+            credential?: string | null;
+            /**
+             * Urls
+             * @description stun:host:port, turn:host:port?transport=udp|tcp, turns:...
+             */
+            urls: string | string[];
+            /** Username */
+            username?: string | null;
+        };
+        /** IceServers */
+        IceServers: {
+            /**
+             * Ice Servers
+             * @description RTCConfiguration's `iceServers` for this client's peer.
+             */
+            ice_servers: components["schemas"]["IceServer"][];
+        };
+        /**
          * ImageFormat
          * @enum {string}
          */
         ImageFormat: "png" | "jpg" | "webp";
+        /** Interrupted */
+        Interrupted: {
+            /**
+             * Seq
+             * @description The command's number in the session.
+             */
+            seq: number;
+            /** Session Id */
+            session_id: string;
+        };
         /**
          * JobStatus
          * @enum {string}
@@ -779,7 +930,51 @@ export interface components {
          * LipSyncEngineName
          * @enum {string}
          */
-        LipSyncEngineName: "auto" | "liveportrait" | "musetalk" | "wav2lip96" | "wav2lip256" | "viseme_warp" | "d-id";
+        LipSyncEngineName: "auto" | "liveportrait" | "sadtalker" | "musetalk" | "wav2lip96" | "wav2lip256" | "viseme_warp" | "d-id";
+        /**
+         * LiveAnswer
+         * @description Worker -> orchestrator: the SDP answer and the engine the session renders with.
+         */
+        LiveAnswer: {
+            answer: components["schemas"]["SessionDescription"];
+            /** Engine */
+            engine?: {
+                [key: string]: unknown;
+            };
+        };
+        /**
+         * LiveSessionStats
+         * @description What a session did; reported with heartbeats and at its end.
+         */
+        LiveSessionStats: {
+            /** Engine */
+            engine?: string | null;
+            /**
+             * Frames Dropped
+             * @default 0
+             */
+            frames_dropped?: number;
+            /**
+             * Frames Repeated
+             * @default 0
+             */
+            frames_repeated?: number;
+            /**
+             * Frames Sent
+             * @default 0
+             */
+            frames_sent?: number;
+            /**
+             * Seconds
+             * @default 0
+             */
+            seconds?: number;
+            /**
+             * Utterances
+             * @default 0
+             */
+            utterances?: number;
+        };
         /** PreprocessAvatarRequest */
         PreprocessAvatarRequest: {
             /** Avatar Id */
@@ -1074,11 +1269,10 @@ export interface components {
             /** Audio Url */
             audio_url?: string | null;
             /**
-             * Driver
-             * @description `sadtalker` and `liveportrait` (seed names) run the `auto` lip-sync engine.
-             * @default sadtalker
+             * @description The lip-sync engine: seed 002's `sadtalker` and `liveportrait` run our in-process SadTalker and LivePortrait (their weights needed); omitted: `auto`.
+             * @default auto
              */
-            driver?: ("sadtalker" | "liveportrait") | components["schemas"]["LipSyncEngineName"];
+            driver?: components["schemas"]["LipSyncEngineName"];
             /**
              * Image B64
              * @description The portrait's bytes in base64.
@@ -1134,7 +1328,31 @@ export interface components {
             /** Session Id */
             session_id: string;
         };
-        /** SessionDescription */
+        /**
+         * SessionCommand
+         * @description Orchestrator -> worker: `say` (speak `text`, cutting off what plays), `interrupt` (stop speaking), `stop`.
+         */
+        SessionCommand: {
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "say" | "interrupt" | "stop";
+            /** Seq */
+            seq: number;
+            /** Text */
+            text?: string | null;
+            voice?: components["schemas"]["Voice"] | null;
+        };
+        /** SessionCommands */
+        SessionCommands: {
+            /** Commands */
+            commands: components["schemas"]["SessionCommand"][];
+        };
+        /**
+         * SessionDescription
+         * @description A WebRTC session description, as RTCSessionDescription's JSON.
+         */
         SessionDescription: {
             /** Sdp */
             sdp: string;
@@ -1144,10 +1362,56 @@ export interface components {
              */
             type: "offer" | "answer";
         };
+        /** SessionEnd */
+        SessionEnd: {
+            /** Error */
+            error?: string | null;
+            /** Error Code */
+            error_code?: string | null;
+            /**
+             * Reason
+             * @enum {string}
+             */
+            reason: "closed" | "stopped" | "idle" | "max_duration" | "peer_failed" | "error";
+            stats?: components["schemas"]["LiveSessionStats"];
+        };
+        /** SessionEvent */
+        SessionEvent: {
+            /**
+             * Duration S
+             * @description `said`: seconds of speech now playing.
+             */
+            duration_s?: number | null;
+            /** Error */
+            error?: string | null;
+            /** Error Code */
+            error_code?: string | null;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "said" | "heartbeat" | "error";
+            /**
+             * Seq
+             * @description The command this answers (`said`, `error`).
+             */
+            seq?: number | null;
+            stats?: components["schemas"]["LiveSessionStats"] | null;
+        };
+        /** SessionEvents */
+        SessionEvents: {
+            /** Events */
+            events: components["schemas"]["SessionEvent"][];
+        };
         /** SessionRequest */
         SessionRequest: {
             /** Avatar Id */
             avatar_id?: string | null;
+            /**
+             * @description The lip-sync engine (`auto`: the worker's).
+             * @default auto
+             */
+            engine?: components["schemas"]["LipSyncEngineName"];
             /**
              * Image
              * @description Portrait URI, used instead of an avatar.
@@ -1159,6 +1423,61 @@ export interface components {
              * @description Store root URI; default AVATAR_STORE_URI.
              */
             store?: string | null;
+            /** User Id */
+            user_id: string;
+            /** @description The voice of `/say` and data-channel text that names none. */
+            voice?: components["schemas"]["Voice"] | null;
+        };
+        /**
+         * SessionStatus
+         * @enum {string}
+         */
+        SessionStatus: "starting" | "live" | "ended";
+        /**
+         * SessionView
+         * @description A live session as ``GET /v1/sessions/{id}`` answers it.
+         */
+        SessionView: {
+            /** Answered At */
+            answered_at?: string | null;
+            /** Backend */
+            backend: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * End Reason
+             * @description Why it ended: closed, stopped, idle, max_duration, ...
+             */
+            end_reason?: string | null;
+            /** Ended At */
+            ended_at?: string | null;
+            /**
+             * Engine
+             * @description The engine the worker renders with.
+             */
+            engine?: {
+                [key: string]: unknown;
+            } | null;
+            /** Error */
+            error?: string | null;
+            /** Error Code */
+            error_code?: string | null;
+            /** Heartbeat At */
+            heartbeat_at?: string | null;
+            /**
+             * Job Id
+             * @description The `live_session` job running it (GET /v1/jobs/{id}).
+             */
+            job_id?: string | null;
+            /** Session Id */
+            session_id: string;
+            /** @description The worker's last report (heartbeat or end). */
+            stats?: components["schemas"]["LiveSessionStats"] | null;
+            /** @description `starting` (waiting for its worker), `live`, `ended`. */
+            status: components["schemas"]["SessionStatus"];
             /** User Id */
             user_id: string;
         };
@@ -1186,19 +1505,6 @@ export interface components {
          * @enum {string}
          */
         UploadKind: "training_video" | "image" | "audio";
-        /** ValidationError */
-        ValidationError: {
-            /** Context */
-            ctx?: Record<string, never>;
-            /** Input */
-            input?: unknown;
-            /** Location */
-            loc: (string | number)[];
-            /** Message */
-            msg: string;
-            /** Error Type */
-            type: string;
-        };
         /** Voice */
         Voice: {
             /**
@@ -1233,6 +1539,13 @@ export interface components {
             /** Id */
             id: string;
             status: components["schemas"]["JobStatus"];
+        };
+        /** WorkerAck */
+        WorkerAck: {
+            /** Session Id */
+            session_id: string;
+            /** Status */
+            status: string;
         };
     };
     responses: never;
@@ -2062,13 +2375,128 @@ export interface operations {
                     "application/json": components["schemas"]["SessionAnswer"];
                 };
             };
-            /** @description Validation Error */
+            /** @description Missing or wrong bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ice_servers_v1_sessions_ice_servers_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IceServers"];
+                };
+            };
+            /** @description Missing or wrong bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_session_v1_sessions__session_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The session id (32 hex digits). */
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionView"];
+                };
+            };
+            /** @description Missing or wrong bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
@@ -2078,6 +2506,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description The session id (32 hex digits). */
                 session_id: string;
             };
             cookie?: never;
@@ -2091,13 +2520,81 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Validation Error */
+            /** @description Missing or wrong bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    interrupt_v1_sessions__session_id__interrupt_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The session id (32 hex digits). */
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Interrupted"];
+                };
+            };
+            /** @description Missing or wrong bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
@@ -2107,6 +2604,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description The session id (32 hex digits). */
                 session_id: string;
             };
             cookie?: never;
@@ -2126,13 +2624,248 @@ export interface operations {
                     "application/json": components["schemas"]["SayAnswer"];
                 };
             };
-            /** @description Validation Error */
+            /** @description Missing or wrong bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    worker_answer_v1_sessions__session_id__worker_answer_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The session id (32 hex digits). */
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LiveAnswer"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkerAck"];
+                };
+            };
+            /** @description Missing or wrong bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    worker_commands_v1_sessions__session_id__worker_commands_get: {
+        parameters: {
+            query?: {
+                /** @description The last command seq the worker has. */
+                after?: number;
+                /** @description Seconds to wait for a command (long poll). */
+                wait?: number;
+            };
+            header?: never;
+            path: {
+                /** @description The session id (32 hex digits). */
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionCommands"];
+                };
+            };
+            /** @description Missing or wrong bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    worker_end_v1_sessions__session_id__worker_end_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The session id (32 hex digits). */
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SessionEnd"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkerAck"];
+                };
+            };
+            /** @description Missing or wrong bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    worker_events_v1_sessions__session_id__worker_events_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The session id (32 hex digits). */
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SessionEvents"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkerAck"];
+                };
+            };
+            /** @description Missing or wrong bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };

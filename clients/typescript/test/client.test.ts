@@ -108,8 +108,9 @@ test("POST /v1/avatars, POST /v1/videos, GET /v1/jobs/{id}/events: an avatar spe
   assert.match((done.output as { video: { uri: string } }).video.uri, /\.mp4$/);
 });
 
-test("POST /v1/sessions, POST /v1/sessions/{id}/say, DELETE /v1/sessions/{id}: typed refusals", async () => {
+test("GET /v1/sessions/ice-servers, POST /v1/sessions, GET|DELETE /v1/sessions/{id}, /say, /interrupt", async () => {
   // node has no WebRTC peer: the session routes are checked through their refusals
+  assert.ok(Array.isArray(await client.iceServers())); // ICE_SERVERS (none configured here)
   const offer = { type: "offer", sdp: "v=0" } as const;
   await assert.rejects(client.startSession({ user_id: "ts-user", offer } as never), (err: unknown) => {
     assert.ok(err instanceof AvatarApiError);
@@ -118,7 +119,13 @@ test("POST /v1/sessions, POST /v1/sessions/{id}/say, DELETE /v1/sessions/{id}: t
     return true;
   });
   // each call is made only when awaited: a rejection made earlier and awaited later is an unhandled rejection
-  const calls = [() => client.say("no-such-session", { text: "Hi." }), () => client.endSession("no-such-session")];
+  const missing = "0".repeat(32);
+  const calls = [
+    () => client.say(missing, { text: "Hi." }),
+    () => client.endSession(missing),
+    () => client.getSession(missing),
+    () => client.interrupt(missing),
+  ];
   for (const call of calls) {
     await assert.rejects(call(), (err: unknown) => {
       assert.ok(err instanceof AvatarApiError);
@@ -210,8 +217,7 @@ test("seed 002 POST /generate: image and audio in base64 give a video_url", asyn
   const answer = await client.generate({
     image_b64: await b64("portrait.png"),
     audio_b64: await b64("speech.wav"),
-    driver: "sadtalker",
-  });
+  }); // no driver: auto (`driver: "sadtalker"` runs our SadTalker, which needs its weights)
   assert.equal(answer.status, "completed");
   assert.match(answer.video_url ?? "", /\.mp4$/);
   await assert.rejects(

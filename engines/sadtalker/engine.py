@@ -1,0 +1,121 @@
+"""``sadtalker`` lip-sync engine: one portrait animated from speech audio (generate_video, GPU).
+
+Per request: the face box from the portrait's 68 landmarks (upstream's crop), the 73 coefficients from the
+aligned 224-px face, expression from audio2exp (with upstream's random blink schedule, seeded), head pose
+from audio2pose (pose style, seeded latents, smoothed; frozen in still mode), then frames rendered in
+batches and pasted back into the portrait (feathered, colour-matched; see ``PasteBack``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from engines.errors import EngineError
+from engines.lipsync import AvatarFrames, DrivingAudio, register
+from engines.sadtalker.audio import SAMPLES_PER_FRAME, blink_ratios
+from engines.sadtalker.loader import checkpoints_dir
+from engines.sadtalker.model import SadTalker, load_sadtalker
+from engines.sadtalker.preprocess import MODES, PasteBack, align_224, coeffs_73, crop_landmarks, cut_square, face_box
+
+log = logging.getLogger(__name__)
+
+ENGINE_VERSION = "1.0"
+SEED = 0  # blinks and pose latents: the same request renders the same video
+
+
+@register("sadtalker")
+class SadTalkerLipSync:
+    version = ENGINE_VERSION
+
+    def __init__(
+        self,
+        model: SadTalker,
+        preprocess: str = "crop",
+        still: bool = False,
+        pose_style: int = 0,
+        expression_scale: float = 1.0,
+        blink: bool = True,
+    ) -> None:
+        if preprocess not in MODES:
+            raise EngineError("invalid_input", f"SadTalker preprocess {preprocess!r}: use one of {', '.join(MODES)}.")
+        self.model = model
+        self.preprocess, self.still, self.pose_style = preprocess, still, pose_style
+        self.expression_scale, self.blink = expression_scale, blink
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        precision: str | None = None,
+        device: str | None = None,
+        size: int = 256,
+        preprocess: str = "crop",
+        still: bool = False,
+        pose_style: int = 0,
+        expression_scale: float = 1.0,
+        blink: bool = True,
+        render_size: int | None = None,
+    ) -> SadTalkerLipSync:
+        """From the weights root (``checkpoints/`` inside) or any file of it. ``size`` picks the weights (256 or
+        512); ``render_size`` renders at another multiple of 128 with them (128: about 4x cheaper, less detail)."""
+        model = load_sadtalker(checkpoints_dir(path), size, precision or "auto", device)
+        if render_size:
+            if render_size % 128:
+                raise EngineError(
+                    "invalid_input", f"SadTalker render size must be a multiple of 128, not {render_size}."
+                )
+            model.size = render_size
+        engine = cls(model, preprocess, still, pose_style, expression_scale, blink)
+        log.info("sadtalker lip-sync ready: %s", engine.info)
+        return engine
+
+    @property
+    def info(self) -> dict[str, object]:
+        return {**self.model.info, "preprocess": self.preprocess, "still": self.still, "pose_style": self.pose_style}
+
+    def coefficients(self, samples: np.ndarray, num_frames: int, ref: np.ndarray) -> torch.Tensor:
+        """(T, 70) expression + pose rows driven by the speech (padded with silence to whole frames)."""
+        wav = np.zeros(num_frames * SAMPLES_PER_FRAME, np.float32)
+        wav[: min(len(samples), len(wav))] = samples[: len(wav)]
+        windows = self.model.audio_windows(wav)[None]
+        rng = np.random.default_rng(SEED)
+        ratio = blink_ratios(num_frames, rng) if self.blink else np.zeros(num_frames, np.float32)
+        ref_t = torch.from_numpy(ref[None, :70])
+        exp = self.model.audio_to_exp(windows, ref_t, torch.from_numpy(ratio)[None])
+        noise = torch.randn(1, self.model.pose_chunks(num_frames), 64, generator=torch.Generator().manual_seed(SEED))
+        pose = self.model.audio_to_pose(windows, ref_t, self.pose_style, noise)
+        return torch.cat((exp[0], pose[0]), dim=1)
+
+    def render(self, avatar: AvatarFrames, audio: DrivingAudio) -> Iterator[np.ndarray]:
+        """Yield ``audio.num_frames`` frames of the avatar's first frame (the portrait) speaking."""
+        if len(avatar) == 0:
+            raise EngineError("invalid_avatar", "The avatar has no frames.")
+        if avatar.landmarks is None:
+            raise EngineError("invalid_avatar", "The sadtalker engine needs the portrait's landmarks.")
+        portrait, landmarks = avatar.frames[0], avatar.landmarks[0]
+        height, width = portrait.shape[:2]
+        box = face_box(landmarks, width, height, self.preprocess).box
+        if box[2] - box[0] < 8 or box[3] - box[1] < 8:
+            raise EngineError("no_face", "The portrait's face is too small for SadTalker.")
+        size = self.model.size
+        square = cut_square(cv2.cvtColor(portrait, cv2.COLOR_BGR2RGB), box, size)
+        aligned, params = align_224(square, crop_landmarks(landmarks, box, size))
+        raw = self.model.face_coeffs(torch.from_numpy(aligned).permute(2, 0, 1)[None].float() / 255.0)
+        coeffs = coeffs_73(raw.cpu().numpy(), params)[0]
+        rows = self.coefficients(np.asarray(audio.samples, np.float32), audio.num_frames, coeffs)
+        source = torch.from_numpy(square).permute(2, 0, 1)[None].float() / 255.0
+        columns = 73 if "full" in self.preprocess else 70
+        paste = PasteBack(portrait, box)
+        batches = self.model.render_batches(
+            source, torch.from_numpy(coeffs[None, :columns]), rows, self.still, self.expression_scale
+        )
+        for batch in batches:
+            faces = batch.mul(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            for face in faces:
+                yield paste(cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
