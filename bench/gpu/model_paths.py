@@ -40,7 +40,7 @@ def musetalk_cases(engine: Any, profile: Profile) -> dict[str, Case]:
 
 def liveportrait_cases(engine: Any, profile: Profile) -> dict[str, Case]:
     """Per frame W + G + stitching on a batch of driving keypoints (F and M run once per portrait)."""
-    lp, batch, size = engine.lp, profile.liveportrait_batch, profile.liveportrait_input_size
+    lp, batch, size = engine.lp, profile.liveportrait_batch, int(profile.settings["liveportrait_input_size"])
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1)).to(lp.device)
     with torch.inference_mode():
         feature, info = lp.appearance(x), lp.motion(x)

@@ -58,11 +58,12 @@ class Runner:
         command += ["--spawned-at", f"{time.time():.6f}"] + (["--engine", engine] if engine else [])
         spec = next((e for e in engines() if e.name == engine), None)
         env = {**os.environ, **settings_env(self.work, spec, self.profile), "PYTHONUNBUFFERED": "1"}
-        self.log.write(f"\n===== {kind} {engine or ''} (box {box_s:.0f} s)\n")
-        self.log.flush()
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with result.with_suffix(".log").open("w") as log:  # its own log (sections overlap): into run.log after
+            log.write(f"\n===== {kind} {engine or ''} (box {box_s:.0f} s)\n")
+            log.flush()
+            process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return process, result
 
     def finish(self, name: str, process: subprocess.Popen, result: Path, box_s: float, started: float) -> None:
@@ -72,11 +73,14 @@ class Runner:
             os.killpg(process.pid, signal.SIGKILL)  # the section's own process group, started above
             process.wait()
             code = None
+        section_log = result.with_suffix(".log").read_text(errors="replace")
+        self.log.write(section_log)
+        self.log.flush()
         record: dict[str, Any] = {"seconds": round(time.monotonic() - started, 1)}
         if code is None:
             record |= {"status": "timeout", "error": f"stopped after its {box_s:.0f} s box"}
         elif code != 0 or not result.is_file():
-            record |= {"status": "error", "error": self.tail()}
+            record |= {"status": "error", "error": "\n".join(section_log.splitlines()[-12:])}
         else:
             record |= {"status": "ok", "result": json.loads(result.read_text())}
         self.sections[name] = record
@@ -92,11 +96,6 @@ class Runner:
         started = time.monotonic()
         process, result = self.spawn(kind, engine, box_s)
         self.finish(name, process, result, box_s, started)
-
-    def tail(self, lines: int = 12) -> str:
-        """The last lines of the log (a failed section's traceback ends there)."""
-        self.log.flush()
-        return "\n".join((self.out / LOG).read_text(errors="replace").splitlines()[-lines:])
 
 
 def where(profile: Profile) -> str:

@@ -69,8 +69,7 @@ def runtime(work: Work, profile: Profile, **settings: Any) -> Any:
     from handlers.runtime import WorkerRuntime
     from handlers.settings import Settings
 
-    # the profile's crop size (LIVEPORTRAIT_INPUT_SIZE for a worker)
-    settings = {"liveportrait_input_size": profile.liveportrait_input_size, **settings}
+    settings = {**profile.settings, **settings}
     built = WorkerRuntime.build(Settings(**settings))
     use_recorded_faces(built, read_recording(work.inputs))
     return built
