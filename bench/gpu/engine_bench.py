@@ -185,19 +185,27 @@ def step(result: dict[str, Any], name: str, deadline: float, measure: Callable[[
         result.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
 
 
-def run(name: str, work: Work, profile: Profile, deadline: float, spawned_at: float) -> dict[str, Any]:
-    """Cold start first (this process is fresh), then the engine's figures, then generate_video end to end."""
+def run(
+    name: str, work: Work, profile: Profile, deadline: float, spawned_at: float, save: Callable[[dict], None]
+) -> dict[str, Any]:
+    """Cold start first (this process is fresh), then the engine's figures, then generate_video end to end;
+    ``save`` gets the figures so far after each step."""
     from bench.gpu import endtoend
 
     spec = by_name(name)
     engine, built, avatar, cold = endtoend.cold_start(name, work, profile, spawned_at)
     result: dict[str, Any] = {"device": device_name(), "info": dict(getattr(engine, "info", {})), "paper": spec.paper}
     result |= {"cold_start": cold, "memory_after_load": memory()}
-    step(result, "render", deadline, lambda: render_fps(engine, avatar, profile.render_seconds, profile.runs))
-    step(result, "live", deadline, lambda: live_sessions(engine, avatar, profile, deadline))
-    result["memory_peak"] = memory()
-    step(result, "model", deadline, lambda: model_figures(name, engine, work, profile))
-    step(result, "generate_video", deadline, lambda: endtoend.requests(name, work, built, profile.e2e_requests))
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("render", lambda: render_fps(engine, avatar, profile.render_seconds, profile.runs)),
+        ("live", lambda: live_sessions(engine, avatar, profile, deadline)),
+        ("memory_peak", memory),
+        ("model", lambda: model_figures(name, engine, work, profile)),
+        ("generate_video", lambda: endtoend.requests(name, work, built, profile.e2e_requests)),
+    ]
     if not spec.portrait:
-        step(result, "decode_ms_per_frame", deadline, lambda: endtoend.decode_ms_per_frame(work))
+        steps.append(("decode_ms_per_frame", lambda: endtoend.decode_ms_per_frame(work)))
+    for label, measure in steps:
+        save(result)
+        step(result, label, deadline, measure)
     return result

@@ -41,8 +41,14 @@ def _memory(mem: dict[str, float] | None) -> str:
 
 
 def _section_result(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The section's figures, also the partial ones of a section stopped at its box (listed under the table)."""
     section = results["sections"].get(name)
-    return section.get("result") if section and section.get("status") == "ok" else None
+    return section.get("result") if section else None
+
+
+def _errors(section: dict[str, Any]) -> dict[str, str]:
+    result = section.get("result")
+    return result.get("errors", {}) if isinstance(result, dict) else {}
 
 
 def engine_row(results: dict[str, Any], engine: str) -> list[str]:
@@ -93,6 +99,9 @@ def table(results: dict[str, Any]) -> str:
     lines += ["", "Published figures (other hardware, for comparison only): " + "; ".join(papers)]
     failed = {name: s for name, s in results["sections"].items() if s.get("status") != "ok"}
     if failed:
-        lines += ["", "Sections that did not finish:"]
+        lines += ["", "Sections that did not finish (their figures so far are in the table):"]
         lines += [f"- `{name}`: {s['status']}: {s.get('error', '')}".rstrip(": ") for name, s in failed.items()]
+    steps = [(name, step, why) for name, s in results["sections"].items() for step, why in _errors(s).items()]
+    if steps:
+        lines += ["", "Steps that did not finish:"] + [f"- `{name}` {step}: {why}" for name, step, why in steps]
     return "\n".join(lines) + "\n"

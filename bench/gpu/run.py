@@ -48,8 +48,9 @@ class Runner:
     def left_s(self) -> float:
         return self.profile.budget_s * self.time_scale - (time.monotonic() - self.started) - RESERVE_S
 
-    def box(self, kind: str) -> float:
-        return min(self.profile.sections_box_s[kind] * self.time_scale, self.left_s())
+    def box(self, kind: str, sharing: int = 1) -> float:
+        """The section's box: its own, at most an even share of what is left among ``sharing`` sections to run."""
+        return min(self.profile.sections_box_s[kind] * self.time_scale, self.left_s() / max(1, sharing))
 
     def spawn(self, kind: str, engine: str | None, box_s: float) -> tuple[subprocess.Popen, Path]:
         result = self.work.root / f"{kind}-{engine or 'all'}.json"
@@ -82,13 +83,15 @@ class Runner:
         elif code != 0 or not result.is_file():
             record |= {"status": "error", "error": "\n".join(section_log.splitlines()[-12:])}
         else:
-            record |= {"status": "ok", "result": json.loads(result.read_text())}
+            record |= {"status": "ok"}
+        if result.is_file():  # complete, or what a stopped section had measured so far
+            record["result"] = json.loads(result.read_text())
         self.sections[name] = record
         print(f"  {name:28} {record['status']:8} {record['seconds']:6.1f} s", flush=True)
 
-    def section(self, kind: str, engine: str | None) -> None:
+    def section(self, kind: str, engine: str | None, sharing: int = 1) -> None:
         name = f"{kind}:{engine}" if engine else kind
-        box_s = self.box(kind)
+        box_s = self.box(kind, sharing)
         if box_s < MIN_BOX_S:
             self.sections[name] = {"status": "skipped", "error": "out of time (the run's budget is spent)"}
             print(f"  {name:28} skipped (out of time)", flush=True)
@@ -157,10 +160,11 @@ def run(
     runner.sections["cuda_tests"] = run_cuda_tests(out, min(profile.pytest_box_s * time_scale, runner.left_s()))
     print(f"  {'cuda_tests':28} {runner.sections['cuda_tests']['status']:8}", flush=True)
     runner.finish("weights", *writer, runner.box("weights"), writer_started)  # no CPU contention after
-    for engine in chosen:
-        runner.section("engine", engine.name)
-    for engine in (e for e in chosen if e.name in profile.compile):
-        runner.section("compile", engine.name)
+    compiled = [e for e in chosen if e.name in profile.compile]
+    for done, engine in enumerate(chosen):  # every engine gets its share even when time runs short
+        runner.section("engine", engine.name, sharing=len(chosen) - done)
+    for done, engine in enumerate(compiled):  # then torch.compile, with what is left
+        runner.section("compile", engine.name, sharing=len(compiled) - done)
     return write_results(out, ran, runner)
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -22,9 +23,12 @@ from bench.gpu.profiles import PROFILES  # noqa: E402
 from bench.gpu.worker import Work  # noqa: E402
 
 KINDS = ("weights", "engine", "compile")
+Saver = Callable[[dict], None]
 
 
-def run_section(kind: str, engine: str | None, work: Work, profile_name: str, box_s: float, spawned_at: float) -> dict:
+def run_section(
+    kind: str, engine: str | None, work: Work, profile_name: str, box_s: float, spawned_at: float, save: Saver
+) -> dict:
     profile = PROFILES[profile_name]
     deadline = time.monotonic() + box_s - 5.0
     if kind == "weights":
@@ -38,7 +42,7 @@ def run_section(kind: str, engine: str | None, work: Work, profile_name: str, bo
     if kind == "engine":
         from bench.gpu import engine_bench
 
-        return engine_bench.run(engine, work, profile, deadline, spawned_at)
+        return engine_bench.run(engine, work, profile, deadline, spawned_at, save)
     from bench.gpu import compiled
 
     return compiled.run(engine, work, profile)
@@ -57,8 +61,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     work, started = Work(args.work), args.spawned_at or spawned_at
-    result = run_section(args.kind, args.engine, work, args.profile, args.box_s, started)
-    args.result.write_text(json.dumps(result, indent=1, default=str))
+
+    def save(result: dict) -> None:  # also partial results, so a section stopped at its box keeps its figures
+        args.result.write_text(json.dumps(result, indent=1, default=str))
+
+    save(run_section(args.kind, args.engine, work, args.profile, args.box_s, started, save))
 
 
 if __name__ == "__main__":
