@@ -34,6 +34,10 @@ def _best_model(model: dict[str, Any] | None) -> tuple[str, str]:
     return f"{best['fps']:g} ({label})", f"{best['speedup_vs_fp32']:g}x (fp32 {best['fp32_fps']:g})"
 
 
+def _cell(value: Any) -> str:
+    return DASH if value is None else f"{value}"
+
+
 def _memory(mem: dict[str, float] | None) -> str:
     if not mem:
         return DASH
@@ -71,10 +75,10 @@ def engine_row(results: dict[str, Any], engine: str) -> list[str]:
         engine,
         model,
         speedup,
-        f"{_get(bench, 'render', 'fps')}" if bench else DASH,
-        f"{_get(bench, 'live', 'streams_at_25fps')}" if bench else DASH,
+        _cell(_get(bench, "render", "fps")),
+        _cell(_get(bench, "live", "streams_at_25fps")),
         _memory(_get(bench, "memory_peak")),
-        f"{_get(e2e, 'cold_start', 'to_first_frame_s')}" if e2e else DASH,
+        _cell(_get(e2e, "cold_start", "to_first_frame_s")),
         f"{warm['real_time_factor']:g} ({warm['video_s']:g} s clip)" if warm else DASH,
         split,
         compile_cell,
