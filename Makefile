@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup client-deps client demo test lint bench lock clean
+.PHONY: setup client-deps client demo test lint bench gpu-bundle lock clean
 
 # Exact versions of every package (torch excepted: TORCH_VERSION and the image's index pick it).
 CONSTRAINTS := constraints.txt
@@ -71,6 +71,11 @@ bench: setup
 	$(PY) bench/faults.py
 	$(PY) bench/hostile.py
 	$(PY) bench/avatar_cache.py
+
+# What a lent GPU machine without network lacks for bench/gpu.sh (wheels for its Python 3.12, the recorded face
+# analysis), in one folder of at most 60 MiB: copy it beside the checkout there and run bench/gpu.sh OUT_DIR.
+gpu-bundle: setup
+	PYTHONPATH=. $(PY) -m bench.gpu.bundle var/gpu-bundle
 
 # Refresh constraints.txt from the packages installed in .venv (after changing pyproject.toml).
 lock: setup

@@ -76,9 +76,13 @@ class ModalConfig(BaseSettings):
     live_sessions: int = Field(4, ge=1, le=64)
     # Keeps a container warm across one user's avatar -> video -> emotions burst without paying idle hours.
     scaledown_window_s: int = Field(300, ge=2)
-    # Restoring loaded engines from a snapshot skips imports and loading; off until a deployment has checked
-    # that its engines restore correctly (GPU memory goes through Modal's GPU snapshot, still experimental).
+    # Modal's CPU memory snapshot: a container restores the imports and the CPU engines (face analyzer, eSpeak,
+    # viseme_warp, landmark_warp) instead of loading them; the neural engines load after the restore, once the
+    # GPU is attached (handlers.warmup). Off until a deployment has checked that its engines restore correctly.
     memory_snapshot: bool = False
+    # Modal's GPU memory snapshot (alpha; needs memory_snapshot and a GPU): the neural engines load before the
+    # snapshot, on the GPU, and are restored with it, so a container starts with nothing left to load.
+    gpu_snapshot: bool = False
     # Weights are fetched once into this Volume by `fill_weights`, never on the serving path.
     weights_volume: str = "talking-head-weights"
     # Modal Secrets (comma list) holding AVATAR_STORE_URI and the S3_* / GCS_* credentials the tasks need.
@@ -112,7 +116,8 @@ worker_image = (
 weights_volume = modal.Volume.from_name(CONFIG.weights_volume, create_if_missing=True)
 worker_secrets = [modal.Secret.from_name(name.strip()) for name in CONFIG.secrets.split(",") if name.strip()]
 # GPU memory is only captured in a snapshot through Modal's (experimental) GPU snapshot option.
-snapshot_options = {"enable_gpu_snapshot": True} if CONFIG.memory_snapshot and CONFIG.gpu else {}
+GPU_SNAPSHOT = bool(CONFIG.gpu_snapshot and CONFIG.memory_snapshot and CONFIG.gpu)
+snapshot_options = {"enable_gpu_snapshot": True} if GPU_SNAPSHOT else {}
 
 
 def unhealthy(load_errors: dict[str, str]) -> dict[str, Any]:
@@ -138,12 +143,25 @@ def unhealthy(load_errors: dict[str, str]) -> dict[str, Any]:
 class Worker:
     """One container: engines loaded once in `load`, then one method call per task."""
 
-    @modal.enter(snap=CONFIG.memory_snapshot)
-    def load(self) -> None:
+    @modal.enter(snap=CONFIG.memory_snapshot)  # Modal refuses snap=True on a class without snapshots
+    def prepare(self) -> None:
+        """Before a memory snapshot (with snapshots off: first at start, hooks run in this order): what needs no
+        GPU; everything, GPU included, with the GPU snapshot."""
+        from handlers.warmup import load_cpu_part  # the engines' modules: imported in containers only
+
         configure_logging()
         self.runtime = WorkerRuntime.from_env()
-        status = handlers.load_engines(self.runtime)
-        self.load_errors = {task: s for task, s in status.items() if s != "ok"}
+        self.load_errors: dict[str, str] = {}
+        self._record(handlers.load_engines(self.runtime) if GPU_SNAPSHOT else load_cpu_part(self.runtime))
+
+    @modal.enter(snap=False)
+    def load(self) -> None:
+        """In every started container, after a restore: the neural engines, on the GPU now attached."""
+        if not GPU_SNAPSHOT:
+            self._record(handlers.load_engines(self.runtime))
+
+    def _record(self, status: dict[str, str]) -> None:
+        self.load_errors |= {task: s for task, s in status.items() if s != "ok"}
         if self.load_errors:
             log.error("worker unhealthy, engines failed to load: %s", self.load_errors)
 

@@ -1,4 +1,4 @@
-"""Cold start and per-request overhead of the RunPod worker on the CPU engines.
+"""Cold start and per-request overhead of the RunPod worker on the CPU engines, and what memory snapshots cover.
 
 1. Ready time: seconds from starting `python` to a worker that can take a job (the handler module,
    the RunPod SDK and every served task's engines loaded, as `python runpod_handler.py` does before
@@ -7,6 +7,13 @@
 2. Warm overhead: what a job costs beyond the task itself, measured in one warm process as the
    median of `handler(job)` (and of the SDK's own `run_job`, which is what RunPod calls) minus the
    median of `handlers.dispatch(payload)` for the same payload, for health and render_emotion.
+
+3. Start-up parts (Modal's memory snapshots): in a fresh process, ``import`` (handlers), the CPU part
+   (``handlers.warmup.load_cpu_part``: torch and the engines' modules, face analyzer, eSpeak, the CPU
+   engines) and the neural part (``handlers.load_engines``: a random wav2lip96 checkpoint read and placed
+   on the device, here the CPU). A CPU memory snapshot restores the first two instead of running them; the
+   neural part runs after every restore; a GPU snapshot holds all three. Restore times need Modal and are
+   not measured here; on a GPU, bench/gpu.sh's cold start splits the same phases.
 
     python bench/coldstart.py [--runs 3] [--health-calls 200] [--emotion-calls 15]
 """
@@ -133,6 +140,55 @@ def bench_overhead(health_calls: int, emotion_calls: int, store: Path) -> None:
     print(f"  target overhead <= {OVERHEAD_TARGET_MS:.0f} ms")
 
 
+PARTS_PROBE = """
+import time
+t0 = time.perf_counter()
+import handlers
+from handlers.runtime import WorkerRuntime
+from handlers.warmup import load_cpu_part
+t1 = time.perf_counter()
+runtime = WorkerRuntime.from_env()
+cpu = load_cpu_part(runtime)
+t2 = time.perf_counter()
+neural = handlers.load_engines(runtime)
+t3 = time.perf_counter()
+import json
+print(json.dumps({"import": t1 - t0, "cpu_part": t2 - t1, "neural": t3 - t2, "status": [cpu, neural]}))
+"""
+PARTS = (
+    ("import", "import handlers", "CPU snapshot"),
+    ("cpu_part", "CPU part: torch, engines' modules, faces, eSpeak, CPU engines", "CPU snapshot"),
+    ("neural", "neural engines: weights read, put on the device", "after the restore"),
+)
+
+
+def bench_parts(runs: int, work: Path) -> None:
+    sys.path.insert(0, str(REPO_ROOT))
+    from tests.engines.wav2lip_fixtures import write_checkpoint
+
+    checkpoint = write_checkpoint(work / "wav2lip96.pth", "wav2lip96")
+    env = {**os.environ, "WORKER_TASKS": TASKS, "AVATAR_STORE_URI": (work / "store").as_uri(), "LOG_LEVEL": "WARNING"}
+    env |= {"WAV2LIP96_CHECKPOINT": str(checkpoint), "WEIGHTS_DIR": str(work / "weights")}
+    results = []
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", PARTS_PROBE], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+        )
+        if out.returncode:
+            raise SystemExit(f"start-up probe failed:\n{out.stderr[-3000:]}")
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    medians = {key: statistics.median(r[key] for r in results) for key, _, _ in PARTS}
+    total = sum(medians.values())
+    print(f"\nstart-up parts (fresh process, median of {runs}; neural engine: random wav2lip96 weights, on the CPU)")
+    for key, label, covered in PARTS:
+        print(f"  {label:<66} {medians[key]:6.2f} s   {covered}")
+    snapped = medians["import"] + medians["cpu_part"]
+    print(f"  CPU memory snapshot (MODAL_WORKER_MEMORY_SNAPSHOT=1) covers {snapped:.2f} of {total:.2f} s (restored)")
+    print(f"  GPU memory snapshot (MODAL_WORKER_GPU_SNAPSHOT=1, alpha) covers all {total:.2f} s, device state included")
+    print("  unmeasured (need Modal): restore times, container start, image and Volume mount; on a GPU the neural")
+    print("  part's device share: bench/gpu.sh's cold start (phases import, cpu_part, load, first_frame)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -141,6 +197,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         bench_ready(args.runs, Path(tmp) / "ready-store")
+        bench_parts(args.runs, Path(tmp))
         bench_overhead(args.health_calls, args.emotion_calls, Path(tmp) / "store")
 
 

@@ -18,12 +18,16 @@ from pathlib import Path
 
 from engines.download import CHECKSUM_SUFFIX, download, hash_file
 from engines.errors import EngineError
+from engines.model_cache import hub_sha256, model_cache_view
 
 log = logging.getLogger(__name__)
 
 MODAL_VOLUME = Path("/weights")
 RUNPOD_VOLUME = Path("/runpod-volume")
 MOUNT_DIRS = (MODAL_VOLUME, RUNPOD_VOLUME / "weights", RUNPOD_VOLUME)
+# RunPod's model cache: the Hugging Face model an endpoint declares, on the worker's local disk in the
+# Hugging Face cache layout (models--{org}--{name}/snapshots/{revision}/...); see model_cache_view.
+RUNPOD_MODEL_CACHE = RUNPOD_VOLUME / "huggingface-cache" / "hub"
 
 NON_COMMERCIAL = (
     "Non-commercial: research/academic/personal use only (Rudrabha/Wav2Lip README: trained on LRS2, "
@@ -218,9 +222,11 @@ def weights_entry(name: str) -> WeightsFile:
 
 
 def search_dirs(weights_dir: Path | None) -> list[Path]:
-    """Where weights are looked for: the configured dir, then the Modal and RunPod volume mounts."""
+    """Where weights are looked for: the configured dir, RunPod's model cache (local disk), then the Modal and
+    RunPod volume mounts."""
     dirs = [Path(weights_dir)] if weights_dir else []
-    return list(dict.fromkeys([*dirs, *MOUNT_DIRS]))
+    cached = model_cache_view(RUNPOD_MODEL_CACHE, ((w.filename, w.url) for w in MANIFEST))
+    return list(dict.fromkeys([*dirs, *([cached] if cached else []), *MOUNT_DIRS]))
 
 
 def fetch_command(names: Iterable[str], weights_dir: Path | None) -> str:
@@ -310,9 +316,12 @@ def cached_sha256(path: Path) -> str | None:
 
 
 def pinned_sha256(entry: WeightsFile, path: Path) -> str | None:
-    """The manifest checksum, else the one fetch-weights recorded beside the file."""
+    """The manifest checksum, else the one fetch-weights recorded beside the file, else (a file of a Hugging
+    Face cache) the sha256 the Hub recorded for it."""
     if entry.sha256:
         return entry.sha256
+    if path.is_symlink():
+        return hub_sha256(path)
     sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
     if sidecar.is_file():
         fields = sidecar.read_text().split()  # empty when a fetch died while writing it: treated as unpinned

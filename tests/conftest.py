@@ -14,6 +14,20 @@ from handlers.runtime import Engines, WorkerRuntime
 from handlers.settings import Settings
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` skip, saying so, on a machine without a CUDA device (torch imported only if any)."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (bench/gpu.sh runs `pytest -m cuda` on a lent GPU)")
+    for item in marked:
+        item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def avatarctl_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every test's state (AVATARCTL_HOME: store, job database, avatars, secrets) under a temp folder, never the

@@ -29,7 +29,7 @@ ALLOWED_IMPORTS = {
 
 def source_files() -> list[Path]:
     files = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")]
-    files += [ROOT / name for name in ENTRY_MODULES] + sorted((ROOT / "bench").glob("*.py"))
+    files += [ROOT / name for name in ENTRY_MODULES] + sorted((ROOT / "bench").rglob("*.py"))
     return [p for p in files if p.exists()]
 
 

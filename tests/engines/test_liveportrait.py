@@ -291,6 +291,37 @@ def test_reduced_precision_stays_close_to_fp32(lp: LivePortrait, lp_fp32: LivePo
     assert float(diff.max()) < 0.2
 
 
+# ---- CUDA (pytest -m cuda on a GPU; skipped elsewhere) -------------------------------------------
+
+
+def _frames_on(model: LivePortrait) -> torch.Tensor:
+    """``_reference_frame``'s inputs and steps on the model's device, back on the CPU in float32."""
+    x = image(128, seed=4).to(model.device)
+    with torch.inference_mode():
+        feature, info = model.appearance(x), model.motion(x)
+        kp_s = model.keypoints(info)
+        kp_d = model.stitch(kp_s, model.keypoints(info))  # frame 0 of _small_frames: the edit starts at 0
+        return model.warp_decode(feature, kp_s, kp_d).float().cpu()
+
+
+@pytest.mark.cuda
+def test_cuda_is_the_default_device_with_fp16_warp_and_decoder(weights_root: Path, lp_fp32: LivePortrait) -> None:
+    gpu = load_liveportrait(weights_root)  # no device, auto precision
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.float16 and gpu.batch_size == 16
+    diff = (_frames_on(gpu) - _reference_frame(lp_fp32)).abs()
+    assert float(diff.mean()) < 0.015 and float(diff.max()) < 0.2  # the bound bf16 meets on a CPU
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_cuda_compiled_warp_and_decoder_give_the_same_frames(weights_root: Path) -> None:
+    plain = load_liveportrait(weights_root, device="cuda")
+    compiled = load_liveportrait(weights_root, device="cuda", compile_modules=True)
+    assert hasattr(compiled._decode, "_orig_mod") and not hasattr(plain._decode, "_orig_mod")
+    diff = (_frames_on(compiled) - _frames_on(plain)).abs()
+    assert float(diff.mean()) < 2e-3 and float(diff.max()) < 0.05
+
+
 # ---- weights manifest ----------------------------------------------------------------------------
 
 

@@ -300,3 +300,35 @@ def small_landmarks() -> np.ndarray:
     points[36:48] = np.stack([np.linspace(95, 161, 12), np.full(12, 105)], axis=1)
     points[48:68] = np.stack([np.linspace(108, 148, 20), np.full(20, 155)], axis=1)
     return points
+
+
+# ---- CUDA (pytest -m cuda on a GPU; skipped elsewhere) -------------------------------------------
+
+
+def _generate(model: MuseTalk, faces: np.ndarray, wav: np.ndarray) -> np.ndarray:
+    return model.generate(model.face_latents(faces), model.audio_chunks(wav)[:2]).astype(int)
+
+
+@pytest.mark.cuda
+def test_cuda_is_the_default_device_in_fp16_and_stays_close_to_fp32(
+    models_root: Path, mt: MuseTalk, faces: np.ndarray
+) -> None:
+    gpu = load_musetalk(models_root)  # no device, auto precision: CUDA in fp16
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.float16
+    engine = MuseTalkEngine(gpu)
+    assert engine.batch_size == 16 and engine.info["device"] == "cuda"
+    wav = speech_like(0.2)
+    diff = np.abs(_generate(gpu, faces, wav) - _generate(mt, faces, wav))
+    assert diff.mean() < 6.0 and np.percentile(diff, 99) < 40  # the bound bf16 meets on a CPU
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_cuda_compiled_unet_and_decoder_give_the_same_frames(models_root: Path, faces: np.ndarray) -> None:
+    plain = load_musetalk(models_root, device="cuda")
+    compiled = load_musetalk(models_root, device="cuda", compile=True)
+    assert compiled.unet is not plain.unet and hasattr(compiled.unet, "_orig_mod")  # wrapped by torch.compile
+    wav = speech_like(0.2)
+    latents, chunks = plain.face_latents(faces), plain.audio_chunks(wav)[:2]
+    diff = np.abs(compiled.generate(latents, chunks).astype(int) - plain.generate(latents, chunks).astype(int))
+    assert diff.mean() < 1.0 and np.percentile(diff, 99) < 8  # fp16 vs fp32 on a CPU: mean 0.35, p99 2

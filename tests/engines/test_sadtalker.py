@@ -292,6 +292,17 @@ def test_reduced_precision_and_folding_stay_close(sadtalker_root: Path, st: SadT
     assert torch.equal(bf16.source_keypoints(image), plain.source_keypoints(image))  # once per portrait: fp32
 
 
+@pytest.mark.cuda
+def test_cuda_is_the_default_device_with_an_fp16_generator_close_to_fp32(sadtalker_root: Path, st: SadTalker) -> None:
+    gpu = load_sadtalker(sadtalker_root, 256)  # no device, auto precision
+    assert gpu.info["device"] == "cuda" and gpu.info["precision"] == "float16"
+    image = rand(1, 3, 128, 128, seed=7)
+    source = torch.randn(1, 70, generator=torch.Generator().manual_seed(8)) * 0.2
+    rows = source.expand(2, -1) + 0.05
+    diff = (gpu.render(image, source, rows).float().cpu() - st.render(image, source, rows)).abs()
+    assert diff.max() < 0.2 and diff.mean() < 0.02, (float(diff.max()), float(diff.mean()))  # bf16's bound on a CPU
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("RUN_SLOW") != "1", reason="writes 850 MB of old-layout files: set RUN_SLOW=1")
 def test_the_older_separate_files_load_to_the_same_modules(tmp_path: Path, flat: dict) -> None:

@@ -159,3 +159,57 @@ def test_generate_video_stream_yields_segments_then_the_result(local_settings: S
     assert sum(s["duration_s"] for s in segments) == pytest.approx(result["duration_s"], abs=1e-3)
     refused = list(modal_app.Worker().generate_video_stream.local(user_id="u", image="ftp://x", text="hi"))
     assert len(refused) == 1 and refused[0]["error_code"] == "invalid_input"
+
+
+# ---- memory snapshots: what loads before the snapshot, what after the restore ----------------------
+
+SNAPSHOT_PROBE = """
+import json, sys
+sys.path.insert(0, ".")
+import modal_app
+from modal._partial_function import _PartialFunctionFlags as Flags, _find_partial_methods_for_user_cls as hooks
+
+def loaded(worker):
+    return sorted(key[1] if key[0] == "lipsync" else key[0] for key in worker.runtime.engines._loaded
+                  if key[0] in ("lipsync", "wav2lip96"))
+
+user_cls = modal_app.Worker._get_user_cls()
+pre, post = hooks(user_cls, Flags.ENTER_PRE_SNAPSHOT), hooks(user_cls, Flags.ENTER_POST_SNAPSHOT)
+worker = user_cls()
+facts = {"pre": sorted(pre), "post": sorted(post), "gpu_snapshot": modal_app.snapshot_options}
+for name, hook in pre.items():
+    hook.raw_f(worker)
+facts["before_snapshot"] = loaded(worker)
+for name, hook in post.items():
+    hook.raw_f(worker)
+facts["after_restore"] = loaded(worker)
+facts["load_errors"] = worker.load_errors
+print(json.dumps(facts))
+"""
+
+
+@pytest.mark.parametrize("gpu_snapshot", ["0", "1"])
+def test_memory_snapshot_holds_the_cpu_part_and_the_neural_engines_load_after(
+    local_settings: Settings, tmp_path: Path, gpu_snapshot: str
+) -> None:
+    from tests.engines.wav2lip_fixtures import write_checkpoint
+
+    checkpoint = write_checkpoint(tmp_path / "w96.pth", "wav2lip96")
+    env = child_env(
+        MODAL_WORKER_MEMORY_SNAPSHOT="1",
+        MODAL_WORKER_GPU_SNAPSHOT=gpu_snapshot,
+        WORKER_TASKS="generate_video",
+        WAV2LIP96_CHECKPOINT=str(checkpoint),
+        WEIGHTS_DIR=str(tmp_path / "weights"),
+    )
+    done = subprocess.run([PYTHON, "-c", SNAPSHOT_PROBE], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert facts["pre"] == ["prepare"] and facts["post"] == ["load"] and facts["load_errors"] == {}
+    if gpu_snapshot == "1":  # everything before the snapshot, on the GPU the snapshot then holds
+        assert facts["gpu_snapshot"] == {"enable_gpu_snapshot": True}
+        assert facts["before_snapshot"] == facts["after_restore"] == ["wav2lip96"]  # auto's engine, loaded
+    else:  # the CPU part only: the neural engine loads after the restore, on the device the container has
+        assert facts["gpu_snapshot"] == {}
+        assert facts["before_snapshot"] == ["viseme_warp"]
+        assert facts["after_restore"] == ["viseme_warp", "wav2lip96"]

@@ -190,3 +190,18 @@ def test_dispatch_with_an_unavailable_engine_uploads_nothing(
     result = dispatch(payload, runtime)
     assert result["error_code"] == "engine_unavailable" and "`wav2lip256.pth`" in result["error"]
     assert not (avatar_in_store / "generated-videos").exists()
+
+
+@pytest.mark.cuda
+def test_auto_on_a_real_cuda_device_loads_wav2lip256_there_in_fp16(
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, runtime: WorkerRuntime
+) -> None:
+    w256 = write_checkpoint(tmp_path / "w256.pth", "wav2lip256")
+    w96 = write_checkpoint(tmp_path / "w96.pth", "wav2lip96")
+    settings = with_env(monkeypatch, WAV2LIP256_CHECKPOINT=str(w256), WAV2LIP96_CHECKPOINT=str(w96))
+    cuda_runtime = runtime.with_settings(settings)
+    engine, info = engine_choice.lipsync_engine("auto", cuda_runtime)
+    assert info["name"] == "wav2lip256" and info["device"] == "cuda" and info["precision"] == "float16"
+    health = dispatch({"task": "health"}, cuda_runtime)
+    assert health["device"]["type"] == "cuda" and health["device"]["name"]
+    assert health["tasks"]["generate_video"]["engine"] == "wav2lip256" and health["tasks"]["generate_video"]["cuda"]

@@ -68,6 +68,16 @@ def test_auto_keeps_the_cpu_engines_without_cuda_and_health_says_why(lp_runtime:
     assert any(w["engine"] == "liveportrait" and w["origin"] == "LIVEPORTRAIT_DIR" for w in video["weights"])
 
 
+@pytest.mark.cuda
+def test_auto_picks_liveportrait_on_cuda_and_health_says_why(lp_runtime: WorkerRuntime) -> None:
+    health = dispatch({"task": "health"}, lp_runtime)
+    assert health["device"]["type"] == "cuda"
+    emotion = health["tasks"]["render_emotion"]
+    assert emotion["engine"] == "liveportrait" and "and CUDA" in emotion["reason"]
+    image_engine = health["tasks"]["generate_video"]["image_engine"]
+    assert image_engine["engine"] == "liveportrait" and "liveportrait weights found" in image_engine["reason"]
+
+
 def test_render_emotion_with_liveportrait(lp_runtime: WorkerRuntime, portrait: Path) -> None:
     request = {
         "task": "render_emotion",
