@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from engines.errors import EngineError
+from engines.face.paste import paste
 
 NOSE_POINT = 29  # the 68-point scheme's lower nose bridge, upstream's "half face" reference
 JAW = slice(0, 17)
@@ -130,18 +131,12 @@ def padded_crop(frame: np.ndarray, crop: Sequence[int]) -> np.ndarray:
 def paste_face(
     frame: np.ndarray, face_bgr: np.ndarray, box: Sequence[int], mask: np.ndarray, crop: Sequence[int]
 ) -> np.ndarray:
-    """A copy of ``frame`` with the generated 256x256 face resized into ``box`` and blended through ``mask``."""
+    """A copy of ``frame`` with the generated 256x256 face resized into ``box`` and blended through ``mask``,
+    colour-matched at the mask's rim (``engines.face.paste``: pixels outside the mask stay as they were)."""
     x1, y1, x2, y2 = (int(v) for v in box)
     xs, ys, xe, ye = (int(v) for v in crop)
-    out = frame.copy()
     large = padded_crop(frame, crop)
     large[y1 - ys : y2 - ys, x1 - xs : x2 - xs] = cv2.resize(face_bgr, (x2 - x1, y2 - y1))
-    height, width = frame.shape[:2]
-    cx1, cy1, cx2, cy2 = max(xs, 0), max(ys, 0), min(xe, width), min(ye, height)
-    inner = (slice(cy1 - ys, cy2 - ys), slice(cx1 - xs, cx2 - xs))
     if mask.ndim == 3:  # a mask PNG decoded as BGR (LiveTalking's are grey saved as colour)
         mask = mask[..., 0]
-    weights = np.ascontiguousarray(mask[inner], dtype=np.float32) / 255.0
-    region = out[cy1:cy2, cx1:cx2]
-    region[:] = cv2.blendLinear(np.ascontiguousarray(large[inner]), region, weights, 1.0 - weights)
-    return out
+    return paste(frame, large, mask.astype(np.float32) / 255.0, (ys, xs))
