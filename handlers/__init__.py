@@ -170,11 +170,12 @@ def _as_dict(result: Any) -> dict[str, Any]:
     return result.model_dump(mode="json") if hasattr(result, "model_dump") else result
 
 
-def _refusal(exc: Exception) -> dict[str, str]:
+def _refusal(exc: Exception) -> dict[str, Any]:
     """The error boundary: a task's exception as ``{"error", "error_code"}``, never a traceback."""
     if isinstance(exc, (TaskError, EngineError, StorageError)):
         log.info("task refused: %s (%s)", exc.message, exc.code)
-        return error(exc.code, exc.message)
+        kept = getattr(exc, "result", None)  # a low_quality render: what was made, for inspection
+        return error(exc.code, exc.message) if kept is None else {**error(exc.code, exc.message), "result": kept}
     if isinstance(exc, TaskCancelled):
         log.info("task stopped: %s", exc)
         return error("cancelled", f"The task was stopped before it finished ({exc}).")
