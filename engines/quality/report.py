@@ -12,6 +12,10 @@ reports, at the end:
   short clip from a fast engine may then cost more than the budget: ``cost_share`` says). Unmeasured
   frames are left out of the correlation; the lag keeps full 25-fps resolution because the energy is
   known for every frame.
+- **a mouth the engine did not move scores 0**: with the avatar's landmarks known, ``mouth_motion`` is the
+  standard deviation of (output opening - avatar frame's opening) over the measured frames; under
+  ``MIN_MOTION`` the render left the avatar's mouth as it was (head motion and landmark noise alone can
+  correlate with speech by chance on a few dozen frames) and the lip-sync score is 0.
 - **face lost**: measured frames where the fit's eyes and nose are more than ``LOST_SHIFT`` of the face size
   away from the avatar frame's (engines only move the mouth or the head a little: a larger shift is a face
   the render destroyed). Over half the measured frames lost: the lip-sync score is 0.
@@ -43,6 +47,7 @@ SILENCE_MARGIN = 2  # frames either side that must be silent too (crossfades int
 STILL_LEVEL = 1.0  # mean absolute difference (grey levels) of the face box at most this: the avatar's own frame
 LOST_SHIFT = 0.35  # RMS shift of eyes and nose from the avatar frame's, in face sizes: the face was lost
 MIN_MEASURED = 24  # with the clip's length known, at least this many frames are measured, evenly spread
+MIN_MOTION = 0.03  # std of the opening's change from the avatar frame's (face sizes): a still render is ~0.014
 FIT_MARGIN = 0.5  # the landmark fit sees the face box grown by this much on each side
 
 
@@ -54,6 +59,7 @@ class QualityReport:
     frames: int
     frames_measured: int
     frames_face_lost: int  # among the measured frames
+    mouth_motion: float | None  # std of the opening minus the avatar frame's; None without the avatar's landmarks
     silent_frames: int  # frames deep in silence whose avatar frame was known
     silent_held_still: float | None  # share of those showing the avatar's frame; None without silent frames
     av_offset_ms: float | None  # audio start minus video start in the muxed file
@@ -62,7 +68,7 @@ class QualityReport:
 
     def as_dict(self) -> dict[str, float | int | None]:
         out = asdict(self)
-        for key in ("lip_sync", "lip_sync_at_zero", "silent_held_still", "cost_share"):
+        for key in ("lip_sync", "lip_sync_at_zero", "mouth_motion", "silent_held_still", "cost_share"):
             if out[key] is not None:
                 out[key] = round(out[key], 4)
         out["cost_ms"] = round(self.cost_ms, 1)
@@ -95,6 +101,7 @@ class QualityMeter:
         self._energy: list[float] = []
         self._silent: list[bool] = []
         self._still: list[bool | None] = []  # at silent frames whose avatar frame is known
+        self._changes: list[float] = []  # output opening minus the avatar frame's, at measured frames
         self._lost = 0
         self._measured = 0
         self.cost_s = 0.0
@@ -127,7 +134,10 @@ class QualityMeter:
         if landmarks is None:
             self._lost += 1
             return math.nan
-        return mouth_opening(landmarks)
+        opening = mouth_opening(landmarks)
+        if reference is not None:
+            self._changes.append(opening - mouth_opening(reference[source]))
+        return opening
 
     def _fit(self, frame: np.ndarray, reference: np.ndarray) -> np.ndarray | None:
         (y1, y2, x1, x2), box = _fit_box(reference, *frame.shape[:2])
@@ -145,7 +155,9 @@ class QualityMeter:
     def report(self, av_offset_ms: float | None = None) -> QualityReport:
         opening, energy = np.array(self._openings), np.array(self._energy)
         correlation = lag = at_zero = 0
-        if self._measured and self._lost <= (1.0 - MIN_FACE_SHARE) * self._measured:
+        motion = float(np.std(self._changes)) if self._changes else None
+        moved = motion is None or motion >= MIN_MOTION
+        if moved and self._measured and self._lost <= (1.0 - MIN_FACE_SHARE) * self._measured:
             correlation, lag, at_zero = best_lag_correlation(opening, energy)
         still = self._deep_silence_still()
         return QualityReport(
@@ -155,6 +167,7 @@ class QualityMeter:
             frames=len(opening),
             frames_measured=self._measured,
             frames_face_lost=self._lost,
+            mouth_motion=motion,
             silent_frames=len(still),
             silent_held_still=float(np.mean(still)) if still else None,
             av_offset_ms=None if av_offset_ms is None else round(float(av_offset_ms), 1),
