@@ -712,6 +712,11 @@ export interface components {
              */
             image?: string | null;
             /**
+             * Min Lip Sync
+             * @description Fail as `low_quality` when the result's `quality.lip_sync` is under this (0.5: the mouth clearly follows the speech); the video is still stored and the error carries the result.
+             */
+            min_lip_sync?: number | null;
+            /**
              * Store
              * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://{AVATARCTL_HOME}/store.
              */
@@ -766,6 +771,11 @@ export interface components {
              * @description Portrait URI, used instead of an avatar.
              */
             image?: string | null;
+            /**
+             * Min Lip Sync
+             * @description Fail as `low_quality` when the result's `quality.lip_sync` is under this (0.5: the mouth clearly follows the speech); the video is still stored and the error carries the result.
+             */
+            min_lip_sync?: number | null;
             /**
              * Store
              * @description Root URI of the object store; None means env AVATAR_STORE_URI, else file://{AVATARCTL_HOME}/store.
@@ -898,7 +908,7 @@ export interface components {
             };
             /**
              * Output
-             * @description The task's result once completed.
+             * @description The task's result once completed; a `low_quality` failure keeps its result here too (`quality.lip_sync` is a generate_video's lip-sync score).
              */
             output?: unknown;
             /**
@@ -964,6 +974,13 @@ export interface components {
              * @default 0
              */
             frames_sent?: number;
+            /**
+             * Quality
+             * @description generate_video's `quality` for the frames sent so far (engines.quality.QualityMeter's report).
+             */
+            quality?: {
+                [key: string]: unknown;
+            } | null;
             /**
              * Seconds
              * @default 0
