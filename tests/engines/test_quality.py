@@ -7,7 +7,6 @@ scores low.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 
@@ -17,7 +16,7 @@ from engines.face import FaceAnalyzer, load_face_analyzer
 from engines.lipsync import AvatarFrames, DrivingAudio, pingpong_index
 from engines.lipsync.viseme_warp import VisemeWarpEngine
 from engines.lipsync.visemes import smooth_track
-from engines.lipsync.wav2lip.engine import Wav2Lip96Engine, paste_face
+from engines.lipsync.wav2lip.engine import Wav2Lip96Engine
 from engines.quality import (
     BUDGET,
     LipSyncMeter,
@@ -30,7 +29,7 @@ from engines.quality import (
 )
 from engines.quality.report import MIN_MEASURED, MIN_MOTION, SILENCE_MARGIN
 from engines.tts import VoiceParams, load_synthesizer, resample
-from tests.engines.wav2lip_fixtures import random_model
+from tests.engines.wav2lip_fixtures import random_model, real_weights_like
 from tests.media import moving_astronaut_avatar, psnr
 
 SENTENCE = "Peter Piper picked a peck of pickled peppers. Good morning, my friend!"
@@ -149,18 +148,6 @@ def test_a_render_that_loses_the_face_scores_zero(
 
 
 # ---- the report of every result (QualityMeter): both sides of the score, cost, silence, A/V offset ----------------
-
-
-def real_weights_like(avatar: AvatarFrames, frames: list[np.ndarray]) -> list[np.ndarray]:
-    """What a trained 96-px Wav2Lip gives: the talking mouth at 96 px, with a colour cast, pasted by its engine."""
-    out = []
-    for i, frame in enumerate(frames):
-        k = pingpong_index(i, len(avatar))
-        y1, y2, x1, x2 = avatar.coords[k]
-        small = cv2.resize(frame[y1:y2, x1:x2], (96, 96), interpolation=cv2.INTER_AREA)
-        face = np.clip(cv2.resize(small, (x2 - x1, y2 - y1)).astype(int) + (12, -6, 4), 0, 255).astype(np.uint8)
-        out.append(paste_face(avatar.frames[k], face, (y1, y2, x1, x2)))
-    return out
 
 
 def report(

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from engines.errors import EngineError
+from engines.face.boxes import smooth_boxes
 from engines.face.paste import paste
 
 NOSE_POINT = 29  # the 68-point scheme's lower nose bridge, upstream's "half face" reference
@@ -62,6 +63,15 @@ def landmark_box(
     if x2 - x1 < 8 or y2 - y1 < 8:
         raise EngineError("no_face", f"the landmarks give no usable face box ({(x1, y1, x2, y2)})")
     return x1, y1, x2, y2
+
+
+def landmark_boxes(
+    landmarks: np.ndarray, height: int, width: int, bbox_shift: int = 0, extra_margin: int = EXTRA_MARGIN
+) -> list[tuple[int, int, int, int]]:
+    """``landmark_box`` of every frame, smoothed over time as the avatar's coords are (``smooth_boxes``: the mean
+    of 5 frames), so landmark noise does not make the pasted face jitter (upstream does not smooth them)."""
+    raw = np.array([landmark_box(points, height, width, bbox_shift, extra_margin) for points in landmarks])
+    return [(int(x1), int(y1), int(x2), int(y2)) for x1, y1, x2, y2 in smooth_boxes(raw)]
 
 
 def crop_box(box: Sequence[int]) -> tuple[int, int, int, int]:
