@@ -81,10 +81,11 @@ def speech_like(seconds: float, silence_s: float = 0.0, sample_rate: int = 16000
     return np.concatenate([np.zeros(int(silence_s * sample_rate), np.float32), tone])
 
 
-def real_weights_like(avatar: AvatarFrames, frames: list[np.ndarray]) -> list[np.ndarray]:
-    """What a trained 96-px Wav2Lip gives: the talking mouth at 96 px, with a colour cast, pasted by its engine."""
+def real_weights_like(avatar: AvatarFrames, frames: list[np.ndarray], start: int = 0) -> list[np.ndarray]:
+    """What a trained 96-px Wav2Lip gives: the talking mouth (of ``frames``, output frames ``start``...) at 96 px,
+    with a colour cast, pasted by its engine."""
     out = []
-    for i, frame in enumerate(frames):
+    for i, frame in enumerate(frames, start):
         k = pingpong_index(i, len(avatar))
         y1, y2, x1, x2 = avatar.coords[k]
         small = cv2.resize(frame[y1:y2, x1:x2], (96, 96), interpolation=cv2.INTER_AREA)

@@ -144,9 +144,10 @@ def paste_face(
     """A copy of ``frame`` with the generated 256x256 face resized into ``box`` and blended through ``mask``,
     colour-matched at the mask's rim (``engines.face.paste``: pixels outside the mask stay as they were)."""
     x1, y1, x2, y2 = (int(v) for v in box)
-    xs, ys, xe, ye = (int(v) for v in crop)
-    large = padded_crop(frame, crop)
-    large[y1 - ys : y2 - ys, x1 - xs : x2 - xs] = cv2.resize(face_bgr, (x2 - x1, y2 - y1))
+    xs, ys = int(crop[0]), int(crop[1])
     if mask.ndim == 3:  # a mask PNG decoded as BGR (LiveTalking's are grey saved as colour)
         mask = mask[..., 0]
-    return paste(frame, large, mask.astype(np.float32) / 255.0, (ys, xs))
+    # Upstream blends the whole crop box, but outside the face box its "generated" pixels are the frame's own:
+    # only the face box can change, and its rim is where the colour is matched.
+    weights = mask[y1 - ys : y2 - ys, x1 - xs : x2 - xs].astype(np.float32) / 255.0
+    return paste(frame, cv2.resize(face_bgr, (x2 - x1, y2 - y1)), weights, (y1, x1))
