@@ -155,10 +155,11 @@ def lip_sync_rows(
             rendered[name] = (frames, render_ms)
             jitter = float(upper_face_motion(frames, analyzer).mean()) / baseline
             held = "-" if report.silent_held_still is None else f"{report.silent_held_still:.2f}"
+            share = f"{100 * report.cost_share:6.1f}%" if render_ms >= 0.05 and report.cost_share else "      -"
             print(
                 f"{name:28} {report.lip_sync:6.3f} {every_frame_score(analyzer, avatar, frames, audio):6.3f} "
                 f"{report.lag_frames:4d} {report.frames_measured:5d} {report.cost_ms / report.frames:9.2f} "
-                f"{100 * (report.cost_share or 0):6.1f}% {render_ms:11.2f} {held:>6} {report.frames_face_lost:5d} "
+                f"{share} {render_ms:11.2f} {held:>6} {report.frames_face_lost:5d} "
                 f"{jitter:7.2f}"
             )
     return rendered
