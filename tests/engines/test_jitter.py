@@ -57,3 +57,22 @@ def test_musetalk_boxes_are_smoothed_over_time(avatar: AvatarFrames) -> None:
     smoothed = np.array(landmark_boxes(noisy, height, width), np.float64)
     assert np.abs(np.diff(smoothed, axis=0)).mean() < 0.6 * np.abs(np.diff(raw, axis=0)).mean()
     assert np.abs(smoothed - raw).mean() < 3.0  # the same boxes, steadier
+
+
+def test_liveportrait_source_video_crops_follow_smoothed_landmarks(avatar: AvatarFrames, tmp_path) -> None:
+    from engines.liveportrait.crop import crop_face
+    from engines.liveportrait.pipeline import load_liveportrait
+    from engines.liveportrait.random_weights import write_random_weights
+    from engines.liveportrait.reenact import Reenactor
+
+    lp = load_liveportrait(write_random_weights(tmp_path, seed=3), device="cpu")
+    count = 12
+    noisy = avatar.landmarks[:count] + np.random.default_rng(1).normal(0, 1.5, (count, 68, 2)).astype(np.float32)
+    source = Reenactor(lp, input_size=128).video(avatar.frames, noisy, count)
+    per_frame = [crop_face(avatar.frames[i], noisy[i]).to_crop for i in range(count)]  # each frame's own crop
+
+    def shake(crops: list[np.ndarray]) -> float:  # the crop centre's frame-to-frame acceleration, pixels
+        centres = np.array([np.linalg.inv(crop)[:2] @ (256.0, 256.0, 1.0) for crop in crops])
+        return float(np.abs(np.diff(centres, 2, axis=0)).mean())
+
+    assert shake(source.crops) < 0.5 * shake(per_frame)
