@@ -120,6 +120,7 @@ class LiveSessionStats(BaseModel):
     quality: dict[str, Any] | None = Field(
         None,
         description="generate_video's `quality` for the frames sent so far (engines.quality.QualityMeter's report).",
+        exclude_if=lambda value: value is None,
     )
 
 
