@@ -2,7 +2,8 @@
 
 One ``LiveSession`` per peer: its media (``realtime.media``: a 25 fps video track and an Opus audio
 track reading one ``SpeechTimeline`` on one clock) and its inputs. Input: ``say`` (text -> eSpeak, a
-piece at a time -> viseme mouth shapes; from the control channel or a data-channel message) and the
+piece at a time -> viseme mouth shapes; from the control channel or a data-channel message), ``play``
+(a speech file from the store, mouth shapes from its sound; from the control channel) and the
 peer's own audio track (lip-sync from the audio alone, 80 ms at a time). Between utterances the
 avatar's frames keep playing (a portrait's built-in blinks and sway, a recorded avatar's own motion)
 with the mouth closed: never a frozen or black frame.
@@ -63,6 +64,7 @@ class LiveSession:
         limits: RealtimeSettings,
         idle_timeout_s: float,
         engine_name: str = "viseme_warp",
+        read_audio: Any = None,
     ) -> None:
         self.id = session_id
         self.user_id: str | None = None  # whose session it is (the API checks a token may act for them)
@@ -75,7 +77,7 @@ class LiveSession:
         self.started = self.last_input = time.monotonic()
         self.end_reason: str | None = None
         self.end_error: TaskError | None = None
-        self._holds, self._executor, self._speak = holds, executor, speak
+        self._holds, self._executor, self._speak, self._read_audio = holds, executor, speak, read_audio
         self._speech = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"live-{session_id[:8]}-speech")
         self._lipsync = LiveLipSync(self.timeline)
         self._messages = MessageRate(limits.messages_per_s, limits.message_burst)
@@ -154,6 +156,27 @@ class LiveSession:
             if exc.code in NOTHING_TO_SAY:
                 return None
             raise
+        return audio.samples, mouth_track(audio)
+
+    async def play(self, uri: str) -> float:
+        """Play the speech file at ``uri`` now (lip-sync from its sound), cutting off what was being said;
+        returns its duration in seconds. SpeechInterrupted when a newer say or an interrupt came meanwhile."""
+        if self._read_audio is None:
+            raise TaskError("audio_unsupported", "This worker does not play audio files in live sessions.")
+        self.last_input = time.monotonic()
+        self._generation += 1
+        generation = self._generation
+        loop = asyncio.get_running_loop()
+        samples, shapes = await loop.run_in_executor(self._speech, self._audio_piece, uri)
+        if generation != self._generation or self.closed:
+            raise SpeechInterrupted()
+        self.timeline.interrupt_with(speech_block(self.clock.frame_now() + SPEECH_LEAD_FRAMES, samples, shapes))
+        self.utterances += 1
+        return len(shapes) / FPS
+
+    def _audio_piece(self, uri: str) -> tuple[Any, Any]:
+        """A speech file's samples (16 kHz) and mouth shapes from its sound, on the speech thread."""
+        audio = self._read_audio(uri)
         return audio.samples, mouth_track(audio)
 
     def interrupt(self) -> None:

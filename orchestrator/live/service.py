@@ -5,7 +5,7 @@ through ``BACKEND_LIVE_SESSION`` and waits, bounded by REALTIME_ANSWER_TIMEOUT_S
 answer on the session's control routes; anything that fails on the way ends the session and cancels its job, so
 the slot is free again. The worker only dials out: it authenticates with the session's random control token
 (only its SHA-256 is stored), long-polls its commands (``say``, ``interrupt``) and posts events (``said``
-completes the waiting ``/say``, ``heartbeat`` proves it alive) and its end. Every state lives in the database,
+completes the waiting ``/say`` or play, ``heartbeat`` proves it alive) and its end. Every state lives in the database,
 so any replica answers any of these calls, and waits end on a notification (``signals``) or a short poll.
 ``orchestrator.live.watchdog`` ends the sessions whose worker died.
 """
@@ -34,10 +34,11 @@ from handlers.schemas import (
     SessionEnd,
     SessionEvents,
 )
+from orchestrator.db import utcnow
 from orchestrator.live.ice import ice_servers_for
 from orchestrator.live.offer import check_sdp
 from orchestrator.live.signals import SESSIONS_CHANNEL, SessionSignals
-from orchestrator.live.store import SessionError, SessionStatus, SessionStore, SessionView
+from orchestrator.live.store import CommandView, SessionError, SessionStatus, SessionStore, SessionView
 from orchestrator.metrics import SessionMetrics
 from orchestrator.models import MASK, JobStatus, JobView
 from orchestrator.service import JobService
@@ -93,6 +94,14 @@ def ended_error(session: SessionView) -> SessionError:
 
 def not_found(session_id: str) -> SessionError:
     return SessionError("session_not_found", f"No live session {session_id!r}.", 404)
+
+
+def worker_command(command: CommandView) -> SessionCommand:
+    """A stored command as the worker gets it (a ``play`` row keeps its audio URI in ``text``)."""
+    fields = command.model_dump()
+    if command.kind == "play":
+        fields.update(audio=command.text, text=None)
+    return SessionCommand.model_validate(fields)
 
 
 class LiveSessions:
@@ -201,15 +210,33 @@ class LiveSessions:
 
     async def say(self, session_id: str, text: str, voice: dict[str, Any] | None) -> float:
         """Have the worker speak ``text`` (cutting off what plays); its duration once the worker said it."""
+        return await self._speak(session_id, "say", text, voice)
+
+    async def play(self, session_id: str, audio_uri: str) -> float:
+        """Have the worker play the speech file ``audio_uri`` (cutting off what plays); its duration once playing."""
+        return await self._speak(session_id, "play", audio_uri)
+
+    def is_speaking(self, session_id: str) -> bool:
+        """Whether the session's avatar speaks now: its latest say or play is still being made, or its speech
+        (``duration_s`` from when the worker confirmed it) has not run out, and no interrupt came after it."""
+        session = self.get(session_id)
+        command = self.store.last_speech_command(session_id)
+        if session.ended or command is None or command.kind == "interrupt" or command.error_code:
+            return False
+        if command.done_at is None:
+            return True
+        return (utcnow() - command.done_at).total_seconds() < (command.duration_s or 0.0)
+
+    async def _speak(self, session_id: str, kind: str, text: str, voice: dict[str, Any] | None = None) -> float:
         deadline = time.monotonic() + self.settings.realtime_say_timeout_s
-        started = time.monotonic()
+        started, what = time.monotonic(), "text" if kind == "say" else "audio"
         with self.signals.subscribe(session_id) as waiter:
-            seq = await self._command(session_id, "say", text, voice)
+            seq = await self._command(session_id, kind, text, voice)
             while True:
                 command = await to_thread.run_sync(self.store.command, session_id, seq)
                 if command is not None and command.done_at is not None:
                     if command.error_code:
-                        raise SessionError(command.error_code, command.error or "The worker refused the text.", 422)
+                        raise SessionError(command.error_code, command.error or f"The worker refused the {what}.", 422)
                     self.metrics.say_seconds.observe(time.monotonic() - started)
                     return float(command.duration_s or 0.0)
                 session = await to_thread.run_sync(self.get, session_id)
@@ -217,7 +244,8 @@ class LiveSessions:
                     raise ended_error(session)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    message = f"The worker did not confirm the text within {self.settings.realtime_say_timeout_s:g} s."
+                    limit = self.settings.realtime_say_timeout_s
+                    message = f"The worker did not confirm the {what} within {limit:g} s."
                     raise SessionError("say_timeout", message, 504)
                 await waiter.wait(min(remaining, POLL_S))
 
@@ -283,7 +311,7 @@ class LiveSessions:
                 commands = await to_thread.run_sync(self.store.commands_after, session_id, after)
                 remaining = deadline - time.monotonic()
                 if commands or remaining <= 0:
-                    return SessionCommands(commands=[SessionCommand.model_validate(c.model_dump()) for c in commands])
+                    return SessionCommands(commands=[worker_command(c) for c in commands])
                 await waiter.wait(min(remaining, POLL_S))
 
     def worker_events(self, session_id: str, events: SessionEvents) -> None:

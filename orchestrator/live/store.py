@@ -23,6 +23,7 @@ from orchestrator.models import ACTIVE_STATUSES, OrchestratorError
 
 SESSIONS_LOCK_KEY = 0x61766174_6C697665  # 'avatlive': the advisory lock of session reservations
 MAX_COMMANDS_PER_POLL = 32
+SPEECH_COMMANDS = ("say", "play", "interrupt")
 _SQLITE_RESERVE = threading.Lock()
 
 
@@ -62,7 +63,7 @@ class CommandView(BaseModel):
 
     seq: int
     kind: str
-    text: str | None = None
+    text: str | None = Field(None, description="`say`: the text; `play`: the audio file's URI.")
     voice: dict[str, Any] | None = None
     done_at: datetime | None = None
     duration_s: float | None = None
@@ -214,6 +215,18 @@ class SessionStore:
 
     def command(self, session_id: str, seq: int) -> CommandView | None:
         query = select(*_COMMAND_COLUMNS).where(CommandRow.session_id == session_id, CommandRow.seq == seq)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return CommandView.model_validate(row._mapping) if row else None
+
+    def last_speech_command(self, session_id: str) -> CommandView | None:
+        """The session's latest ``say``, ``play`` or ``interrupt``: what decides whether it speaks now."""
+        query = (
+            select(*_COMMAND_COLUMNS)
+            .where(CommandRow.session_id == session_id, CommandRow.kind.in_(SPEECH_COMMANDS))
+            .order_by(CommandRow.seq.desc())
+            .limit(1)
+        )
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
         return CommandView.model_validate(row._mapping) if row else None
