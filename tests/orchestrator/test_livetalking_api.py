@@ -5,13 +5,11 @@ answers' shapes, what each route asks the worker, tenancy, the token cookie of L
 
 from __future__ import annotations
 
-import io
-import wave
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from engines.codecs.audio import encode_wav
 from orchestrator.config import OrchestratorSettings
 from tests.media import tone
 from tests.orchestrator.conftest import eventually
@@ -19,16 +17,6 @@ from tests.orchestrator.live_fixtures import ALICE, BOB, OFFER, OPERATOR, LiveSt
 from tests.orchestrator.session_workers import ANSWER_SDP, PLAY_S, SECONDS_PER_CHAR
 
 PAGE = "<!doctype html><title>LiveTalking page</title><script src='client.js'></script>"
-
-
-def wav_bytes(samples: np.ndarray, rate: int = 16000) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return out.getvalue()
 
 
 @pytest.fixture
@@ -87,7 +75,7 @@ def test_offer_human_is_speaking_interrupt_and_humanaudio_drive_the_session(stac
         assert client.post("/is_speaking", json={"sessionid": session_id}).json()["data"] is False
 
         played = client.post(
-            "/humanaudio", data={"sessionid": session_id}, files={"file": ("hi.wav", wav_bytes(tone(1.0)))}
+            "/humanaudio", data={"sessionid": session_id}, files={"file": ("hi.wav", encode_wav(tone(1.0), 16000))}
         )
         assert played.json() == {"code": 0, "msg": "ok", "data": {"duration_s": PLAY_S}}
         assert client.post("/is_speaking", json={"sessionid": session_id}).json()["data"] is True
