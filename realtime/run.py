@@ -29,6 +29,7 @@ from handlers.schemas import (
 from realtime.control import END_ATTEMPTS_S, ControlClient, ControlGone, ControlLost, ControlRefused
 from realtime.limits import RealtimeSettings
 from realtime.session import LiveSession
+from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class SessionRun:
         try:
             seconds = await speech
             self._event(SessionEvent(kind="said", seq=command.seq, duration_s=round(seconds, 3)))
-        except (TaskError, EngineError) as exc:
+        except (TaskError, EngineError, StorageError) as exc:  # a file not found or refused too
             log.info("session %s: %s %d not spoken (%s)", self.session.id, command.kind, command.seq, exc.code)
             self._event(SessionEvent(kind="error", seq=command.seq, error_code=exc.code, error=exc.message))
 
