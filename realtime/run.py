@@ -104,12 +104,13 @@ class SessionRun:
         elif command.kind == "interrupt":
             self.session.interrupt()
         elif command.kind == "play":
-            self._spawn(self._speak(command, self.session.play(command.audio or "")))
+            self._spawn(self._speak(command, self.session.play(command.audio or "", command.queued)))
         elif command.text is None or not command.text.strip():
             empty = SessionEvent(kind="error", seq=command.seq, error_code="invalid_input", error="`text` is empty")
             self._event(empty)
         else:
-            self._spawn(self._speak(command, self.session.say(command.text, command.voice or self.request.voice)))
+            voice = command.voice or self.request.voice
+            self._spawn(self._speak(command, self.session.say(command.text, voice, command.queued)))
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -82,6 +82,7 @@ class LiveSession:
         self._lipsync = LiveLipSync(self.timeline)
         self._messages = MessageRate(limits.messages_per_s, limits.message_burst)
         self._generation = 0  # bumped by each say / interrupt: older speech still being made is dropped
+        self._scheduling = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._closed = asyncio.Event()
         self._closing: asyncio.Future | None = None
@@ -119,32 +120,45 @@ class LiveSession:
 
     # ---- speech ----------------------------------------------------------------------------
 
-    async def say(self, text: str, voice: Voice) -> float:
-        """Speak ``text`` now, cutting off what was being said; returns its duration in seconds.
-        SpeechInterrupted when a newer say or an interrupt came before all of it was scheduled."""
-        self.last_input = time.monotonic()
-        self._generation += 1
-        generation, seconds, spoken = self._generation, 0.0, 0
-        for piece in speech_pieces(text, self.limits.speech_piece_chars):
-            made = await asyncio.get_running_loop().run_in_executor(
-                self._speech, self._speech_piece, generation, piece, voice
-            )
-            if generation != self._generation or self.closed:
-                raise SpeechInterrupted()
-            if made is None:
-                continue  # a piece with nothing to pronounce (punctuation only)
-            samples, shapes = made
-            start = self.clock.frame_now() + SPEECH_LEAD_FRAMES
-            if spoken == 0:
-                self.timeline.interrupt_with(speech_block(start, samples, shapes))
-            else:
-                self.timeline.append(samples, shapes, start)
-            seconds += len(shapes) / FPS
-            spoken += 1
+    async def say(self, text: str, voice: Voice, queued: bool = False) -> float:
+        """Speak ``text`` now, cutting off what was being said (``queued``: after what is scheduled); returns its
+        duration in seconds. SpeechInterrupted when a newer say (not queued) or an interrupt came before all of
+        it was scheduled."""
+        generation, seconds, spoken = self._claim(queued), 0.0, 0
+        async with self._scheduling:  # one utterance scheduled at a time: a queued one after the whole of the last
+            for piece in speech_pieces(text, self.limits.speech_piece_chars):
+                self._check(generation)
+                made = await asyncio.get_running_loop().run_in_executor(
+                    self._speech, self._speech_piece, generation, piece, voice
+                )
+                self._check(generation)
+                if made is None:
+                    continue  # a piece with nothing to pronounce (punctuation only)
+                self._schedule(*made, cut=spoken == 0 and not queued)
+                seconds += len(made[1]) / FPS
+                spoken += 1
         if spoken == 0:
             raise TaskError("empty_speech", "`text` has nothing the speech synthesizer can pronounce.")
         self.utterances += 1
         return seconds
+
+    def _claim(self, queued: bool) -> int:
+        """The generation a new utterance belongs to: a new one (superseding what plays) unless it is queued."""
+        self.last_input = time.monotonic()
+        if not queued:
+            self._generation += 1
+        return self._generation
+
+    def _check(self, generation: int) -> None:
+        if generation != self._generation or self.closed:
+            raise SpeechInterrupted()
+
+    def _schedule(self, samples: Any, shapes: Any, cut: bool) -> None:
+        start = self.clock.frame_now() + SPEECH_LEAD_FRAMES
+        if cut:
+            self.timeline.interrupt_with(speech_block(start, samples, shapes))
+        else:
+            self.timeline.append(samples, shapes, start)
 
     def _speech_piece(self, generation: int, text: str, voice: Voice) -> tuple[Any, Any] | None:
         """One piece's audio and mouth shapes, on the speech thread (skipped when already superseded)."""
@@ -158,19 +172,18 @@ class LiveSession:
             raise
         return audio.samples, mouth_track(audio)
 
-    async def play(self, uri: str) -> float:
-        """Play the speech file at ``uri`` now (lip-sync from its sound), cutting off what was being said;
-        returns its duration in seconds. SpeechInterrupted when a newer say or an interrupt came meanwhile."""
+    async def play(self, uri: str, queued: bool = False) -> float:
+        """Play the speech file at ``uri`` now (lip-sync from its sound), cutting off what was being said
+        (``queued``: after what is scheduled); returns its duration in seconds. SpeechInterrupted when a newer
+        say (not queued) or an interrupt came meanwhile."""
         if self._read_audio is None:
             raise TaskError("audio_unsupported", "This worker does not play audio files in live sessions.")
-        self.last_input = time.monotonic()
-        self._generation += 1
-        generation = self._generation
-        loop = asyncio.get_running_loop()
-        samples, shapes = await loop.run_in_executor(self._speech, self._audio_piece, uri)
-        if generation != self._generation or self.closed:
-            raise SpeechInterrupted()
-        self.timeline.interrupt_with(speech_block(self.clock.frame_now() + SPEECH_LEAD_FRAMES, samples, shapes))
+        generation = self._claim(queued)
+        async with self._scheduling:
+            self._check(generation)
+            samples, shapes = await asyncio.get_running_loop().run_in_executor(self._speech, self._audio_piece, uri)
+            self._check(generation)
+            self._schedule(samples, shapes, cut=not queued)
         self.utterances += 1
         return len(shapes) / FPS
 

@@ -96,14 +96,15 @@ class LiveAnswer(BaseModel):
 
 
 class SessionCommand(BaseModel):
-    """Orchestrator -> worker: `say` (speak `text`, cutting off what plays), `play` (play the speech file `audio`,
-    cutting off what plays), `interrupt` (stop speaking), `stop`."""
+    """Orchestrator -> worker: `say` (speak `text`), `play` (play the speech file `audio`), each cutting off what
+    plays unless `queued` (then after it), `interrupt` (stop speaking, drop what is queued), `stop`."""
 
     seq: int = Field(ge=1)
     kind: Literal["say", "play", "interrupt", "stop"]
     text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     voice: Voice | None = None
     audio: str | None = Field(None, max_length=2048, description="`play`: the audio file's URI (in the store).")
+    queued: bool = Field(False, description="`say`, `play`: after the speech scheduled, not cutting it off.")
 
 
 class SessionCommands(BaseModel):

@@ -10,18 +10,19 @@ or wrong token is 401 in the same shape.
   session's user (``LIVETALKING_USER_ID``, else the token's only user, else ``default``) with the avatar
   ``avatar`` (LiveTalking's field) or ``LIVETALKING_AVATAR_ID``, else the portrait ``LIVETALKING_IMAGE``.
 - ``POST /human`` ``{sessionid, text, type: "echo"|"chat", interrupt?}``: ``interrupt`` stops the speech
-  first; ``echo`` speaks ``text`` (``/say``), ``chat`` speaks the answer of the OpenAI-compatible LLM
-  (``orchestrator.llm``; ``data.answer``). Answers once the worker has the speech (``data.duration_s``).
+  first (else the text is queued after it); ``echo`` speaks ``text`` (``/say``), ``chat`` speaks the answer of
+  the OpenAI-compatible LLM (``orchestrator.llm``; ``data.answer``). Answers once the worker has the speech
+  scheduled (``data.duration_s``).
 - ``POST /interrupt_talk`` ``{sessionid}``: ``/interrupt``.
 - ``POST /is_speaking`` ``{sessionid}`` -> ``data: bool``: the latest speech is still being made or playing.
 - ``POST /humanaudio`` multipart ``file`` + ``sessionid``: the file is decoded here (refused unless our codecs
-  read sound from it, at most MAX_AUDIO_SECONDS), stored under ``uploads/{user_id}/`` and played.
+  read sound from it, at most MAX_AUDIO_SECONDS), stored under ``uploads/{user_id}/`` and played (queued).
 - ``GET /livetalking/{file}`` (with ``LIVETALKING_WEB_DIR``): that folder (a LiveTalking checkout's ``web/``),
   so its pages load from this server and their ``fetch('/offer')`` reach the routes above.
 
 ``sessionid`` is our session id (a string; LiveTalking's older pages send a number: accepted as its text).
-Unlike LiveTalking, every ``/human`` and ``/humanaudio`` cuts off what is playing (our sessions' ``say``);
-``DELETE /v1/sessions/{id}`` (or the peer closing) ends a session. The token: ``Authorization: Bearer``
+As in LiveTalking, text without ``interrupt`` and audio files are queued after the speech playing (``queued``
+commands). ``DELETE /v1/sessions/{id}`` (or the peer closing) ends a session. The token: ``Authorization: Bearer``
 (scripts), or the ``avatarctl_token`` cookie that opening a page of ``/livetalking/`` with ``?token=`` sets
 (``SameSite=Strict``, ``HttpOnly``), since LiveTalking's pages send no header. Tenancy is ``/v1``'s.
 """
@@ -161,13 +162,11 @@ class LiveTalkingApi:
 
     async def human(self, body: HumanBody, caller: Caller) -> Response:
         self.own(caller, body.session_id)
-        if body.interrupt:
+        if body.interrupt:  # at once, before an LLM is asked
             await self.sessions.interrupt(body.session_id)
-        if body.type == "echo":
-            return ok({"duration_s": round(await self.sessions.say(body.session_id, body.text, None), 3)})
-        answer = await chat_answer(self.settings, body.text)
-        seconds = await self.sessions.say(body.session_id, answer, None)
-        return ok({"duration_s": round(seconds, 3), "answer": answer})
+        answer = body.text if body.type == "echo" else await chat_answer(self.settings, body.text)
+        seconds = await self.sessions.say(body.session_id, answer, None, queued=not body.interrupt)
+        return ok({"duration_s": round(seconds, 3), **({"answer": answer} if body.type == "chat" else {})})
 
     async def human_audio(self, request: Request, caller: Caller) -> Response:
         form = await request.form(max_files=1, max_fields=8)
@@ -176,7 +175,7 @@ class LiveTalkingApi:
             raise LiveTalkingError("invalid_input", "Send a multipart form with `file` (the audio) and `sessionid`.")
         session = self.own(caller, session_id)
         uri = await to_thread.run_sync(self._stored_audio, upload, session.user_id)
-        return ok({"duration_s": round(await self.sessions.play(session_id, uri), 3)})
+        return ok({"duration_s": round(await self.sessions.play(session_id, uri, queued=True), 3)})
 
     def _stored_audio(self, upload: UploadFile, user_id: str) -> str:
         """The uploaded file, once our codecs read sound from it, in the store: its URI."""

@@ -13,12 +13,14 @@ so any replica answers any of these calls, and waits end on a notification (``si
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
 import secrets
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from anyio import to_thread
@@ -38,7 +40,7 @@ from orchestrator.db import utcnow
 from orchestrator.live.ice import ice_servers_for
 from orchestrator.live.offer import check_sdp
 from orchestrator.live.signals import SESSIONS_CHANNEL, SessionSignals
-from orchestrator.live.store import CommandView, SessionError, SessionStatus, SessionStore, SessionView
+from orchestrator.live.store import SessionError, SessionStatus, SessionStore, SessionView
 from orchestrator.metrics import SessionMetrics
 from orchestrator.models import MASK, JobStatus, JobView
 from orchestrator.service import JobService
@@ -94,14 +96,6 @@ def ended_error(session: SessionView) -> SessionError:
 
 def not_found(session_id: str) -> SessionError:
     return SessionError("session_not_found", f"No live session {session_id!r}.", 404)
-
-
-def worker_command(command: CommandView) -> SessionCommand:
-    """A stored command as the worker gets it (a ``play`` row keeps its audio URI in ``text``)."""
-    fields = command.model_dump()
-    if command.kind == "play":
-        fields.update(audio=command.text, text=None)
-    return SessionCommand.model_validate(fields)
 
 
 class LiveSessions:
@@ -208,30 +202,37 @@ class LiveSessions:
             raise ended_error(session)
         return session
 
-    async def say(self, session_id: str, text: str, voice: dict[str, Any] | None) -> float:
-        """Have the worker speak ``text`` (cutting off what plays); its duration once the worker said it."""
-        return await self._speak(session_id, "say", text, voice)
+    async def say(self, session_id: str, text: str, voice: dict[str, Any] | None, queued: bool = False) -> float:
+        """Have the worker speak ``text``, cutting off what plays (``queued``: after it); its duration once the
+        worker has it scheduled."""
+        return await self._speak(session_id, "say", {"text": text, "voice": voice, "queued": queued})
 
-    async def play(self, session_id: str, audio_uri: str) -> float:
-        """Have the worker play the speech file ``audio_uri`` (cutting off what plays); its duration once playing."""
-        return await self._speak(session_id, "play", audio_uri)
+    async def play(self, session_id: str, audio_uri: str, queued: bool = False) -> float:
+        """Have the worker play the speech file ``audio_uri``, cutting off what plays (``queued``: after it)."""
+        return await self._speak(session_id, "play", {"audio": audio_uri, "queued": queued})
 
     def is_speaking(self, session_id: str) -> bool:
-        """Whether the session's avatar speaks now: its latest say or play is still being made, or its speech
-        (``duration_s`` from when the worker confirmed it) has not run out, and no interrupt came after it."""
-        session = self.get(session_id)
-        command = self.store.last_speech_command(session_id)
-        if session.ended or command is None or command.kind == "interrupt" or command.error_code:
+        """Whether the session's avatar speaks now: a say or play since the last cut is still being made, or
+        the speech scheduled (each ``duration_s`` from when the worker had it, a queued one after the one
+        before) has not run out."""
+        if self.get(session_id).ended:
             return False
-        if command.done_at is None:
-            return True
-        return (utcnow() - command.done_at).total_seconds() < (command.duration_s or 0.0)
+        until = None
+        for command in self.store.current_speech(session_id):
+            if command.kind == "interrupt":
+                until = None
+            elif command.done_at is None:
+                return True
+            elif not command.error_code:
+                start = max(until, command.done_at) if command.queued and until else command.done_at
+                until = start + timedelta(seconds=command.duration_s or 0.0)
+        return until is not None and utcnow() < until
 
-    async def _speak(self, session_id: str, kind: str, text: str, voice: dict[str, Any] | None = None) -> float:
+    async def _speak(self, session_id: str, kind: str, fields: dict[str, Any]) -> float:
         deadline = time.monotonic() + self.settings.realtime_say_timeout_s
         started, what = time.monotonic(), "text" if kind == "say" else "audio"
         with self.signals.subscribe(session_id) as waiter:
-            seq = await self._command(session_id, kind, text, voice)
+            seq = await self._command(session_id, kind, **fields)
             while True:
                 command = await to_thread.run_sync(self.store.command, session_id, seq)
                 if command is not None and command.done_at is not None:
@@ -252,8 +253,8 @@ class LiveSessions:
     async def interrupt(self, session_id: str) -> int:
         return await self._command(session_id, "interrupt")
 
-    async def _command(self, session_id: str, kind: str, text: str | None = None, voice: Any = None) -> int:
-        seq = await to_thread.run_sync(self.store.add_command, session_id, kind, text, voice)
+    async def _command(self, session_id: str, kind: str, **fields: Any) -> int:
+        seq = await to_thread.run_sync(functools.partial(self.store.add_command, session_id, kind, **fields))
         if seq is None:
             session = self.get(session_id)
             if session.ended:
@@ -311,7 +312,7 @@ class LiveSessions:
                 commands = await to_thread.run_sync(self.store.commands_after, session_id, after)
                 remaining = deadline - time.monotonic()
                 if commands or remaining <= 0:
-                    return SessionCommands(commands=[worker_command(c) for c in commands])
+                    return SessionCommands(commands=[SessionCommand.model_validate(c.model_dump()) for c in commands])
                 await waiter.wait(min(remaining, POLL_S))
 
     def worker_events(self, session_id: str, events: SessionEvents) -> None:

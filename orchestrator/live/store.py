@@ -63,8 +63,11 @@ class CommandView(BaseModel):
 
     seq: int
     kind: str
-    text: str | None = Field(None, description="`say`: the text; `play`: the audio file's URI.")
+    text: str | None = None
     voice: dict[str, Any] | None = None
+    audio: str | None = None
+    queued: bool = False
+    created_at: datetime | None = None
     done_at: datetime | None = None
     duration_s: float | None = None
     error_code: str | None = None
@@ -188,8 +191,9 @@ class SessionStore:
 
     # ---- commands ---------------------------------------------------------------------------
 
-    def add_command(self, session_id: str, kind: str, text: str | None = None, voice: Any = None) -> int | None:
-        """Append a command for the worker; its seq, or None when the session is not live."""
+    def add_command(self, session_id: str, kind: str, **fields: Any) -> int | None:
+        """Append a command for the worker (``fields``: text, voice, audio, queued); its seq, or None when the
+        session is not live."""
         with self.engine.begin() as conn:
             bumped = conn.execute(
                 update(SessionRow)
@@ -199,7 +203,7 @@ class SessionStore:
             if bumped.rowcount != 1:
                 return None
             seq = conn.execute(select(SessionRow.command_seq).where(SessionRow.id == session_id)).scalar_one()
-            row = {"session_id": session_id, "seq": seq, "kind": kind, "text": text, "voice": voice}
+            row = {"session_id": session_id, "seq": seq, "kind": kind, **fields}
             conn.execute(insert(CommandRow).values(**row, created_at=utcnow()))
         return seq
 
@@ -219,17 +223,19 @@ class SessionStore:
             row = conn.execute(query).first()
         return CommandView.model_validate(row._mapping) if row else None
 
-    def last_speech_command(self, session_id: str) -> CommandView | None:
-        """The session's latest ``say``, ``play`` or ``interrupt``: what decides whether it speaks now."""
+    def current_speech(self, session_id: str) -> list[CommandView]:
+        """The session's ``say``, ``play`` and ``interrupt`` commands from the latest that cut off what played
+        (an interrupt, or a say or play not queued) on, oldest first: what decides whether it speaks now."""
         query = (
             select(*_COMMAND_COLUMNS)
             .where(CommandRow.session_id == session_id, CommandRow.kind.in_(SPEECH_COMMANDS))
             .order_by(CommandRow.seq.desc())
-            .limit(1)
+            .limit(MAX_COMMANDS_PER_POLL)
         )
         with self.engine.connect() as conn:
-            row = conn.execute(query).first()
-        return CommandView.model_validate(row._mapping) if row else None
+            latest = [CommandView.model_validate(row._mapping) for row in conn.execute(query)]
+        cut = next((i for i, c in enumerate(latest) if c.kind == "interrupt" or not c.queued), len(latest) - 1)
+        return latest[: cut + 1][::-1]
 
     def command_done(self, session_id: str, seq: int, **values: Any) -> bool:
         """Record the worker's answer to a command (once)."""

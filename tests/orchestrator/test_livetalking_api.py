@@ -5,6 +5,7 @@ answers' shapes, what each route asks the worker, tenancy, the token cookie of L
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -66,11 +67,18 @@ def test_offer_human_is_speaking_interrupt_and_humanaudio_drive_the_session(stac
         }
         assert client.post("/is_speaking", json={"sessionid": session_id}).json()["data"] is True
         eventually(lambda: client.post("/is_speaking", json={"sessionid": session_id}).json()["data"] is False, 5)
-        kinds = [c.kind for c in stack.sessions.store.commands_after(session_id, 0)]
-        assert kinds == ["interrupt", "say"]  # `interrupt: true` stops the speech first
+        commands = stack.sessions.store.commands_after(session_id, 0)
+        assert [(c.kind, c.queued) for c in commands] == [("interrupt", False), ("say", False)]  # stops, then says
 
-        client.post("/human", json={"text": text, "type": "echo", "sessionid": session_id})
-        assert client.post("/is_speaking", json={"sessionid": session_id}).json()["data"] is True
+        # without `interrupt`, as in LiveTalking, each text is queued after the speech playing
+        started = time.monotonic()
+        for _ in range(2):
+            queued = client.post("/human", json={"text": text, "type": "echo", "sessionid": session_id}).json()
+            assert queued["code"] == 0
+        seconds = len(text) * SECONDS_PER_CHAR
+        time.sleep(max(0.0, started + seconds + 0.4 - time.monotonic()))
+        assert client.post("/is_speaking", json={"sessionid": session_id}).json()["data"] is True  # the second plays
+        assert [c.queued for c in stack.sessions.store.commands_after(session_id, 2)] == [True, True]
         assert client.post("/interrupt_talk", json={"sessionid": session_id}).json() == {"code": 0, "msg": "ok"}
         assert client.post("/is_speaking", json={"sessionid": session_id}).json()["data"] is False
 
@@ -80,7 +88,7 @@ def test_offer_human_is_speaking_interrupt_and_humanaudio_drive_the_session(stac
         assert played.json() == {"code": 0, "msg": "ok", "data": {"duration_s": PLAY_S}}
         assert client.post("/is_speaking", json={"sessionid": session_id}).json()["data"] is True
         play = stack.sessions.store.commands_after(session_id, 0)[-1]
-        assert play.kind == "play" and "/uploads/alice/" in play.text  # stored under the session's user
+        assert play.kind == "play" and "/uploads/alice/" in play.audio and play.queued  # under the session's user
         assert client.delete(f"/v1/sessions/{session_id}").status_code == 204
         ended = client.post("/human", json={"text": "Anyone?", "type": "echo", "sessionid": session_id}).json()
         assert ended["code"] == -1 and ended["error_code"] == "session_ended"

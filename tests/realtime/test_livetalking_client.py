@@ -4,8 +4,9 @@ do, request for request: two recvonly transceivers (video, then audio), the offe
 complete, ``POST /offer`` ``{sdp, type}``, the answer applied, then ``/human``, ``/is_speaking``,
 ``/interrupt_talk`` and ``/humanaudio`` with their JSON and form. What the peer hears follows: speech after
 ``/human`` and ``/humanaudio``, silence after ``/interrupt_talk``; ``/is_speaking`` turns false when the speech
-has played. ``chat`` is answered by a small OpenAI-compatible server the test runs. With Chromium, a page
-served from LIVETALKING_WEB_DIR does the same fetches with the token cookie only."""
+has played; texts sent without ``interrupt`` play one after the other. ``chat`` is answered by a small
+OpenAI-compatible server the test runs. With Chromium, a page served from LIVETALKING_WEB_DIR does the same
+fetches with the token cookie only."""
 
 from __future__ import annotations
 
@@ -204,7 +205,16 @@ def test_a_client_following_client_js_drives_a_real_session(server: Server, chat
             marks["silent"] = await until_silent(http, session_id, said["data"]["duration_s"] + 5)
             marks["spoken"] = marks["said"] + said["data"]["duration_s"]
 
-            long = (await http.post("/human", json={**echo, "text": LONG_SPEECH, "interrupt": False})).json()
+            # without `interrupt` the texts are queued: the second plays after the first
+            queue = {**echo, "interrupt": False}
+            marks["queued"] = time.monotonic()
+            first = (await http.post("/human", json={**queue, "text": SPEECH})).json()
+            second = (await http.post("/human", json={**queue, "text": "And this comes after it."})).json()
+            assert first["code"] == 0 and second["code"] == 0, (first, second)
+            marks["queue_end"] = marks["queued"] + first["data"]["duration_s"] + second["data"]["duration_s"]
+            marks["queue_silent"] = await until_silent(http, session_id, marks["queue_end"] - time.monotonic() + 5)
+
+            long = (await http.post("/human", json={**queue, "text": LONG_SPEECH})).json()
             assert long["code"] == 0 and await speaking(http, session_id)
             await asyncio.sleep(1.0)
             assert (await http.post("/interrupt_talk", json={"sessionid": session_id})).json() == {
@@ -241,6 +251,8 @@ def test_a_client_following_client_js_drives_a_real_session(server: Server, chat
     assert heard.loudest(marks["idle"] - 0.8, marks["idle"]) < LOUD  # idle: silence
     assert heard.loudest(marks["said"], marks["spoken"] - 0.3) > LOUD  # /human echo: speech
     assert abs(marks["silent"] - marks["spoken"]) < 1.0, marks  # /is_speaking follows the speech's end
+    assert marks["queue_end"] - 0.5 < marks["queue_silent"] < marks["queue_end"] + 1.5, marks  # both played in turn
+    assert heard.loudest(marks["queue_end"] - 1.0, marks["queue_end"] - 0.5) > LOUD  # the second, after the first
     assert heard.loudest(marks["interrupted"] + 0.6, marks["played"] - 0.3) < LOUD  # /interrupt_talk: silence
     assert heard.loudest(marks["played"], marks["played"] + 0.9) > LOUD  # /humanaudio: the file plays
     assert heard.loudest(marks["chatted"] - 0.4, marks["chatted"]) > LOUD  # chat: the LLM's answer is spoken

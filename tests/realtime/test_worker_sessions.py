@@ -139,28 +139,37 @@ def test_a_play_command_plays_a_speech_file_and_a_bad_one_is_refused_without_end
     (store / "uploads" / "speech.wav").write_bytes(encode_wav(0.5 * tone(1.2), 16000))
     (store / "uploads" / "page.wav").write_text("<html>not audio</html>")
 
+    heard: list[tuple[float, np.ndarray]] = []
+
     async def scenario() -> tuple[list[dict], dict | None]:
-        peer, offer = await client_offer()
+        peer, offer = await client_offer(on_audio=lambda at, samples: heard.append((at, samples)))
         task = live_worker.start(live_worker.payload(offer))
         session_id = task.session_id
         answer = await asyncio.to_thread(live_worker.control.answer, session_id)
         await peer.accept(answer["answer"])
-        seqs = [
-            live_worker.control.command(session_id, "play", audio=(store / "uploads" / name).as_uri())
-            for name in ("page.wav", "missing.wav")
-        ]
-        seqs.append(live_worker.control.command(session_id, "play", audio=(store / "uploads" / "speech.wav").as_uri()))
-        answers = [await asyncio.to_thread(live_worker.control.said, session_id, seq) for seq in seqs]
+        answers = []
+        for name in ("page.wav", "missing.wav"):
+            seq = live_worker.control.command(session_id, "play", audio=(store / "uploads" / name).as_uri())
+            answers.append(await asyncio.to_thread(live_worker.control.said, session_id, seq))
+        speech = (store / "uploads" / "speech.wav").as_uri()
+        seqs = [live_worker.control.command(session_id, "play", audio=speech, queued=True) for _ in range(2)]
+        answers += [await asyncio.to_thread(live_worker.control.said, session_id, seq) for seq in seqs]
+        queued_at = time.time()
+        await asyncio.sleep(3.0)
+        loud = [at - queued_at for at, samples in heard if np.sqrt(np.mean(samples.astype(float) ** 2)) > 300]
+        answers.append({"loud_s": max(loud, default=0.0)})
         live_worker.control.command(session_id, "stop")
         await asyncio.to_thread(task.result, 30.0)
         await peer.close()
         return answers, live_worker.control.end(session_id, 2.0)
 
-    (not_audio, missing, played), end = asyncio.run(scenario())
+    (not_audio, missing, *played, ahead), end = asyncio.run(scenario())
     assert (not_audio["kind"], not_audio["error_code"]) == ("error", "unsupported_audio"), not_audio
     assert missing["kind"] == "error" and missing["error_code"] == "not_found", missing
-    assert played["kind"] == "said" and played["duration_s"] == pytest.approx(1.2, abs=0.05), played
-    assert end is not None and end["reason"] == "stopped" and end["stats"]["utterances"] == 1
+    for said in played:  # queued: both scheduled, the second after the first
+        assert said["kind"] == "said" and said["duration_s"] == pytest.approx(1.2, abs=0.05), said
+    assert 2.0 < ahead["loud_s"] < 2.9, ahead  # the peer hears 2.4 s of sound: the second after the first
+    assert end is not None and end["reason"] == "stopped" and end["stats"]["utterances"] == 2
 
 
 def test_idle_session_ends_itself_and_reports_it(live_worker: LiveWorker) -> None:
