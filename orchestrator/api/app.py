@@ -287,12 +287,14 @@ def create_app(
     add_v1_routes(protected, public, ctx)
     add_compat_routes(protected, ctx)
     add_session_routes(protected, public, ctx, sessions)
-    add_livetalking_routes(public, ctx, sessions)
     _add_health_routes(public, ctx)
     _add_demo_page(public)
     add_file_routes(public, ctx.signer)
     app.include_router(protected)
     app.include_router(public)
+    livetalking = APIRouter()
+    add_livetalking_routes(livetalking, ctx, sessions)
+    app.include_router(livetalking)
     app.state.sessions = sessions
     app.state.session_watchdog = watchdog
     return app

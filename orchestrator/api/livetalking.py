@@ -91,6 +91,43 @@ class HumanBody(SessionBody):
     interrupt: bool = False
 
 
+AUDIO_FORM = {
+    "type": "object",
+    "required": ["file", "sessionid"],
+    "properties": {"file": {"type": "string", "format": "binary"}, "sessionid": {"type": "string"}},
+}
+
+
+class Done(BaseModel):
+    code: int = Field(0, description="0: done.")
+    msg: str = "ok"
+
+
+class Scheduled(BaseModel):
+    duration_s: float = Field(description="Seconds of speech scheduled.")
+    answer: str | None = Field(None, description="`chat`: the LLM's answer, spoken.")
+
+
+class Spoken(Done):
+    data: Scheduled
+
+
+class Speaking(Done):
+    data: bool = Field(description="Whether the avatar speaks now (or its speech is being made).")
+
+
+class OfferAnswer(BaseModel):
+    sdp: str
+    type: Literal["answer"] = "answer"
+    sessionid: str = Field(description="The session id (`/v1/sessions/{id}`).")
+
+
+class Refusal(BaseModel):
+    code: int = Field(-1, description="-1: refused.")
+    msg: str
+    error_code: str
+
+
 def ok(data: Any = None) -> JSONResponse:
     return JSONResponse({"code": 0, "msg": "ok", **({"data": data} if data is not None else {})})
 
@@ -222,7 +259,8 @@ def livetalking_body_limits(ctx: ApiContext) -> dict[str, int]:
 
 
 def add_livetalking_routes(router: APIRouter, ctx: ApiContext, sessions: LiveSessions) -> None:
-    """LiveTalking's routes on ``router`` (a public one: they take the token from a header or the cookie)."""
+    """LiveTalking's routes on ``router`` (one of their own: they take the token from a header or the cookie,
+    and answer in LiveTalking's shape)."""
     if not ctx.settings.livetalking_routes:
         return
     api, prefix = LiveTalkingApi(ctx, sessions), ctx.settings.livetalking_prefix
@@ -234,25 +272,26 @@ def add_livetalking_routes(router: APIRouter, ctx: ApiContext, sessions: LiveSes
             raise LiveTalkingError("invalid_input", f"The body must be a JSON object: {_fields(model)}.") from None
         return model.model_validate(data)
 
-    @router.post(f"{prefix}/offer", tags=TAGS, summary="Start a session (LiveTalking's /offer)")
+    @router.post(f"{prefix}/offer", **_docs("Start a session", OfferBody, OfferAnswer))
     async def offer(request: Request) -> Response:
-        """`{sdp, type, avatar?}` -> `{sdp, type, sessionid}`: a live session on the default avatar."""
+        """A live session on the default avatar (or `avatar`), for LiveTalking's `client.js`."""
 
         async def step(caller: Caller) -> Response:
             return await api.offer(request, await body(request, OfferBody), caller)
 
         return await api.answer(request, step)
 
-    @router.post(f"{prefix}/human", tags=TAGS, summary="Speak text or the LLM's answer (LiveTalking's /human)")
+    @router.post(f"{prefix}/human", **_docs("Speak text or an LLM's answer", HumanBody, Spoken))
     async def human(request: Request) -> Response:
-        """`{sessionid, text, type: echo|chat, interrupt?}`."""
+        """`echo`: the text; `chat`: the LLM's answer (LLM_BASE_URL, LLM_MODEL). Queued after the speech playing
+        unless `interrupt`."""
 
         async def step(caller: Caller) -> Response:
             return await api.human(await body(request, HumanBody), caller)
 
         return await api.answer(request, step)
 
-    @router.post(f"{prefix}/interrupt_talk", tags=TAGS, summary="Stop speaking (LiveTalking's /interrupt_talk)")
+    @router.post(f"{prefix}/interrupt_talk", **_docs("Stop speaking", SessionBody, Done))
     async def interrupt_talk(request: Request) -> Response:
         async def step(caller: Caller) -> Response:
             session_id = (await body(request, SessionBody)).session_id
@@ -262,7 +301,7 @@ def add_livetalking_routes(router: APIRouter, ctx: ApiContext, sessions: LiveSes
 
         return await api.answer(request, step)
 
-    @router.post(f"{prefix}/is_speaking", tags=TAGS, summary="Whether it speaks (LiveTalking's /is_speaking)")
+    @router.post(f"{prefix}/is_speaking", **_docs("Whether it speaks", SessionBody, Speaking))
     async def is_speaking(request: Request) -> Response:
         async def step(caller: Caller) -> Response:
             session_id = (await body(request, SessionBody)).session_id
@@ -271,9 +310,9 @@ def add_livetalking_routes(router: APIRouter, ctx: ApiContext, sessions: LiveSes
 
         return await api.answer(request, step)
 
-    @router.post(f"{prefix}/humanaudio", tags=TAGS, summary="Play an audio file (LiveTalking's /humanaudio)")
+    @router.post(f"{prefix}/humanaudio", **_docs("Play an audio file", AUDIO_FORM, Spoken))
     async def human_audio(request: Request) -> Response:
-        """Multipart `file` (any audio our codecs decode) and `sessionid`."""
+        """Any audio our codecs decode (at most MAX_AUDIO_SECONDS), queued after the speech playing."""
 
         async def step(caller: Caller) -> Response:
             return await api.human_audio(request, caller)
@@ -283,6 +322,25 @@ def add_livetalking_routes(router: APIRouter, ctx: ApiContext, sessions: LiveSes
     @router.get(WEB_PATH + "/{name:path}", include_in_schema=False)
     def web_file(request: Request, name: str) -> Response:
         return api.web_file(request, name)
+
+
+def _docs(summary: str, body: type[BaseModel] | dict[str, Any], answer: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI description of a LiveTalking route: its body (read by the route itself, so that a bad one
+    answers in LiveTalking's shape) and its answers."""
+    if isinstance(body, dict):
+        content = {"multipart/form-data": {"schema": body}}
+    else:
+        content = {"application/json": {"schema": body.model_json_schema()}}
+    refusal = "A refusal: LiveTalking answers them with HTTP 200 too."
+    return {
+        "tags": TAGS,
+        "summary": f"{summary} (LiveTalking)",
+        "openapi_extra": {"requestBody": {"required": True, "content": content}},
+        "responses": {
+            200: {"model": answer, "description": f"Done; or `{{code: -1, msg, error_code}}`. {refusal}"},
+            401: {"model": Refusal, "description": "No valid token (header or cookie)."},
+        },
+    }
 
 
 def _fields(model: type[BaseModel]) -> str:
