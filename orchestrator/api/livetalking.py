@@ -20,7 +20,8 @@ or wrong token is 401 in the same shape.
 - ``GET /livetalking/{file}`` (with ``LIVETALKING_WEB_DIR``): that folder (a LiveTalking checkout's ``web/``),
   so its pages load from this server and their ``fetch('/offer')`` reach the routes above.
 
-``sessionid`` is our session id (a string; LiveTalking's older pages send a number: accepted as its text).
+``sessionid`` is our session id, a string as in LiveTalking since April 2026 (its older pages ``parseInt`` it:
+they do not work here).
 As in LiveTalking, text without ``interrupt`` and audio files are queued after the speech playing (``queued``
 commands). ``DELETE /v1/sessions/{id}`` (or the peer closing) ends a session. The token: ``Authorization: Bearer``
 (scripts), or the ``avatarctl_token`` cookie that opening a page of ``/livetalking/`` with ``?token=`` sets
@@ -59,6 +60,7 @@ WEB_PATH = "/livetalking"
 TOKEN_COOKIE = "avatarctl_token"
 TOKEN_COOKIE_S = 12 * 3600
 REFUSALS = (OrchestratorError, TaskError, StorageError)
+JSON_BODY_LIMIT = 4 * MAX_TEXT_CHARS + 4096  # a text (UTF-8: up to 4 bytes a character) and a few fields
 
 
 class LiveTalkingError(Exception):
@@ -254,8 +256,9 @@ def livetalking_body_limits(ctx: ApiContext) -> dict[str, int]:
     if not ctx.settings.livetalking_routes:
         return {}
     prefix = ctx.settings.livetalking_prefix
+    limits = {f"{prefix}/{route}": JSON_BODY_LIMIT for route in ("human", "interrupt_talk", "is_speaking")}
     audio = multipart_limit(ctx.handler_settings, UploadKind.audio)
-    return {f"{prefix}/offer": SESSION_BODY_LIMIT, f"{prefix}/humanaudio": audio}
+    return {**limits, f"{prefix}/offer": SESSION_BODY_LIMIT, f"{prefix}/humanaudio": audio}
 
 
 def add_livetalking_routes(router: APIRouter, ctx: ApiContext, sessions: LiveSessions) -> None:

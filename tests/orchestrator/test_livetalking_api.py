@@ -115,6 +115,8 @@ def test_refusals_answer_in_livetalkings_shape(stack: LiveStack) -> None:
         assert no_file["error_code"] == "invalid_input" and "`file`" in no_file["msg"]
         assert alice.post("/human", json={"sessionid": session_id, "text": ""}).json()["error_code"] == "invalid_input"
         assert alice.post("/human", content=b"not json").json()["error_code"] == "invalid_input"
+        too_large = alice.post("/human", json={"sessionid": session_id, "text": "x" * 30_000})
+        assert too_large.status_code == 413  # bounded before it is read (a text and a few fields)
         assert alice.post("/offer", json={"sdp": "hello", "type": "offer"}).json()["error_code"] == "invalid_sdp"
         assert alice.post("/is_speaking", json={"sessionid": 42}).json()["error_code"] == "session_not_found"
         unauthorized = alice.post("/is_speaking", json={"sessionid": session_id}, headers={"Authorization": "Bearer x"})
