@@ -150,6 +150,7 @@ class OrchestratorSettings(BaseSettings):
     livetalking_avatar_id: str | None = Field(None, validation_alias=AliasChoices("LIVETALKING_AVATAR_ID"))
     livetalking_image: str | None = Field(None, validation_alias=AliasChoices("LIVETALKING_IMAGE"))
     livetalking_web_dir: Path | None = Field(None, validation_alias=AliasChoices("LIVETALKING_WEB_DIR"))
+    livetalking_cors_origins: str = Field("", validation_alias=AliasChoices("LIVETALKING_CORS_ORIGINS"))
     # The OpenAI-compatible LLM that answers LiveTalking's `type: "chat"` (POST {LLM_BASE_URL}/chat/completions).
     llm_base_url: str | None = Field(None, validation_alias=AliasChoices("LLM_BASE_URL"))
     llm_api_key: str | None = Field(None, validation_alias=AliasChoices("LLM_API_KEY"))

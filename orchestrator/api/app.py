@@ -60,7 +60,7 @@ from orchestrator.api.compat import (
 from orchestrator.api.context import ApiContext
 from orchestrator.api.docs import add_offline_docs
 from orchestrator.api.files import add_file_routes
-from orchestrator.api.livetalking import add_livetalking_routes, livetalking_body_limits
+from orchestrator.api.livetalking import add_livetalking_cors, add_livetalking_routes, livetalking_body_limits
 from orchestrator.api.sessions import SESSION_BODY_LIMIT, add_session_routes
 from orchestrator.api.v1 import FILE_ROUTES as V1_FILE_ROUTES
 from orchestrator.api.v1 import add_v1_routes
@@ -282,6 +282,7 @@ def create_app(
     _add_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimit, limit_for=functools.partial(body_limit, settings, ctx))
+    add_livetalking_cors(app, ctx)
     protected = APIRouter(dependencies=[Depends(ctx.authenticate)], responses=ERROR_RESPONSES)
     public = APIRouter(responses=ERROR_RESPONSES)
     add_v1_routes(protected, public, ctx)

@@ -20,6 +20,7 @@ or wrong token is 401 in the same shape.
 - ``GET /livetalking/{file}`` (with ``LIVETALKING_WEB_DIR``): that folder (a LiveTalking checkout's ``web/``),
   so its pages load from this server and their ``fetch('/offer')`` reach the routes above.
 
+Pages served from another origin need ``LIVETALKING_CORS_ORIGINS`` (and the header).
 ``sessionid`` is our session id, a string as in LiveTalking since April 2026 (its older pages ``parseInt`` it:
 they do not work here).
 As in LiveTalking, text without ``interrupt`` and audio files are queued after the speech playing (``queued``
@@ -36,10 +37,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from anyio import to_thread
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from handlers import validation_message
 from handlers.errors import TaskError
@@ -249,6 +252,27 @@ class LiveTalkingApi:
             TOKEN_COOKIE, token, max_age=TOKEN_COOKIE_S, httponly=True, samesite="strict", secure=secure
         )
         return response
+
+
+class LiveTalkingCors:
+    """CORS on the LiveTalking routes only (LIVETALKING_CORS_ORIGINS: comma-separated origins, or ``*``), for pages
+    served from elsewhere that send the token in the ``Authorization`` header (never the cookie: no credentials)."""
+
+    def __init__(self, app: ASGIApp, paths: frozenset[str], origins: list[str]) -> None:
+        self.app, self.paths = app, paths
+        self.cors = CORSMiddleware(
+            app, allow_origins=origins, allow_methods=["POST"], allow_headers=["Authorization", "Content-Type"]
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        routed = self.cors if scope["type"] == "http" and scope["path"] in self.paths else self.app
+        await routed(scope, receive, send)
+
+
+def add_livetalking_cors(app: FastAPI, ctx: ApiContext) -> None:
+    origins = [origin.strip() for origin in ctx.settings.livetalking_cors_origins.split(",") if origin.strip()]
+    if ctx.settings.livetalking_routes and origins:
+        app.add_middleware(LiveTalkingCors, paths=frozenset(livetalking_body_limits(ctx)), origins=origins)
 
 
 def livetalking_body_limits(ctx: ApiContext) -> dict[str, int]:

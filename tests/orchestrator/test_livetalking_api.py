@@ -158,3 +158,23 @@ def test_the_session_user_and_avatar_settings_and_the_prefix(db_url: str, local_
     off = live_settings(db_url, livetalking_routes=False, livetalking_avatar_id="a1")
     with live_stack(off, local_settings) as stack, stack.client(OPERATOR) as client:
         assert client.post("/offer", json=OFFER).status_code == 404
+
+
+def test_cors_for_pages_elsewhere_covers_the_livetalking_routes_only(db_url: str, local_settings) -> None:
+    page = "http://pages.example"
+    settings = live_settings(db_url, livetalking_avatar_id="a1", livetalking_cors_origins=page)
+    with live_stack(settings, local_settings) as stack, stack.client(ALICE) as client:
+        preflight = {"Origin": page, "Access-Control-Request-Method": "POST"}
+        asked = client.options("/offer", headers={**preflight, "Access-Control-Request-Headers": "authorization"})
+        assert asked.status_code == 200 and asked.headers["access-control-allow-origin"] == page
+        assert "authorization" in asked.headers["access-control-allow-headers"].lower()
+        assert "access-control-allow-credentials" not in asked.headers  # the header's token, never the cookie
+        offered = client.post("/offer", json=OFFER, headers={"Origin": page})
+        assert offered.json()["sessionid"] and offered.headers["access-control-allow-origin"] == page
+        stack.sessions.end(offered.json()["sessionid"])
+        assert (
+            "access-control-allow-origin"
+            not in client.post("/offer", headers={"Origin": "http://evil.example"}).headers
+        )
+        assert "access-control-allow-origin" not in client.get("/v1/jobs", headers={"Origin": page}).headers
+        assert client.options("/v1/jobs", headers=preflight).status_code == 405  # /v1 stays without CORS
