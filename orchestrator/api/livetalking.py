@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -175,7 +176,7 @@ class LiveTalkingApi:
             raise not_found(session_id)
         return session
 
-    async def answer(self, request: Request, step: Any) -> Response:
+    async def answer(self, request: Request, step: Callable[[Caller], Awaitable[Response]]) -> Response:
         """``step(caller)``'s answer, or LiveTalking's error shape for whatever refused it."""
         try:
             return await step(self.caller(request))
