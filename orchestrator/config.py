@@ -141,6 +141,26 @@ class OrchestratorSettings(BaseSettings):
     )
     turn_secret: str | None = Field(None, validation_alias=AliasChoices("TURN_SECRET"))
 
+    # LiveTalking's web API (``orchestrator.api.livetalking``): its routes, whose sessions, which avatar.
+    livetalking_routes: bool = Field(True, validation_alias=AliasChoices("LIVETALKING_ROUTES"))
+    livetalking_prefix: str = Field(
+        "", pattern=r"^(/[A-Za-z0-9_.-]+)*$", validation_alias=AliasChoices("LIVETALKING_PREFIX")
+    )
+    livetalking_user_id: str | None = Field(None, validation_alias=AliasChoices("LIVETALKING_USER_ID"))
+    livetalking_avatar_id: str | None = Field(None, validation_alias=AliasChoices("LIVETALKING_AVATAR_ID"))
+    livetalking_image: str | None = Field(None, validation_alias=AliasChoices("LIVETALKING_IMAGE"))
+    livetalking_web_dir: Path | None = Field(None, validation_alias=AliasChoices("LIVETALKING_WEB_DIR"))
+    livetalking_cors_origins: str = Field("", validation_alias=AliasChoices("LIVETALKING_CORS_ORIGINS"))
+    # The OpenAI-compatible LLM that answers LiveTalking's `type: "chat"` (POST {LLM_BASE_URL}/chat/completions).
+    llm_base_url: str | None = Field(None, validation_alias=AliasChoices("LLM_BASE_URL"))
+    llm_api_key: str | None = Field(None, validation_alias=AliasChoices("LLM_API_KEY"))
+    llm_model: str | None = Field(None, validation_alias=AliasChoices("LLM_MODEL"))
+    llm_system_prompt: str = Field(
+        "You are a friendly assistant speaking through a talking avatar: answer in a few short sentences.",
+        validation_alias=AliasChoices("LLM_SYSTEM_PROMPT"),
+    )
+    llm_timeout_s: float = Field(60.0, gt=0, validation_alias=AliasChoices("LLM_TIMEOUT_S"))
+
     @model_validator(mode="after")
     def _state_under_home(self) -> OrchestratorSettings:
         self.avatarctl_home = self.avatarctl_home.expanduser().absolute()
@@ -172,7 +192,7 @@ class OrchestratorSettings(BaseSettings):
                     raise ValueError(f"ICE server URL {url[:80]!r} must start with one of {', '.join(ICE_URL_SCHEMES)}")
         return servers
 
-    @field_validator("runpod_base_url", "public_base_url")
+    @field_validator("runpod_base_url", "public_base_url", "llm_base_url")
     @classmethod
     def _no_trailing_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     Index,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     and_,
     create_engine,
     event,
+    false,
     func,
     insert,
     or_,
@@ -156,7 +158,7 @@ class SessionRow(Base):
 
 
 class CommandRow(Base):
-    """What a live session's worker is told to do (say, interrupt, stop), and what it answered."""
+    """What a live session's worker is told to do (say, play, interrupt, stop), and what it answered."""
 
     __tablename__ = "session_commands"
 
@@ -165,6 +167,8 @@ class CommandRow(Base):
     kind: Mapped[str] = mapped_column(String(16))
     text: Mapped[str | None] = mapped_column(Text)
     voice: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
+    audio: Mapped[str | None] = mapped_column(Text)
+    queued: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     duration_s: Mapped[float | None] = mapped_column(Float)

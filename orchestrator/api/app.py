@@ -16,6 +16,8 @@ Routes (``/docs`` is the documentation: every body and answer is a typed model):
 - ``GET /files/{expires}/{signature}/{key}``: a file:// store's output by the signed URL a result gave
   (no bearer token: the signature authenticates it; byte ranges for video).
 - ``GET /docs``, ``/redoc``: this documentation, served with its assets from this process (no CDN).
+- LiveTalking's web API (``/offer``, ``/human``, ``/interrupt_talk``, ``/is_speaking``, ``/humanaudio``) on the
+  live sessions: ``orchestrator.api.livetalking``.
 - Seed routes for clients migrating: ``POST /generate`` (seed 002), ``POST /render``, ``/render/batch``,
   ``GET``/``DELETE /output/{filename}`` (seed 004). They submit, wait up to ``sync_wait_s`` and answer
   the seed's fields. Uploaded bytes go to the store under ``uploads/{user_id}/`` first; uploads are
@@ -46,7 +48,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from handlers.errors import TaskError
-from handlers.schemas import MAX_SDP_CHARS, REQUEST_MODELS
+from handlers.schemas import REQUEST_MODELS
 from orchestrator.api.compat import FILE_ROUTES as SEED_FILE_ROUTES
 from orchestrator.api.compat import (
     SEED_ERROR_SHAPE_PATHS,
@@ -58,7 +60,8 @@ from orchestrator.api.compat import (
 from orchestrator.api.context import ApiContext
 from orchestrator.api.docs import add_offline_docs
 from orchestrator.api.files import add_file_routes
-from orchestrator.api.sessions import add_session_routes
+from orchestrator.api.livetalking import add_livetalking_cors, add_livetalking_routes, livetalking_body_limits
+from orchestrator.api.sessions import SESSION_BODY_LIMIT, add_session_routes
 from orchestrator.api.v1 import FILE_ROUTES as V1_FILE_ROUTES
 from orchestrator.api.v1 import add_v1_routes
 from orchestrator.body_limit import BodyLimit
@@ -74,7 +77,6 @@ from storage import StorageError
 log = logging.getLogger(__name__)
 
 SESSIONS_PATH = "/v1/sessions"
-SESSION_BODY_LIMIT = 2 * MAX_SDP_CHARS + 16 * 1024  # an SDP (UTF-8: up to 2 bytes a character here) and fields
 DEMO_PAGE = Path(__file__).with_name("static") / "demo.html"
 
 API_TITLE = "avatarctl API"
@@ -229,6 +231,8 @@ def body_limit(settings: OrchestratorSettings, ctx: ApiContext, path: str) -> in
     the live-session routes (an SDP and a few fields: bounded before anything is parsed)."""
     if path.startswith(SESSIONS_PATH):
         return min(settings.max_request_bytes, SESSION_BODY_LIMIT)
+    if path in (livetalking := livetalking_body_limits(ctx)):
+        return livetalking[path]
     kinds = {**V1_FILE_ROUTES, **SEED_FILE_ROUTES}.get(path)
     return multipart_limit(ctx.handler_settings, *kinds) if kinds else settings.max_request_bytes
 
@@ -278,6 +282,7 @@ def create_app(
     _add_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimit, limit_for=functools.partial(body_limit, settings, ctx))
+    add_livetalking_cors(app, ctx)
     protected = APIRouter(dependencies=[Depends(ctx.authenticate)], responses=ERROR_RESPONSES)
     public = APIRouter(responses=ERROR_RESPONSES)
     add_v1_routes(protected, public, ctx)
@@ -288,6 +293,9 @@ def create_app(
     add_file_routes(public, ctx.signer)
     app.include_router(protected)
     app.include_router(public)
+    livetalking = APIRouter()
+    add_livetalking_routes(livetalking, ctx, sessions)
+    app.include_router(livetalking)
     app.state.sessions = sessions
     app.state.session_watchdog = watchdog
     return app

@@ -5,7 +5,7 @@ through ``BACKEND_LIVE_SESSION`` and waits, bounded by REALTIME_ANSWER_TIMEOUT_S
 answer on the session's control routes; anything that fails on the way ends the session and cancels its job, so
 the slot is free again. The worker only dials out: it authenticates with the session's random control token
 (only its SHA-256 is stored), long-polls its commands (``say``, ``interrupt``) and posts events (``said``
-completes the waiting ``/say``, ``heartbeat`` proves it alive) and its end. Every state lives in the database,
+completes the waiting ``/say`` or play, ``heartbeat`` proves it alive) and its end. Every state lives in the database,
 so any replica answers any of these calls, and waits end on a notification (``signals``) or a short poll.
 ``orchestrator.live.watchdog`` ends the sessions whose worker died.
 """
@@ -13,12 +13,14 @@ so any replica answers any of these calls, and waits end on a notification (``si
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
 import secrets
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from anyio import to_thread
@@ -34,6 +36,7 @@ from handlers.schemas import (
     SessionEnd,
     SessionEvents,
 )
+from orchestrator.db import utcnow
 from orchestrator.live.ice import ice_servers_for
 from orchestrator.live.offer import check_sdp
 from orchestrator.live.signals import SESSIONS_CHANNEL, SessionSignals
@@ -199,17 +202,42 @@ class LiveSessions:
             raise ended_error(session)
         return session
 
-    async def say(self, session_id: str, text: str, voice: dict[str, Any] | None) -> float:
-        """Have the worker speak ``text`` (cutting off what plays); its duration once the worker said it."""
+    async def say(self, session_id: str, text: str, voice: dict[str, Any] | None, queued: bool = False) -> float:
+        """Have the worker speak ``text``, cutting off what plays (``queued``: after it); its duration once the
+        worker has it scheduled."""
+        return await self._speak(session_id, "say", {"text": text, "voice": voice, "queued": queued})
+
+    async def play(self, session_id: str, audio_uri: str, queued: bool = False) -> float:
+        """Have the worker play the speech file ``audio_uri``, cutting off what plays (``queued``: after it)."""
+        return await self._speak(session_id, "play", {"audio": audio_uri, "queued": queued})
+
+    def is_speaking(self, session_id: str) -> bool:
+        """Whether the session's avatar speaks now: a say or play since the last cut is still being made, or
+        the speech scheduled (each ``duration_s`` from when the worker had it, a queued one after the one
+        before) has not run out."""
+        if self.get(session_id).ended:
+            return False
+        until = None
+        for command in self.store.current_speech(session_id):
+            if command.kind == "interrupt":
+                until = None
+            elif command.done_at is None:
+                return True
+            elif not command.error_code:
+                start = max(until, command.done_at) if command.queued and until else command.done_at
+                until = start + timedelta(seconds=command.duration_s or 0.0)
+        return until is not None and utcnow() < until
+
+    async def _speak(self, session_id: str, kind: str, fields: dict[str, Any]) -> float:
         deadline = time.monotonic() + self.settings.realtime_say_timeout_s
-        started = time.monotonic()
+        started, what = time.monotonic(), "text" if kind == "say" else "audio"
         with self.signals.subscribe(session_id) as waiter:
-            seq = await self._command(session_id, "say", text, voice)
+            seq = await self._command(session_id, kind, **fields)
             while True:
                 command = await to_thread.run_sync(self.store.command, session_id, seq)
                 if command is not None and command.done_at is not None:
                     if command.error_code:
-                        raise SessionError(command.error_code, command.error or "The worker refused the text.", 422)
+                        raise SessionError(command.error_code, command.error or f"The worker refused the {what}.", 422)
                     self.metrics.say_seconds.observe(time.monotonic() - started)
                     return float(command.duration_s or 0.0)
                 session = await to_thread.run_sync(self.get, session_id)
@@ -217,15 +245,16 @@ class LiveSessions:
                     raise ended_error(session)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    message = f"The worker did not confirm the text within {self.settings.realtime_say_timeout_s:g} s."
+                    limit = self.settings.realtime_say_timeout_s
+                    message = f"The worker did not confirm the {what} within {limit:g} s."
                     raise SessionError("say_timeout", message, 504)
                 await waiter.wait(min(remaining, POLL_S))
 
     async def interrupt(self, session_id: str) -> int:
         return await self._command(session_id, "interrupt")
 
-    async def _command(self, session_id: str, kind: str, text: str | None = None, voice: Any = None) -> int:
-        seq = await to_thread.run_sync(self.store.add_command, session_id, kind, text, voice)
+    async def _command(self, session_id: str, kind: str, **fields: Any) -> int:
+        seq = await to_thread.run_sync(functools.partial(self.store.add_command, session_id, kind, **fields))
         if seq is None:
             session = self.get(session_id)
             if session.ended:

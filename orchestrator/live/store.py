@@ -23,6 +23,7 @@ from orchestrator.models import ACTIVE_STATUSES, OrchestratorError
 
 SESSIONS_LOCK_KEY = 0x61766174_6C697665  # 'avatlive': the advisory lock of session reservations
 MAX_COMMANDS_PER_POLL = 32
+SPEECH_COMMANDS = ("say", "play", "interrupt")
 _SQLITE_RESERVE = threading.Lock()
 
 
@@ -64,6 +65,9 @@ class CommandView(BaseModel):
     kind: str
     text: str | None = None
     voice: dict[str, Any] | None = None
+    audio: str | None = None
+    queued: bool = False
+    created_at: datetime | None = None
     done_at: datetime | None = None
     duration_s: float | None = None
     error_code: str | None = None
@@ -187,8 +191,9 @@ class SessionStore:
 
     # ---- commands ---------------------------------------------------------------------------
 
-    def add_command(self, session_id: str, kind: str, text: str | None = None, voice: Any = None) -> int | None:
-        """Append a command for the worker; its seq, or None when the session is not live."""
+    def add_command(self, session_id: str, kind: str, **fields: Any) -> int | None:
+        """Append a command for the worker (``fields``: text, voice, audio, queued); its seq, or None when the
+        session is not live."""
         with self.engine.begin() as conn:
             bumped = conn.execute(
                 update(SessionRow)
@@ -198,7 +203,7 @@ class SessionStore:
             if bumped.rowcount != 1:
                 return None
             seq = conn.execute(select(SessionRow.command_seq).where(SessionRow.id == session_id)).scalar_one()
-            row = {"session_id": session_id, "seq": seq, "kind": kind, "text": text, "voice": voice}
+            row = {"session_id": session_id, "seq": seq, "kind": kind, **fields}
             conn.execute(insert(CommandRow).values(**row, created_at=utcnow()))
         return seq
 
@@ -217,6 +222,20 @@ class SessionStore:
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
         return CommandView.model_validate(row._mapping) if row else None
+
+    def current_speech(self, session_id: str) -> list[CommandView]:
+        """The session's ``say``, ``play`` and ``interrupt`` commands from the latest that cut off what played
+        (an interrupt, or a say or play not queued) on, oldest first: what decides whether it speaks now."""
+        query = (
+            select(*_COMMAND_COLUMNS)
+            .where(CommandRow.session_id == session_id, CommandRow.kind.in_(SPEECH_COMMANDS))
+            .order_by(CommandRow.seq.desc())
+            .limit(MAX_COMMANDS_PER_POLL)
+        )
+        with self.engine.connect() as conn:
+            latest = [CommandView.model_validate(row._mapping) for row in conn.execute(query)]
+        cut = next((i for i, c in enumerate(latest) if c.kind == "interrupt" or not c.queued), len(latest) - 1)
+        return latest[: cut + 1][::-1]
 
     def command_done(self, session_id: str, seq: int, **values: Any) -> bool:
         """Record the worker's answer to a command (once)."""

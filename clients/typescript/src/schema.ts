@@ -75,6 +75,81 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/human": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Speak text or an LLM's answer (LiveTalking)
+         * @description `echo`: the text; `chat`: the LLM's answer (LLM_BASE_URL, LLM_MODEL). Queued after the speech playing
+         *     unless `interrupt`.
+         */
+        post: operations["human_human_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/humanaudio": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Play an audio file (LiveTalking)
+         * @description Any audio our codecs decode (at most MAX_AUDIO_SECONDS), queued after the speech playing.
+         */
+        post: operations["human_audio_humanaudio_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/interrupt_talk": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Stop speaking (LiveTalking) */
+        post: operations["interrupt_talk_interrupt_talk_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/is_speaking": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Whether it speaks (LiveTalking) */
+        post: operations["is_speaking_is_speaking_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/metrics": {
         parameters: {
             query?: never;
@@ -86,6 +161,26 @@ export interface paths {
         get: operations["metrics_metrics_get"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/offer": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start a session (LiveTalking)
+         * @description A live session on the default avatar (or `avatar`), for LiveTalking's `client.js`.
+         */
+        post: operations["offer_offer_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -562,6 +657,20 @@ export interface components {
             /** Deleted */
             deleted: string;
         };
+        /** Done */
+        Done: {
+            /**
+             * Code
+             * @description 0: done.
+             * @default 0
+             */
+            code?: number;
+            /**
+             * Msg
+             * @default ok
+             */
+            msg?: string;
+        };
         /**
          * DrivingVideoOptions
          * @description LivePortrait's video-driven switches: upstream's inference and crop arguments, without ``flag_``.
@@ -975,6 +1084,22 @@ export interface components {
              */
             utterances?: number;
         };
+        /** OfferAnswer */
+        OfferAnswer: {
+            /** Sdp */
+            sdp: string;
+            /**
+             * Sessionid
+             * @description The session id (`/v1/sessions/{id}`).
+             */
+            sessionid: string;
+            /**
+             * Type
+             * @default answer
+             * @constant
+             */
+            type?: "answer";
+        };
         /** PreprocessAvatarRequest */
         PreprocessAvatarRequest: {
             /** Avatar Id */
@@ -1128,6 +1253,19 @@ export interface components {
              */
             video: string;
         };
+        /** Refusal */
+        Refusal: {
+            /**
+             * Code
+             * @description -1: refused.
+             * @default -1
+             */
+            code?: number;
+            /** Error Code */
+            error_code: string;
+            /** Msg */
+            msg: string;
+        };
         /** RenderEmotionRequest */
         RenderEmotionRequest: {
             /**
@@ -1237,6 +1375,19 @@ export interface components {
             text: string;
             voice?: components["schemas"]["Voice"];
         };
+        /** Scheduled */
+        Scheduled: {
+            /**
+             * Answer
+             * @description `chat`: the LLM's answer, spoken.
+             */
+            answer?: string | null;
+            /**
+             * Duration S
+             * @description Seconds of speech scheduled.
+             */
+            duration_s: number;
+        };
         /** SeedGenerateAnswer */
         SeedGenerateAnswer: {
             /** Error Code */
@@ -1330,14 +1481,26 @@ export interface components {
         };
         /**
          * SessionCommand
-         * @description Orchestrator -> worker: `say` (speak `text`, cutting off what plays), `interrupt` (stop speaking), `stop`.
+         * @description Orchestrator -> worker: `say` (speak `text`), `play` (play the speech file `audio`), each cutting off what
+         *     plays unless `queued` (then after it), `interrupt` (stop speaking, drop what is queued), `stop`.
          */
         SessionCommand: {
+            /**
+             * Audio
+             * @description `play`: the audio file's URI (in the store).
+             */
+            audio?: string | null;
             /**
              * Kind
              * @enum {string}
              */
-            kind: "say" | "interrupt" | "stop";
+            kind: "say" | "play" | "interrupt" | "stop";
+            /**
+             * Queued
+             * @description `say`, `play`: after the speech scheduled, not cutting it off.
+             * @default false
+             */
+            queued?: boolean;
             /** Seq */
             seq: number;
             /** Text */
@@ -1480,6 +1643,40 @@ export interface components {
             status: components["schemas"]["SessionStatus"];
             /** User Id */
             user_id: string;
+        };
+        /** Speaking */
+        Speaking: {
+            /**
+             * Code
+             * @description 0: done.
+             * @default 0
+             */
+            code?: number;
+            /**
+             * Data
+             * @description Whether the avatar speaks now (or its speech is being made).
+             */
+            data: boolean;
+            /**
+             * Msg
+             * @default ok
+             */
+            msg?: string;
+        };
+        /** Spoken */
+        Spoken: {
+            /**
+             * Code
+             * @description 0: done.
+             * @default 0
+             */
+            code?: number;
+            data: components["schemas"]["Scheduled"];
+            /**
+             * Msg
+             * @default ok
+             */
+            msg?: string;
         };
         /** StoredUpload */
         StoredUpload: {
@@ -1750,6 +1947,164 @@ export interface operations {
             };
         };
     };
+    human_human_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /**
+                     * Interrupt
+                     * @default false
+                     */
+                    interrupt?: boolean;
+                    /** Sessionid */
+                    sessionid: string | number;
+                    /** Text */
+                    text: string;
+                    /**
+                     * Type
+                     * @default echo
+                     * @enum {string}
+                     */
+                    type?: "echo" | "chat";
+                };
+            };
+        };
+        responses: {
+            /** @description Done; or `{code: -1, msg, error_code}`. A refusal: LiveTalking answers them with HTTP 200 too. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Spoken"];
+                };
+            };
+            /** @description No valid token (header or cookie). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Refusal"];
+                };
+            };
+        };
+    };
+    human_audio_humanaudio_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "multipart/form-data": {
+                    /** Format: binary */
+                    file: string;
+                    sessionid: string;
+                };
+            };
+        };
+        responses: {
+            /** @description Done; or `{code: -1, msg, error_code}`. A refusal: LiveTalking answers them with HTTP 200 too. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Spoken"];
+                };
+            };
+            /** @description No valid token (header or cookie). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Refusal"];
+                };
+            };
+        };
+    };
+    interrupt_talk_interrupt_talk_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** Sessionid */
+                    sessionid: string | number;
+                };
+            };
+        };
+        responses: {
+            /** @description Done; or `{code: -1, msg, error_code}`. A refusal: LiveTalking answers them with HTTP 200 too. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Done"];
+                };
+            };
+            /** @description No valid token (header or cookie). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Refusal"];
+                };
+            };
+        };
+    };
+    is_speaking_is_speaking_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** Sessionid */
+                    sessionid: string | number;
+                };
+            };
+        };
+        responses: {
+            /** @description Done; or `{code: -1, msg, error_code}`. A refusal: LiveTalking answers them with HTTP 200 too. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Speaking"];
+                };
+            };
+            /** @description No valid token (header or cookie). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Refusal"];
+                };
+            };
+        };
+    };
     metrics_metrics_get: {
         parameters: {
             query?: never;
@@ -1791,6 +2146,49 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    offer_offer_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /**
+                     * Avatar
+                     * @description A stored avatar's id (default LIVETALKING_AVATAR_ID).
+                     */
+                    avatar?: string | null;
+                    /** Sdp */
+                    sdp: string;
+                    /** Type */
+                    type: string;
+                };
+            };
+        };
+        responses: {
+            /** @description Done; or `{code: -1, msg, error_code}`. A refusal: LiveTalking answers them with HTTP 200 too. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OfferAnswer"];
+                };
+            };
+            /** @description No valid token (header or cookie). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Refusal"];
                 };
             };
         };
