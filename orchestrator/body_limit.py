@@ -8,6 +8,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from errors import error_body
+
 
 class BodyTooLarge(StarletteHTTPException):
     def __init__(self, limit: int) -> None:
@@ -28,7 +30,7 @@ class BodyLimit:
         limit = self.limit_for(scope["path"])
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            body = {"error": BodyTooLarge(limit).detail, "error_code": "too_large"}
+            body = error_body("too_large", BodyTooLarge(limit).detail)
             return await JSONResponse(body, status_code=413)(scope, receive, send)
         received = 0
 

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from errors import error_body
+
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 # The states RunPod's retry accepts.
 RETRYABLE_STATES = frozenset({"FAILED", "TIMED_OUT"})
@@ -183,7 +185,7 @@ def _drain_async(agen: Any) -> Any:
 
 def worker_failure(code: str, message: str) -> dict[str, Any]:
     """A failed task as our RunPod worker returns it: ``error`` is the JSON ``{"error_code", "error"}``."""
-    return {"error": json.dumps({"error_code": code, "error": message}), "error_code": code}
+    return {"error": json.dumps(error_body(code, message)), "error_code": code}
 
 
 def load_handler(spec: str) -> JobHandler:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from errors import error_body
 from orchestrator.backends import (
     Backend,
     BackendError,
@@ -119,7 +120,7 @@ class JobLifecycle:
     def _submit_uncertain(self, job: JobView, message: str) -> JobView:
         if self.webhook_url(job.id):
             log.warning("job %s: submit outcome unknown; waiting for its webhook (%s)", job.id, message)
-            note = {"error": f"{message} Not resent; waiting for its webhook.", "error_code": "submit_uncertain"}
+            note = error_body("submit_uncertain", f"{message} Not resent; waiting for its webhook.")
             self.store.transition(job.id, JobEvent.submitted, note)
             return self.get(job.id)
         error = f"{message} Not resent, to avoid running it twice."

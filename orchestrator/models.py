@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from handlers.errors import CodedError
+from errors import CodedError
 from handlers.schemas import LIVE_SESSION_TASK
 from orchestrator.config import BackendKind
 

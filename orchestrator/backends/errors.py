@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handlers.errors import CodedError
+from errors import CodedError
 
 
 class BackendError(CodedError):

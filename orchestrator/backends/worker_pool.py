@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
 import handlers
+from errors import error_body
 from handlers.errors import TaskCancelled
 
 log = logging.getLogger(__name__)
@@ -84,22 +85,22 @@ def _run_safely(run_task: TaskRunner, payload: dict[str, Any], runtime: handlers
     try:
         return run_task(payload, runtime, progress)
     except TaskCancelled as exc:
-        return {"error": f"The task was stopped before it finished ({exc}).", "error_code": "cancelled"}
+        return error_body("cancelled", f"The task was stopped before it finished ({exc}).")
     except Exception as exc:
         log.exception("local task failed outside its error boundary")
-        return {"error": f"Local run failed: {exc!r}", "error_code": "internal_error"}
+        return error_body("internal_error", f"Local run failed: {exc!r}")
 
 
 def crash_result(exitcode: int | None) -> dict[str, Any]:
     """The job error of a worker that died while running a job."""
     how = f"signal {signal.Signals(-exitcode).name}" if exitcode and exitcode < 0 else f"exit code {exitcode}"
     message = f"The worker process died ({how}) while running the job; a new worker replaced it."
-    return {"error": message, "error_code": WORKER_CRASHED}
+    return error_body(WORKER_CRASHED, message)
 
 
 def _cancelled_result() -> dict[str, Any]:
     message = f"The job did not stop within {CANCEL_GRACE_S:g} s of its cancel; its worker was killed."
-    return {"error": message, "error_code": "cancelled"}
+    return error_body("cancelled", message)
 
 
 class _Slot:
@@ -121,7 +122,7 @@ class _Slot:
             except Exception as exc:  # a broken pipe we did not foresee: the job fails, the slot lives on
                 log.exception("local worker slot %s failed", self.name)
                 self._stop_process()
-                job.on_result({"error": f"Local worker error: {exc!r}", "error_code": "internal_error"})
+                job.on_result(error_body("internal_error", f"Local worker error: {exc!r}"))
         self._stop_process()
 
     def _ensure_process(self) -> None:
@@ -155,7 +156,7 @@ class _Slot:
                 job.on_progress(message[2], message[3])
             elif self.pool.closed:
                 self._stop_process()
-                return {"error": "The orchestrator stopped while the job ran.", "error_code": "cancelled"}
+                return error_body("cancelled", "The orchestrator stopped while the job ran.")
             elif not self.process.is_alive():
                 log.error("%s died running job %s (exit %s)", self.name, job.job_id, self.process.exitcode)
                 exitcode = self.process.exitcode
