@@ -264,7 +264,7 @@ def task_fields(task: str, user_id: str, **inputs: str) -> dict[str, Any]:
 
 def stage_local_files(fields: dict[str, Any], store_uri: str, user_id: str) -> dict[str, Any]:
     """Upload the inputs given as local files to the store and replace them by their URIs."""
-    from orchestrator.uploads import INPUT_FIELD_KINDS, upload_file  # laptop side only: not in the worker image
+    from orchestrator.core.uploads import INPUT_FIELD_KINDS, upload_file  # laptop side only: not in the worker image
 
     staged = dict(fields)
     for field, kind in INPUT_FIELD_KINDS.items():

@@ -78,8 +78,8 @@ def test_error_body_is_the_boundary_shape() -> None:
 def test_every_coded_exception_derives_from_the_one_base() -> None:
     from engines.errors import EngineError
     from handlers.errors import TaskError
-    from orchestrator.backends.errors import BackendError
-    from orchestrator.models import OrchestratorError
+    from orchestrator.core.backends.errors import BackendError
+    from orchestrator.core.models import OrchestratorError
     from storage.errors import StorageError
 
     for cls in (TaskError, EngineError, StorageError, BackendError, OrchestratorError):

@@ -25,6 +25,17 @@ ALLOWED_IMPORTS = {
 }
 
 
+# Inside the orchestrator: which of its folders each folder may import (besides itself). The core (what runs in
+# production behind the API) never imports the API, the CLI or the developer tools; the API imports the core
+# only; the CLI (it starts the API, a replica, or a developer tool) and the developer tools may import anything.
+ORCHESTRATOR_FOLDERS = {
+    "core": set(),
+    "api": {"core"},
+    "cli": {"core", "api", "devtools"},
+    "devtools": {"core", "api", "cli"},
+}
+
+
 @pytest.mark.parametrize("package", PACKAGES)
 def test_layering_each_package_imports_only_the_layers_below(package: str) -> None:
     offenders = []
@@ -34,6 +45,26 @@ def test_layering_each_package_imports_only_the_layers_below(package: str) -> No
             if other != package and other not in ALLOWED_IMPORTS[package]:
                 offenders.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.parametrize("folder", ORCHESTRATOR_FOLDERS)
+def test_orchestrator_folders_import_only_what_their_rules_allow(folder: str) -> None:
+    offenders = []
+    for path in (ROOT / "orchestrator" / folder).rglob("*.py"):
+        for name in imported_modules(path):
+            parts = name.split(".")
+            other = parts[1] if parts[0] == "orchestrator" and len(parts) > 1 else None
+            if other is not None and other != folder and other not in ORCHESTRATOR_FOLDERS[folder]:
+                offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_orchestrator_modules_live_in_its_folders() -> None:
+    """Only the package's docstring sits at the top: every module says by its folder whether it runs in production."""
+    loose = sorted(p.name for p in (ROOT / "orchestrator").glob("*.py") if p.name != "__init__.py")
+    folders = sorted(p.name for p in (ROOT / "orchestrator").iterdir() if (p / "__init__.py").exists())
+    assert not loose, f"modules outside orchestrator's folders: {loose}"
+    assert folders == sorted(ORCHESTRATOR_FOLDERS), folders
 
 
 def test_no_import_cycles_between_modules() -> None:

@@ -48,6 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from errors import CodedError, error_body
 from errors.codes import codes_description, responses_description
 from handlers.schemas import MAX_SDP_CHARS, REQUEST_MODELS
+from orchestrator.api.body_limit import BodyLimit
 from orchestrator.api.compat import FILE_ROUTES as SEED_FILE_ROUTES
 from orchestrator.api.compat import (
     SEED_ERROR_SHAPE_PATHS,
@@ -62,13 +63,12 @@ from orchestrator.api.files import add_file_routes
 from orchestrator.api.sessions import add_session_routes
 from orchestrator.api.v1 import FILE_ROUTES as V1_FILE_ROUTES
 from orchestrator.api.v1 import add_v1_routes
-from orchestrator.body_limit import BodyLimit
-from orchestrator.config import OrchestratorSettings
-from orchestrator.live.service import LiveSessions
-from orchestrator.live.watchdog import SessionWatchdog
-from orchestrator.metrics import ERROR_CODE_STATE, ApiMetrics, MetricsMiddleware
-from orchestrator.service import JobService
-from orchestrator.uploads import multipart_limit
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.live.service import LiveSessions
+from orchestrator.core.live.watchdog import SessionWatchdog
+from orchestrator.core.metrics import ERROR_CODE_STATE, ApiMetrics, MetricsMiddleware
+from orchestrator.core.service import JobService
+from orchestrator.core.uploads import multipart_limit
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from orchestrator.api.context import ApiContext
 from orchestrator.api.errors import ApiError
 from orchestrator.api.files import signed_sse
 from orchestrator.api.hosted import add_hosted_webhook_routes
-from orchestrator.models import JobStatus, JobView
-from orchestrator.service import MAX_IDEMPOTENCY_KEY_CHARS
-from orchestrator.uploads import StoredUpload, UploadKind, upload_stream
+from orchestrator.core.models import JobStatus, JobView
+from orchestrator.core.service import MAX_IDEMPOTENCY_KEY_CHARS
+from orchestrator.core.uploads import StoredUpload, UploadKind, upload_stream
 
 AnyTaskRequest = Annotated[
     PreprocessAvatarRequest | GenerateVideoRequest | RenderEmotionRequest | HealthRequest,

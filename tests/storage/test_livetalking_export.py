@@ -193,7 +193,7 @@ def test_preprocess_avatar_also_stores_livetalking_tars(tmp_path: Path, runtime)
 def test_avatarctl_export_livetalking_from_the_store(tmp_path: Path, local_settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from typer.testing import CliRunner
 
-    from orchestrator.cli import app
+    from orchestrator.cli.main import app
 
     store = Path(local_settings.avatar_store_uri.removeprefix("file://"))
     (store / "avatars" / "u1").mkdir(parents=True)
