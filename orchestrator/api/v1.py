@@ -77,7 +77,7 @@ def _submit_endpoint(ctx: ApiContext, task: str, body_model: type[BaseModel]) ->
         idempotency_key: str | None = Header(None, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
         caller: Caller = Depends(ctx.authenticate),
     ) -> JobView:
-        job = ctx.submit(caller, task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
+        job = ctx.submit(caller, task, body.model_dump(mode="json", exclude_none=True), idempotency_key, validated=True)
         return ctx.present(job, request)
 
     return submit
@@ -104,7 +104,9 @@ def _add_submit_routes(router: APIRouter, ctx: ApiContext) -> None:
         idempotency_key: str | None = Header(None, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
         caller: Caller = Depends(ctx.authenticate),
     ) -> JobView:
-        job = ctx.submit(caller, body.task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
+        job = ctx.submit(
+            caller, body.task, body.model_dump(mode="json", exclude_none=True), idempotency_key, validated=True
+        )
         return ctx.present(job, request)
 
 

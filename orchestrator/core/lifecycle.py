@@ -164,6 +164,14 @@ class JobLifecycle:
             self.notify(job.id)
         return self.get(job.id)
 
+    def report(self, job_id: str, remote: RemoteStatus) -> JobView | None:
+        """A backend's push about a job it runs (a local runner's start, progress or result), applied at once as
+        a webhook's is; ignored once the job has finished or when it is no longer this backend's run."""
+        job = self.store.get(job_id)
+        if job is None or job.finished or self.backend_of(job).ownership(job) is not Ownership.here:
+            return job
+        return self.apply(job, remote)
+
     def time_out(self, job: JobView) -> JobView:
         limit = self.settings.timeout_for(job.task)
         if job.status == JobStatus.running.value:

@@ -1,9 +1,10 @@
 """``JobService``: the one object the HTTP API and the CLI use to submit, track, wait for and cancel jobs.
 
-Life of a job: ``submit`` validates the payload against the task contract, stores the job (queued) and
-hands it to ``JobLifecycle``, which claims it (one process wins) and submits it to the task's backend.
-The poller thread (``start``/``stop``), ``wait`` and RunPod webhooks then move it through the transition
-table (``models.TRANSITIONS``) to one final status: completed, failed, cancelled or timed_out.
+Life of a job: its edge validates the payload once (the API's request model and input rule; ``submit`` for the
+CLI and the demo), ``submit_checked`` stores the job (queued) and hands it to ``JobLifecycle``, which claims it
+(one process wins) and submits it to the task's backend. A local runner's pushes, RunPod webhooks, the poller
+thread (``start``/``stop``) and ``wait`` then move it through the transition table (``models.TRANSITIONS``) to
+one final status: completed, failed, cancelled or timed_out.
 
 Choices worth knowing:
 - Output ids (``video_id``, ``render_id``) default to the job id before the first submit, so any run
@@ -27,7 +28,7 @@ from typing import Any
 
 import handlers
 from handlers.errors import TaskError
-from orchestrator.core.backends import Backend, backend_for
+from orchestrator.core.backends import Backend, RemoteStatus, backend_for
 from orchestrator.core.config import BackendKind, BackendSpec, OrchestratorSettings
 from orchestrator.core.db import DuplicateIdempotencyKey, JobStore, new_job_id, utcnow
 from orchestrator.core.health import health_report
@@ -62,6 +63,16 @@ def _as_json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def validate(task: str, payload: Any) -> Any:
+    """``payload``'s request model for ``task`` (the task contract, ``handlers.parse``); TaskError naming what is
+    wrong. The one schema check of a job's edge where no request model checked it before (the CLI, seed routes)."""
+    if not isinstance(payload, dict):
+        raise TaskError("invalid_input", "The payload must be a JSON object.")
+    if payload.get("task", task) != task:
+        raise TaskError("invalid_input", f"`task` is {payload['task']!r} but the job is for {task!r}.")
+    return handlers.parse({**payload, "task": task})
+
+
 def backend_spec_of(job: JobView) -> BackendSpec:
     """The spec of the backend a job was submitted to (a local job's endpoint names its runner, not a target)."""
     kind = BackendKind(job.backend)
@@ -83,8 +94,8 @@ class JobService:
         self._by_task: dict[str, Backend] = dict(backends or {})
         self._by_spec: dict[str, Backend] = {b.spec: b for b in self._by_task.values()}
         for backend in self._by_spec.values():
-            if getattr(backend, "on_change", False) is None:  # a local backend built by the caller
-                backend.on_change = self._notify  # type: ignore[attr-defined]
+            if getattr(backend, "on_status", False) is None:  # a local backend built by the caller
+                backend.on_status = self._pushed  # type: ignore[attr-defined]
         self._lock = threading.Lock()
         self._changed = threading.Condition()
         self._handler_settings: handlers.Settings | None = None
@@ -99,7 +110,7 @@ class JobService:
     def _backend_by_spec(self, spec: str) -> Backend:
         with self._lock:
             if spec not in self._by_spec:
-                self._by_spec[spec] = backend_for(spec, self.settings, on_change=self._notify)
+                self._by_spec[spec] = backend_for(spec, self.settings, on_status=self._pushed)
             return self._by_spec[spec]
 
     def backend_for_task(self, task: str) -> Backend:
@@ -158,21 +169,31 @@ class JobService:
     def submit(
         self, task: str, payload: dict[str, Any], *, idempotency_key: str | None = None, start: bool = True
     ) -> JobView:
-        """Validate and start a job. TaskError for a payload the contract refuses (nothing stored);
-        the same idempotency key returns the job it first created, without a second submit.
-        ``start=False`` stores the job for a running replica to take (woken at once on PostgreSQL)."""
-        if not isinstance(payload, dict):
-            raise TaskError("invalid_input", "The payload must be a JSON object.")
+        """The edge for callers on this machine (the CLI, the demo): validate the payload against the task contract
+        and the operator's input rule, then ``submit_checked``. TaskError for a payload refused (nothing stored)."""
+        request = validate(task, payload)
+        payload = check_request_inputs({**payload, "task": task}, self.settings, self.handler_settings, from_http=False)
+        user_id = getattr(request, "user_id", None)
+        return self.submit_checked(task, payload, user_id, idempotency_key=idempotency_key, start=start)
+
+    def submit_checked(
+        self,
+        task: str,
+        payload: dict[str, Any],
+        user_id: str | None,
+        *,
+        idempotency_key: str | None = None,
+        start: bool = True,
+    ) -> JobView:
+        """Start a job whose edge validated its payload (the API's request model and input rule, or ``submit``):
+        nothing is validated again here (the worker checks its own input). The same idempotency key returns the job
+        it first created, without a second submit. ``start=False`` stores the job for a running replica to take
+        (woken at once on PostgreSQL)."""
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise OrchestratorError(
                 "invalid_idempotency_key", f"The idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters."
             )
-        if payload.get("task", task) != task:
-            raise TaskError("invalid_input", f"`task` is {payload['task']!r} but the job is for {task!r}.")
-        payload = {**payload, "task": task}
-        request = handlers.parse(payload)
-        payload = self.stage_inputs(payload)
-        user_id = getattr(request, "user_id", None)
+        payload = self.stage_inputs({**payload, "task": task})
         idempotency_key = scoped_key(user_id, idempotency_key) if idempotency_key else None  # per user
         if idempotency_key and (existing := self.store.get_by_idempotency_key(idempotency_key)):
             return self._same_request(existing, payload)
@@ -222,9 +243,7 @@ class JobService:
         return self.lifecycle.submit(job)
 
     def stage_inputs(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Inputs normalised and checked (ALLOWED_INPUT_PREFIXES: ``orchestrator.core.input_policy``; the API has
-        checked its caller's rules before); large ``data:`` inputs stored and passed by URI."""
-        payload = check_request_inputs(payload, self.settings, self.handler_settings, from_http=False)
+        """Large ``data:`` inputs stored and passed by URI (the payload's edge checked its URIs)."""
         store_uri = payload.get("store") or self.handler_settings.avatar_store_uri
         limit = self.settings.max_inline_data_bytes
         store = functools.partial(open_store, store_uri, self.handler_settings.storage)
@@ -257,6 +276,11 @@ class JobService:
         self._poller.wake()
         with self._changed:
             self._changed.notify_all()
+
+    def _pushed(self, job_id: str, remote: RemoteStatus) -> None:
+        """A local runner's news of a job (started, progress, its final status): through the lifecycle at once."""
+        self.lifecycle.report(job_id, remote)
+        self._notify(job_id)
 
     def refresh(self, job_id: str) -> JobView:
         """Bring one job up to date with its backend now."""

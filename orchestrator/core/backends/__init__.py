@@ -15,9 +15,13 @@ from orchestrator.core.config import BackendKind, BackendSpec, OrchestratorSetti
 
 
 def backend_for(
-    spec: str | BackendSpec, settings: OrchestratorSettings, *, on_change: Callable[[str], None] | None = None
+    spec: str | BackendSpec,
+    settings: OrchestratorSettings,
+    *,
+    on_status: Callable[[str, RemoteStatus], None] | None = None,
 ) -> Backend:
-    """Build the backend a spec names (``local``, ``runpod:<endpoint_id>``, ``modal:<app>/<Class>``)."""
+    """Build the backend a spec names (``local``, ``runpod:<endpoint_id>``, ``modal:<app>/<Class>``);
+    ``on_status``: where a local backend pushes each job's status as it changes."""
     parsed = spec if isinstance(spec, BackendSpec) else parse_backend_spec(spec)
     if parsed.kind is BackendKind.runpod:
         from orchestrator.core.backends.runpod import RunpodBackend
@@ -37,7 +41,7 @@ def backend_for(
 
     return LocalBackend(
         workers=settings.local_workers,
-        on_change=on_change,
+        on_status=on_status,
         silent_after_s=settings.lease_s,
         session_workers=settings.realtime_max_sessions,
         session_memory_bytes=settings.realtime_session_memory_mb * 2**20,

@@ -5,7 +5,9 @@ the job's endpoint, so another orchestrator process on the same database leaves 
 its runner lives, and adopts it once the runner is gone (``runner_is_gone``) or has stopped beating on it
 (``heartbeat_at`` older than ``silent_after_s``, LEASE_S: a runner on a host that died). Tasks run in a
 ``WorkerPool``: a task that crashes its process fails with ``worker_crashed`` and the pool replaces the
-process; the orchestrator keeps serving.
+process; the orchestrator keeps serving. Each change of a job (started, progress, its final status) is pushed to
+``on_status(job_id, status)`` as it happens: the job service applies it through the job lifecycle at once, as it
+applies a webhook, so a local job's result never waits for a poll.
 
 Live sessions (``live_session``, long-running) have a pool of their own, so they never hold up the one-shot
 jobs: ``session_workers`` processes (REALTIME_MAX_SESSIONS), one session at a time each, every process capped
@@ -96,7 +98,7 @@ class _Run:
 
     job_id: str
     payload: dict[str, Any]
-    changed: Callable[[str], None]
+    changed: Callable[[str], None]  # the backend's: pushes the run's status
     cancel: threading.Event = field(default_factory=threading.Event)
     started: bool = False
     progress: dict[str, Any] | None = None
@@ -120,8 +122,8 @@ class _Run:
 
 
 class LocalBackend:
-    """Runs tasks in ``workers`` worker processes. ``on_change(job_id)`` is called when a job starts,
-    progresses or ends. ``run_task`` is what a worker calls (``handlers.dispatch``)."""
+    """Runs tasks in ``workers`` worker processes. ``on_status(job_id, status)`` is called when a job starts,
+    progresses or ends, with its status then. ``run_task`` is what a worker calls (``handlers.dispatch``)."""
 
     kind = BackendKind.local
     cheap_status = True
@@ -130,7 +132,7 @@ class LocalBackend:
         self,
         workers: int = 2,
         settings: handlers.Settings | None = None,
-        on_change: Callable[[str], None] | None = None,
+        on_status: Callable[[str, RemoteStatus], None] | None = None,
         run_task: TaskRunner = handlers.dispatch,
         silent_after_s: float | None = None,
         *,
@@ -140,7 +142,7 @@ class LocalBackend:
     ) -> None:
         self.endpoint = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.workers = workers
-        self.on_change = on_change
+        self.on_status = on_status
         self.settings = settings or handlers.Settings()
         self._run_task = run_task
         self.silent_after_s = silent_after_s
@@ -196,11 +198,12 @@ class LocalBackend:
         return job.job_id
 
     def _changed(self, job_id: str) -> None:
-        if self.on_change is not None:
+        """Push the run's status now (from the worker pool's thread that saw the change)."""
+        if self.on_status is not None:
             try:
-                self.on_change(job_id)
+                self.on_status(job_id, self.status(job_id))
             except Exception:
-                log.exception("on_change callback failed")
+                log.exception("on_status callback failed for job %s", job_id)
 
     def _evict_finished(self) -> None:
         finished = [job_id for job_id, run in self._runs.items() if run.finished]
