@@ -91,7 +91,7 @@ def list_avatars(store: ObjectStore, *, user_id: str | None = None, avatar_id: s
 
 def _cached_frames(cache: AvatarCache | None, store: ObjectStore, entry: AvatarEntry) -> int | None:
     """Frame count of the installed version of ``entry``'s TAR, or None when it is absent, stale or broken."""
-    from storage.avatar.validate import validate_avatar_dir
+    from storage.avatar.reader import validate_avatar_dir
 
     current = None if cache is None else cache.current_version(store.uri(entry.key))
     if current is None:
@@ -109,7 +109,7 @@ def _cached_frames(cache: AvatarCache | None, store: ObjectStore, entry: AvatarE
 
 def _download(store: ObjectStore, entry: AvatarEntry, cache: AvatarCache) -> tuple[Path, int]:
     """Fetch and install one avatar as a new cache version; returns its folder and frame count."""
-    from storage.avatar.validate import validate_avatar_dir
+    from storage.avatar.reader import validate_avatar_dir
 
     if not re.fullmatch(ID_PATTERN, entry.avatar_id):
         raise StorageError("invalid_avatar", f"Avatar id {entry.avatar_id!r} in {entry.key} is not a safe name.")

@@ -24,8 +24,7 @@ from engines.lipsync.musetalk.avatar import MuseTalkMaterial
 from storage.avatar.archive import extract_avatar, pack_avatar
 from storage.avatar.layout import FACE_IMGS
 from storage.avatar.livetalking import export_livetalking
-from storage.avatar.musetalk import write_material
-from storage.avatar.validate import load_avatar, validate_avatar_dir
+from storage.avatar.reader import load_avatar, validate_avatar_dir, write_material
 from storage.errors import StorageError
 from tests.storage.avatar_factory import FRAME_H, FRAME_W, make_avatar_dir
 from tests.storage.test_avatar_musetalk import livetalking_musetalk_dir
