@@ -10,6 +10,7 @@ store a ``code`` themselves (coded-error bases).
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 from tools.source_map import (
@@ -26,6 +27,16 @@ from tools.source_map import (
 
 def _modules(files: list[Path]) -> list[Path]:
     return [p for p in files if p.name != "__init__.py"]
+
+
+def builds_error_body(path: Path) -> bool:
+    """Whether the file writes a ``{"error": ..., "error_code": ...}`` dict literal itself."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Dict):
+            keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+            if {"error", "error_code"} <= keys:
+                return True
+    return False
 
 
 def folder_rows() -> list[tuple[str, int, int]]:
@@ -57,9 +68,7 @@ def main() -> None:
         f"coded-error bases ({len(bases)}):",
         ", ".join(f"{n} ({p.relative_to(ROOT)})" for n, p in sorted(bases.items())),
     )
-    body_homes = sorted(
-        str(p.relative_to(ROOT)) for p in files if '"error_code":' in p.read_text() and '"error":' in p.read_text()
-    )
+    body_homes = sorted(str(p.relative_to(ROOT)) for p in files if builds_error_body(p))
     print(f"files building an error body ({len(body_homes)}):", ", ".join(body_homes))
 
 
