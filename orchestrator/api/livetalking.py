@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from errors import CodedError
 from handlers import validation_message
 from handlers.errors import TaskError
 from handlers.schemas import DEFAULT_USER_ID, MAX_SDP_CHARS, MAX_TEXT_CHARS
@@ -52,11 +53,11 @@ from handlers.speech import check_speech_file
 from orchestrator.api.auth import Caller, caller_of
 from orchestrator.api.context import ApiContext
 from orchestrator.api.sessions import SESSION_BODY_LIMIT, SessionRequest, control_base
-from orchestrator.live.service import LiveSessions, not_found
-from orchestrator.live.store import SessionView
-from orchestrator.llm import chat_answer
-from orchestrator.models import OrchestratorError
-from orchestrator.uploads import UploadKind, multipart_limit, upload_stream
+from orchestrator.core.live.service import LiveSessions, not_found
+from orchestrator.core.live.store import SessionView
+from orchestrator.core.llm import chat_answer
+from orchestrator.core.models import OrchestratorError
+from orchestrator.core.uploads import UploadKind, multipart_limit, upload_stream
 from storage import StorageError
 
 TAGS: list[str | Any] = ["LiveTalking"]
@@ -67,10 +68,12 @@ REFUSALS = (OrchestratorError, TaskError, StorageError)
 JSON_BODY_LIMIT = 4 * MAX_TEXT_CHARS + 4096  # a text (UTF-8: up to 4 bytes a character) and a few fields
 
 
-class LiveTalkingError(Exception):
+class LiveTalkingError(CodedError):
+    """A refusal in LiveTalking's shape: HTTP 200 with ``code: -1`` as upstream answers, unless ``status`` says."""
+
     def __init__(self, code: str, message: str, status: int = 200) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+        super().__init__(code, message)
+        self.status = status
 
 
 class OfferBody(BaseModel):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engines.codecs.audio import encode_wav
-from orchestrator.config import OrchestratorSettings
+from orchestrator.core.config import OrchestratorSettings
 from tests.media import tone
 from tests.orchestrator.conftest import eventually
 from tests.orchestrator.live_fixtures import ALICE, BOB, OFFER, OPERATOR, LiveStack, live_settings, live_stack

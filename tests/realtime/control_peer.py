@@ -20,7 +20,7 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 
 from handlers.schemas import LiveAnswer, SessionEnd, SessionEvents
-from orchestrator.background_server import BackgroundServer
+from orchestrator.devtools.background_server import BackgroundServer
 
 
 @dataclass

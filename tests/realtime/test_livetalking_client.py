@@ -28,9 +28,9 @@ pytest.importorskip("aiortc", reason="live sessions need the `realtime` extra (a
 
 from engines.codecs.audio import encode_wav  # noqa: E402
 from orchestrator.api import create_app  # noqa: E402
-from orchestrator.config import OrchestratorSettings  # noqa: E402
-from orchestrator.emulator import BackgroundServer  # noqa: E402
-from orchestrator.service import JobService  # noqa: E402
+from orchestrator.core.config import OrchestratorSettings  # noqa: E402
+from orchestrator.core.service import JobService  # noqa: E402
+from orchestrator.devtools.background_server import BackgroundServer  # noqa: E402
 from storage.local import path_from_file_uri  # noqa: E402
 from tests.browser import BROWSER_ARGS, CHROMIUM, needs_chromium  # noqa: E402
 from tests.media import tone  # noqa: E402
