@@ -45,6 +45,7 @@ from typing import Any
 
 import handlers
 import realtime
+from errors import error_body
 from handlers.health import cpu_name
 from handlers.logs import configure_logging
 from handlers.runtime import WorkerRuntime
@@ -174,7 +175,7 @@ class JobProgress:
 def failure(code: str, message: str, kept: Any = None) -> dict[str, Any]:
     """A failed job's result: ``error`` carries the code too (see the module docstring), and ``result`` what a
     failed task kept for inspection (a low_quality render's result)."""
-    body = {"error_code": code, "error": message} | ({} if kept is None else {"result": kept})
+    body = error_body(code, message) | ({} if kept is None else {"result": kept})
     return {"error": json.dumps(body), "error_code": code}
 
 
