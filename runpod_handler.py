@@ -172,9 +172,11 @@ class JobProgress:
         self._send(self._job, {"stage": stage, "fraction": round(fraction, 3)})
 
 
-def failure(code: str, message: str) -> dict[str, Any]:
-    """A failed job's result: ``error`` carries the code too (see the module docstring)."""
-    return {"error": json.dumps(error_body(code, message)), "error_code": code}
+def failure(code: str, message: str, kept: Any = None) -> dict[str, Any]:
+    """A failed job's result: ``error`` carries the code too (see the module docstring), and ``result`` what a
+    failed task kept for inspection (a low_quality render's result)."""
+    body = error_body(code, message) | ({} if kept is None else {"result": kept})
+    return {"error": json.dumps(body), "error_code": code}
 
 
 def unhealthy(load_errors: dict[str, str]) -> dict[str, Any]:
@@ -233,7 +235,7 @@ def _finished(job: dict[str, Any], result: dict[str, Any], started: float) -> di
     elapsed_ms = (time.perf_counter() - started) * 1000
     if "error_code" in result:
         log.info("job %s (%s) failed in %.0f ms: %s", job.get("id"), task, elapsed_ms, result["error_code"])
-        return failure(result["error_code"], result["error"])
+        return failure(result["error_code"], result["error"], result.get("result"))
     log.info("job %s (%s) done in %.0f ms", job.get("id"), task, elapsed_ms)
     return with_warnings(result, payload)
 

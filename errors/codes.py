@@ -92,6 +92,7 @@ job_not_found 404 n No job with this id.
 llm_failed 502 y The configured LLM answered an error or an answer without a message.
 llm_not_configured 503 n `chat` needs an LLM: LLM_BASE_URL and LLM_MODEL are not set.
 llm_unavailable 503 y The configured LLM did not answer.
+low_quality 422 n The lip-sync score is under the request's `min_lip_sync`; the video is kept, in the error's result.
 message_too_large 422 n The data-channel message is over the size limit.
 method_not_allowed 405 n The route does not take this HTTP method.
 missing_task 422 n The payload names no task.

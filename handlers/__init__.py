@@ -165,11 +165,13 @@ def _as_dict(result: Any) -> dict[str, Any]:
     return result.model_dump(mode="json") if hasattr(result, "model_dump") else result
 
 
-def _refusal(exc: Exception) -> dict[str, str]:
+def _refusal(exc: Exception) -> dict[str, Any]:
     """The error boundary: a task's exception as ``{"error", "error_code"}``, never a traceback."""
     if isinstance(exc, CodedError):
         log.info("task refused: %s (%s)", exc.message, exc.code)
-        return error_body(exc.code, exc.message)
+        kept = getattr(exc, "result", None)  # a low_quality render: what was made, for inspection
+        body = error_body(exc.code, exc.message)
+        return body if kept is None else {**body, "result": kept}
     if isinstance(exc, TaskCancelled):
         log.info("task stopped: %s", exc)
         return error_body("cancelled", f"The task was stopped before it finished ({exc}).")

@@ -14,6 +14,10 @@ abandoned stream deletes what it published.
 ``timings_ms``: ``features`` is the time until the engine's first frame (engines analyse the whole
 audio before they render), ``render`` the rest of the time spent inside the engine, ``encode`` the
 encoder thread's busy time (it runs in parallel with ``render``, so the stages overlap).
+
+``quality`` (``handlers.quality``): the lip-sync score of the frames as they are made, silence held still,
+face lost, A/V offset; under the request's ``min_lip_sync`` the task fails as ``low_quality`` after the
+upload, the result (marked ``low_quality: true``) kept in the error for inspection.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames, DrivingAudio, LipSyn
 from handlers import Progress, engine_choice
 from handlers.inputs import timed
 from handlers.outputs import new_id, resolve_store, upload
+from handlers.quality import RenderQuality, check_min_lip_sync
 from handlers.runtime import WorkerRuntime
 from handlers.schemas import HOSTED_ENGINES, GenerateVideoRequest, GenerateVideoResult, StreamSegment
 from handlers.settings import Settings
@@ -109,8 +114,10 @@ def stream(
             if request.stream
             else None
         )
+        quality = RenderQuality(runtime.engines.face_analyzer(), avatar, audio)
         try:
-            stats = yield from _render(engine, avatar, audio, output, settings, progress, timings, publisher)
+            stats = yield from _render(engine, avatar, audio, output, settings, progress, timings, publisher, quality)
+            measured = quality.report(output)
             playlist = publisher.finish() if publisher is not None else None
             progress("upload", STAGE_START["upload"])
             with timed(timings, "upload"):
@@ -120,7 +127,7 @@ def stream(
                 publisher.discard()
             raise
     progress("done", 1.0)
-    yield GenerateVideoResult(
+    result = GenerateVideoResult(
         video=stored,
         video_id=video_id,
         num_frames=stats.num_frames,
@@ -133,7 +140,11 @@ def stream(
         playlist=playlist,
         faces_found=avatar.faces_found,
         face_index=(request.face_index or 0) if request.image is not None else None,
+        quality=measured,
+        low_quality=None if request.min_lip_sync is None else False,
     )
+    check_min_lip_sync(request.min_lip_sync, result.model_dump(mode="json"))
+    yield result
 
 
 # ---- avatar and speech -----------------------------------------------------------------------
@@ -166,6 +177,7 @@ def _render(
     progress: Progress,
     timings: dict[str, float],
     publisher: SegmentPublisher | None,
+    quality: RenderQuality,
 ) -> Generator[StreamSegment, None, EncodeStats]:
     """Stream the engine's frames into the mp4 writer, publishing segments as they are finished;
     fills the features/render/encode timings."""
@@ -184,7 +196,7 @@ def _render(
         writer = SegmentedMp4Writer(output, segment_dir, width, height, plan=SegmentPlan(FPS), **options)
     with writer:
         frames = engine.render(avatar, audio)
-        features_s, engine_s = yield from _stream(frames, writer, audio.num_frames, progress, publisher)
+        features_s, engine_s = yield from _stream(frames, writer, audio.num_frames, progress, publisher, quality)
     stats = writer.close()
     yield from _publish_ready(writer, publisher)
     timings.update(
@@ -203,19 +215,23 @@ def _stream(
     total: int,
     progress: Progress,
     publisher: SegmentPublisher | None,
+    quality: RenderQuality,
 ) -> Generator[StreamSegment, None, tuple[float, float]]:
-    """Write ``total`` frames; returns (seconds until the first frame, seconds spent inside the engine)."""
+    """Write ``total`` frames (each also measured by ``quality``); returns (seconds until the first frame,
+    seconds spent inside the engine)."""
     first_s = engine_s = 0.0
     span = STAGE_START["upload"] - STAGE_START["render"]
     for i in range(total):
         started = time.perf_counter()
         frame = next(frames, None)
-        engine_s += time.perf_counter() - started
+        frame_s = time.perf_counter() - started
+        engine_s += frame_s
         if i == 0:
             first_s = engine_s
         if frame is None:
             raise EngineError("render_failed", f"the lip-sync engine stopped after {i} of {total} frames")
         writer.write(frame)
+        quality.add(i, frame, frame_s)
         yield from _publish_ready(writer, publisher, first_segment_due=i >= _first_segment_frames(writer))
         if i % PROGRESS_EVERY_FRAMES == 0:
             progress("render", STAGE_START["render"] + span * i / total)

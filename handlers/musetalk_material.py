@@ -47,12 +47,12 @@ def add_material(
     extra_margin: int = 10,
 ) -> int:
     """Compute and write MuseTalk's material for the avatar written in ``avatar_dir``; returns the frame count."""
-    from engines.lipsync.musetalk.avatar import landmark_box
+    from engines.lipsync.musetalk.avatar import landmark_boxes
     from engines.lipsync.musetalk.engine import build_material
 
     frames = LazyFrames(frame_files(avatar_dir, FULL_IMGS), frame_cache)
     height, width = frames[0].shape[:2]
-    boxes = [landmark_box(points, height, width, bbox_shift, extra_margin) for points in landmarks]
+    boxes = landmark_boxes(landmarks, height, width, bbox_shift, extra_margin)
     material = build_material(engine.model, frames, boxes, landmarks, engine.parser)
     write_material(avatar_dir, material, {**info, "bbox_shift": bbox_shift, "extra_margin": extra_margin})
     log.info("MuseTalk material written for %d frames (%s)", len(boxes), engine.info)

@@ -43,6 +43,16 @@ def test_exactly_one_source_for_generate(local_settings, runtime: WorkerRuntime)
     assert "`avatar_id` or `image`" in handlers.dispatch(both, runtime)["error"]
 
 
+def test_min_lip_sync_is_a_score_for_lip_sync_renders(local_settings, runtime: WorkerRuntime):
+    base = {"task": "generate_video", "user_id": "u", "image": "file:///p.png"}
+    out_of_range = handlers.dispatch({**base, "text": "hi", "min_lip_sync": 1.5}, runtime)
+    assert out_of_range["error_code"] == "invalid_input" and "min_lip_sync" in out_of_range["error"]
+    driven = handlers.dispatch({**base, "driving_video": "file:///d.mp4", "min_lip_sync": 0.5}, runtime)
+    assert driven["error_code"] == "invalid_input" and "`min_lip_sync` applies to lip-sync renders" in driven["error"]
+    hosted = handlers.dispatch({**base, "text": "hi", "engine": "d-id", "min_lip_sync": 0.5}, runtime)
+    assert "`min_lip_sync` applies to lip-sync renders" in hosted["error"]
+
+
 def test_empty_text_and_text_cap(local_settings, runtime: WorkerRuntime):
     base = {"task": "generate_video", "user_id": "u", "avatar_id": "a"}
     assert handlers.dispatch({**base, "text": "   "}, runtime)["error_code"] == "invalid_input"

@@ -140,6 +140,19 @@ def _tag_rotation(stream: VideoStream) -> int:
         return 0
 
 
+def av_offset_ms(path: Path) -> float | None:
+    """Audio start minus video start of a muxed file, in ms (0: in sync; > 0: the sound starts late); None
+    without both streams. From the streams' start times (edit lists applied), read from the header only."""
+    with _open(path) as container:
+        starts = {}
+        for stream in container.streams:
+            if stream.type in ("audio", "video") and stream.type not in starts and stream.time_base:
+                starts[stream.type] = float((stream.start_time or 0) * stream.time_base)
+    if len(starts) < 2:
+        return None
+    return 1000.0 * (starts["audio"] - starts["video"])
+
+
 def _duration_s(container: av.container.InputContainer, stream: VideoStream) -> float | None:
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)

@@ -65,15 +65,21 @@ def pad_box(box: FaceBox, pads: tuple[int, int, int, int], width: int, height: i
     )
 
 
+def smooth_series(values: np.ndarray, window: int = SMOOTH_WINDOW) -> np.ndarray:
+    """The avatar's temporal smoothing for any per-frame values (boxes, landmarks...): row ``i`` becomes the mean
+    of rows ``i .. i+window-1`` (upstream's rule), the last rows sharing the last full window; float64."""
+    values = np.asarray(values, dtype=np.float64)
+    window = min(window, len(values))
+    out = values.copy()
+    for i in range(len(values)):
+        start = min(i, len(values) - window)
+        out[i] = np.mean(values[start : start + window], axis=0)
+    return out
+
+
 def smooth_boxes(boxes: np.ndarray, window: int = SMOOTH_WINDOW) -> np.ndarray:
     """Whole-array form of the stream's smoothing (x1, y1, x2, y2 rows): forward window mean, truncated."""
-    boxes = np.asarray(boxes, dtype=np.int64)
-    window = min(window, len(boxes))
-    out = boxes.copy()
-    for i in range(len(boxes)):
-        start = min(i, len(boxes) - window)
-        out[i] = np.mean(boxes[start : start + window], axis=0)
-    return out
+    return smooth_series(np.asarray(boxes, dtype=np.int64), window).astype(np.int64)
 
 
 def _interpolate(a: FaceTrack, b: FaceTrack, t: float) -> tuple[FaceBox, np.ndarray]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from engines.constants import FPS
+from engines.face.boxes import smooth_series
 from engines.liveportrait.crop import (
     INPUT_SIZE,
     SCALE,
@@ -89,14 +90,18 @@ class Reenactor:
     ) -> Source:
         """A source video's first ``count`` frames: each cropped and through M (F runs per chunk at render)."""
         parts, crops = [], []
+        # The crops (and so the paste-back) follow the landmarks smoothed over time as the avatar's boxes are
+        # (``smooth_series``): landmark noise does not shake the face. The eye and lip ratios, which a crop's
+        # rotation and scale do not change, come from each frame's own landmarks.
+        steady = smooth_series(np.asarray(landmarks[:count], np.float64)).astype(np.float32)
         for first in range(0, count, self.batch_frames):
             rows = range(first, min(count, first + self.batch_frames))
             faces = [
-                crop_face(frames[i], landmarks[i], scale=crop.scale, vx=crop.vx_ratio, vy=crop.vy_ratio) for i in rows
+                crop_face(frames[i], steady[i], scale=crop.scale, vx=crop.vx_ratio, vy=crop.vy_ratio) for i in rows
             ]
             x = torch.cat([self.network_input(face.image) for face in faces])
-            eyes = np.stack([eye_ratios(face.landmarks) for face in faces])
-            lips = np.array([lip_ratio(face.landmarks) for face in faces])
+            eyes = np.stack([eye_ratios(landmarks[i]) for i in rows])
+            lips = np.array([lip_ratio(landmarks[i]) for i in rows])
             parts.append(motion_of(self.lp, x, eyes, lips))
             crops += [face.to_crop for face in faces]
         return Source(_Frames(frames, count), crops, concat_motion(parts, float(FPS)))

@@ -1,5 +1,6 @@
 """Quality measures computed from an engine's output alone (frames and the driving audio), so they hold for
-any engine, weights we have never seen included. ``lip_sync``: does the mouth follow the speech."""
+any engine, weights we have never seen included. ``lip_sync``: does the mouth follow the speech; ``report``: the
+``quality`` of every result (lip sync within a time budget, silence held still, face lost, A/V offset)."""
 
 from engines.quality.lip_sync import (
     MAX_LAG_FRAMES,
@@ -10,8 +11,12 @@ from engines.quality.lip_sync import (
     mouth_opening,
     score_lip_sync,
 )
+from engines.quality.report import BUDGET, QualityMeter, QualityReport
 
 __all__ = [
+    "BUDGET",
+    "QualityMeter",
+    "QualityReport",
     "MAX_LAG_FRAMES",
     "LipSyncMeter",
     "LipSyncScore",

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from engines.face.paste import edge_ramp, paste
 from engines.sadtalker.recon import ANGLES, EXP, TRANS
 
 ALIGN_SIZE = 224
@@ -31,7 +32,6 @@ REFERENCE_5P = np.array(
 )
 MODES = ("crop", "extcrop", "full", "extfull")
 FEATHER = 0.08  # blend ramp, as a fraction of the pasted box's smaller side
-RING = 0.06  # colour-matching band inside the box edge, same unit
 
 
 @dataclass(frozen=True)
@@ -128,32 +128,18 @@ class PasteBack:
     """Rendered squares back into the portrait at ``box``: resized to the box, colour-matched and feathered.
 
     Upstream pastes each frame with ``cv2.seamlessClone`` (a Poisson solve per frame, its slowest CPU step).
-    Here the mask is computed once: a ramp from 0 at the box edge to 1 at ``FEATHER`` of the box inward.
-    Each frame is shifted by the mean colour difference between the portrait and the render in a band just
-    inside the feather (so a render's global tint or brightness drift does not show as a seam), then blended
-    with that mask: a few vector operations on the box only.
+    Here the mask is computed once: a smooth ramp from 0 at the box edge to 1 at ``FEATHER`` of the box
+    inward; each frame goes through ``engines.face.paste`` (colour matched to the portrait in Lab over that
+    ramp, pixels outside the box untouched): a few vector operations on the box only.
     """
 
     def __init__(self, portrait: np.ndarray, box: tuple[int, int, int, int]) -> None:
         self.portrait, self.box = portrait, box
         x1, y1, x2, y2 = box
         width, height = x2 - x1, y2 - y1
-        ramp = max(2.0, FEATHER * min(width, height))
-        dx = np.minimum(np.arange(width) + 0.5, width - 0.5 - np.arange(width))
-        dy = np.minimum(np.arange(height) + 0.5, height - 0.5 - np.arange(height))
-        edge = np.minimum(dy[:, None], dx[None, :])
-        self.alpha = np.clip(edge / ramp, 0.0, 1.0).astype(np.float32)[..., None]
-        band = (edge >= ramp) & (edge < ramp + max(2.0, RING * min(width, height)))
-        self.band = band if band.any() else edge >= 0
-        self.background = portrait[y1:y2, x1:x2].astype(np.float32)
-        self.background_mean = self.background[self.band].mean(axis=0)
+        self.alpha = edge_ramp(height, width, max(2.0, FEATHER * min(width, height)))
 
     def __call__(self, square: np.ndarray) -> np.ndarray:
         """One rendered square (S, S, 3) uint8, same channel order as the portrait -> the full frame."""
         x1, y1, x2, y2 = self.box
-        face = cv2.resize(square, (x2 - x1, y2 - y1)).astype(np.float32)
-        face += self.background_mean - face[self.band].mean(axis=0)
-        blended = self.background + self.alpha * (face - self.background)
-        frame = self.portrait.copy()
-        frame[y1:y2, x1:x2] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-        return frame
+        return paste(self.portrait, cv2.resize(square, (x2 - x1, y2 - y1)), self.alpha, (y1, x1))

@@ -120,6 +120,11 @@ class LiveSessionStats(BaseModel):
     frames_repeated: int = 0
     utterances: int = 0
     engine: str | None = None
+    quality: dict[str, Any] | None = Field(
+        None,
+        description="generate_video's `quality` for the frames sent so far (engines.quality.QualityMeter's report).",
+        exclude_if=lambda value: value is None,
+    )
 
 
 class SessionEvent(BaseModel):

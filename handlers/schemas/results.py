@@ -48,6 +48,18 @@ class GenerateVideoResult(BaseModel):
     face_index: int | None = Field(
         None, description="With `image`: the face animated (0 = the largest).", exclude_if=lambda value: value is None
     )
+    quality: dict[str, Any] | None = Field(
+        None,
+        description="Measured on the frames made: `lip_sync` (mouth opening vs speech energy, Pearson at the best "
+        "`lag_frames` within +-2), `silent_held_still`, `frames_face_lost`, `av_offset_ms`, `cost_share` of the "
+        "render time; absent for driving-video and hosted renders.",
+        exclude_if=lambda value: value is None,
+    )
+    low_quality: bool | None = Field(
+        None,
+        description="With `min_lip_sync`: true when the score was under it (the job failed as `low_quality`).",
+        exclude_if=lambda value: value is None,
+    )
 
 
 class StreamSegment(BaseModel):

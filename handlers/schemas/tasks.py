@@ -175,9 +175,19 @@ class GenerateVideoRequest(TaskRequest):
         "(`generated-videos/{user_id}/{video_id}/stream/index.m3u8`); streaming callers get one item per segment.",
     )
 
+    min_lip_sync: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="Fail as `low_quality` when the result's `quality.lip_sync` is under this (0.5: the mouth "
+        "clearly follows the speech); the video is still stored and the error carries the result.",
+    )
+
     @model_validator(mode="after")
     def _one_source_each(self) -> "GenerateVideoRequest":
         require_one_of(self, "avatar_id", "image")
+        if self.min_lip_sync is not None and (self.driving_video is not None or self.engine in HOSTED_ENGINES):
+            raise ValueError("`min_lip_sync` applies to lip-sync renders: not with `driving_video` or a hosted engine")
         if self.driving_video is not None:
             check_driven_request(self.text, self.engine, self.stream)
         else:

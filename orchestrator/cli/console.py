@@ -98,6 +98,13 @@ def progress_of(job: JobView) -> tuple[float, str]:
     return (float(progress), "") if isinstance(progress, (int, float)) else (0.0, "")
 
 
+def lip_sync_of(job: JobView) -> str:
+    """The render's lip-sync score (``output.quality.lip_sync``, a low_quality failure's too), else "-"."""
+    quality = job.output.get("quality") if isinstance(job.output, dict) else None
+    score = quality.get("lip_sync") if isinstance(quality, dict) else None
+    return f"{score:.2f}" if isinstance(score, (int, float)) else "-"
+
+
 def wait_with_progress(service: JobService, job: JobView, timeout_s: float | None, quiet: bool) -> JobView:
     """Wait for the job, showing its status and progress on stderr (hidden when ``quiet``)."""
     timeout_s = timeout_s or service.settings.queue_timeout_s + service.settings.timeout_for(job.task)

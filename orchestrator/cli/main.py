@@ -48,6 +48,7 @@ from orchestrator.cli.console import (
     follow_job,
     handled_errors,
     job_service,
+    lip_sync_of,
     print_job,
     print_rows,
     progress_of,
@@ -211,6 +212,10 @@ def generate(
     user_id: UserOption = DEFAULT_USER_ID,
     video_id: Annotated[str | None, typer.Option("--video-id", help="Output id; the job id when absent.")] = None,
     face_index: FaceIndexOption = None,
+    min_lip_sync: Annotated[
+        float | None,
+        typer.Option("--min-lip-sync", min=-1.0, max=1.0, help="Fail as low_quality under this lip-sync score."),
+    ] = None,
     store: StoreOption = None,
     wait: WaitOption = True,
     timeout: TimeoutOption = None,
@@ -237,6 +242,7 @@ def generate(
         voice=voice_fields or None,
         video_id=video_id,
         face_index=face_index,
+        min_lip_sync=min_lip_sync,
         store=store,
         stream=follow or None,
     )
@@ -312,8 +318,8 @@ def jobs_list(
         fraction, stage = progress_of(job)
         detail = f"[{job.error_code}] {job.error}" if job.error else (f"{stage} {fraction:.0%}" if stage else "")
         created = job.created_at.strftime("%Y-%m-%d %H:%M:%S")
-        rows.append((job.id, job.task, job.status, job.user_id or "-", job.backend, created, detail))
-    print_rows(("ID", "TASK", "STATUS", "USER", "BACKEND", "CREATED (UTC)", "PROGRESS / ERROR"), rows)
+        rows.append((job.id, job.task, job.status, job.user_id or "-", job.backend, created, lip_sync_of(job), detail))
+    print_rows(("ID", "TASK", "STATUS", "USER", "BACKEND", "CREATED (UTC)", "LIP SYNC", "PROGRESS / ERROR"), rows)
 
 
 JobIdArgument = Annotated[str, typer.Argument(help="A job id, or a unique start of one (as printed).")]

@@ -151,7 +151,8 @@ class JobLifecycle:
         if state in ENDINGS:
             error = remote.error or f"The job ended as {state.value} on {job.backend}."
             code = (remote.error_code or DEFAULT_ERROR_CODES[state])[:MAX_ERROR_CODE_CHARS]  # a worker's own code
-            return self.finish(job, ENDINGS[state], error=error, error_code=code)
+            kept = {} if remote.output is None else {"output": remote.output}  # e.g. a low_quality render's result
+            return self.finish(job, ENDINGS[state], error=error, error_code=code, **kept)
         changed = False
         if state is RemoteState.running and job.status == JobStatus.queued.value:
             now = utcnow()

@@ -121,7 +121,11 @@ class JobView(BaseModel):
     endpoint: str | None = Field(None, description="RunPod endpoint id, Modal `app/Class`, or the local runner.")
     remote_id: str | None = Field(None, description="The backend's id for the job once submitted.")
     input: dict[str, Any] = Field(description="The task payload, with secret-looking fields masked.")
-    output: Any = Field(None, description="The task's result once completed.")
+    output: Any = Field(
+        None,
+        description="The task's result once completed; a `low_quality` failure keeps its result here too "
+        "(`quality.lip_sync` is a generate_video's lip-sync score).",
+    )
     error: str | None = None
     error_code: str | None = None
     progress: dict[str, Any] | float | None = Field(None, description="Last reported stage and fraction done.")

@@ -10,12 +10,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engines.codecs.video_in import av_offset_ms
+from engines.codecs.video_out import encode_mp4
 from engines.face import FaceAnalyzer, load_face_analyzer
 from engines.lipsync import AvatarFrames, DrivingAudio, pingpong_index
 from engines.lipsync.viseme_warp import VisemeWarpEngine
 from engines.lipsync.visemes import smooth_track
-from engines.quality import LipSyncMeter, audio_energy, best_lag_correlation, mouth_opening, score_lip_sync
+from engines.lipsync.wav2lip.engine import Wav2Lip96Engine
+from engines.quality import (
+    BUDGET,
+    LipSyncMeter,
+    QualityMeter,
+    QualityReport,
+    audio_energy,
+    best_lag_correlation,
+    mouth_opening,
+    score_lip_sync,
+)
+from engines.quality.report import MIN_MEASURED, MIN_MOTION, SILENCE_MARGIN
 from engines.tts import VoiceParams, load_synthesizer, resample
+from tests.engines.wav2lip_fixtures import random_model, real_weights_like
 from tests.media import moving_astronaut_avatar, psnr
 
 SENTENCE = "Peter Piper picked a peck of pickled peppers. Good morning, my friend!"
@@ -131,3 +145,89 @@ def test_a_render_that_loses_the_face_scores_zero(
     frames = [np.full_like(f, 128) if i % 3 else f for i, f in enumerate(rendered)]  # two thirds faceless
     score = score_lip_sync(frames, speech.samples, analyzer)
     assert score.frames_without_face > len(frames) / 2 and score.correlation == 0.0
+
+
+# ---- the report of every result (QualityMeter): both sides of the score, cost, silence, A/V offset ----------------
+
+
+def report(
+    analyzer: FaceAnalyzer, avatar: AvatarFrames, frames: list[np.ndarray], speech: DrivingAudio, sampled: bool
+) -> QualityReport:
+    """``sampled``: as in production for an engine that costs nothing (only the evenly spread minimum measured)."""
+    energy = audio_energy(speech.samples, len(frames))
+    meter = QualityMeter(analyzer, avatar, BUDGET if sampled else None, expected_frames=len(frames))
+    for i, frame in enumerate(frames):
+        meter.add(frame, energy[i], pingpong_index(i, len(avatar)), 0.0 if sampled else None)
+    return meter.report()
+
+
+@pytest.fixture(scope="module")
+def random_wav2lip(avatar: AvatarFrames, speech: DrivingAudio) -> list[np.ndarray]:
+    return list(Wav2Lip96Engine(random_model("wav2lip96")).render(avatar, speech))
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["every frame", "sampled"])
+def test_the_report_scores_speaking_mouths_high_and_garbage_or_still_ones_low(
+    analyzer: FaceAnalyzer,
+    avatar: AvatarFrames,
+    speech: DrivingAudio,
+    rendered: list[np.ndarray],
+    random_wav2lip: list[np.ndarray],
+    sampled: bool,
+) -> None:
+    still = [avatar.frames[pingpong_index(i, len(avatar))] for i in range(speech.num_frames)]
+    high = {"viseme_warp": rendered, "real-weights-like": real_weights_like(avatar, rendered)}
+    low = {"wav2lip96 random weights": random_wav2lip, "still mouth": still}
+    for name, frames in high.items():
+        scored = report(analyzer, avatar, frames, speech, sampled)
+        assert scored.lip_sync >= 0.65 and abs(scored.lag_frames) <= 1, (name, scored)
+        assert scored.frames_face_lost == 0 and scored.mouth_motion > 0.05, (name, scored)
+    for name, frames in low.items():
+        scored = report(analyzer, avatar, frames, speech, sampled)
+        assert scored.lip_sync < 0.3, (name, scored)
+    assert report(analyzer, avatar, still, speech, sampled).mouth_motion < MIN_MOTION  # never moved: scored 0
+    if sampled:
+        n = speech.num_frames  # the minimum, evenly spread
+        assert scored.frames_measured == len(range(0, n, n // MIN_MEASURED)) >= MIN_MEASURED
+
+
+def test_the_meter_keeps_to_its_budget_and_measures_every_frame_of_a_slow_engine(
+    analyzer: FaceAnalyzer, avatar: AvatarFrames, speech: DrivingAudio, rendered: list[np.ndarray]
+) -> None:
+    energy = audio_energy(speech.samples, len(rendered))
+    slow = QualityMeter(analyzer, avatar)  # no clip length given: the budget alone decides
+    for i, frame in enumerate(rendered):
+        slow.add(frame, energy[i], pingpong_index(i, len(avatar)), render_s=1.0)
+    assert slow.report().frames_measured == len(rendered)
+    fast = QualityMeter(analyzer, avatar)
+    render_s = 0.002
+    for i, frame in enumerate(rendered):
+        fast.add(frame, energy[i], pingpong_index(i, len(avatar)), render_s)
+    measured = fast.report()
+    assert 1 <= measured.frames_measured < len(rendered) / 4
+    one_fit = measured.cost_ms / measured.frames_measured / 1000
+    assert measured.cost_share <= BUDGET + one_fit / (render_s * len(rendered))  # over by one fit at most
+
+
+def test_silence_held_still_and_a_lost_face_are_reported(
+    analyzer: FaceAnalyzer, avatar: AvatarFrames, rendered: list[np.ndarray]
+) -> None:
+    n = len(rendered)
+    energy = np.where(np.arange(n) < n // 2, 0.1, 0.0)  # speech, then silence
+    frames = [
+        avatar.frames[pingpong_index(i, len(avatar))] if i >= n // 2 + 10 else rendered[i] for i in range(n)
+    ]  # the first 10 silent frames still move, then the avatar's own frames
+    frames[5] = np.full_like(frames[5], 128)
+    meter = QualityMeter(analyzer, avatar, budget=None)
+    for i, frame in enumerate(frames):
+        meter.add(frame, energy[i], pingpong_index(i, len(avatar)))
+    scored = meter.report()
+    deep = n - n // 2 - SILENCE_MARGIN  # the first SILENCE_MARGIN silent frames border on speech
+    assert scored.silent_frames == deep and scored.frames_face_lost == 1
+    assert scored.silent_held_still == pytest.approx((deep - (10 - SILENCE_MARGIN)) / deep)
+
+
+def test_the_av_offset_of_a_muxed_file(tmp_path, rendered: list[np.ndarray], speech: DrivingAudio) -> None:
+    encode_mp4(tmp_path / "out.mp4", rendered[:25], speech.samples[:16000])
+    encode_mp4(tmp_path / "mute.mp4", rendered[:5])
+    assert av_offset_ms(tmp_path / "out.mp4") == 0.0 and av_offset_ms(tmp_path / "mute.mp4") is None

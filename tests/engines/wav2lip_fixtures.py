@@ -1,13 +1,16 @@
-"""Random Wav2Lip weights saved like the official checkpoints, and a small avatar with a known face box."""
+"""Random Wav2Lip weights saved like the official checkpoints, a small avatar with a known face box, and what
+real weights would give (``real_weights_like``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
-from engines.lipsync import AvatarFrames
+from engines.lipsync import AvatarFrames, pingpong_index
+from engines.lipsync.wav2lip.engine import paste_face
 from engines.lipsync.wav2lip.model import Wav2Lip, build_model
 from tests.media import head_motion
 
@@ -76,3 +79,16 @@ def speech_like(seconds: float, silence_s: float = 0.0, sample_rate: int = 16000
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4.0 * t)
     tone = (0.2 * envelope * voiced).astype(np.float32)
     return np.concatenate([np.zeros(int(silence_s * sample_rate), np.float32), tone])
+
+
+def real_weights_like(avatar: AvatarFrames, frames: list[np.ndarray], start: int = 0) -> list[np.ndarray]:
+    """What a trained 96-px Wav2Lip gives: the talking mouth (of ``frames``, output frames ``start``...) at 96 px,
+    with a colour cast, pasted by its engine."""
+    out = []
+    for i, frame in enumerate(frames, start):
+        k = pingpong_index(i, len(avatar))
+        y1, y2, x1, x2 = avatar.coords[k]
+        small = cv2.resize(frame[y1:y2, x1:x2], (96, 96), interpolation=cv2.INTER_AREA)
+        face = np.clip(cv2.resize(small, (x2 - x1, y2 - y1)).astype(int) + (12, -6, 4), 0, 255).astype(np.uint8)
+        out.append(paste_face(avatar.frames[k], face, (y1, y2, x1, x2)))
+    return out

@@ -133,7 +133,14 @@ def test_text_to_mp4_moves_the_lips_with_the_speech(
     runtime: WorkerRuntime,
 ) -> None:
     settings = local_settings.model_copy(update={"video_crf": PSNR_CRF})
-    payload = {"task": "generate_video", "user_id": USER, "avatar_id": AVATAR, "text": SENTENCE, "video_id": "v1"}
+    payload = {
+        "task": "generate_video",
+        "user_id": USER,
+        "avatar_id": AVATAR,
+        "text": SENTENCE,
+        "video_id": "v1",
+        "min_lip_sync": 0.5,
+    }
     stages: list[tuple[str, float]] = []
     result = dispatch(
         payload, runtime.with_settings(settings), progress=lambda stage, done: stages.append((stage, done))
@@ -151,6 +158,10 @@ def test_text_to_mp4_moves_the_lips_with_the_speech(
     assert abs(info["video_s"] - info["audio_s"]) <= 1 / 25
     assert frames[0].shape == (256, 256, 3) and (result["width"], result["height"]) == (256, 256)
     assert len(frames) == result["num_frames"]
+    quality = result["quality"]  # measured on the frames as they were made, before the encoder
+    assert quality["lip_sync"] >= 0.6 and abs(quality["lag_frames"]) <= 2 and result["low_quality"] is False
+    assert quality["frames"] == len(frames) and quality["frames_measured"] >= 24 and quality["frames_face_lost"] == 0
+    assert quality["av_offset_ms"] == 0.0 and quality["cost_share"] is not None
 
     samples = resample(load_synthesizer("espeak").synthesize(SENTENCE, VoiceParams()).samples, 22050, 16000)
     rms = frame_rms(samples, len(frames))
@@ -189,7 +200,13 @@ def test_silent_audio_keeps_the_mouth_closed(
 ) -> None:
     silence = write_wav(tmp_path / "silence.wav", np.zeros(32000, dtype=np.float32), 16000)
     payload = {"task": "generate_video", "user_id": USER, "avatar_id": AVATAR, "audio": silence.as_uri()}
-    result = dispatch(payload, runtime)
+    payload |= {"min_lip_sync": 0.5, "video_id": "hush"}
+    failed = dispatch(payload, runtime)
+    # a mouth that does not follow speech scores under min_lip_sync: the job fails, the render is kept and marked
+    assert failed["error_code"] == "low_quality" and "0.00" in failed["error"] and "hush.mp4" in failed["error"]
+    result = failed["result"]
+    assert result["low_quality"] is True and result["quality"]["lip_sync"] == 0.0
+    assert result["quality"]["silent_frames"] == 50 and result["quality"]["silent_held_still"] == 1.0
     frames, info = decode_video(output_path(store_root, result))
     assert len(frames) == 50 and abs(info["audio_s"] - 2.0) < 0.01
     for i, landmarks in enumerate(measure(frames[::5], analyzer)):

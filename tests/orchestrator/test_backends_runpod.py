@@ -149,6 +149,15 @@ def test_parse_job_maps_runpod_answers():
     assert parse_job({"status": "CANCELLED"}).state is RemoteState.cancelled
 
 
+def test_a_low_quality_failure_keeps_the_workers_result():
+    from runpod_handler import failure
+
+    kept = {"video": {"uri": "file:///v.mp4"}, "quality": {"lip_sync": 0.1}, "low_quality": True}
+    failed = parse_job({"status": "FAILED", **failure("low_quality", "lip-sync score 0.10 is under 0.50", kept)})
+    assert (failed.state, failed.error_code, failed.output) == (RemoteState.failed, "low_quality", kept)
+    assert failed.error == "lip-sync score 0.10 is under 0.50"
+
+
 def test_modal_backend_without_a_token_refuses_clearly(monkeypatch):
     monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
     monkeypatch.delenv("MODAL_TOKEN_SECRET", raising=False)

@@ -8,9 +8,11 @@ import shlex
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from engines.codecs.audio import write_wav
 from handlers.schemas import Emotion
 from handlers.settings import Settings
 from orchestrator.cli.main import app
@@ -220,3 +222,28 @@ def test_a_database_password_in_any_part_of_the_url_never_reaches_cli_errors(cli
         assert result.exit_code == 1 and "Traceback" not in result.output, result.output
         assert "database_unreachable" in result.output
         assert "s3cr3t" not in result.output and "s3%63r3t" not in result.output, result.output
+
+
+def test_a_render_under_min_lip_sync_fails_kept_and_the_job_list_shows_its_score(
+    cli_env: Settings, tmp_path: Path
+) -> None:
+    portrait, silence = tmp_path / "portrait.png", tmp_path / "silence.wav"
+    cv2.imwrite(str(portrait), astronaut_bgr(256))
+    write_wav(silence, np.zeros(16000, dtype=np.float32), 16000)
+    args = ("generate", "--image", str(portrait), "--user-id", "q-u", "--engine", "viseme_warp", "--json")
+    spoken = invoke(*args, "--text", "Good morning, my friend! Peter Piper picked a peck of pickled peppers.")
+    assert spoken.exit_code == 0, spoken.output
+    passed = json.loads(spoken.stdout)
+    assert passed["output"]["quality"]["lip_sync"] > 0.5
+
+    failed = invoke(*args, "--audio", str(silence), "--min-lip-sync", "0.5")
+    assert failed.exit_code == 1 and json.loads(failed.stdout)["error_code"] == "low_quality"
+    job = json.loads(invoke("jobs", "list", "--user-id", "q-u", "--status", "failed", "--json").stdout)[0]
+    assert job["error_code"] == "low_quality" and job["output"]["low_quality"] is True
+    assert path_from_file_uri(job["output"]["video"]["uri"]).is_file()  # kept for inspection
+
+    table = invoke("jobs", "list", "--user-id", "q-u").stdout
+    assert "LIP SYNC" in table
+    rows = {line.split()[0]: line for line in table.splitlines()[1:] if line.strip()}
+    assert f"{passed['output']['quality']['lip_sync']:.2f}" in rows[passed["id"][: len(next(iter(rows)))]]
+    assert " 0.00 " in rows[job["id"][: len(next(iter(rows)))]]

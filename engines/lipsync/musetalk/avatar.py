@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from engines.errors import EngineError
+from engines.face.boxes import smooth_boxes
+from engines.face.paste import paste
 
 NOSE_POINT = 29  # the 68-point scheme's lower nose bridge, upstream's "half face" reference
 JAW = slice(0, 17)
@@ -61,6 +63,15 @@ def landmark_box(
     if x2 - x1 < 8 or y2 - y1 < 8:
         raise EngineError("no_face", f"the landmarks give no usable face box ({(x1, y1, x2, y2)})")
     return x1, y1, x2, y2
+
+
+def landmark_boxes(
+    landmarks: np.ndarray, height: int, width: int, bbox_shift: int = 0, extra_margin: int = EXTRA_MARGIN
+) -> list[tuple[int, int, int, int]]:
+    """``landmark_box`` of every frame, smoothed over time as the avatar's coords are (``smooth_boxes``: the mean
+    of 5 frames), so landmark noise does not make the pasted face jitter (upstream does not smooth them)."""
+    raw = np.array([landmark_box(points, height, width, bbox_shift, extra_margin) for points in landmarks])
+    return [(int(x1), int(y1), int(x2), int(y2)) for x1, y1, x2, y2 in smooth_boxes(raw)]
 
 
 def crop_box(box: Sequence[int]) -> tuple[int, int, int, int]:
@@ -130,18 +141,13 @@ def padded_crop(frame: np.ndarray, crop: Sequence[int]) -> np.ndarray:
 def paste_face(
     frame: np.ndarray, face_bgr: np.ndarray, box: Sequence[int], mask: np.ndarray, crop: Sequence[int]
 ) -> np.ndarray:
-    """A copy of ``frame`` with the generated 256x256 face resized into ``box`` and blended through ``mask``."""
+    """A copy of ``frame`` with the generated 256x256 face resized into ``box`` and blended through ``mask``,
+    colour-matched at the mask's rim (``engines.face.paste``: pixels outside the mask stay as they were)."""
     x1, y1, x2, y2 = (int(v) for v in box)
-    xs, ys, xe, ye = (int(v) for v in crop)
-    out = frame.copy()
-    large = padded_crop(frame, crop)
-    large[y1 - ys : y2 - ys, x1 - xs : x2 - xs] = cv2.resize(face_bgr, (x2 - x1, y2 - y1))
-    height, width = frame.shape[:2]
-    cx1, cy1, cx2, cy2 = max(xs, 0), max(ys, 0), min(xe, width), min(ye, height)
-    inner = (slice(cy1 - ys, cy2 - ys), slice(cx1 - xs, cx2 - xs))
+    xs, ys = int(crop[0]), int(crop[1])
     if mask.ndim == 3:  # a mask PNG decoded as BGR (LiveTalking's are grey saved as colour)
         mask = mask[..., 0]
-    weights = np.ascontiguousarray(mask[inner], dtype=np.float32) / 255.0
-    region = out[cy1:cy2, cx1:cx2]
-    region[:] = cv2.blendLinear(np.ascontiguousarray(large[inner]), region, weights, 1.0 - weights)
-    return out
+    # Upstream blends the whole crop box, but outside the face box its "generated" pixels are the frame's own:
+    # only the face box can change, and its rim is where the colour is matched.
+    weights = mask[y1 - ys : y2 - ys, x1 - xs : x2 - xs].astype(np.float32) / 255.0
+    return paste(frame, cv2.resize(face_bgr, (x2 - x1, y2 - y1)), weights, (y1, x1))

@@ -25,7 +25,7 @@ from engines.lipsync.musetalk.avatar import (
     MuseTalkMaterial,
     blend_mask,
     face_crop,
-    landmark_box,
+    landmark_boxes,
     paste_face,
 )
 from engines.lipsync.musetalk.model import MuseTalk, load_musetalk
@@ -67,15 +67,12 @@ def build_material(
 
 
 def avatar_boxes(avatar: AvatarFrames, bbox_shift: int = 0, extra_margin: int = 10) -> list[tuple[int, int, int, int]]:
-    """MuseTalk face boxes: from the landmarks when stored (upstream's rule), else the avatar's face boxes."""
-    boxes = []
-    for i, coords in enumerate(avatar.coords):
-        height, width = avatar.frames[i].shape[:2]
-        if avatar.landmarks is not None:
-            boxes.append(landmark_box(avatar.landmarks[i], height, width, bbox_shift, extra_margin))
-        else:
-            boxes.append(box_from_coords(coords))
-    return boxes
+    """MuseTalk face boxes: from the landmarks when stored (upstream's rule, smoothed over time), else the avatar's
+    face boxes (already smoothed by its preprocessing)."""
+    if avatar.landmarks is not None:
+        height, width = avatar.frames[0].shape[:2]
+        return landmark_boxes(avatar.landmarks, height, width, bbox_shift, extra_margin)
+    return [box_from_coords(coords) for coords in avatar.coords]
 
 
 @register(ENGINE_NAME)

@@ -4,7 +4,8 @@ Per output frame: the avatar frame (ping-pong), its face crop resized to the mod
 lower half masked, stacked with the unmasked crop (6 channels, [0, 1]) and the frame's 16-column mel
 window. Batches run the audio encoder once per window, then the face pass; frames whose audio window
 is silent skip the model and show the original frame. The generated face is resized to the box and
-blended into the frame with a feathered mask that keeps the upper face (eyes) original.
+blended into the frame with a feathered mask that keeps the upper face (eyes) original, colour-matched
+to the frame at the mask's rim (``engines.face.paste``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from engines.errors import EngineError
+from engines.face.paste import paste
 from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames, DrivingAudio, pingpong_index, register
 from engines.lipsync.wav2lip.audio import mel_window_starts, mel_windows, melspectrogram, window_rms
 from engines.lipsync.wav2lip.loader import load_wav2lip
@@ -60,16 +62,12 @@ def model_input(crop_bgr: np.ndarray, size: int) -> np.ndarray:
 
 
 def paste_face(frame: np.ndarray, face_bgr: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """A copy of ``frame`` with ``face_bgr`` resized into ``box`` (y1, y2, x1, x2), feather-blended."""
+    """A copy of ``frame`` with ``face_bgr`` resized into ``box`` (y1, y2, x1, x2), feathered and colour-matched
+    (``engines.face.paste``: pixels outside the mask stay as they were)."""
     y1, y2, x1, x2 = box
-    out = frame.copy()
-    face = cv2.resize(face_bgr, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
-    mask = blend_mask(y2 - y1, x2 - x1)
     top = int((y2 - y1) * BLEND_TOP)  # rows above have weight 0: leave them untouched
-    region = out[y1 + top : y2, x1:x2]
-    weights = np.ascontiguousarray(mask[top:])
-    region[:] = cv2.blendLinear(face[top:], region, weights, 1.0 - weights)
-    return out
+    face = cv2.resize(face_bgr, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
+    return paste(frame, face[top:], blend_mask(y2 - y1, x2 - x1)[top:], (y1 + top, x1))
 
 
 def clamp_box(box: Sequence[int], height: int, width: int) -> tuple[int, int, int, int] | None:

@@ -281,5 +281,6 @@ class LocalBackend:
 
 def _result_status(result: dict[str, Any]) -> RemoteStatus:
     if isinstance(result, dict) and "error" in result:
-        return RemoteStatus(RemoteState.failed, error=result["error"], error_code=result.get("error_code"))
+        kept = result.get("result")  # a low_quality render's result, kept for inspection
+        return RemoteStatus(RemoteState.failed, output=kept, error=result["error"], error_code=result.get("error_code"))
     return RemoteStatus(RemoteState.completed, output=result, progress={"stage": "done", "fraction": 1.0})

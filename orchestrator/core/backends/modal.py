@@ -90,7 +90,12 @@ class ModalBackend(RemoteBackend):
                 RemoteState.failed, error=f"Modal call failed: {type(exc).__name__}: {exc}", error_code="remote_failed"
             )
         if isinstance(result, dict) and "error" in result:
-            return RemoteStatus(RemoteState.failed, error=str(result["error"]), error_code=result.get("error_code"))
+            return RemoteStatus(
+                RemoteState.failed,
+                output=result.get("result"),  # a low_quality render's result, kept for inspection
+                error=str(result["error"]),
+                error_code=result.get("error_code"),
+            )
         return RemoteStatus(RemoteState.completed, output=result, progress={"stage": "done", "fraction": 1.0})
 
     def cancel(self, remote_id: str) -> None:

@@ -94,6 +94,16 @@ def _error_message(raw: Any) -> tuple[str | None, str | None]:
     return (str(raw) if raw else None), None
 
 
+def _kept_result(raw: Any) -> Any:
+    """The result our worker keeps inside a failure's ``error`` JSON (a low_quality render's), else None."""
+    if isinstance(raw, str) and raw.lstrip().startswith("{"):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    return raw.get("result") if isinstance(raw, dict) else None
+
+
 def _progress(output: Any) -> dict[str, Any] | float | None:
     if isinstance(output, dict) and ("fraction" in output or "stage" in output):
         return output
@@ -122,7 +132,8 @@ def parse_job(body: dict[str, Any]) -> RemoteStatus:
     if state is RemoteState.failed:
         message, worker_code = _error_message(body.get("error"))
         message = message or "The RunPod job failed without a message."
-        return RemoteStatus(state, error=message, error_code=code or worker_code or "remote_failed")
+        kept = _kept_result(body.get("error"))
+        return RemoteStatus(state, output=kept, error=message, error_code=code or worker_code or "remote_failed")
     if state is RemoteState.timed_out:
         return RemoteStatus(state, error="RunPod stopped the job at its execution timeout.", error_code="timeout")
     return RemoteStatus(state, error="The job was cancelled on RunPod.", error_code="cancelled")
