@@ -69,9 +69,10 @@ def still(analyzer: FaceAnalyzer, work: Path) -> Frames:
 
 def wav2lip96_random(analyzer: FaceAnalyzer, work: Path) -> Frames:
     from bench.wav2lip import random_checkpoint
+    from engines.context import EngineContext
     from engines.lipsync.wav2lip.engine import Wav2Lip96Engine
 
-    engine = Wav2Lip96Engine.load(random_checkpoint("wav2lip96", work), device="cpu", precision="fp32")
+    engine = Wav2Lip96Engine.load(random_checkpoint("wav2lip96", work), EngineContext("cpu", "fp32"))
     return lambda avatar, audio: list(engine.render(avatar, audio))
 
 

@@ -200,14 +200,17 @@ CPU_ENGINE = names("cpu")[0]
 def markdown() -> str:
     """The README's engine list: one line per row."""
     lines = [
-        "| engine | kind | input | auto | needs CUDA | live | weights | your own copy | commercial use |",
+        "| engine | kind | input | auto's order | needs CUDA | live | weights | your own copy | commercial use |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    order = {r.name: i for i, r in enumerate(auto_order(), 1)}
     for r in ROWS:
-        files = (" + " if r.weights_set else " or ").join(f"`{w}`" for w in r.weights) or "—"
+        files = " or ".join(f"`{w}`" for w in r.weights) or "—"
+        if r.weights_set:
+            files = f"`fetch-weights {r.name}` ({len(r.weights)} files in `{r.weights_set}/`)"
         own = f"`{r.checkpoint_setting.upper()}`" if r.checkpoint_setting else "—"
         use = {True: "yes", False: "no", None: "your terms"}[r.commercial_use]
-        auto = "—" if r.auto is None else str(r.auto)
+        auto = str(order[r.name]) if r.name in order else "—"
         cuda, live = ("yes" if r.needs_cuda else "no"), ("yes" if r.live else "no")
         lines.append(f"| `{r.name}` | {r.kind} | {r.input} | {auto} | {cuda} | {live} | {files} | {own} | {use} |")
     return "\n".join(lines)

@@ -80,7 +80,7 @@ class LiveSessionRequest(TaskRequest):
     def _one_source(self) -> "LiveSessionRequest":
         require_one_of(self, "avatar_id", "image")
         if self.engine not in LIVE_ENGINES:
-            raise ValueError(f"`engine: {self.engine.value}` is not live-capable: use one of {', '.join(LIVE_ENGINES)}")
+            raise ValueError(f"`engine: {self.engine}` is not live-capable: use one of {', '.join(LIVE_ENGINES)}")
         if self.image is not None:
             _check_uri(self.image)
         if self.offer.type != "offer":
