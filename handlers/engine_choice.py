@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"
 USER_CHECKPOINT_LICENCE = "User-supplied checkpoint: the terms its owner grants."
-__all__ = ["AUTO", "CPU_ENGINE", "choose", "engine_context", "lipsync_engine"]
 
 
 @dataclass(frozen=True)
