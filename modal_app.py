@@ -38,6 +38,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import handlers
 import realtime
+from errors import error_body
 from handlers.logs import configure_logging
 from handlers.runtime import WorkerRuntime
 from handlers.schemas import DEFAULT_USER_ID, LIVE_SESSION_TASK, URI_SCHEMES, TaskName
@@ -47,7 +48,7 @@ from storage import StorageError, open_store
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent
-PROJECT_PACKAGES = ("handlers", "engines", "storage", "realtime")
+PROJECT_PACKAGES = ("errors", "handlers", "engines", "storage", "realtime")
 SOURCE_IGNORE = ["**/__pycache__/**", "**/*.pyc"]  # keep non-Python files (engine data tables) in the image
 PYTHON_VERSION = "3.11"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -126,7 +127,7 @@ def unhealthy(load_errors: dict[str, str]) -> dict[str, Any]:
         modal.experimental.stop_fetching_inputs()
     details = "; ".join(f"{task}: {error}" for task, error in load_errors.items())
     message = f"This worker failed to load its engines ({details}); it will be replaced."
-    return {"error": message, "error_code": "worker_unhealthy"}
+    return error_body("worker_unhealthy", message)
 
 
 @app.cls(
@@ -263,7 +264,7 @@ def task_fields(task: str, user_id: str, **inputs: str) -> dict[str, Any]:
 
 def stage_local_files(fields: dict[str, Any], store_uri: str, user_id: str) -> dict[str, Any]:
     """Upload the inputs given as local files to the store and replace them by their URIs."""
-    from orchestrator.uploads import INPUT_FIELD_KINDS, upload_file  # laptop side only: not in the worker image
+    from orchestrator.core.uploads import INPUT_FIELD_KINDS, upload_file  # laptop side only: not in the worker image
 
     staged = dict(fields)
     for field, kind in INPUT_FIELD_KINDS.items():

@@ -45,6 +45,7 @@ from typing import Any
 
 import handlers
 import realtime
+from errors import error_body
 from handlers.health import cpu_name
 from handlers.logs import configure_logging
 from handlers.runtime import WorkerRuntime
@@ -173,7 +174,7 @@ class JobProgress:
 
 def failure(code: str, message: str) -> dict[str, Any]:
     """A failed job's result: ``error`` carries the code too (see the module docstring)."""
-    return {"error": json.dumps({"error_code": code, "error": message}), "error_code": code}
+    return {"error": json.dumps(error_body(code, message)), "error_code": code}
 
 
 def unhealthy(load_errors: dict[str, str]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-CLI = [sys.executable, "-c", "from orchestrator.cli import app; app()"]
+CLI = [sys.executable, "-c", "from orchestrator.cli.main import app; app()"]
 WARM_UP_CALLS = 3  # LOCAL_WORKERS (2) worker processes, and one more
 STATE_VARIABLES = ("DATABASE_URL", "AVATAR_STORE_URI", "AVATAR_LOCAL_PATH", "API_TOKEN", "TENANT_TOKENS")
 
@@ -77,7 +77,7 @@ def main() -> None:
 
     import cv2
 
-    from orchestrator.demo import astronaut_bgr
+    from orchestrator.devtools.demo import astronaut_bgr
 
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
         home = Path(tmp)

@@ -23,8 +23,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from orchestrator.db import normalize_url  # noqa: E402
-from orchestrator.emulator import BackgroundServer, create_emulator_app  # noqa: E402
+from orchestrator.core.db import normalize_url  # noqa: E402
+from orchestrator.devtools.emulator import BackgroundServer, create_emulator_app  # noqa: E402
 
 AVATARCTL = str(Path(sys.executable).with_name("avatarctl"))
 ENDPOINT = "faults"
@@ -155,7 +155,7 @@ def stack(lease_s: float) -> Iterator[Stack]:
     import boto3
     import cv2
 
-    from orchestrator.demo import astronaut_bgr
+    from orchestrator.devtools.demo import astronaut_bgr
 
     s3 = S3Server()
     s3.start()

@@ -43,8 +43,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from sqlalchemy import text  # noqa: E402
 
-from orchestrator.db import JobStore  # noqa: E402
-from orchestrator.webhooks import webhook_token  # noqa: E402
+from orchestrator.core.db import JobStore  # noqa: E402
+from orchestrator.core.webhooks import webhook_token  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fault_stack import (  # noqa: E402

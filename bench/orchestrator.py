@@ -42,8 +42,8 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from orchestrator.db import JobStore  # noqa: E402
-from orchestrator.models import FINISHED_STATUSES  # noqa: E402
+from orchestrator.core.db import JobStore  # noqa: E402
+from orchestrator.core.models import FINISHED_STATUSES  # noqa: E402
 
 AVATARCTL = str(Path(sys.executable).with_name("avatarctl"))
 START_TIMEOUT_S = 60.0

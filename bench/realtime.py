@@ -193,9 +193,9 @@ def bench_live(work: Path, says: int, max_sessions: int) -> None:
     import cv2
 
     from orchestrator.api import create_app
-    from orchestrator.config import OrchestratorSettings
-    from orchestrator.emulator import BackgroundServer
-    from orchestrator.service import JobService
+    from orchestrator.core.config import OrchestratorSettings
+    from orchestrator.core.service import JobService
+    from orchestrator.devtools.emulator import BackgroundServer
     from tests.media import astronaut_bgr
 
     store = work / "live-store"

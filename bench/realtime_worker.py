@@ -63,7 +63,7 @@ def worker_process(work: Path, env: dict[str, str], concurrency: int) -> Iterato
     from tests.conftest import free_port
 
     port = free_port()
-    command = [sys.executable, "-c", "from orchestrator.cli import app; app()", "emulate-runpod", "--endpoint-id"]
+    command = [sys.executable, "-c", "from orchestrator.cli.main import app; app()", "emulate-runpod", "--endpoint-id"]
     command += [ENDPOINT, "--port", str(port), "--handler", "runpod_handler:concurrent_handler"]
     command += ["--concurrency", str(concurrency), "--log-level", "warning"]
     with (work / "worker.log").open("w") as log:
@@ -88,9 +88,9 @@ def worker_process(work: Path, env: dict[str, str], concurrency: int) -> Iterato
 def deployment(work: Path, portrait_store: Path, max_sessions: int, engine: str) -> Iterator[tuple[str, bool]]:
     """coturn (when installed), one worker process, the API; yields (API URL, whether TURN is there)."""
     from orchestrator.api import create_app
-    from orchestrator.config import OrchestratorSettings
-    from orchestrator.emulator import BackgroundServer
-    from orchestrator.service import JobService
+    from orchestrator.core.config import OrchestratorSettings
+    from orchestrator.core.service import JobService
+    from orchestrator.devtools.emulator import BackgroundServer
     from tests.turn import TURNSERVER, turn_server
 
     os.environ["AVATAR_STORE_URI"] = portrait_store.as_uri()  # the API's and the worker's store

@@ -27,12 +27,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from engines.errors import EngineError
+from errors import CodedError, error_body
 from handlers.errors import TaskCancelled, TaskError
 from handlers.runtime import WorkerRuntime
 from handlers.schemas import LIVE_SESSION_TASK, REQUEST_MODELS, TASK_MODELS, TaskName
 from handlers.settings import Settings
-from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +122,6 @@ def default_runtime() -> WorkerRuntime:
         return _default[0]
 
 
-def error(code: str, message: str) -> dict[str, str]:
-    return {"error": message, "error_code": code}
-
-
 def validation_message(exc: ValidationError) -> str:
     """A pydantic error as one line naming each field and what is wrong (no input values echoed)."""
     parts = []
@@ -172,14 +167,14 @@ def _as_dict(result: Any) -> dict[str, Any]:
 
 def _refusal(exc: Exception) -> dict[str, str]:
     """The error boundary: a task's exception as ``{"error", "error_code"}``, never a traceback."""
-    if isinstance(exc, (TaskError, EngineError, StorageError)):
+    if isinstance(exc, CodedError):
         log.info("task refused: %s (%s)", exc.message, exc.code)
-        return error(exc.code, exc.message)
+        return error_body(exc.code, exc.message)
     if isinstance(exc, TaskCancelled):
         log.info("task stopped: %s", exc)
-        return error("cancelled", f"The task was stopped before it finished ({exc}).")
+        return error_body("cancelled", f"The task was stopped before it finished ({exc}).")
     log.exception("task failed")
-    return error("internal_error", f"Internal error ({type(exc).__name__}); see the worker logs.")
+    return error_body("internal_error", f"Internal error ({type(exc).__name__}); see the worker logs.")
 
 
 def dispatch(

@@ -1,17 +1,15 @@
 """Errors raised by task handlers; ``handlers.dispatch`` maps them to ``{"error", "error_code"}``."""
 
-
-class CodedError(Exception):
-    """A failure with a stable snake_case ``code`` (a job's error_code) and a message a user can act on."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+from errors import CodedError, describe
 
 
 class TaskError(CodedError):
     """Bad input or an unmet precondition, with a stable snake_case ``code``."""
+
+    @property
+    def http_status(self) -> int:
+        """A task refuses its caller's input: 422, or 413 for a code the table answers so (``too_large``)."""
+        return 413 if describe(self.code).http_status == 413 else 422
 
 
 class TaskCancelled(Exception):

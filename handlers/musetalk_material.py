@@ -3,7 +3,7 @@
 ``preprocess_avatar`` with ``models`` holding ``musetalk`` computes, after the wav2lip files, the
 MuseTalk face boxes from the stored landmarks (``bbox_shift``, ``extra_margin`` as upstream), the input
 latents of each face crop, the blend masks and crop boxes, and writes them in LiveTalking's musetalk
-layout beside the wav2lip files (``storage.avatar.musetalk``). ``generate_video`` turns stored
+layout beside the wav2lip files (``storage.avatar.reader``). ``generate_video`` turns stored
 material into the engine's input with masks decoded lazily through the frame cache.
 """
 
@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engines.lipsync.frame_cache import FrameCache, LazyFrames
-from storage.avatar.entries import frame_files
-from storage.avatar.layout import FULL_IMGS
-from storage.avatar.musetalk import StoredMaterial, write_material
+from storage.avatar.layout import FULL_IMGS, frame_files
+from storage.avatar.reader import StoredMaterial, write_material
 
 if TYPE_CHECKING:
     from engines.lipsync.musetalk.avatar import MuseTalkMaterial

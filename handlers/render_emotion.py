@@ -31,7 +31,7 @@ from handlers.schemas import EmotionRender, RenderEmotionRequest, RenderEmotionR
 from handlers.settings import Settings
 from storage import ObjectStore, check_input_uri
 from storage.avatar.cache import open_cache
-from storage.avatar.validate import load_avatar
+from storage.avatar.reader import load_avatar
 from storage.keys import avatar_key, emotion_key
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from engines.lipsync.frame_cache import FrameCache, LazyFrames
 from handlers.inputs import fetch_image, read_image
 from handlers.runtime import WorkerRuntime
 from storage.avatar.cache import open_cache
-from storage.avatar.validate import LoadedAvatar, load_avatar
+from storage.avatar.reader import LoadedAvatar, load_avatar
 from storage.keys import avatar_key
 
 PORTRAIT_MAX_SIDE = 1280  # larger portraits are scaled down: the video is made at this size at most

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 import storage
+from engines.errors import EngineError
 from engines.lipsync import SAMPLE_RATE, DrivingAudio
 from engines.tts import SpeechSynthesizer, VoiceParams, resample
 from handlers.errors import TaskError
@@ -31,6 +32,16 @@ def decode_speech(path: Path, settings: Settings, what: str = "`audio`") -> np.n
     if len(samples) == 0:
         raise TaskError("empty_audio", f"{what} decodes to no samples: give a file with speech in it")
     return samples
+
+
+def check_speech_file(path: Path, settings: Settings, what: str) -> float:
+    """Seconds of sound in an audio (or video) file; TaskError (``unsupported_audio``, ``audio_too_long``,
+    ``empty_audio``) when it is not one our codecs decode, or too long."""
+    try:
+        samples = decode_speech(path, settings, what)
+    except EngineError as exc:
+        raise TaskError(exc.code, f"{what}: {exc.message}") from None
+    return len(samples) / SAMPLE_RATE
 
 
 def speak(text: str, voice: Voice, runtime: WorkerRuntime) -> DrivingAudio:

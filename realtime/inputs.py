@@ -16,6 +16,7 @@ import time
 
 from pydantic import ValidationError
 
+from errors import error_body
 from handlers import validation_message
 from handlers.errors import TaskError
 from handlers.schemas import SayRequest
@@ -41,7 +42,7 @@ def say_message(message: str | bytes, limits: RealtimeSettings) -> SayRequest:
 
 
 def error_reply(exc: TaskError) -> str:
-    return json.dumps({"error": exc.message, "error_code": exc.code})
+    return json.dumps(error_body(exc.code, exc.message))
 
 
 class MessageRate:

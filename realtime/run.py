@@ -1,6 +1,6 @@
 """A running live session's control loop: commands in (long-poll), events out, one end reported.
 
-Two tasks beside the session's media: the poller takes ``say`` / ``interrupt`` / ``stop`` in ``seq`` order
+Two tasks beside the session's media: the poller takes ``say`` / ``play`` / ``interrupt`` / ``stop`` in ``seq`` order
 (each once: a command at or below the last seq seen is skipped) and applies them; the reporter posts
 ``said`` / ``error`` events as soon as there are any and a ``heartbeat`` with the session's statistics
 every ``heartbeat_s``. The session lasts until it ends itself (peer, idle), a command stops it, the
@@ -29,6 +29,7 @@ from handlers.schemas import (
 from realtime.control import END_ATTEMPTS_S, ControlClient, ControlGone, ControlLost, ControlRefused
 from realtime.limits import RealtimeSettings
 from realtime.session import LiveSession
+from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +103,27 @@ class SessionRun:
             await self.session.end("stopped")
         elif command.kind == "interrupt":
             self.session.interrupt()
+        elif command.kind == "play":
+            self._spawn(self._speak(command, self.session.play(command.audio or "", command.queued)))
         elif command.text is None or not command.text.strip():
             empty = SessionEvent(kind="error", seq=command.seq, error_code="invalid_input", error="`text` is empty")
             self._event(empty)
         else:
-            task = asyncio.ensure_future(self._say(command))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            voice = command.voice or self.request.voice
+            self._spawn(self._speak(command, self.session.say(command.text, voice, command.queued)))
 
-    async def _say(self, command: SessionCommand) -> None:
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _speak(self, command: SessionCommand, speech: Any) -> None:
+        """Await a say or play; its `said` event (the seconds now playing) or its `error`."""
         try:
-            seconds = await self.session.say(command.text or "", command.voice or self.request.voice)
+            seconds = await speech
             self._event(SessionEvent(kind="said", seq=command.seq, duration_s=round(seconds, 3)))
-        except (TaskError, EngineError) as exc:
-            log.info("session %s: say %d not spoken (%s)", self.session.id, command.seq, exc.code)
+        except (TaskError, EngineError, StorageError) as exc:  # a file not found or refused too
+            log.info("session %s: %s %d not spoken (%s)", self.session.id, command.kind, command.seq, exc.code)
             self._event(SessionEvent(kind="error", seq=command.seq, error_code=exc.code, error=exc.message))
 
     # ---- events ----------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 One ``LiveSession`` per peer: its media (``realtime.media``: a 25 fps video track and an Opus audio
 track reading one ``SpeechTimeline`` on one clock) and its inputs. Input: ``say`` (text -> eSpeak, a
-piece at a time -> viseme mouth shapes; from the control channel or a data-channel message) and the
+piece at a time -> viseme mouth shapes; from the control channel or a data-channel message), ``play``
+(a speech file from the store, mouth shapes from its sound; from the control channel) and the
 peer's own audio track (lip-sync from the audio alone, 80 ms at a time). Between utterances the
 avatar's frames keep playing (a portrait's built-in blinks and sway, a recorded avatar's own motion)
 with the mouth closed: never a frozen or black frame.
@@ -63,6 +64,7 @@ class LiveSession:
         limits: RealtimeSettings,
         idle_timeout_s: float,
         engine_name: str = "viseme_warp",
+        read_audio: Any = None,
     ) -> None:
         self.id = session_id
         self.user_id: str | None = None  # whose session it is (the API checks a token may act for them)
@@ -75,11 +77,12 @@ class LiveSession:
         self.started = self.last_input = time.monotonic()
         self.end_reason: str | None = None
         self.end_error: TaskError | None = None
-        self._holds, self._executor, self._speak = holds, executor, speak
+        self._holds, self._executor, self._speak, self._read_audio = holds, executor, speak, read_audio
         self._speech = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"live-{session_id[:8]}-speech")
         self._lipsync = LiveLipSync(self.timeline)
         self._messages = MessageRate(limits.messages_per_s, limits.message_burst)
         self._generation = 0  # bumped by each say / interrupt: older speech still being made is dropped
+        self._scheduling = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._closed = asyncio.Event()
         self._closing: asyncio.Future | None = None
@@ -117,32 +120,45 @@ class LiveSession:
 
     # ---- speech ----------------------------------------------------------------------------
 
-    async def say(self, text: str, voice: Voice) -> float:
-        """Speak ``text`` now, cutting off what was being said; returns its duration in seconds.
-        SpeechInterrupted when a newer say or an interrupt came before all of it was scheduled."""
-        self.last_input = time.monotonic()
-        self._generation += 1
-        generation, seconds, spoken = self._generation, 0.0, 0
-        for piece in speech_pieces(text, self.limits.speech_piece_chars):
-            made = await asyncio.get_running_loop().run_in_executor(
-                self._speech, self._speech_piece, generation, piece, voice
-            )
-            if generation != self._generation or self.closed:
-                raise SpeechInterrupted()
-            if made is None:
-                continue  # a piece with nothing to pronounce (punctuation only)
-            samples, shapes = made
-            start = self.clock.frame_now() + SPEECH_LEAD_FRAMES
-            if spoken == 0:
-                self.timeline.interrupt_with(speech_block(start, samples, shapes))
-            else:
-                self.timeline.append(samples, shapes, start)
-            seconds += len(shapes) / FPS
-            spoken += 1
+    async def say(self, text: str, voice: Voice, queued: bool = False) -> float:
+        """Speak ``text`` now, cutting off what was being said (``queued``: after what is scheduled); returns its
+        duration in seconds. SpeechInterrupted when a newer say (not queued) or an interrupt came before all of
+        it was scheduled."""
+        generation, seconds, spoken = self._claim(queued), 0.0, 0
+        async with self._scheduling:  # one utterance scheduled at a time: a queued one after the whole of the last
+            for piece in speech_pieces(text, self.limits.speech_piece_chars):
+                self._check(generation)
+                made = await asyncio.get_running_loop().run_in_executor(
+                    self._speech, self._speech_piece, generation, piece, voice
+                )
+                self._check(generation)
+                if made is None:
+                    continue  # a piece with nothing to pronounce (punctuation only)
+                self._schedule(*made, cut=spoken == 0 and not queued)
+                seconds += len(made[1]) / FPS
+                spoken += 1
         if spoken == 0:
             raise TaskError("empty_speech", "`text` has nothing the speech synthesizer can pronounce.")
         self.utterances += 1
         return seconds
+
+    def _claim(self, queued: bool) -> int:
+        """The generation a new utterance belongs to: a new one (superseding what plays) unless it is queued."""
+        self.last_input = time.monotonic()
+        if not queued:
+            self._generation += 1
+        return self._generation
+
+    def _check(self, generation: int) -> None:
+        if generation != self._generation or self.closed:
+            raise SpeechInterrupted()
+
+    def _schedule(self, samples: Any, shapes: Any, cut: bool) -> None:
+        start = self.clock.frame_now() + SPEECH_LEAD_FRAMES
+        if cut:
+            self.timeline.interrupt_with(speech_block(start, samples, shapes))
+        else:
+            self.timeline.append(samples, shapes, start)
 
     def _speech_piece(self, generation: int, text: str, voice: Voice) -> tuple[Any, Any] | None:
         """One piece's audio and mouth shapes, on the speech thread (skipped when already superseded)."""
@@ -154,6 +170,26 @@ class LiveSession:
             if exc.code in NOTHING_TO_SAY:
                 return None
             raise
+        return audio.samples, mouth_track(audio)
+
+    async def play(self, uri: str, queued: bool = False) -> float:
+        """Play the speech file at ``uri`` now (lip-sync from its sound), cutting off what was being said
+        (``queued``: after what is scheduled); returns its duration in seconds. SpeechInterrupted when a newer
+        say (not queued) or an interrupt came meanwhile."""
+        if self._read_audio is None:
+            raise TaskError("audio_unsupported", "This worker does not play audio files in live sessions.")
+        generation = self._claim(queued)
+        async with self._scheduling:
+            self._check(generation)
+            samples, shapes = await asyncio.get_running_loop().run_in_executor(self._speech, self._audio_piece, uri)
+            self._check(generation)
+            self._schedule(samples, shapes, cut=not queued)
+        self.utterances += 1
+        return len(shapes) / FPS
+
+    def _audio_piece(self, uri: str) -> tuple[Any, Any]:
+        """A speech file's samples (16 kHz) and mouth shapes from its sound, on the speech thread."""
+        audio = self._read_audio(uri)
         return audio.samples, mouth_track(audio)
 
     def interrupt(self) -> None:

@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import EngineError
+from engines.lipsync import DrivingAudio
 from handlers.engine_choice import AUTO, CPU_ENGINE, cpu_engine
 from handlers.errors import TaskError
 from handlers.generate_video import avatar_frames, speak
 from handlers.outputs import resolve_store
 from handlers.runtime import WorkerRuntime
 from handlers.schemas import LiveAnswer, LiveSessionRequest, LiveSessionResult, SessionDescription, SessionEnd
+from handlers.speech import decode_speech, fetch_audio
 from realtime.control import ControlClient
 from realtime.limits import RealtimeSettings
 from realtime.run import SessionRun
@@ -100,7 +102,16 @@ async def open_session(
         speak_with = _speaker(runtime)
         idle = request.idle_timeout_s
         session = LiveSession(
-            request.session_id, avatar, holds, engine, executor, speak_with, limits, idle, engine_info["name"]
+            request.session_id,
+            avatar,
+            holds,
+            engine,
+            executor,
+            speak_with,
+            limits,
+            idle,
+            engine_info["name"],
+            read_audio=_audio_reader(runtime),
         )
         session.user_id = request.user_id
         answer = checked_answer(await session.answer(offer, request.ice_servers))
@@ -158,6 +169,17 @@ def _speaker(runtime: WorkerRuntime) -> Any:
         return speak(text, voice, runtime)
 
     return speak_with
+
+
+def _audio_reader(runtime: WorkerRuntime) -> Any:
+    """A `play` command's speech file: fetched under the worker's input rules, decoded to 16 kHz."""
+
+    def read(uri: str) -> DrivingAudio:
+        with tempfile.TemporaryDirectory(prefix="live-audio-") as tmp:
+            path = fetch_audio(uri, runtime.settings, Path(tmp))
+            return DrivingAudio(samples=decode_speech(path, runtime.settings, "the audio file"))
+
+    return read
 
 
 __all__ = ["build_avatar", "live_engine", "open_session", "release", "serve_session"]

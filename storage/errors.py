@@ -1,10 +1,7 @@
 """The one exception type storage raises."""
 
+from errors import CodedError
 
-class StorageError(Exception):
-    """A storage failure with a stable snake_case ``code`` and an actionable message."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class StorageError(CodedError):
+    """A storage failure with a stable snake_case ``code`` (``errors.codes``) and an actionable message."""

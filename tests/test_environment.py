@@ -13,7 +13,7 @@ from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from handlers.settings import Settings
-from orchestrator.config import OrchestratorSettings
+from orchestrator.core.config import OrchestratorSettings
 from realtime.limits import RealtimeSettings
 from storage.config import StorageSettings
 

@@ -6,56 +6,34 @@ engine, two modules import each other, or a module grow past what a reader can h
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("engines", "storage", "handlers", "realtime", "orchestrator")
-ENTRY_MODULES = ("runpod_handler.py", "modal_app.py")
+from tools.source_map import PACKAGES, ROOT, import_graph, imported_modules, source_files
+
 MAX_MODULE_LINES = 450
 
-# Which of the project's packages each package may import (besides itself).
+# Which of the project's packages each package may import (besides itself). `errors` (the coded error and the
+# table of codes) is the lowest layer: every package may import it.
 ALLOWED_IMPORTS = {
-    "engines": set(),
-    "storage": set(),
-    "handlers": {"engines", "storage"},
+    "errors": set(),
+    "engines": {"errors"},
+    "storage": {"errors"},
+    "handlers": {"errors", "engines", "storage"},
     # live sessions render frame by frame through the engines, with the handlers' avatar and speech helpers
-    "realtime": {"engines", "storage", "handlers"},
-    "orchestrator": {"handlers", "storage", "realtime"},
+    "realtime": {"errors", "engines", "storage", "handlers"},
+    "orchestrator": {"errors", "handlers", "storage", "realtime"},
 }
 
 
-def source_files() -> list[Path]:
-    files = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")]
-    files += [ROOT / name for name in ENTRY_MODULES] + sorted((ROOT / "bench").rglob("*.py"))
-    return [p for p in files if p.exists()]
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Project modules a file imports at module level or inside functions (relative imports resolved)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base]) if base else ".".join(anchor)
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in found if name.split(".")[0] in PACKAGES}
+# Inside the orchestrator: which of its folders each folder may import (besides itself). The core (what runs in
+# production behind the API) never imports the API, the CLI or the developer tools; the API imports the core
+# only; the CLI (it starts the API, a replica, or a developer tool) and the developer tools may import anything.
+ORCHESTRATOR_FOLDERS = {
+    "core": set(),
+    "api": {"core"},
+    "cli": {"core", "api", "devtools"},
+    "devtools": {"core", "api", "cli"},
+}
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -69,19 +47,29 @@ def test_layering_each_package_imports_only_the_layers_below(package: str) -> No
     assert not offenders, "\n".join(offenders)
 
 
+@pytest.mark.parametrize("folder", ORCHESTRATOR_FOLDERS)
+def test_orchestrator_folders_import_only_what_their_rules_allow(folder: str) -> None:
+    offenders = []
+    for path in (ROOT / "orchestrator" / folder).rglob("*.py"):
+        for name in imported_modules(path):
+            parts = name.split(".")
+            other = parts[1] if parts[0] == "orchestrator" and len(parts) > 1 else None
+            if other is not None and other != folder and other not in ORCHESTRATOR_FOLDERS[folder]:
+                offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_orchestrator_modules_live_in_its_folders() -> None:
+    """Only the package's docstring sits at the top: every module says by its folder whether it runs in production."""
+    loose = sorted(p.name for p in (ROOT / "orchestrator").glob("*.py") if p.name != "__init__.py")
+    folders = sorted(p.name for p in (ROOT / "orchestrator").iterdir() if (p / "__init__.py").exists())
+    assert not loose, f"modules outside orchestrator's folders: {loose}"
+    assert folders == sorted(ORCHESTRATOR_FOLDERS), folders
+
+
 def test_no_import_cycles_between_modules() -> None:
     """Imports inside functions count too: a lazy import that closes a loop still ties two modules together."""
-    modules = {module_name(p): p for p in source_files() if p.parent.name != "bench"}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        targets = set()
-        for imported in imported_modules(path):
-            # "from pkg import name" may name a submodule or an attribute: keep what is a module.
-            while imported and imported not in modules:
-                imported = imported.rpartition(".")[0]
-            if imported and imported != name and not name.startswith(imported + "."):
-                targets.add(imported)
-        graph[name] = targets
+    graph = import_graph(p for p in source_files() if p.parent.name != "bench")
 
     cycles: list[list[str]] = []
     state: dict[str, int] = {}

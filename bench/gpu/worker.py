@@ -82,7 +82,7 @@ def bench_avatar(engine: BenchEngine, built_runtime: Any, work: Work) -> Any:
 
         return build_portrait_avatar(portrait_bgr(), built_runtime.engines.face_analyzer())
     from handlers.sources import stored_avatar
-    from storage.avatar.validate import load_avatar
+    from storage.avatar.reader import load_avatar
 
     return stored_avatar(load_avatar(work.avatar_dir), built_runtime.engines.frames)
 

@@ -162,10 +162,11 @@ class SadTalker:
         ref_pose = (ref[:, 0] if ref.dim() == 3 else ref)[:, POSE_COLUMNS]
         decoder = self.audio2pose.netG.decoder
         with torch.inference_mode():
-            emb = self._encode(self.audio2pose.audio_encoder, windows[:, 1:].reshape(-1, 80, 16))
-            emb = emb.reshape(batch, frames - 1, -1)
             motions = [ref_pose.new_zeros(batch, 1, 6)]
             full, rest = divmod(frames - 1, SEQ_LEN)
+            if frames > 1:  # one frame is the reference pose alone: no window to encode
+                emb = self._encode(self.audio2pose.audio_encoder, windows[:, 1:].reshape(-1, 80, 16))
+                emb = emb.reshape(batch, frames - 1, -1)
             for k in range(full):
                 part = emb[:, k * SEQ_LEN : (k + 1) * SEQ_LEN]
                 motions.append(decoder(noise[:, k], int(pose_style), ref_pose, part))

@@ -25,7 +25,7 @@ from handlers.schemas.tasks import (
 #
 #   POST {url}/answer    LiveAnswer          the SDP answer, once, as soon as the peer connection is set up
 #   GET  {url}/commands?after=<seq>&wait=<s> -> SessionCommands (long-poll; 410 once the session was ended)
-#   POST {url}/events    SessionEvents       `said` (per say command), `heartbeat` (every few s, with stats)
+#   POST {url}/events    SessionEvents       `said` (per say or play command), `heartbeat` (every few s)
 #   POST {url}/end       SessionEnd          once, when the session ends for any reason
 #
 # Media flows browser <-> worker over ICE (STUN/TURN from `ice_servers`); the data channel goes straight
@@ -96,12 +96,15 @@ class LiveAnswer(BaseModel):
 
 
 class SessionCommand(BaseModel):
-    """Orchestrator -> worker: `say` (speak `text`, cutting off what plays), `interrupt` (stop speaking), `stop`."""
+    """Orchestrator -> worker: `say` (speak `text`), `play` (play the speech file `audio`), each cutting off what
+    plays unless `queued` (then after it), `interrupt` (stop speaking, drop what is queued), `stop`."""
 
     seq: int = Field(ge=1)
-    kind: Literal["say", "interrupt", "stop"]
+    kind: Literal["say", "play", "interrupt", "stop"]
     text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     voice: Voice | None = None
+    audio: str | None = Field(None, max_length=2048, description="`play`: the audio file's URI (in the store).")
+    queued: bool = Field(False, description="`say`, `play`: after the speech scheduled, not cutting it off.")
 
 
 class SessionCommands(BaseModel):

@@ -16,6 +16,8 @@ Routes (``/docs`` is the documentation: every body and answer is a typed model):
 - ``GET /files/{expires}/{signature}/{key}``: a file:// store's output by the signed URL a result gave
   (no bearer token: the signature authenticates it; byte ranges for video).
 - ``GET /docs``, ``/redoc``: this documentation, served with its assets from this process (no CDN).
+- LiveTalking's web API (``/offer``, ``/human``, ``/interrupt_talk``, ``/is_speaking``, ``/humanaudio``) on the
+  live sessions: ``orchestrator.api.livetalking``.
 - Seed routes for clients migrating: ``POST /generate`` (seed 002), ``POST /render``, ``/render/batch``,
   ``GET``/``DELETE /output/{filename}`` (seed 004). They submit, wait up to ``sync_wait_s`` and answer
   the seed's fields. Uploaded bytes go to the store under ``uploads/{user_id}/`` first; uploads are
@@ -42,11 +44,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from handlers.errors import TaskError
-from handlers.schemas import MAX_SDP_CHARS, REQUEST_MODELS
+from errors import CodedError, error_body
+from errors.codes import codes_description, responses_description
+from handlers.schemas import REQUEST_MODELS
+from orchestrator.api.body_limit import BodyLimit
 from orchestrator.api.compat import FILE_ROUTES as SEED_FILE_ROUTES
 from orchestrator.api.compat import (
     SEED_ERROR_SHAPE_PATHS,
@@ -58,23 +62,20 @@ from orchestrator.api.compat import (
 from orchestrator.api.context import ApiContext
 from orchestrator.api.docs import add_offline_docs
 from orchestrator.api.files import add_file_routes
-from orchestrator.api.sessions import add_session_routes
+from orchestrator.api.livetalking import add_livetalking_cors, add_livetalking_routes, livetalking_body_limits
+from orchestrator.api.sessions import SESSION_BODY_LIMIT, add_session_routes
 from orchestrator.api.v1 import FILE_ROUTES as V1_FILE_ROUTES
 from orchestrator.api.v1 import add_v1_routes
-from orchestrator.body_limit import BodyLimit
-from orchestrator.config import OrchestratorSettings
-from orchestrator.live.service import LiveSessions
-from orchestrator.live.watchdog import SessionWatchdog
-from orchestrator.metrics import ERROR_CODE_STATE, ApiMetrics, MetricsMiddleware
-from orchestrator.models import OrchestratorError
-from orchestrator.service import JobService
-from orchestrator.uploads import multipart_limit
-from storage import StorageError
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.live.service import LiveSessions
+from orchestrator.core.live.watchdog import SessionWatchdog
+from orchestrator.core.metrics import ERROR_CODE_STATE, ApiMetrics, MetricsMiddleware
+from orchestrator.core.service import JobService
+from orchestrator.core.uploads import multipart_limit
 
 log = logging.getLogger(__name__)
 
 SESSIONS_PATH = "/v1/sessions"
-SESSION_BODY_LIMIT = 2 * MAX_SDP_CHARS + 16 * 1024  # an SDP (UTF-8: up to 2 bytes a character here) and fields
 DEMO_PAGE = Path(__file__).with_name("static") / "demo.html"
 
 API_TITLE = "avatarctl API"
@@ -86,7 +87,6 @@ ERROR_CODES_BY_STATUS = {
     405: "method_not_allowed",
     413: "too_large",
 }
-STORAGE_STATUS = {"not_found": 404, "too_large": 413, "invalid_key": 400, "invalid_uri": 400, "unsupported_uri": 400}
 
 
 ACCESS_LOGGER = "uvicorn.access"
@@ -113,13 +113,13 @@ def redact_access_log() -> None:
 
 
 class ErrorBody(BaseModel):
-    error: str
-    error_code: str
+    error: str = Field(description="What went wrong and what to do about it.")
+    error_code: str = Field(description=codes_description())
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": description}
-    for code, description in ((401, "Missing or wrong bearer token"), (404, "Not found"), (422, "Invalid input"))
+    status: {"model": ErrorBody, "description": responses_description(status, summary)}
+    for status, summary in ((401, "Missing or wrong bearer token"), (404, "Not found"), (422, "Invalid input"))
 }
 
 
@@ -150,7 +150,7 @@ def error_response(
     request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     setattr(request.state, ERROR_CODE_STATE, code)
-    body: dict[str, Any] = {"error": message, "error_code": code}
+    body: dict[str, Any] = error_body(code, message)
     if request.url.path in SEED_ERROR_SHAPE_PATHS:  # seed 002's error shape
         body.update(status="error", message=message)
     return JSONResponse(body, status_code=status, headers=headers)
@@ -161,17 +161,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(request, 422, "invalid_input", validation_message(exc.errors()))
 
-    @app.exception_handler(TaskError)
-    async def task_error(request: Request, exc: TaskError) -> JSONResponse:
-        return error_response(request, 413 if exc.code == "too_large" else 422, exc.code, exc.message)
-
-    @app.exception_handler(OrchestratorError)
-    async def orchestrator_error(request: Request, exc: OrchestratorError) -> JSONResponse:
+    @app.exception_handler(CodedError)
+    async def coded_error(request: Request, exc: CodedError) -> JSONResponse:
+        """Every coded refusal (a task's, the store's, the orchestrator's): the status its class or the table gives."""
         return error_response(request, exc.http_status, exc.code, exc.message, getattr(exc, "headers", None))
-
-    @app.exception_handler(StorageError)
-    async def storage_error(request: Request, exc: StorageError) -> JSONResponse:
-        return error_response(request, STORAGE_STATUS.get(exc.code, 502), exc.code, exc.message)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -229,6 +222,8 @@ def body_limit(settings: OrchestratorSettings, ctx: ApiContext, path: str) -> in
     the live-session routes (an SDP and a few fields: bounded before anything is parsed)."""
     if path.startswith(SESSIONS_PATH):
         return min(settings.max_request_bytes, SESSION_BODY_LIMIT)
+    if path in (livetalking := livetalking_body_limits(ctx)):
+        return livetalking[path]
     kinds = {**V1_FILE_ROUTES, **SEED_FILE_ROUTES}.get(path)
     return multipart_limit(ctx.handler_settings, *kinds) if kinds else settings.max_request_bytes
 
@@ -278,6 +273,7 @@ def create_app(
     _add_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimit, limit_for=functools.partial(body_limit, settings, ctx))
+    add_livetalking_cors(app, ctx)
     protected = APIRouter(dependencies=[Depends(ctx.authenticate)], responses=ERROR_RESPONSES)
     public = APIRouter(responses=ERROR_RESPONSES)
     add_v1_routes(protected, public, ctx)
@@ -288,6 +284,9 @@ def create_app(
     add_file_routes(public, ctx.signer)
     app.include_router(protected)
     app.include_router(public)
+    livetalking = APIRouter()
+    add_livetalking_routes(livetalking, ctx, sessions)
+    app.include_router(livetalking)
     app.state.sessions = sessions
     app.state.session_watchdog = watchdog
     return app

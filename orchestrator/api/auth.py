@@ -12,8 +12,8 @@ from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrator.api.errors import ApiError
-from orchestrator.config import OrchestratorSettings
-from orchestrator.models import JobNotFound, JobView
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.models import JobNotFound, JobView
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,9 @@ from handlers.schemas import (
 from orchestrator.api.auth import Caller
 from orchestrator.api.context import ApiContext
 from orchestrator.api.errors import ApiError
-from orchestrator.config import BackendKind, OrchestratorSettings
-from orchestrator.models import JobStatus, JobView
-from orchestrator.uploads import UploadKind, upload_stream
+from orchestrator.core.config import BackendKind, OrchestratorSettings
+from orchestrator.core.models import JobStatus, JobView
+from orchestrator.core.uploads import UploadKind, upload_stream
 from storage import ObjectStore
 from storage.keys import emotion_key
 

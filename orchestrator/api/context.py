@@ -13,13 +13,13 @@ from fastapi import Request
 import handlers
 from orchestrator.api.auth import OPERATOR, Caller, authenticator, caller_of
 from orchestrator.api.files import FileSigner, file_signer
-from orchestrator.config import OrchestratorSettings
-from orchestrator.events import EventStreams
-from orchestrator.input_policy import check_request_inputs
-from orchestrator.metrics import ApiMetrics
-from orchestrator.models import JobView
-from orchestrator.service import JobService
-from orchestrator.uploads import StoredUpload
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.events import EventStreams
+from orchestrator.core.input_policy import check_request_inputs
+from orchestrator.core.metrics import ApiMetrics
+from orchestrator.core.models import JobView
+from orchestrator.core.service import JobService, validate
+from orchestrator.core.uploads import StoredUpload
 from storage import ObjectStore, StorageError, open_store
 
 HEALTH_CACHE_S = 5.0
@@ -77,14 +77,27 @@ class ApiContext:
     def check_inputs(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
         """The API's one input rule for a job's or a live session's request: ``caller`` may act for its
         ``user_id`` (else 403), and its ``store`` and input URIs are normalised and checked
-        (``orchestrator.input_policy.check_request_inputs``); returns the request with the normalised URIs,
+        (``orchestrator.core.input_policy.check_request_inputs``); returns the request with the normalised URIs,
         which are what the caller must pass on. TaskError ``url_refused`` (422) naming the field otherwise."""
         caller.check_user(payload.get("user_id"))
         return check_request_inputs(payload, self.settings, self.handler_settings, owners=caller.user_ids)
 
-    def submit(self, caller: Caller, task: str, payload: dict[str, Any], idempotency_key: str | None = None) -> JobView:
-        payload = self.check_inputs(caller, payload)
-        job = self.service.submit(task, payload, idempotency_key=idempotency_key)
+    def submit(
+        self,
+        caller: Caller,
+        task: str,
+        payload: dict[str, Any],
+        idempotency_key: str | None = None,
+        *,
+        validated: bool = False,
+    ) -> JobView:
+        """The API's edge for a job, the one place its payload is checked before the worker's own check: the task
+        contract (unless ``validated``: the route's request model checked it, as on the /v1 routes; the seed routes
+        build theirs), then the API's input rule (``check_inputs``)."""
+        request = None if validated else validate(task, payload)
+        payload = self.check_inputs(caller, {**payload, "task": task})
+        user_id = getattr(request, "user_id", None) if request is not None else payload.get("user_id")
+        job = self.service.submit_checked(task, payload, user_id, idempotency_key=idempotency_key)
         self.metrics.submitted.labels(task, job.backend).inc()
         return job
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.models import OrchestratorError
+from orchestrator.core.models import OrchestratorError
 
 
 class ApiError(OrchestratorError):

@@ -36,7 +36,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from orchestrator.api.errors import ApiError
-from orchestrator.config import OrchestratorSettings
+from orchestrator.core.config import OrchestratorSettings
 from storage import StorageError
 from storage.base import check_key
 from storage.local import LocalStore

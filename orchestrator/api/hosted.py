@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from handlers.hosted_video import rendezvous_key, webhook_token
 from orchestrator.api.context import ApiContext
-from orchestrator.models import WebhookRejected
+from orchestrator.core.models import WebhookRejected
 
 NONCE = re.compile(r"[0-9a-f]{32}")
 

@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from handlers.schemas import (
+    MAX_SDP_CHARS,
     IceServer,
     Identifier,
     LipSyncEngineName,
@@ -33,10 +34,11 @@ from handlers.schemas import (
 )
 from orchestrator.api.auth import Caller
 from orchestrator.api.context import ApiContext
-from orchestrator.config import BackendKind
-from orchestrator.live.service import LiveSessions, not_found
-from orchestrator.live.store import SessionError, SessionView
+from orchestrator.core.config import BackendKind
+from orchestrator.core.live.service import LiveSessions, not_found
+from orchestrator.core.live.store import SessionError, SessionView
 
+SESSION_BODY_LIMIT = 2 * MAX_SDP_CHARS + 16 * 1024  # an SDP (UTF-8: up to 2 bytes a character here) and fields
 SessionIdPath = Annotated[str, Path(max_length=64, description="The session id (32 hex digits).")]
 TAGS: list[str | Any] = ["live sessions"]
 WORKER_TAGS: list[str | Any] = ["live session workers"]

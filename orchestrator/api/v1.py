@@ -23,9 +23,9 @@ from orchestrator.api.context import ApiContext
 from orchestrator.api.errors import ApiError
 from orchestrator.api.files import signed_sse
 from orchestrator.api.hosted import add_hosted_webhook_routes
-from orchestrator.models import JobStatus, JobView
-from orchestrator.service import MAX_IDEMPOTENCY_KEY_CHARS
-from orchestrator.uploads import StoredUpload, UploadKind, upload_stream
+from orchestrator.core.models import JobStatus, JobView
+from orchestrator.core.service import MAX_IDEMPOTENCY_KEY_CHARS
+from orchestrator.core.uploads import StoredUpload, UploadKind, upload_stream
 
 AnyTaskRequest = Annotated[
     PreprocessAvatarRequest | GenerateVideoRequest | RenderEmotionRequest | HealthRequest,
@@ -77,7 +77,7 @@ def _submit_endpoint(ctx: ApiContext, task: str, body_model: type[BaseModel]) ->
         idempotency_key: str | None = Header(None, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
         caller: Caller = Depends(ctx.authenticate),
     ) -> JobView:
-        job = ctx.submit(caller, task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
+        job = ctx.submit(caller, task, body.model_dump(mode="json", exclude_none=True), idempotency_key, validated=True)
         return ctx.present(job, request)
 
     return submit
@@ -104,7 +104,9 @@ def _add_submit_routes(router: APIRouter, ctx: ApiContext) -> None:
         idempotency_key: str | None = Header(None, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
         caller: Caller = Depends(ctx.authenticate),
     ) -> JobView:
-        job = ctx.submit(caller, body.task, body.model_dump(mode="json", exclude_none=True), idempotency_key)
+        job = ctx.submit(
+            caller, body.task, body.model_dump(mode="json", exclude_none=True), idempotency_key, validated=True
+        )
         return ctx.present(job, request)
 
 

@@ -2,18 +2,27 @@
 
 The bucket keeps an avatar as an uncompressed TAR at ``avatars/{user_id}/{avatar_id}.tar``. Archives come
 from users' buckets, so unpacking checks every entry against the layout before a byte is written.
+
+``unpack_avatar`` installs one in LiveTalking's own layout of unpacked avatars, ``{root}/{avatar_id}/`` (what
+``avatarctl recover-avatars`` writes), replacing the folder atomically, with an owner record beside it
+(``.{avatar_id}.owner``: the store URI of the TAR it came from). The cache (``cache.py``) leaves such folders
+alone and serves their TAR through its versions, so replacements in the store are noticed.
 """
 
 from __future__ import annotations
 
 import bz2
+import ctypes
+import errno
 import gzip
 import io
 import logging
 import lzma
 import os
 import re
+import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,26 +33,43 @@ from storage.avatar.layout import (
     TOP_FILES,
     VARIABLE_SIZE_DIRS,
     check_avatar_id,
+    frame_files,
+    frame_size,
     is_stray_os_file,
     layout_rel,
     max_entry_bytes,
 )
-from storage.avatar.validate import AvatarInfo, frame_files, frame_size, validate_avatar_dir
+from storage.avatar.reader import AvatarInfo, validate_avatar_dir
 from storage.base import atomic_file
 from storage.errors import StorageError
 
 ARCHIVE_MTIME = 1_577_836_800  # 2020-01-01: a fixed stamp keeps packed archives byte-identical
+
+
 FILE_MODE = 0o644
+
+
 DIR_MODE = 0o755
+
+
 COPY_CHUNK_BYTES = 1024 * 1024
+
+
 TAR_OVERHEAD_PER_ENTRY = 4096  # header, PAX header and padding, generously
+
+
 HEADER_BUDGET_BYTES = 4 * COPY_CHUNK_BYTES  # PAX / long-name headers between two members (and read-ahead)
+
+
 LIVETALKING_ROOT = ("data", "avatars")  # `tar cf x.tar data/avatars/<id>` in LiveTalking's repository
+
+
 COMPRESSED_SIGNATURES = (
     (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw)),
     (b"BZh", bz2.BZ2File),
     (b"\xfd7zXZ\x00", lzma.LZMAFile),
 )
+
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +95,6 @@ class ArchiveLimits:
         if not compressed:
             return self.max_archive_bytes
         return min(self.max_archive_bytes, max(self.expansion_floor_bytes, self.max_expansion * file_bytes))
-
-
-# --- packing ------------------------------------------------------------------------------------------
 
 
 def _layout_files(avatar_dir: Path) -> list[str]:
@@ -108,9 +131,6 @@ def pack_avatar(avatar_dir: Path, tar_path: Path, top_folder: str | None = None)
             src = avatar_dir / rel
             with src.open("rb") as fh:
                 tar.addfile(_tar_entry(f"{top}/{rel}", size=os.fstat(fh.fileno()).st_size), fh)
-
-
-# --- unpacking ----------------------------------------------------------------------------------------
 
 
 def _unsafe(source: str, name: str, problem: str) -> StorageError:
@@ -315,3 +335,72 @@ def extract_avatar(
             raise  # a disk error of ours, not the archive's fault
         raise StorageError("invalid_archive", f"archive {source} is not a readable TAR: {exc}") from exc
     return validate_avatar_dir(dest, label=source)
+
+
+AT_FDCWD = -100
+
+
+RENAME_EXCHANGE = 2
+
+
+def unpack_avatar(
+    tar_path: Path, root: Path, avatar_id: str, limits: ArchiveLimits | None = None, owner: str | None = None
+) -> Path:
+    """Safely extract an avatar TAR (ours or LiveTalking's) into ``root/avatar_id``, replacing it atomically;
+    ``owner`` (the TAR's URI in the store) is recorded beside the folder and named in errors."""
+    target = root / check_avatar_id(avatar_id)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{avatar_id}.unpack-"))
+    try:
+        unpacked = staging / avatar_id
+        unpacked.mkdir()
+        info = extract_avatar(tar_path, unpacked, limits, source=owner)
+        _install_owned(unpacked, target, owner)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("unpacked avatar %s (%d frames) into %s", avatar_id, info.num_frames, target)
+    return target
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False where the platform or filesystem can't."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    return renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move directory ``new`` to ``target``; an existing ``target`` is swapped out atomically and deleted."""
+    try:
+        os.rename(new, target)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise
+    if not _exchange(new, target):
+        # No atomic swap here: move the old one aside first; readers see no avatar for an instant.
+        old = new.with_name(f"{new.name}.old")
+        os.rename(target, old)
+        os.rename(new, target)
+        new = old
+    if new.is_dir() and not new.is_symlink():
+        shutil.rmtree(new)
+    else:
+        new.unlink()
+
+
+def owner_record(root: Path, avatar_id: str) -> Path:
+    return root / f".{avatar_id}.owner"
+
+
+def _install_owned(new: Path, target: Path, owner: str | None) -> None:
+    """Swap ``new`` in as ``target`` and record its owner; the stale record goes first, so no reader pairs
+    the new directory with the previous owner (a missing record reads as a hand-placed avatar)."""
+    owner_file = owner_record(target.parent, target.name)
+    owner_file.unlink(missing_ok=True)
+    _replace_dir(new, target)
+    if owner is not None:
+        staged = owner_file.with_name(f"{owner_file.name}.tmp")
+        staged.write_text(owner)
+        os.replace(staged, owner_file)

@@ -34,23 +34,39 @@ from pathlib import Path
 from typing import NamedTuple
 
 from storage import keys
-from storage.avatar.archive import ArchiveLimits, extract_avatar
-from storage.avatar.flat import hand_placed_avatar
+from storage.avatar.archive import ArchiveLimits, extract_avatar, owner_record
 from storage.avatar.layout import check_avatar_id
-from storage.avatar.validate import validate_avatar_dir
+from storage.avatar.reader import validate_avatar_dir
 from storage.base import ObjectStore
 from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
+
 OWNERS = ".owners"
+
+
 LOCKS = ".locks"
+
+
 TMP = ".tmp"
+
+
 CURRENT = "current"
+
+
 OWNER_NOTE = "owner.txt"
+
+
 LOCK_STRIPES = 64
+
+
 HOLD_RETRIES = 5
+
+
 STRAY_FILE_AGE_S = 60
+
+
 REVALIDATE_S = 30.0
 
 
@@ -335,6 +351,8 @@ class AvatarCache:
 
 
 _caches: dict[str, AvatarCache] = {}
+
+
 _caches_guard = threading.Lock()
 
 
@@ -346,3 +364,37 @@ def open_cache(root: Path, revalidate_s: float = REVALIDATE_S) -> AvatarCache:
             _caches[key] = AvatarCache(Path(root))
         _caches[key].revalidate_s = revalidate_s
         return _caches[key]
+
+
+HAND_PLACED_RULES = ("all", "owned", "none")
+
+
+def hand_placed_avatar(root: Path, avatar_id: str, user_id: str | None = None, rule: str = "all") -> Path | None:
+    """``root/avatar_id`` when it is a valid avatar placed by hand that ``user_id`` may use, else None; a broken
+    folder is logged and left alone. A folder with an owner record was unpacked from a store TAR: that TAR is
+    the versioned cache's to serve (and to check for replacements), so such a folder is not used.
+
+    Who may use one (``rule``, HAND_PLACED_AVATARS): a users file beside it (``.{avatar_id}.users``, one user id
+    a line) limits it to those users; ``all`` serves folders without one to everyone, ``owned`` serves only
+    folders with one, ``none`` never serves hand-placed folders."""
+    folder = root / avatar_id
+    if rule == "none" or not folder.is_dir() or owner_record(root, avatar_id).exists():
+        return None
+    users = _listed_users(root, avatar_id)
+    if (users is None and rule != "all") or (users is not None and user_id not in users):
+        return None
+    try:
+        validate_avatar_dir(folder)
+    except StorageError as exc:
+        log.warning("avatar folder %s is unusable, ignoring it: %s", folder, exc.message)
+        return None
+    return folder
+
+
+def _listed_users(root: Path, avatar_id: str) -> frozenset[str] | None:
+    """The user ids in ``.{avatar_id}.users`` (one a line), or None when there is no such file."""
+    try:
+        text = (root / f".{avatar_id}.users").read_text(encoding="utf-8", errors="replace")[:1_000_000]
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    return frozenset(line.strip() for line in text.splitlines() if line.strip())

@@ -27,8 +27,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from storage.avatar.coords import Box, write_coords
-from storage.avatar.entries import invalid, read_json_object
 from storage.avatar.layout import (
     AVATAR_INFO,
     FACE_IMGS,
@@ -38,9 +36,13 @@ from storage.avatar.layout import (
     MASK_COORDS,
     MASK_DIR,
     META,
+    Box,
     frame_name,
+    invalid,
+    read_json_object,
+    write_coords,
 )
-from storage.avatar.validate import AvatarInfo, LoadedAvatar, load_avatar, validate_avatar_dir
+from storage.avatar.reader import AvatarInfo, LoadedAvatar, load_avatar, validate_avatar_dir
 from storage.base import atomic_file
 
 MODELS = ("wav2lip", "musetalk")

@@ -222,6 +222,8 @@ def test_coefficient_methods_shapes_and_determinism(st: SadTalker) -> None:
         st.audio_to_pose(windows, ref, 46, noise)
     short = st.audio_to_pose(windows[:, :5], ref, 5, noise[:, :1], smooth=False)  # remainder chunk left-padded
     assert short.shape == (1, 5, 6)
+    single = st.audio_to_pose(windows[:, :1], ref, 5, noise[:, :0])  # a one-frame utterance: the reference pose
+    assert single.shape == (1, 1, 6) and torch.allclose(single[0, 0], ref[0, 64:70])
 
 
 def test_face_render_methods(st: SadTalker) -> None:

@@ -22,7 +22,7 @@ from engines.codecs.video_out import Mp4Writer
 from handlers import dispatch
 from handlers.hosted_video import rendezvous_key, webhook_token
 from handlers.runtime import WorkerRuntime
-from orchestrator.background_server import BackgroundServer
+from orchestrator.devtools.background_server import BackgroundServer
 from tests.handlers.fake_did import FakeDid
 from tests.media import astronaut_bgr, tone
 
@@ -127,7 +127,7 @@ def test_the_webhook_wakes_the_worker_through_the_store(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     from orchestrator.api import create_app
-    from orchestrator.config import OrchestratorSettings
+    from orchestrator.core.config import OrchestratorSettings
 
     monkeypatch.setenv("AVATAR_STORE_URI", s3_bucket)
     settings = OrchestratorSettings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}", webhook_secret="hook-secret")
@@ -157,7 +157,7 @@ def test_the_webhook_route_records_the_talk_for_the_worker(
     s3_bucket: str, s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from orchestrator.api import create_app
-    from orchestrator.config import OrchestratorSettings
+    from orchestrator.core.config import OrchestratorSettings
 
     monkeypatch.setenv("AVATAR_STORE_URI", s3_bucket)
     settings = OrchestratorSettings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}", webhook_secret="k")
@@ -241,7 +241,7 @@ def test_seed002_avatar_provider_d_id_renders_generate_with_d_id(
     import cv2
 
     from orchestrator.api import create_app
-    from orchestrator.config import OrchestratorSettings
+    from orchestrator.core.config import OrchestratorSettings
 
     for name, value in {
         "AVATAR_STORE_URI": s3_bucket,

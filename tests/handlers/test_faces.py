@@ -14,8 +14,8 @@ import handlers
 from engines.face import find_face, load_face_analyzer
 from engines.lipsync.portrait_avatar import build_portrait_avatar
 from handlers.runtime import WorkerRuntime
-from storage.avatar.flat import unpack_avatar
-from storage.avatar.validate import load_avatar
+from storage.avatar.archive import unpack_avatar
+from storage.avatar.reader import load_avatar
 from storage.local import path_from_file_uri
 from tests.media import astronaut_bgr, write_video
 

@@ -12,10 +12,10 @@ import pytest
 import handlers
 from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
+from storage.avatar.archive import unpack_avatar
 from storage.avatar.cache import open_cache
-from storage.avatar.flat import unpack_avatar
-from storage.avatar.images import image_size
-from storage.avatar.validate import load_avatar, validate_avatar_dir
+from storage.avatar.layout import image_size
+from storage.avatar.reader import load_avatar, validate_avatar_dir
 from tests.media import coffee_bgr, head_motion, write_video
 
 FPS = 25

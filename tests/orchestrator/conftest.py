@@ -15,8 +15,8 @@ from sqlalchemy import create_engine, text
 
 from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
-from orchestrator.db import normalize_url
-from orchestrator.emulator import BackgroundServer, RunpodEmulator, create_emulator_app
+from orchestrator.core.db import normalize_url
+from orchestrator.devtools.emulator import BackgroundServer, RunpodEmulator, create_emulator_app
 
 ENDPOINT_ID = "ep-test"
 

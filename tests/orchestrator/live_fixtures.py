@@ -12,10 +12,10 @@ import httpx
 
 from handlers.settings import Settings
 from orchestrator.api import create_app
-from orchestrator.backends.local import LocalBackend
-from orchestrator.config import OrchestratorSettings
-from orchestrator.emulator import BackgroundServer
-from orchestrator.service import JobService
+from orchestrator.core.backends.local import LocalBackend
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.service import JobService
+from orchestrator.devtools.emulator import BackgroundServer
 from tests.orchestrator.session_workers import serve_session
 
 TOKEN = "operator-token"

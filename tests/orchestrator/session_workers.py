@@ -20,6 +20,7 @@ import httpx
 ANSWER_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n"
 BEAT_S = 0.3
 SECONDS_PER_CHAR = 0.06
+PLAY_S = 1.5
 
 # user_id -> what the worker does
 CRASH = "crash-worker"  # answers, then dies natively (SIGSEGV)
@@ -93,6 +94,9 @@ def _run(http: httpx.Client, payload: dict[str, Any], progress: Any) -> dict[str
             elif command["kind"] == "say":
                 said += 1
                 events.append({"kind": "said", "seq": seq, "duration_s": len(command["text"]) * SECONDS_PER_CHAR})
+            elif command["kind"] == "play":  # a speech file in the store: played for PLAY_S
+                said += 1
+                events.append({"kind": "said", "seq": seq, "duration_s": PLAY_S})
         if events:
             http.post("/events", json={"events": events})
     stats = _stats(started, said)

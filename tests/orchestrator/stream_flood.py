@@ -121,10 +121,10 @@ def run_stream_flood(work: Path, streams: int = 100, tenant_cap: int = 8, over_c
     the operator holds ``streams`` open streams while /healthz and GET /v1/jobs are timed, and a tenant asks
     for ``tenant_cap + over_cap`` (the rest must be 429). Then every slot must be given back."""
     from orchestrator.api import create_app
-    from orchestrator.background_server import BackgroundServer
-    from orchestrator.config import OrchestratorSettings
-    from orchestrator.emulator import create_emulator_app
-    from orchestrator.service import JobService
+    from orchestrator.core.config import OrchestratorSettings
+    from orchestrator.core.service import JobService
+    from orchestrator.devtools.background_server import BackgroundServer
+    from orchestrator.devtools.emulator import create_emulator_app
 
     work.mkdir(parents=True, exist_ok=True)
     operator, tenant = {"Authorization": "Bearer flood-operator"}, {"Authorization": "Bearer flood-tenant"}

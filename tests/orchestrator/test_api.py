@@ -20,13 +20,13 @@ import pytest
 from handlers.errors import TaskError
 from handlers.settings import Settings
 from orchestrator.api import create_app
-from orchestrator.backends.local import LocalBackend
-from orchestrator.config import OrchestratorSettings
-from orchestrator.emulator import BackgroundServer
-from orchestrator.models import JobView
-from orchestrator.service import JobService
-from orchestrator.uploads import UploadKind, upload_stream
-from orchestrator.webhooks import webhook_token
+from orchestrator.core.backends.local import LocalBackend
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.models import JobView
+from orchestrator.core.service import JobService
+from orchestrator.core.uploads import UploadKind, upload_stream
+from orchestrator.core.webhooks import webhook_token
+from orchestrator.devtools.emulator import BackgroundServer
 from storage import open_store
 from storage.local import path_from_file_uri
 from tests.media import astronaut_bgr, coffee_bgr, tone

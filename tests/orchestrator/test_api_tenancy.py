@@ -13,9 +13,9 @@ import pytest
 
 from handlers.settings import Settings
 from orchestrator.api import create_app
-from orchestrator.background_server import BackgroundServer
-from orchestrator.config import OrchestratorSettings
-from orchestrator.service import JobService
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.service import JobService
+from orchestrator.devtools.background_server import BackgroundServer
 from storage.local import path_from_file_uri
 from tests.orchestrator.test_api import PORTRAIT
 

@@ -11,10 +11,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from orchestrator.backends import BackendUnavailable, RemoteState, Submission, SubmitRejected
-from orchestrator.backends.modal import ModalBackend
-from orchestrator.backends.runpod import RunpodBackend, parse_job
-from orchestrator.emulator import BackgroundServer, create_emulator_app
+from orchestrator.core.backends import BackendUnavailable, RemoteState, Submission, SubmitRejected
+from orchestrator.core.backends.modal import ModalBackend
+from orchestrator.core.backends.runpod import RunpodBackend, parse_job
+from orchestrator.devtools.emulator import BackgroundServer, create_emulator_app
 from tests.media import astronaut_bgr
 from tests.orchestrator.conftest import ENDPOINT_ID, eventually
 

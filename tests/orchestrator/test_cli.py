@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from handlers.schemas import Emotion
 from handlers.settings import Settings
-from orchestrator.cli import app
-from orchestrator.config import OrchestratorSettings
-from orchestrator.service import JobService
+from orchestrator.cli.main import app
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.service import JobService
 from storage import open_store
 from storage.avatar.archive import pack_avatar
 from storage.avatar.cache import AvatarCache

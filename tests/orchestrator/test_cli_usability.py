@@ -16,10 +16,10 @@ import pytest
 import typer
 
 from handlers.settings import Settings
-from orchestrator.cli import app
-from orchestrator.config import OrchestratorSettings
-from orchestrator.models import JobStatus
-from orchestrator.service import JobService
+from orchestrator.cli.main import app
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.models import JobStatus
+from orchestrator.core.service import JobService
 from storage.local import path_from_file_uri
 from tests.entrypoints.conftest import REPO_ROOT, training_video  # noqa: F401  (a fixture)
 from tests.media import astronaut_bgr
@@ -113,7 +113,7 @@ def test_every_help_page_fits_80_columns_without_truncating_an_option() -> None:
         for name in path:
             command = command.commands[name]
         shown = subprocess.run(
-            [sys.executable, "-c", "from orchestrator.cli import app; app()", *path, "--help"],
+            [sys.executable, "-c", "from orchestrator.cli.main import app; app()", *path, "--help"],
             env=env,
             capture_output=True,
             text=True,

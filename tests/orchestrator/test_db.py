@@ -10,8 +10,8 @@ from datetime import timedelta, timezone
 import pytest
 from sqlalchemy import text
 
-from orchestrator.db import DuplicateIdempotencyKey, JobStore, normalize_url, utcnow
-from orchestrator.models import (
+from orchestrator.core.db import DuplicateIdempotencyKey, JobStore, normalize_url, utcnow
+from orchestrator.core.models import (
     FINISHED_STATUSES,
     TRANSITIONS,
     InvalidTransition,

@@ -11,9 +11,9 @@ import pytest
 
 from handlers.settings import Settings
 from orchestrator.api import create_app
-from orchestrator.config import OrchestratorSettings
-from orchestrator.emulator import BackgroundServer
-from orchestrator.service import JobService
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.service import JobService
+from orchestrator.devtools.emulator import BackgroundServer
 from tests.browser import needs_chromium, offline_page
 
 

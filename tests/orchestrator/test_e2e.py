@@ -16,9 +16,9 @@ import pytest
 from handlers.runtime import Engines, WorkerRuntime
 from handlers.settings import Settings
 from orchestrator.api import create_app
-from orchestrator.config import OrchestratorSettings
-from orchestrator.emulator import BackgroundServer, RunpodEmulator, create_emulator_app
-from orchestrator.service import JobService
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.service import JobService
+from orchestrator.devtools.emulator import BackgroundServer, RunpodEmulator, create_emulator_app
 from storage import split_bucket_uri
 from tests.conftest import free_port
 from tests.media import astronaut_bgr

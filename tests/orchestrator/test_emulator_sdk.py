@@ -22,7 +22,7 @@ import runpod
 
 from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
-from orchestrator.emulator import BackgroundServer, create_emulator_app, worker_failure
+from orchestrator.devtools.emulator import BackgroundServer, create_emulator_app, worker_failure
 from tests.orchestrator.conftest import ENDPOINT_ID, RunningEmulator, eventually
 
 API_KEY = "rp-test-key"

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.emulator import BackgroundServer, create_emulator_app
-from orchestrator.emulator_requests import MAX_RUN_BODY_BYTES
+from orchestrator.devtools.emulator import BackgroundServer, create_emulator_app
+from orchestrator.devtools.emulator_requests import MAX_RUN_BODY_BYTES
 from tests.orchestrator.conftest import ENDPOINT_ID, eventually
 
 KEY = "strict-key"

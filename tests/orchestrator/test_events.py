@@ -15,10 +15,10 @@ import pytest
 
 import runpod_handler
 from handlers.settings import Settings
-from orchestrator.config import OrchestratorSettings
-from orchestrator.emulator import BackgroundServer, create_emulator_app
-from orchestrator.events import job_events
-from orchestrator.service import JobService
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.events import job_events
+from orchestrator.core.service import JobService
+from orchestrator.devtools.emulator import BackgroundServer, create_emulator_app
 from storage.local import path_from_file_uri
 from tests.media import coffee_bgr
 from tests.orchestrator.conftest import ENDPOINT_ID

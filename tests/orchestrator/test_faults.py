@@ -9,12 +9,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from orchestrator.config import OrchestratorSettings
-from orchestrator.db import utcnow
-from orchestrator.emulator import BackgroundServer
-from orchestrator.models import OrchestratorError, WebhookRejected
-from orchestrator.service import JobService
-from orchestrator.webhooks import webhook_token
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.db import utcnow
+from orchestrator.core.models import OrchestratorError, WebhookRejected
+from orchestrator.core.service import JobService
+from orchestrator.core.webhooks import webhook_token
+from orchestrator.devtools.emulator import BackgroundServer
 from tests.orchestrator.conftest import eventually
 
 SECRET = "webhook-secret"

@@ -11,9 +11,9 @@ import pytest
 
 from handlers.settings import Settings
 from orchestrator.api import create_app
-from orchestrator.background_server import BackgroundServer
-from orchestrator.config import OrchestratorSettings
-from orchestrator.service import JobService
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.service import JobService
+from orchestrator.devtools.background_server import BackgroundServer
 
 ALICE = {"Authorization": "Bearer alice-token"}
 BOB = {"Authorization": "Bearer bob-token"}

@@ -14,10 +14,10 @@ import pytest
 from handlers.errors import TaskError
 from handlers.settings import Settings
 from orchestrator.api import create_app
-from orchestrator.background_server import BackgroundServer
-from orchestrator.config import OrchestratorSettings
-from orchestrator.input_policy import check_request_inputs
-from orchestrator.service import JobService
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.input_policy import check_request_inputs
+from orchestrator.core.service import JobService
+from orchestrator.devtools.background_server import BackgroundServer
 from tests.orchestrator.test_api import PORTRAIT
 from tests.storage.uri_attacks import escapes
 

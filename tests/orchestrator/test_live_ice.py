@@ -12,8 +12,8 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from orchestrator.config import OrchestratorSettings
-from orchestrator.live.ice import ice_servers_for, turn_credentials
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.live.ice import ice_servers_for, turn_credentials
 from tests.orchestrator.conftest import eventually
 from tests.orchestrator.live_fixtures import ALICE, live_settings, live_stack, session_body
 from tests.turn import NO_TURNSERVER, TURNSERVER, TurnServer, turn_server

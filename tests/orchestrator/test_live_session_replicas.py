@@ -19,8 +19,8 @@ import pytest
 from fastapi import FastAPI, Request, Response
 from sqlalchemy import create_engine, text
 
-from orchestrator.db import normalize_url
-from orchestrator.emulator import BackgroundServer, create_emulator_app
+from orchestrator.core.db import normalize_url
+from orchestrator.devtools.emulator import BackgroundServer, create_emulator_app
 from tests.conftest import free_port
 from tests.orchestrator.conftest import eventually
 from tests.orchestrator.live_fixtures import OPERATOR, TOKEN, session_body
@@ -65,7 +65,7 @@ class Replica:
 
 def start_replica(env: dict[str, str], log: Path) -> Replica:
     port = free_port()
-    command = [sys.executable, "-c", "from orchestrator.cli import app; app()", "serve", "--port", str(port)]
+    command = [sys.executable, "-c", "from orchestrator.cli.main import app; app()", "serve", "--port", str(port)]
     with log.open("w") as out:
         process = subprocess.Popen([*command, "--log-level", "warning"], env=env, stdout=out, stderr=out)
     replica = Replica(f"http://127.0.0.1:{port}", process)

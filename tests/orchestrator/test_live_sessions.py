@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import OrchestratorSettings
+from orchestrator.core.config import OrchestratorSettings
 from tests.orchestrator.conftest import eventually
 from tests.orchestrator.live_fixtures import (
     ALICE,

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from orchestrator.emulator import BackgroundServer, create_emulator_app
+from orchestrator.devtools.emulator import BackgroundServer, create_emulator_app
 from tests.orchestrator.conftest import eventually
 from tests.orchestrator.live_fixtures import ALICE, LiveStack, live_settings, live_stack, session_body
 from tests.orchestrator.session_workers import SILENT, runpod_session_handler, serve_session

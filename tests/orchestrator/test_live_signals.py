@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from orchestrator.config import OrchestratorSettings
-from orchestrator.db import JobStore
-from orchestrator.live.signals import SESSIONS_CHANNEL, SessionSignals
-from orchestrator.replica import Replica
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.db import JobStore
+from orchestrator.core.live.signals import SESSIONS_CHANNEL, SessionSignals
+from orchestrator.core.replica import Replica
 
 A, B = "a" * 32, "b" * 32
 

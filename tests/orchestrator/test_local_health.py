@@ -7,10 +7,10 @@ from pathlib import Path
 import httpx
 
 from orchestrator.api import create_app
-from orchestrator.backends.local import LocalBackend
-from orchestrator.background_server import BackgroundServer
-from orchestrator.config import OrchestratorSettings
-from orchestrator.service import JobService
+from orchestrator.core.backends.local import LocalBackend
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.service import JobService
+from orchestrator.devtools.background_server import BackgroundServer
 from tests.orchestrator.conftest import eventually
 from tests.orchestrator.worker_tasks import BLOCK_USER, dispatch_or_crash
 
@@ -40,8 +40,8 @@ def test_a_job_claimed_here_but_not_yet_handed_over_is_still_ours(local_settings
     """Class: a refresh racing a submit. The claim writes the job's row (this runner's endpoint) before the backend
     holds the run; a poll in between saw a job of this runner it did not hold and failed it as `worker_lost`
     (8 racing live-session creates lost one that way)."""
-    from orchestrator.backends.base import Ownership
-    from orchestrator.models import JobEvent
+    from orchestrator.core.backends.base import Ownership
+    from orchestrator.core.models import JobEvent
 
     settings = OrchestratorSettings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}", poll_interval_s=0.05)
     local = LocalBackend(workers=1, settings=local_settings, run_task=dispatch_or_crash)

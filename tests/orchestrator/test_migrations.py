@@ -11,9 +11,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
-from orchestrator.db import Base, JobStore, make_engine
-from orchestrator.schema import current_revision, head_revision
+from orchestrator.cli.main import app
+from orchestrator.core.db import Base, JobStore, make_engine
+from orchestrator.core.schema import current_revision, head_revision
 
 
 def pre_migration_metadata() -> sa.MetaData:

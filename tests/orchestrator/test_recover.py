@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 import storage
-from orchestrator.models import OrchestratorError
-from orchestrator.recover import recover_avatars
+from orchestrator.core.models import OrchestratorError
+from orchestrator.core.recover import recover_avatars
 from storage.avatar.archive import pack_avatar
 from storage.avatar.cache import AvatarCache
-from storage.avatar.validate import load_avatar, validate_avatar_dir
+from storage.avatar.reader import load_avatar, validate_avatar_dir
 from storage.keys import avatar_key
 from tests.storage.avatar_factory import make_avatar_dir
 

@@ -15,12 +15,12 @@ import httpx
 import pytest
 
 from orchestrator.api import create_app
-from orchestrator.config import OrchestratorSettings
-from orchestrator.db import JobStore, utcnow
-from orchestrator.emulator import BackgroundServer
-from orchestrator.leases import LeaseStore
-from orchestrator.replica import SingleReplicaDatabase
-from orchestrator.service import JobService
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.db import JobStore, utcnow
+from orchestrator.core.leases import LeaseStore
+from orchestrator.core.replica import SingleReplicaDatabase
+from orchestrator.core.service import JobService
+from orchestrator.devtools.emulator import BackgroundServer
 from tests.orchestrator.conftest import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -157,7 +157,7 @@ def test_healthz_and_metrics_report_the_replica_and_its_leases(make_service, sto
 
 
 def avatarctl(*args: str, env: dict[str, str], **options) -> subprocess.Popen:
-    command = [sys.executable, "-c", "from orchestrator.cli import app; app()", *args]
+    command = [sys.executable, "-c", "from orchestrator.cli.main import app; app()", *args]
     return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True, **options)
 
 

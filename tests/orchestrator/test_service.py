@@ -12,13 +12,13 @@ import cv2
 import pytest
 
 from handlers.errors import TaskError
-from orchestrator.backends import Submission, worker_pool
-from orchestrator.backends.local import LocalBackend, runner_is_gone
-from orchestrator.config import OrchestratorSettings, parse_backend_spec
-from orchestrator.db import JobStore, utcnow
-from orchestrator.models import IdempotencyConflict, JobNotFound, OrchestratorError, redact
-from orchestrator.service import JobService
-from orchestrator.webhooks import webhook_token
+from orchestrator.core.backends import Submission, worker_pool
+from orchestrator.core.backends.local import LocalBackend, runner_is_gone
+from orchestrator.core.config import OrchestratorSettings, parse_backend_spec
+from orchestrator.core.db import JobStore, utcnow
+from orchestrator.core.models import IdempotencyConflict, JobNotFound, OrchestratorError, redact
+from orchestrator.core.service import JobService
+from orchestrator.core.webhooks import webhook_token
 from tests.media import astronaut_bgr
 from tests.orchestrator.conftest import eventually
 from tests.orchestrator.worker_tasks import BLOCK_USER, HANG_USER, dispatch_or_crash, dispatch_or_hang
@@ -255,7 +255,7 @@ def test_render_emotion_locally_reports_progress_and_pins_the_render_id(service,
 
 
 def test_local_runs_cancelled_before_they_start_are_evicted_like_finished_ones(local_settings, monkeypatch, tmp_path):
-    import orchestrator.backends.local as local_module
+    import orchestrator.core.backends.local as local_module
 
     monkeypatch.setattr(local_module, "MAX_FINISHED_RUNS", 0)
     backend = LocalBackend(workers=1, settings=local_settings, run_task=dispatch_or_crash)

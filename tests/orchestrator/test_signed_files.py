@@ -15,7 +15,7 @@ import pytest
 
 from handlers.settings import Settings
 from orchestrator.api.files import FileSigner, signing_secret
-from orchestrator.config import OrchestratorSettings
+from orchestrator.core.config import OrchestratorSettings
 from storage.local import LocalStore, path_from_file_uri
 from tests.orchestrator import test_api
 from tests.orchestrator.test_api import PORTRAIT, Api

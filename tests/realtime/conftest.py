@@ -24,9 +24,9 @@ from engines.face import FaceAnalyzer
 from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
 from orchestrator.api import create_app
-from orchestrator.config import OrchestratorSettings
-from orchestrator.emulator import BackgroundServer
-from orchestrator.service import JobService
+from orchestrator.core.config import OrchestratorSettings
+from orchestrator.core.service import JobService
+from orchestrator.devtools.emulator import BackgroundServer
 from realtime.client import LiveClient
 from realtime.limits import RealtimeSettings
 from realtime.manager import SessionHost
@@ -58,7 +58,7 @@ def live_server(tmp_path: Path, local_settings: Settings) -> Iterator[LiveApi]:
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}", "API_TOKEN": TOKEN}
     portrait = write_portrait(path_from_file_uri(local_settings.avatar_store_uri))
     serve = ["serve", "--port", str(port), "--log-level", "warning"]
-    command = [sys.executable, "-c", "from orchestrator.cli import app; app()", *serve]
+    command = [sys.executable, "-c", "from orchestrator.cli.main import app; app()", *serve]
     with (tmp_path / "serve.log").open("w") as log:
         server = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"

@@ -20,7 +20,7 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 
 from handlers.schemas import LiveAnswer, SessionEnd, SessionEvents
-from orchestrator.background_server import BackgroundServer
+from orchestrator.devtools.background_server import BackgroundServer
 
 
 @dataclass
@@ -57,11 +57,14 @@ class ControlPeer:
             self.sessions[session_id] = ControlledSession(token)
         return {"url": f"{self.url}/control/{session_id}", "token": token}
 
-    def command(self, session_id: str, kind: str, text: str | None = None) -> int:
+    def command(self, session_id: str, kind: str, text: str | None = None, **fields: Any) -> int:
+        """Queue a command (``fields``: its other fields, e.g. ``audio``, ``queued``); its seq."""
         with self._lock:
             session = self.sessions[session_id]
             seq = len(session.commands) + 1
-            session.commands.append({"seq": seq, "kind": kind, **({"text": text} if text is not None else {})})
+            session.commands.append(
+                {"seq": seq, "kind": kind, **({"text": text} if text is not None else {}), **fields}
+            )
         self._wake()
         return seq
 

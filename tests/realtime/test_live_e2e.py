@@ -54,7 +54,7 @@ class Deployment:
 def start_worker(tmp_path: Path, env: dict[str, str]) -> Worker:
     """`avatarctl emulate-runpod` running our RunPod worker's concurrent handler (two sessions at once)."""
     port = free_port()
-    command = [sys.executable, "-c", "from orchestrator.cli import app; app()", "emulate-runpod"]
+    command = [sys.executable, "-c", "from orchestrator.cli.main import app; app()", "emulate-runpod"]
     command += ["--endpoint-id", ENDPOINT, "--port", str(port), "--handler", "runpod_handler:concurrent_handler"]
     command += ["--concurrency", "2", "--log-level", "warning"]
     log = tmp_path / "worker.log"

@@ -20,10 +20,12 @@ import pytest
 
 pytest.importorskip("aiortc", reason="live sessions need the `realtime` extra (aiortc)")
 
+from engines.codecs.audio import encode_wav  # noqa: E402
 from engines.face import load_face_analyzer  # noqa: E402
 from handlers.settings import Settings  # noqa: E402
 from realtime.client import LiveClient, steady_fps  # noqa: E402
 from storage.local import path_from_file_uri  # noqa: E402
+from tests.media import tone  # noqa: E402
 from tests.realtime.conftest import (  # noqa: E402
     LiveWorker,
     TurnServer,
@@ -127,6 +129,47 @@ def test_a_worker_session_answers_speaks_is_interrupted_stays_still_in_silence_a
     at_rest = np.nanmedian(openings[rest])
     assert np.nanmax(openings[speaking]) > at_rest + 0.04, (at_rest, openings[speaking])  # the mouth moves
     assert np.nanmax(np.abs(openings[silent] - at_rest)) < 0.02, (at_rest, openings[silent])  # and stays shut
+
+
+def test_a_play_command_plays_a_speech_file_and_a_bad_one_is_refused_without_ending_the_session(
+    live_worker: LiveWorker, tmp_path: Path
+) -> None:
+    store = path_from_file_uri(live_worker.runtime.settings.avatar_store_uri)
+    (store / "uploads").mkdir(exist_ok=True)
+    (store / "uploads" / "speech.wav").write_bytes(encode_wav(0.5 * tone(1.2), 16000))
+    (store / "uploads" / "page.wav").write_text("<html>not audio</html>")
+
+    heard: list[tuple[float, np.ndarray]] = []
+
+    async def scenario() -> tuple[list[dict], dict | None]:
+        peer, offer = await client_offer(on_audio=lambda at, samples: heard.append((at, samples)))
+        task = live_worker.start(live_worker.payload(offer))
+        session_id = task.session_id
+        answer = await asyncio.to_thread(live_worker.control.answer, session_id)
+        await peer.accept(answer["answer"])
+        answers = []
+        for name in ("page.wav", "missing.wav"):
+            seq = live_worker.control.command(session_id, "play", audio=(store / "uploads" / name).as_uri())
+            answers.append(await asyncio.to_thread(live_worker.control.said, session_id, seq))
+        speech = (store / "uploads" / "speech.wav").as_uri()
+        seqs = [live_worker.control.command(session_id, "play", audio=speech, queued=True) for _ in range(2)]
+        answers += [await asyncio.to_thread(live_worker.control.said, session_id, seq) for seq in seqs]
+        queued_at = time.time()
+        await asyncio.sleep(3.0)
+        loud = [at - queued_at for at, samples in heard if np.sqrt(np.mean(samples.astype(float) ** 2)) > 300]
+        answers.append({"loud_s": max(loud, default=0.0)})
+        live_worker.control.command(session_id, "stop")
+        await asyncio.to_thread(task.result, 30.0)
+        await peer.close()
+        return answers, live_worker.control.end(session_id, 2.0)
+
+    (not_audio, missing, *played, ahead), end = asyncio.run(scenario())
+    assert (not_audio["kind"], not_audio["error_code"]) == ("error", "unsupported_audio"), not_audio
+    assert missing["kind"] == "error" and missing["error_code"] == "not_found", missing
+    for said in played:  # queued: both scheduled, the second after the first
+        assert said["kind"] == "said" and said["duration_s"] == pytest.approx(1.2, abs=0.05), said
+    assert 2.0 < ahead["loud_s"] < 2.9, ahead  # the peer hears 2.4 s of sound: the second after the first
+    assert end is not None and end["reason"] == "stopped" and end["stats"]["utterances"] == 2
 
 
 def test_idle_session_ends_itself_and_reports_it(live_worker: LiveWorker) -> None:

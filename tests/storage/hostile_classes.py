@@ -228,8 +228,8 @@ def _api_case(name: str, uri: str) -> CallCase:
     def call(_work: Path) -> str:
         from handlers.errors import TaskError
         from handlers.settings import Settings
-        from orchestrator.config import OrchestratorSettings
-        from orchestrator.input_policy import check_request_inputs
+        from orchestrator.core.config import OrchestratorSettings
+        from orchestrator.core.input_policy import check_request_inputs
 
         try:
             body = {"user_id": "attacker", "image": uri}

@@ -2,7 +2,7 @@
 references, storages larger than their records, compressed records, the legacy format, oversized pickles.
 
 ``hostile_latents()`` maps a case name to a function writing the file; every case must be refused as
-``invalid_avatar`` by ``storage.avatar.latents.read_latents`` for an avatar of ``FRAMES`` frames, with peak
+``invalid_avatar`` by ``storage.avatar.reader.read_latents`` for an avatar of ``FRAMES`` frames, with peak
 memory within a few MB of the file's size. Used by the latents tests and bench/hostile.py's ``tensors`` class.
 """
 

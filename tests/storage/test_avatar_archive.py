@@ -10,14 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage.avatar import flat
-from storage.avatar.archive import ArchiveLimits, pack_avatar
+from storage.avatar import archive
+from storage.avatar.archive import ArchiveLimits, pack_avatar, unpack_avatar
 from storage.avatar.cache import AvatarCache
-from storage.avatar.coords import read_coords, write_coords
-from storage.avatar.flat import unpack_avatar
-from storage.avatar.images import image_size
-from storage.avatar.layout import COORDS, FACE_IMGS, FULL_IMGS, LANDMARKS
-from storage.avatar.validate import load_avatar, validate_avatar_dir
+from storage.avatar.layout import COORDS, FACE_IMGS, FULL_IMGS, LANDMARKS, image_size, read_coords, write_coords
+from storage.avatar.reader import load_avatar, validate_avatar_dir
 from storage.errors import StorageError
 from tests.storage.avatar_factory import (
     FACE_SIZE,
@@ -104,7 +101,7 @@ class _Evil:
 @pytest.mark.parametrize("atomic_swap", [True, False])
 def test_unpack_replaces_existing_avatar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, atomic_swap: bool) -> None:
     if not atomic_swap:  # platforms without renameat2(RENAME_EXCHANGE) take the move-aside path
-        monkeypatch.setattr(flat, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(archive, "_exchange", lambda a, b: False)
     cache = tmp_path / "cache"
     pack_avatar(make_avatar_dir(tmp_path / "v1", "av", frames=3), tmp_path / "v1.tar")
     pack_avatar(make_avatar_dir(tmp_path / "v2", "av", frames=2, landmarks=False), tmp_path / "v2.tar")

@@ -21,11 +21,10 @@ import numpy as np
 import pytest
 
 from storage import StorageError, open_store
-from storage.avatar.archive import ArchiveLimits, pack_avatar
+from storage.avatar.archive import ArchiveLimits, pack_avatar, unpack_avatar
 from storage.avatar.cache import AvatarCache
-from storage.avatar.flat import unpack_avatar
 from storage.avatar.layout import FULL_IMGS, LANDMARKS, META
-from storage.avatar.validate import load_avatar, validate_avatar_dir
+from storage.avatar.reader import load_avatar, validate_avatar_dir
 from storage.keys import avatar_key
 from tests.storage.avatar_factory import FRAME_H, FRAME_W, add_bytes, make_avatar_dir, write_tar
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from storage.avatar.box_pickle import MAX_BOXES, BoxPickleError, read_boxes_pickle
-from storage.avatar.coords import read_coords
+from storage.avatar.layout import read_coords
 from tests.storage.avatar_hostile import GIB, address_space_now, hostile_pickles, run_isolated
 from tests.storage.pickle_bombs import build_bombs, work_bombs
 
@@ -115,7 +115,7 @@ def test_caps_are_parameters() -> None:
 
 def test_reads_musetalk_mask_coords(tmp_path: Path) -> None:
     """Class: compatibility: MuseTalk's mask_coords.pkl (lists of [x1, y1, x2, y2], ints or numpy ints)."""
-    from storage.avatar.coords import read_boxes_file
+    from storage.avatar.layout import read_boxes_file
 
     crop_boxes = [[10, 20, 266, 276], [11, 21, 267, 277]]
     path = tmp_path / "mask_coords.pkl"

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from storage import ObjectInfo, ObjectStore, PutResult, StorageError, open_store
-from storage.avatar.archive import pack_avatar
+from storage.avatar.archive import pack_avatar, unpack_avatar
 from storage.avatar.cache import LOCK_STRIPES, AvatarCache
-from storage.avatar.flat import unpack_avatar
-from storage.avatar.validate import load_avatar
+from storage.avatar.reader import load_avatar
 from storage.keys import avatar_key
 from tests.storage.avatar_factory import make_avatar_dir
 

@@ -15,8 +15,7 @@ import torch
 from engines.lipsync.musetalk.avatar import MuseTalkMaterial
 from storage.avatar.archive import extract_avatar, pack_avatar
 from storage.avatar.layout import AVATAR_INFO, COORDS, FULL_IMGS, LATENTS, MASK_COORDS, MASK_DIR, frame_name
-from storage.avatar.musetalk import write_material
-from storage.avatar.validate import load_avatar, validate_avatar_dir
+from storage.avatar.reader import load_avatar, validate_avatar_dir, write_material
 from storage.errors import StorageError
 from tests.storage.avatar_factory import FRAME_H, FRAME_W, make_avatar_dir
 

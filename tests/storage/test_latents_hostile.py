@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from storage.avatar.latents import read_latents
 from storage.avatar.layout import LATENTS
+from storage.avatar.reader import read_latents
 from tests.storage.tensor_bombs import FRAMES, hostile_latents, peak_rss_growth
 
 CASES = hostile_latents()

@@ -24,8 +24,7 @@ from engines.lipsync.musetalk.avatar import MuseTalkMaterial
 from storage.avatar.archive import extract_avatar, pack_avatar
 from storage.avatar.layout import FACE_IMGS
 from storage.avatar.livetalking import export_livetalking
-from storage.avatar.musetalk import write_material
-from storage.avatar.validate import load_avatar, validate_avatar_dir
+from storage.avatar.reader import load_avatar, validate_avatar_dir, write_material
 from storage.errors import StorageError
 from tests.storage.avatar_factory import FRAME_H, FRAME_W, make_avatar_dir
 from tests.storage.test_avatar_musetalk import livetalking_musetalk_dir
@@ -193,7 +192,7 @@ def test_preprocess_avatar_also_stores_livetalking_tars(tmp_path: Path, runtime)
 def test_avatarctl_export_livetalking_from_the_store(tmp_path: Path, local_settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from typer.testing import CliRunner
 
-    from orchestrator.cli import app
+    from orchestrator.cli.main import app
 
     store = Path(local_settings.avatar_store_uri.removeprefix("file://"))
     (store / "avatars" / "u1").mkdir(parents=True)

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.api import create_app
-from orchestrator.config import OrchestratorSettings
+from orchestrator.core.config import OrchestratorSettings
 
 
 def openapi_document() -> dict:

@@ -54,7 +54,7 @@ def write_fixtures(folder: Path) -> Path:
 
     sys.path.insert(0, str(REPO_ROOT))  # the checkout's orchestrator, installed or not
 
-    from orchestrator.demo import astronaut_bgr, make_training_video
+    from orchestrator.devtools.demo import astronaut_bgr, make_training_video
 
     folder.mkdir(parents=True)
     cv2.imwrite(str(folder / "portrait.png"), astronaut_bgr(256))
@@ -89,7 +89,7 @@ def main() -> None:
     command = [
         sys.executable,
         "-c",
-        "from orchestrator.cli import app; app()",
+        "from orchestrator.cli.main import app; app()",
         "serve",
         "--port",
         str(port),

@@ -75,6 +75,81 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/human": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Speak text or an LLM's answer (LiveTalking)
+         * @description `echo`: the text; `chat`: the LLM's answer (LLM_BASE_URL, LLM_MODEL). Queued after the speech playing
+         *     unless `interrupt`.
+         */
+        post: operations["human_human_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/humanaudio": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Play an audio file (LiveTalking)
+         * @description Any audio our codecs decode (at most MAX_AUDIO_SECONDS), queued after the speech playing.
+         */
+        post: operations["human_audio_humanaudio_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/interrupt_talk": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Stop speaking (LiveTalking) */
+        post: operations["interrupt_talk_interrupt_talk_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/is_speaking": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Whether it speaks (LiveTalking) */
+        post: operations["is_speaking_is_speaking_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/metrics": {
         parameters: {
             query?: never;
@@ -86,6 +161,26 @@ export interface paths {
         get: operations["metrics_metrics_get"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/offer": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start a session (LiveTalking)
+         * @description A live session on the default avatar (or `avatar`), for LiveTalking's `client.js`.
+         */
+        post: operations["offer_offer_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -562,6 +657,20 @@ export interface components {
             /** Deleted */
             deleted: string;
         };
+        /** Done */
+        Done: {
+            /**
+             * Code
+             * @description 0: done.
+             * @default 0
+             */
+            code?: number;
+            /**
+             * Msg
+             * @default ok
+             */
+            msg?: string;
+        };
         /**
          * DrivingVideoOptions
          * @description LivePortrait's video-driven switches: upstream's inference and crop arguments, without ``flag_``.
@@ -673,9 +782,160 @@ export interface components {
         Emotion: "neutral" | "happy" | "sad" | "surprised" | "angry" | "disgusted" | "fearful";
         /** ErrorBody */
         ErrorBody: {
-            /** Error */
+            /**
+             * Error
+             * @description What went wrong and what to do about it.
+             */
             error: string;
-            /** Error Code */
+            /**
+             * Error Code
+             * @description A stable snake_case code, one of:
+             *
+             *     - `access_denied` (502): The store refused the credentials or the object's permissions.
+             *     - `already_answered` (409): The live session has its SDP answer already.
+             *     - `ambiguous_job_id` (400): A job id prefix matches several jobs.
+             *     - `answer_too_large` (422): The SDP answer is over the size limit.
+             *     - `audio_too_long` (422): The audio is longer than the worker accepts.
+             *     - `audio_unsupported` (501): This live worker does not play audio files.
+             *     - `avatar_not_found` (404): No preprocessed avatar with this id in the store.
+             *     - `avatar_required` (422): No avatar for the session: send one, or configure LIVETALKING_AVATAR_ID / LIVETALKING_IMAGE.
+             *     - `backend_closed` (503, retryable): The local backend is shutting down and takes no new jobs.
+             *     - `backend_unavailable` (503, retryable): The backend did not answer (status, cancel or health) after its retries.
+             *     - `cancelled` (409): The job was cancelled (by request, or its worker stopped it).
+             *     - `checksum_mismatch` (502, retryable): A downloaded file's checksum is not the expected one.
+             *     - `control_lost` (503, retryable): The live worker lost its control URL for too long.
+             *     - `control_refused` (502): The orchestrator refused a live worker's control call.
+             *     - `did_auth_failed` (502): D-ID refused the API key.
+             *     - `did_failed` (502): D-ID failed the talk.
+             *     - `did_insufficient_credits` (502): The D-ID account has no credits left.
+             *     - `did_invalid_request` (422): D-ID refused the request's content.
+             *     - `did_needs_signed_urls` (422): D-ID needs URLs it can fetch: the store must sign its URLs.
+             *     - `did_not_configured` (503): No D-ID API key is configured on the worker.
+             *     - `did_provider_error` (502, retryable): D-ID failed the render.
+             *     - `did_rate_limited` (429, retryable): D-ID is rate limiting the account (after retries).
+             *     - `did_rejected` (422): D-ID rejected the talk's content.
+             *     - `did_timeout` (504, retryable): D-ID did not finish in time.
+             *     - `did_unreachable` (502, retryable): D-ID could not be reached.
+             *     - `download_failed` (502, retryable): A file could not be downloaded.
+             *     - `empty_audio` (422): The audio holds no samples.
+             *     - `empty_speech` (422): There is nothing to say (no text, no audio).
+             *     - `empty_text` (422): The text to speak is empty.
+             *     - `empty_video` (422): No frame was rendered.
+             *     - `encode_failed` (500, retryable): The video or image could not be encoded.
+             *     - `engine_unavailable` (422): The engine asked for cannot run on this worker (weights, packages or device missing).
+             *     - `face_lost` (422): The face was lost in too many frames of the video.
+             *     - `face_not_found` (422): No face was found where one was expected.
+             *     - `forbidden` (403): The token may not act for this user.
+             *     - `idempotency_conflict` (409, retryable): A request with this idempotency key is being handled.
+             *     - `idempotency_key_reused` (409): The idempotency key was used for a different request.
+             *     - `image_too_large` (422): The image is over the size limit.
+             *     - `internal_error` (500, retryable): An unexpected failure; the logs hold the traceback.
+             *     - `interrupted` (409): The speech was interrupted before all of it was scheduled.
+             *     - `invalid_answer` (422): The SDP answer is not usable.
+             *     - `invalid_archive` (422): The avatar archive is not one this project writes.
+             *     - `invalid_arguments` (400): The command's arguments are inconsistent.
+             *     - `invalid_audio` (422): The audio cannot be decoded or used.
+             *     - `invalid_avatar` (422): The avatar's files are missing or inconsistent.
+             *     - `invalid_avatar_id` (422): The avatar id is not a safe name.
+             *     - `invalid_checkpoint` (500): A weights file is not the one the engine expects.
+             *     - `invalid_cursor` (400): The page cursor is not one this API gave.
+             *     - `invalid_data_uri` (422): The data: URI is malformed.
+             *     - `invalid_filename` (400): The file name is not one the route accepts.
+             *     - `invalid_filter` (400): A list filter names an unknown value.
+             *     - `invalid_format` (422): The output format is not supported.
+             *     - `invalid_frame` (422): A frame has the wrong shape or type.
+             *     - `invalid_idempotency_key` (400): The idempotency key is empty or too long.
+             *     - `invalid_image` (422): The image cannot be decoded or used.
+             *     - `invalid_input` (422): The request does not match its schema.
+             *     - `invalid_intensity` (422): The emotion intensity is out of range.
+             *     - `invalid_key` (400): The storage key is unsafe or malformed.
+             *     - `invalid_message` (422): The data-channel message is not text or JSON.
+             *     - `invalid_motion_template` (422): The motion template is not a safe .npz this project reads.
+             *     - `invalid_pads` (422): The face padding values are out of range.
+             *     - `invalid_precision` (422): The precision is not one the engine supports on this device.
+             *     - `invalid_sdp` (422): The SDP offer is not a usable WebRTC session description.
+             *     - `invalid_signature` (403): The file URL's signature does not match.
+             *     - `invalid_uri` (400): The URI is malformed.
+             *     - `invalid_video` (422): The video cannot be decoded or used.
+             *     - `invalid_video_size` (422): The output video's size is not supported.
+             *     - `invalid_webhook` (400): The webhook body is not a RunPod job.
+             *     - `job_not_found` (404): No job with this id.
+             *     - `llm_failed` (502, retryable): The configured LLM answered an error or an answer without a message.
+             *     - `llm_not_configured` (503): `chat` needs an LLM: LLM_BASE_URL and LLM_MODEL are not set.
+             *     - `llm_unavailable` (503, retryable): The configured LLM did not answer.
+             *     - `message_too_large` (422): The data-channel message is over the size limit.
+             *     - `method_not_allowed` (405): The route does not take this HTTP method.
+             *     - `missing_task` (422): The payload names no task.
+             *     - `modal_rejected` (502): Modal refused the call.
+             *     - `modal_unavailable` (503, retryable): Modal could not be reached.
+             *     - `no_face` (422): No face was found in the image or video.
+             *     - `no_worker_answer` (504, retryable): No live worker answered the session's offer in time.
+             *     - `not_found` (404): No such object, file or route.
+             *     - `offer_too_large` (422): The SDP offer is over the size limit.
+             *     - `orchestrator_restarted` (503, retryable): The orchestrator restarted while the job ran.
+             *     - `output_not_found` (404): No render with this file name.
+             *     - `public_base_url_required` (503): Live sessions on this backend need PUBLIC_BASE_URL.
+             *     - `rate_limited` (429, retryable): Too many messages on the live session's data channel.
+             *     - `realtime_unavailable` (503): This server has no `realtime` extra (aiortc) for live sessions.
+             *     - `remote_failed` (502): The remote backend failed the job.
+             *     - `remote_job_lost` (502, retryable): The remote backend no longer knows the job.
+             *     - `render_failed` (500, retryable): The render failed on the worker.
+             *     - `runpod_endpoint_not_found` (502): The RunPod endpoint id is unknown to RunPod.
+             *     - `runpod_rejected` (502): RunPod refused the job.
+             *     - `runpod_unauthorized` (502): RunPod refused the API key.
+             *     - `runpod_unavailable` (503, retryable): RunPod answered with a server error.
+             *     - `runpod_unreachable` (503, retryable): RunPod could not be reached.
+             *     - `say_timeout` (504, retryable): The live worker did not confirm the speech in time.
+             *     - `session_ended` (410): The live session has ended.
+             *     - `session_exists` (409): A live session with this id runs already.
+             *     - `session_not_found` (404): No live session with this id.
+             *     - `session_not_ready` (409, retryable): The live session has no answer from its worker yet.
+             *     - `setup_timeout` (504, retryable): The live session's WebRTC connection was not set up in time.
+             *     - `single_replica_database` (409): Several replicas need a shared database (not SQLite).
+             *     - `still_running` (504, retryable): The job is still running; read it again later.
+             *     - `storage_error` (502, retryable): The store failed the call.
+             *     - `storage_unavailable` (503, retryable): The store could not be reached.
+             *     - `submit_uncertain` (502): The submit may have reached the backend; the job waits for its webhook instead of being resent.
+             *     - `task_failed` (502): The worker failed the task.
+             *     - `task_not_served` (422): This worker does not serve the task.
+             *     - `timeout` (504, retryable): The job ran past its time limit.
+             *     - `too_large` (413): The body, file or object is over its size limit.
+             *     - `too_many_sessions` (429, retryable): The server runs its maximum of live sessions.
+             *     - `too_many_streams` (429, retryable): The server follows its maximum of event streams.
+             *     - `tts_auth_failed` (502): The speech provider refused the API key.
+             *     - `tts_failed` (500, retryable): Speech synthesis failed.
+             *     - `tts_not_configured` (503): The speech provider asked for has no API key here.
+             *     - `tts_provider_error` (502, retryable): The speech provider failed the request.
+             *     - `tts_provider_timeout` (504, retryable): The speech provider did not answer in time.
+             *     - `tts_provider_unreachable` (502, retryable): The speech provider could not be reached.
+             *     - `tts_rate_limited` (429, retryable): The speech provider is rate limiting the account (after retries).
+             *     - `tts_unavailable` (503): No speech synthesizer is installed here.
+             *     - `unauthorized` (401): The bearer token is missing or wrong.
+             *     - `unknown_emotion` (422): The emotion is not one of those offered.
+             *     - `unknown_task` (422): The task is not one of those offered.
+             *     - `unknown_tts_provider` (422): The speech provider is not one of those offered.
+             *     - `unknown_voice` (422): The voice is not one the speech provider offers.
+             *     - `unknown_weights` (400): The weights name is not in the manifest.
+             *     - `unsafe_archive` (422): The avatar archive holds an unsafe member (path, link or size).
+             *     - `unsupported_audio` (422): The audio format is not supported.
+             *     - `unsupported_uri` (400): The URI scheme is not supported.
+             *     - `unsupported_voice_option` (422): The speech provider does not take this voice option.
+             *     - `upload_failed` (502, retryable): The store refused the upload.
+             *     - `url_expired` (410): The signed file URL has expired.
+             *     - `url_refused` (422): The URL points where this server may not fetch (private address or scheme).
+             *     - `user_required` (422): The token acts for several users: the request must name one (LIVETALKING_USER_ID).
+             *     - `user_session_limit` (429, retryable): The user has their maximum of live sessions.
+             *     - `video_too_large` (422): The video is over the size limit.
+             *     - `video_too_long` (422): The video is longer than the worker accepts.
+             *     - `webhook_rejected` (403): The webhook token does not match.
+             *     - `webhooks_disabled` (403): Webhooks are disabled (no WEBHOOK_SECRET).
+             *     - `weights_missing` (503): The engine's weights are not on this worker.
+             *     - `worker_crashed` (502, retryable): The local worker process died while it ran the job.
+             *     - `worker_error` (502): The live worker reported an error without a code.
+             *     - `worker_failed` (502): The live session's worker ended or failed it.
+             *     - `worker_lost` (502, retryable): The worker running the job was lost.
+             *     - `worker_unhealthy` (503, retryable): The worker's engines failed to load.
+             */
             error_code: string;
         };
         /**
@@ -975,6 +1235,22 @@ export interface components {
              */
             utterances?: number;
         };
+        /** OfferAnswer */
+        OfferAnswer: {
+            /** Sdp */
+            sdp: string;
+            /**
+             * Sessionid
+             * @description The session id (`/v1/sessions/{id}`).
+             */
+            sessionid: string;
+            /**
+             * Type
+             * @default answer
+             * @constant
+             */
+            type?: "answer";
+        };
         /** PreprocessAvatarRequest */
         PreprocessAvatarRequest: {
             /** Avatar Id */
@@ -1128,6 +1404,19 @@ export interface components {
              */
             video: string;
         };
+        /** Refusal */
+        Refusal: {
+            /**
+             * Code
+             * @description -1: refused.
+             * @default -1
+             */
+            code?: number;
+            /** Error Code */
+            error_code: string;
+            /** Msg */
+            msg: string;
+        };
         /** RenderEmotionRequest */
         RenderEmotionRequest: {
             /**
@@ -1237,6 +1526,19 @@ export interface components {
             text: string;
             voice?: components["schemas"]["Voice"];
         };
+        /** Scheduled */
+        Scheduled: {
+            /**
+             * Answer
+             * @description `chat`: the LLM's answer, spoken.
+             */
+            answer?: string | null;
+            /**
+             * Duration S
+             * @description Seconds of speech scheduled.
+             */
+            duration_s: number;
+        };
         /** SeedGenerateAnswer */
         SeedGenerateAnswer: {
             /** Error Code */
@@ -1330,14 +1632,26 @@ export interface components {
         };
         /**
          * SessionCommand
-         * @description Orchestrator -> worker: `say` (speak `text`, cutting off what plays), `interrupt` (stop speaking), `stop`.
+         * @description Orchestrator -> worker: `say` (speak `text`), `play` (play the speech file `audio`), each cutting off what
+         *     plays unless `queued` (then after it), `interrupt` (stop speaking, drop what is queued), `stop`.
          */
         SessionCommand: {
+            /**
+             * Audio
+             * @description `play`: the audio file's URI (in the store).
+             */
+            audio?: string | null;
             /**
              * Kind
              * @enum {string}
              */
-            kind: "say" | "interrupt" | "stop";
+            kind: "say" | "play" | "interrupt" | "stop";
+            /**
+             * Queued
+             * @description `say`, `play`: after the speech scheduled, not cutting it off.
+             * @default false
+             */
+            queued?: boolean;
             /** Seq */
             seq: number;
             /** Text */
@@ -1481,6 +1795,40 @@ export interface components {
             /** User Id */
             user_id: string;
         };
+        /** Speaking */
+        Speaking: {
+            /**
+             * Code
+             * @description 0: done.
+             * @default 0
+             */
+            code?: number;
+            /**
+             * Data
+             * @description Whether the avatar speaks now (or its speech is being made).
+             */
+            data: boolean;
+            /**
+             * Msg
+             * @default ok
+             */
+            msg?: string;
+        };
+        /** Spoken */
+        Spoken: {
+            /**
+             * Code
+             * @description 0: done.
+             * @default 0
+             */
+            code?: number;
+            data: components["schemas"]["Scheduled"];
+            /**
+             * Msg
+             * @default ok
+             */
+            msg?: string;
+        };
         /** StoredUpload */
         StoredUpload: {
             /** Bytes */
@@ -1576,7 +1924,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1585,7 +1933,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1594,7 +1942,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1627,7 +1975,7 @@ export interface operations {
                     "application/json": components["schemas"]["SeedGenerateAnswer"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1636,7 +1984,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1645,7 +1993,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1674,7 +2022,7 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1683,7 +2031,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1692,7 +2040,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1721,7 +2069,7 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1730,7 +2078,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1739,13 +2087,171 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    human_human_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /**
+                     * Interrupt
+                     * @default false
+                     */
+                    interrupt?: boolean;
+                    /** Sessionid */
+                    sessionid: string | number;
+                    /** Text */
+                    text: string;
+                    /**
+                     * Type
+                     * @default echo
+                     * @enum {string}
+                     */
+                    type?: "echo" | "chat";
+                };
+            };
+        };
+        responses: {
+            /** @description Done; or `{code: -1, msg, error_code}`. A refusal: LiveTalking answers them with HTTP 200 too. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Spoken"];
+                };
+            };
+            /** @description No valid token (header or cookie). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Refusal"];
+                };
+            };
+        };
+    };
+    human_audio_humanaudio_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "multipart/form-data": {
+                    /** Format: binary */
+                    file: string;
+                    sessionid: string;
+                };
+            };
+        };
+        responses: {
+            /** @description Done; or `{code: -1, msg, error_code}`. A refusal: LiveTalking answers them with HTTP 200 too. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Spoken"];
+                };
+            };
+            /** @description No valid token (header or cookie). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Refusal"];
+                };
+            };
+        };
+    };
+    interrupt_talk_interrupt_talk_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** Sessionid */
+                    sessionid: string | number;
+                };
+            };
+        };
+        responses: {
+            /** @description Done; or `{code: -1, msg, error_code}`. A refusal: LiveTalking answers them with HTTP 200 too. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Done"];
+                };
+            };
+            /** @description No valid token (header or cookie). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Refusal"];
+                };
+            };
+        };
+    };
+    is_speaking_is_speaking_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** Sessionid */
+                    sessionid: string | number;
+                };
+            };
+        };
+        responses: {
+            /** @description Done; or `{code: -1, msg, error_code}`. A refusal: LiveTalking answers them with HTTP 200 too. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Speaking"];
+                };
+            };
+            /** @description No valid token (header or cookie). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Refusal"];
                 };
             };
         };
@@ -1766,7 +2272,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1775,7 +2281,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1784,13 +2290,56 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    offer_offer_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /**
+                     * Avatar
+                     * @description A stored avatar's id (default LIVETALKING_AVATAR_ID).
+                     */
+                    avatar?: string | null;
+                    /** Sdp */
+                    sdp: string;
+                    /** Type */
+                    type: string;
+                };
+            };
+        };
+        responses: {
+            /** @description Done; or `{code: -1, msg, error_code}`. A refusal: LiveTalking answers them with HTTP 200 too. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OfferAnswer"];
+                };
+            };
+            /** @description No valid token (header or cookie). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Refusal"];
                 };
             };
         };
@@ -1813,7 +2362,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1822,7 +2371,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1831,7 +2380,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1862,7 +2411,7 @@ export interface operations {
                     "application/json": components["schemas"]["DeletedOutput"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1871,7 +2420,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1880,7 +2429,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1913,7 +2462,7 @@ export interface operations {
                     "application/json": components["schemas"]["SeedRenderAnswer"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1922,7 +2471,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1931,7 +2480,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1964,7 +2513,7 @@ export interface operations {
                     "application/json": components["schemas"]["SeedRenderAnswer"][];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1973,7 +2522,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1982,7 +2531,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2017,7 +2566,7 @@ export interface operations {
                     "application/json": components["schemas"]["JobView"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2026,7 +2575,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2035,7 +2584,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2070,7 +2619,7 @@ export interface operations {
                     "application/json": components["schemas"]["JobView"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2079,7 +2628,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2088,7 +2637,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2124,7 +2673,7 @@ export interface operations {
                     "application/json": components["schemas"]["JobView"][];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2133,7 +2682,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2142,7 +2691,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2177,7 +2726,7 @@ export interface operations {
                     "application/json": components["schemas"]["JobView"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2186,7 +2735,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2195,7 +2744,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2226,7 +2775,7 @@ export interface operations {
                     "application/json": components["schemas"]["JobView"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2235,7 +2784,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2244,7 +2793,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2275,7 +2824,7 @@ export interface operations {
                     "application/json": components["schemas"]["JobView"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2284,7 +2833,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2293,7 +2842,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2324,7 +2873,7 @@ export interface operations {
                     "text/event-stream": unknown;
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2333,7 +2882,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2342,7 +2891,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2375,7 +2924,7 @@ export interface operations {
                     "application/json": components["schemas"]["SessionAnswer"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2384,7 +2933,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2393,7 +2942,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2422,7 +2971,7 @@ export interface operations {
                     "application/json": components["schemas"]["IceServers"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2431,7 +2980,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2440,7 +2989,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2472,7 +3021,7 @@ export interface operations {
                     "application/json": components["schemas"]["SessionView"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2481,7 +3030,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2490,7 +3039,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2520,7 +3069,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2529,7 +3078,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2538,7 +3087,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2570,7 +3119,7 @@ export interface operations {
                     "application/json": components["schemas"]["Interrupted"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2579,7 +3128,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2588,7 +3137,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2624,7 +3173,7 @@ export interface operations {
                     "application/json": components["schemas"]["SayAnswer"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2633,7 +3182,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2642,7 +3191,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2678,7 +3227,7 @@ export interface operations {
                     "application/json": components["schemas"]["WorkerAck"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2687,7 +3236,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2696,7 +3245,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2733,7 +3282,7 @@ export interface operations {
                     "application/json": components["schemas"]["SessionCommands"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2742,7 +3291,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2751,7 +3300,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2787,7 +3336,7 @@ export interface operations {
                     "application/json": components["schemas"]["WorkerAck"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2796,7 +3345,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2805,7 +3354,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2841,7 +3390,7 @@ export interface operations {
                     "application/json": components["schemas"]["WorkerAck"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2850,7 +3399,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2859,7 +3408,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2892,7 +3441,7 @@ export interface operations {
                     "application/json": components["schemas"]["StoredUpload"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2901,7 +3450,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2910,7 +3459,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2945,7 +3494,7 @@ export interface operations {
                     "application/json": components["schemas"]["JobView"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2954,7 +3503,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2963,7 +3512,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3002,7 +3551,7 @@ export interface operations {
                     "application/json": components["schemas"]["HostedWebhookAck"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3011,7 +3560,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3020,7 +3569,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3059,7 +3608,7 @@ export interface operations {
                     "application/json": components["schemas"]["WebhookAck"];
                 };
             };
-            /** @description Missing or wrong bearer token */
+            /** @description Missing or wrong bearer token (`unauthorized`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3068,7 +3617,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not found */
+            /** @description Not found (`avatar_not_found`, `job_not_found`, `not_found`, `output_not_found`, `session_not_found`) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3077,7 +3626,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input */
+            /** @description Invalid input (`answer_too_large`, `audio_too_long`, `avatar_required`, `did_invalid_request`, `did_needs_signed_urls`, `did_rejected`, `empty_audio`, `empty_speech`, `empty_text`, `empty_video`, `engine_unavailable`, `face_lost`, `face_not_found`, `image_too_large`, `invalid_answer`, `invalid_archive`, `invalid_audio`, `invalid_avatar`, `invalid_avatar_id`, `invalid_data_uri`, `invalid_format`, `invalid_frame`, `invalid_image`, `invalid_input`, `invalid_intensity`, `invalid_message`, `invalid_motion_template`, `invalid_pads`, `invalid_precision`, `invalid_sdp`, `invalid_video`, `invalid_video_size`, `message_too_large`, `missing_task`, `no_face`, `offer_too_large`, `task_not_served`, `unknown_emotion`, `unknown_task`, `unknown_tts_provider`, `unknown_voice`, `unsafe_archive`, `unsupported_audio`, `unsupported_voice_option`, `url_refused`, `user_required`, `video_too_large`, `video_too_long`) */
             422: {
                 headers: {
                     [name: string]: unknown;

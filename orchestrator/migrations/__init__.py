@@ -1,1 +1,0 @@
-"""Alembic migrations of the job database (``orchestrator.schema`` runs them; ``avatarctl db upgrade``)."""
