@@ -84,9 +84,10 @@ def still(analyzer: FaceAnalyzer, work: Path) -> Render:
 
 def wav2lip96_random(analyzer: FaceAnalyzer, work: Path) -> Render:
     from bench.wav2lip import random_checkpoint
+    from engines.context import EngineContext
     from engines.lipsync.wav2lip.engine import Wav2Lip96Engine
 
-    return Wav2Lip96Engine.load(random_checkpoint("wav2lip96", work), device="cpu", precision="fp32").render
+    return Wav2Lip96Engine.load(random_checkpoint("wav2lip96", work), EngineContext("cpu", "fp32")).render
 
 
 ENGINES: dict[str, Callable[[FaceAnalyzer, Path], Render]] = {

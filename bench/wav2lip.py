@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.timing import interleaved_medians  # noqa: E402
+from engines.context import EngineContext  # noqa: E402
 from engines.lipsync.wav2lip import build_model, load_wav2lip  # noqa: E402
 from engines.lipsync.wav2lip.engine import Wav2Lip96Engine, Wav2Lip256Engine, Wav2LipEngine  # noqa: E402
 
@@ -80,7 +81,7 @@ def bench_case(variant: str, path: Path, batch: int, runs: int, device: torch.de
     mel_np, faces_np = inputs(batch, IMG_SIZE[variant])
     paths: dict[str, Callable[[], np.ndarray]] = {"baseline": baseline_path(variant, path, mel_np, faces_np, device)}
     for precision in ("fp32", "auto"):
-        engine = ENGINES[variant].load(path, device=device.type, precision=precision, batch_size=batch)
+        engine = ENGINES[variant].load(path, EngineContext(device.type, precision, {"batch_size": batch}))
         if precision == "auto" and engine.dtype == torch.float32:
             break  # no faster precision on this device: the fp32 row is the engine
         label = "fp32" if precision == "fp32" else f"engine ({engine.info['precision']})"

@@ -19,6 +19,7 @@ from pathlib import Path
 from engines.download import CHECKSUM_SUFFIX, download, hash_file
 from engines.errors import EngineError
 from engines.model_cache import hub_sha256, model_cache_view
+from engines.table import LIVEPORTRAIT_LICENCE, NON_COMMERCIAL, SADTALKER_LICENCE, WAV2LIP256_LICENCE, EngineRow, rows
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,6 @@ MOUNT_DIRS = (MODAL_VOLUME, RUNPOD_VOLUME / "weights", RUNPOD_VOLUME)
 # Hugging Face cache layout (models--{org}--{name}/snapshots/{revision}/...); see model_cache_view.
 RUNPOD_MODEL_CACHE = RUNPOD_VOLUME / "huggingface-cache" / "hub"
 
-NON_COMMERCIAL = (
-    "Non-commercial: research/academic/personal use only (Rudrabha/Wav2Lip README: trained on LRS2, "
-    "any form of commercial use is strictly prohibited)."
-)
 WAV2LIP_SOURCE = "https://github.com/Rudrabha/Wav2Lip#getting-the-weights"
 # The official links are SharePoint pages (no direct download); this Hugging Face mirror serves the same
 # bytes: the checksums below are the ones published for those files by several independent projects.
@@ -41,11 +38,10 @@ WAV2LIP_MIRROR = "https://huggingface.co/camenduru/Wav2Lip/resolve/main/checkpoi
 
 @dataclass(frozen=True)
 class WeightsFile:
-    """One downloadable weights file."""
+    """One downloadable weights file (which engine it serves: ``engines.table``)."""
 
     name: str  # what fetch-weights is given
     filename: str  # its name in a weights directory
-    variant: str  # the Wav2Lip variant it loads as
     sha256: str | None  # None: not published; pinned at fetch time (sidecar) by the image build
     size: int | None  # bytes, when published
     licence: str
@@ -57,7 +53,7 @@ class WeightsFile:
 def _wav2lip96_entry(name: str, filename: str, sha256: str, size: int) -> WeightsFile:
     """One of the official 96-px Wav2Lip files (non-commercial), from the mirror."""
     url = f"{WAV2LIP_MIRROR}/{filename}"
-    return WeightsFile(name, filename, "wav2lip96", sha256, size, NON_COMMERCIAL, False, WAV2LIP_SOURCE, url)
+    return WeightsFile(name, filename, sha256, size, NON_COMMERCIAL, False, WAV2LIP_SOURCE, url)
 
 
 MANIFEST: tuple[WeightsFile, ...] = (
@@ -77,13 +73,9 @@ MANIFEST: tuple[WeightsFile, ...] = (
         # so it cannot be mistaken for the official 96-px file.
         name="wav2lip256",
         filename="wav2lip256.pth",
-        variant="wav2lip256",
         sha256=None,
         size=None,
-        licence=(
-            "Not stated for the weights: published by lipku/LiveTalking (code Apache-2.0), trained on "
-            "Wav2Lip's design; confirm the terms with the publisher before commercial use."
-        ),
+        licence=WAV2LIP256_LICENCE,
         commercial_use=False,
         source="https://github.com/lipku/LiveTalking#2-quick-start",
         # The Drive file id of wav2lip256.pth in that folder, as users' install guides give it.
@@ -101,14 +93,14 @@ _MUSETALK_REPOS = {  # folder -> (Hugging Face repository, licence)
     "sd-vae": ("stabilityai/sd-vae-ft-mse", "MIT (stabilityai/sd-vae-ft-mse)"),
     "whisper": ("openai/whisper-tiny", "Apache-2.0 (openai/whisper-tiny)"),
 }
-_MUSETALK_FILES = {  # name -> (path under musetalk/, required by the engine)
-    "musetalk_unet": ("musetalkV15/unet.pth", True),
-    "musetalk_unet_config": ("musetalkV15/musetalk.json", False),
-    "musetalk_vae": ("sd-vae/diffusion_pytorch_model.bin", True),
-    "musetalk_vae_config": ("sd-vae/config.json", False),
-    "musetalk_whisper": ("whisper/pytorch_model.bin", True),
-    "musetalk_whisper_config": ("whisper/config.json", False),
-    "musetalk_whisper_preprocessor": ("whisper/preprocessor_config.json", False),
+_MUSETALK_FILES = {  # name -> path under musetalk/ (the ones the engine needs: its row in engines.table)
+    "musetalk_unet": "musetalkV15/unet.pth",
+    "musetalk_unet_config": "musetalkV15/musetalk.json",
+    "musetalk_vae": "sd-vae/diffusion_pytorch_model.bin",
+    "musetalk_vae_config": "sd-vae/config.json",
+    "musetalk_whisper": "whisper/pytorch_model.bin",
+    "musetalk_whisper_config": "whisper/config.json",
+    "musetalk_whisper_preprocessor": "whisper/preprocessor_config.json",
 }
 
 
@@ -118,15 +110,14 @@ def _musetalk_entry(name: str, path: str) -> WeightsFile:
     if folder == "musetalkV15":
         remote = path  # the MuseTalk repository keeps the folder
     url = f"https://huggingface.co/{repo}/resolve/main/{remote}"
-    return WeightsFile(name, f"{MUSETALK_DIR}/{path}", "musetalk", None, None, licence, True, MUSETALK_SOURCE, url)
+    return WeightsFile(name, f"{MUSETALK_DIR}/{path}", None, None, licence, True, MUSETALK_SOURCE, url)
 
 
 MANIFEST += (
-    *(_musetalk_entry(name, path) for name, (path, _) in _MUSETALK_FILES.items()),
+    *(_musetalk_entry(name, path) for name, path in _MUSETALK_FILES.items()),
     WeightsFile(
         name="musetalk_face_parsing",  # optional: the blend mask comes from landmarks without it
         filename=f"{MUSETALK_DIR}/face-parse-bisent/79999_iter.pth",
-        variant="musetalk",
         sha256=None,
         size=None,
         licence="MIT (zllrunning/face-parsing.PyTorch)",
@@ -135,13 +126,11 @@ MANIFEST += (
         url="https://drive.usercontent.google.com/download?id=154JgKpzCPW82qINcVieuPH3fZ2e0P812&export=download&confirm=t",
     ),
 )
-MUSETALK_REQUIRED = tuple(name for name, (_, required) in _MUSETALK_FILES.items() if required)
 # LivePortrait: the official Hugging Face layout under `liveportrait/` (the engine's root). MIT (code and weights;
 # only upstream's InsightFace cropper is non-commercial, and the engine crops with our own landmarks instead).
 # No checksums are published beside the files: fetch-weights pins them at fetch time.
 LIVEPORTRAIT_DIR = "liveportrait"
 LIVEPORTRAIT_URL = f"https://huggingface.co/KwaiVGI/LivePortrait/resolve/main/{LIVEPORTRAIT_DIR}"
-LIVEPORTRAIT_LICENCE = "MIT (KwaiVGI/LivePortrait: code and weights, commercial use allowed)"
 _LIVEPORTRAIT_FILES = {
     "liveportrait_appearance": "base_models/appearance_feature_extractor.pth",
     "liveportrait_motion": "base_models/motion_extractor.pth",
@@ -153,7 +142,6 @@ MANIFEST += tuple(
     WeightsFile(
         name,
         f"{LIVEPORTRAIT_DIR}/{path}",
-        "liveportrait",
         None,
         None,
         LIVEPORTRAIT_LICENCE,
@@ -168,21 +156,16 @@ MANIFEST += tuple(
 # assets of the same repository with no licence text of their own. No checksums are published: pinned at fetch.
 SADTALKER_DIR = "sadtalker"
 SADTALKER_URL = "https://github.com/OpenTalker/SadTalker/releases/download/v0.0.2-rc"
-SADTALKER_LICENCE = (
-    "Apache-2.0 (OpenTalker/SadTalker code; the checkpoints are its v0.0.2-rc release assets, no separate "
-    "licence stated: confirm before commercial use)"
-)
-_SADTALKER_FILES = {  # name -> (file, required by the engine at its default 256 px)
-    "sadtalker_256": ("SadTalker_V0.0.2_256.safetensors", True),
-    "sadtalker_mapping_crop": ("mapping_00229-model.pth.tar", True),
-    "sadtalker_mapping_full": ("mapping_00109-model.pth.tar", True),
-    "sadtalker_512": ("SadTalker_V0.0.2_512.safetensors", False),
+_SADTALKER_FILES = {  # name -> file (the ones the engine needs at its default 256 px: its row in engines.table)
+    "sadtalker_256": "SadTalker_V0.0.2_256.safetensors",
+    "sadtalker_mapping_crop": "mapping_00229-model.pth.tar",
+    "sadtalker_mapping_full": "mapping_00109-model.pth.tar",
+    "sadtalker_512": "SadTalker_V0.0.2_512.safetensors",
 }
 MANIFEST += tuple(
     WeightsFile(
         name,
         f"{SADTALKER_DIR}/checkpoints/{file}",
-        "sadtalker",
         None,
         None,
         SADTALKER_LICENCE,
@@ -190,22 +173,30 @@ MANIFEST += tuple(
         "https://github.com/OpenTalker/SadTalker#-2-download-models",
         f"{SADTALKER_URL}/{file}",
     )
-    for name, (file, _) in _SADTALKER_FILES.items()
+    for name, file in _SADTALKER_FILES.items()
 )
-GROUPS = {  # `fetch-weights musetalk` / `fetch-weights liveportrait`: the whole set
-    "musetalk": (*_MUSETALK_FILES, "musetalk_face_parsing"),
-    "liveportrait": tuple(_LIVEPORTRAIT_FILES),
-    "sadtalker": tuple(_SADTALKER_FILES),
-}
 BY_NAME = {w.name: w for w in MANIFEST}
-# Which manifest entries serve each engine, in order of preference (musetalk: all its required files).
-ENGINE_WEIGHTS = {
-    "wav2lip96": ("wav2lip96_gan", "wav2lip96"),
-    "wav2lip256": ("wav2lip256",),
-    "musetalk": MUSETALK_REQUIRED,
-    "liveportrait": tuple(_LIVEPORTRAIT_FILES),
-    "sadtalker": tuple(name for name, (_, required) in _SADTALKER_FILES.items() if required),
-}
+
+
+def fetch_groups() -> dict[str, tuple[str, ...]]:
+    """`fetch-weights musetalk` / `liveportrait` / `sadtalker`: every file of a set engine, optional ones too."""
+    return {r.name: (*r.weights, *r.extra_weights) for r in rows() if r.weights_set}
+
+
+def engine_weights(engine: str) -> tuple[str, ...]:
+    """The manifest entries serving ``engine`` (its row in ``engines.table``): a set's files, or alternatives in
+    order of preference; () for an engine without weights or a name the table does not hold."""
+    return next((r.weights for r in rows() if r.name == engine), ())
+
+
+def set_folder(engine: str) -> str | None:
+    """The folder of an engine whose weights are a set of files, else None."""
+    return next((r.weights_set for r in rows() if r.name == engine), None)
+
+
+def engine_of(entry_name: str) -> EngineRow | None:
+    """The row of the engine manifest entry ``entry_name`` belongs to."""
+    return next((r for r in rows() if entry_name in (*r.weights, *r.extra_weights)), None)
 
 
 @dataclass(frozen=True)
@@ -239,20 +230,12 @@ def locate(entry: WeightsFile, dirs: Sequence[Path]) -> Path | None:
     return next((d / entry.filename for d in dirs if (d / entry.filename).is_file()), None)
 
 
-# Engines whose weights are a set of files under one folder: (folder, the file that stands for the set)
-SET_ENGINES = {
-    "musetalk": (MUSETALK_DIR, "musetalk_unet"),
-    "liveportrait": (LIVEPORTRAIT_DIR, "liveportrait_warping"),
-    "sadtalker": (SADTALKER_DIR, "sadtalker_256"),
-}
-
-
 def find_engine_root(engine: str, weights_dir: Path | None) -> Path | None:
-    """The first ``musetalk/`` or ``liveportrait/`` folder holding every required file of ``engine``."""
-    folder_name = SET_ENGINES[engine][0]
+    """The first set folder (``musetalk/``, ``liveportrait/``...) holding every required file of ``engine``."""
+    folder_name = set_folder(engine)
     for folder in search_dirs(weights_dir):
-        if all((folder / BY_NAME[name].filename).is_file() for name in ENGINE_WEIGHTS[engine]):
-            return folder / folder_name
+        if all((folder / BY_NAME[name].filename).is_file() for name in engine_weights(engine)):
+            return folder / str(folder_name)
     return None
 
 
@@ -263,12 +246,12 @@ def find_musetalk_root(weights_dir: Path | None) -> Path | None:
 
 def find_for_engine(engine: str, weights_dir: Path | None) -> tuple[WeightsFile, Path] | None:
     """The preferred weights file present for ``engine``; for a set engine its main file, when the set is complete."""
-    if engine in SET_ENGINES:
+    if set_folder(engine):
         root = find_engine_root(engine, weights_dir)
-        main = BY_NAME[SET_ENGINES[engine][1]]
+        main = BY_NAME[engine_weights(engine)[0]]  # the first file stands for the set
         return (main, root.parent / main.filename) if root else None
     dirs = search_dirs(weights_dir)
-    for name in ENGINE_WEIGHTS.get(engine, ()):
+    for name in engine_weights(engine):
         path = locate(BY_NAME[name], dirs)
         if path is not None:
             return BY_NAME[name], path
@@ -331,10 +314,11 @@ def pinned_sha256(entry: WeightsFile, path: Path) -> str | None:
 
 def verify_engine_files(entry: WeightsFile, path: Path) -> bool:
     """``verify_file`` for ``path``; for a file of a set engine, for every file of the set present beside it."""
-    if entry.variant not in SET_ENGINES:
+    row = engine_of(entry.name)
+    if row is None or not row.weights_set:
         return verify_file(entry, path)
     root = path.parents[len(Path(entry.filename).parts) - 1]  # the weights dir holding the set's folder
-    siblings = [w for w in MANIFEST if w.variant == entry.variant]
+    siblings = [BY_NAME[name] for name in (*row.weights, *row.extra_weights)]
     return all([verify_file(w, root / w.filename) for w in siblings if (root / w.filename).is_file()])
 
 
@@ -373,7 +357,8 @@ def fetch_weights(
     show_progress: bool = True,
 ) -> list[Path]:
     """Fetch manifest entries into ``dest`` (skipping files already there and verified)."""
-    entries = [weights_entry(n) for group in names for n in GROUPS.get(group, (group,))]
+    groups = fetch_groups()
+    entries = [weights_entry(n) for group in names for n in groups.get(group, (group,))]
     if (url or sha256) and len(entries) != 1:
         raise EngineError("invalid_arguments", "`--url` and `--sha256` apply to exactly one weights name.")
     paths = []
@@ -398,7 +383,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="\n".join(f"{w.name}: {w.filename} — {w.licence}" for w in MANIFEST),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("names", nargs="*", help=f"weights to fetch: {', '.join([*GROUPS, *BY_NAME])}")
+    parser.add_argument("names", nargs="*", help=f"weights to fetch: {', '.join([*fetch_groups(), *BY_NAME])}")
     parser.add_argument("--dest", type=Path, default=os.environ.get("WEIGHTS_DIR"), help="directory (env WEIGHTS_DIR)")
     parser.add_argument("--base-url", help="mirror holding the files under their file names")
     parser.add_argument("--url", help="exact URL (one name only)")

@@ -1,16 +1,13 @@
-"""Which lip-sync engine serves a request, and why (``engine: auto`` and explicit names).
+"""Which lip-sync engine serves a request, and why (``engine: auto`` and explicit names), and loading it.
 
-auto: ``musetalk`` (MuseTalk 1.5, MIT weights) then ``wav2lip256`` when their weights are present and CUDA
-is available, else ``wav2lip96`` when its weights are present, else the CPU engine ``viseme_warp``; a
-neural engine that fails to load falls back to the next one with a logged warning. An explicit neural
-engine without its weights is an ``engine_unavailable`` error naming the files and the ``fetch-weights``
-command. Weights come from ``WAV2LIP96_CHECKPOINT`` / ``WAV2LIP256_CHECKPOINT`` (users' own files,
-loaded as given) or from the weights directories (manifest files, checksum-verified). Loaded engines are
-cached per process.
-``liveportrait`` animates one portrait: auto tries it first for image-driven requests (CUDA only), never
-for stored avatars; its weights are a set (``LIVEPORTRAIT_DIR`` or ``WEIGHTS_DIR/liveportrait``).
-``sadtalker`` (portrait only, CUDA for auto) comes next: seed 001's fallback when LivePortrait cannot load
-(``SADTALKER_DIR`` or ``WEIGHTS_DIR/sadtalker``).
+The engines, their order for auto, their weights and settings are the rows of ``engines.table``. auto tries
+the rows in their order: an engine whose weights are present (CUDA too for ``needs_cuda`` rows; portrait-only
+rows for image-driven requests only) and that has not failed to load; the CPU engine ends the list. A neural
+engine that fails to load falls back to the next one with a logged warning. An explicit neural engine without
+its weights is an ``engine_unavailable`` error naming the files and the ``fetch-weights`` command. Weights come
+from a row's user-checkpoint setting (users' own files, loaded as given) or from the weights directories
+(manifest files, checksum-verified). Device, precision and options are decided here, once, from the settings
+(``engine_context``); engines read no environment. Loaded engines are cached per process.
 """
 
 from __future__ import annotations
@@ -21,69 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engines import weights
+from engines import table, weights
+from engines.context import EngineContext
 from engines.errors import EngineError
-from engines.lipsync import LipSyncEngine
+from engines.lipsync import LIPSYNC_ENGINES, LipSyncEngine
+from engines.table import CPU_ENGINE, EngineRow
 from handlers.errors import TaskError
 from handlers.runtime import WorkerRuntime
 from handlers.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CPU_ENGINE = "viseme_warp"
 AUTO = "auto"
 USER_CHECKPOINT_LICENCE = "User-supplied checkpoint: the terms its owner grants."
-
-
-@dataclass(frozen=True)
-class NeuralEngine:
-    """A lip-sync engine that loads weights: where they come from and when auto may pick it."""
-
-    name: str
-    module: str  # imported on first load: registers the engine class (and imports torch)
-    checkpoint_setting: str | None  # the Settings field naming a user's own checkpoint, if the engine takes one
-    needs_cuda: bool = False  # auto passes it over without CUDA (a few frames/s on a CPU)
-    setting_file: str = ""  # when the setting names a folder: the file inside it that stands for the set
-    portrait_only: bool = False  # animates one portrait image: not for stored avatars
-    precision_setting: str = "wav2lip_precision"
-    options: tuple[str, ...] = ()  # further Settings fields passed to ``load``, named without the engine prefix
-
-
-# auto's order of preference; the CPU engine comes after all of them. A new engine is one more row.
-NEURAL_ENGINES = (
-    NeuralEngine(
-        "liveportrait",
-        "engines.liveportrait.talking",
-        "liveportrait_dir",
-        needs_cuda=True,
-        setting_file="base_models/warping_module.pth",
-        portrait_only=True,
-        precision_setting="liveportrait_precision",
-        options=("liveportrait_input_size",),
-    ),
-    NeuralEngine(  # seed 001: LivePortrait on CUDA, SadTalker when it cannot load
-        "sadtalker",
-        "engines.sadtalker.engine",
-        "sadtalker_dir",
-        needs_cuda=True,
-        setting_file="checkpoints/SadTalker_V0.0.2_256.safetensors",
-        portrait_only=True,
-        precision_setting="sadtalker_precision",
-        options=(
-            "sadtalker_size",
-            "sadtalker_preprocess",
-            "sadtalker_still",
-            "sadtalker_pose_style",
-            "sadtalker_expression_scale",
-            "sadtalker_blink",
-            "sadtalker_render_size",
-        ),
-    ),
-    NeuralEngine("musetalk", "engines.lipsync.musetalk", None, needs_cuda=True, precision_setting="musetalk_precision"),
-    NeuralEngine("wav2lip256", "engines.lipsync.wav2lip", "wav2lip256_checkpoint", needs_cuda=True),
-    NeuralEngine("wav2lip96", "engines.lipsync.wav2lip", "wav2lip96_checkpoint"),
-)
-NEURAL_BY_NAME = {engine.name: engine for engine in NEURAL_ENGINES}
 
 
 @dataclass(frozen=True)
@@ -111,13 +58,35 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def device() -> str:
+    """Where this worker's neural engines run: the GPU when torch sees one."""
+    return "cuda" if cuda_available() else "cpu"
+
+
+def engine_context(row: EngineRow, settings: Settings, faces: Any = None) -> EngineContext:
+    """What ``row``'s engine loads with: the device, its precision setting and its options from ``settings``."""
+    precision = getattr(settings, row.precision_setting) if row.precision_setting else "auto"
+    options = {name.removeprefix(f"{row.name}_"): getattr(settings, name) for name in row.options}
+    return EngineContext(device() if row.kind == "neural" else "cpu", precision, options, faces)
+
+
+def _neural_rows() -> list[EngineRow]:
+    return [row for row in table.rows() if row.kind == "neural"]
+
+
+def _setting_file(row: EngineRow) -> Path:
+    """Inside a user's own folder of a set engine: the file that stands for the set (a file setting: itself)."""
+    if not row.weights_set:
+        return Path()
+    return Path(weights.BY_NAME[row.weights[0]].filename).relative_to(row.weights_set)
+
+
 def find_weights(engine: str, settings: Settings) -> WeightsFound | None:
     """The weights ``engine`` would load: the user's checkpoint setting first, else a manifest file."""
-    setting = NEURAL_BY_NAME[engine].checkpoint_setting
-    user_checkpoint = getattr(settings, setting) if setting else None
-    if setting and user_checkpoint is not None:
-        path = Path(user_checkpoint) / NEURAL_BY_NAME[engine].setting_file
-        return WeightsFound(engine, path, setting.upper(), None)
+    row = table.row(engine)
+    user_checkpoint = getattr(settings, row.checkpoint_setting) if row.checkpoint_setting else None
+    if row.checkpoint_setting and user_checkpoint is not None:
+        return WeightsFound(engine, Path(user_checkpoint) / _setting_file(row), row.checkpoint_setting.upper(), None)
     found = weights.find_for_engine(engine, settings.weights_dir)
     return WeightsFound(engine, found[1], found[0].name, found[0]) if found else None
 
@@ -125,11 +94,11 @@ def find_weights(engine: str, settings: Settings) -> WeightsFound | None:
 def missing_message(engine: str, settings: Settings, found: WeightsFound | None) -> str:
     if found is not None:  # a user checkpoint setting that points nowhere
         return f"Engine `{engine}`: {found.origin} is set to `{found.path}`, which does not exist."
-    names = weights.ENGINE_WEIGHTS[engine]
-    whole_set = engine in weights.SET_ENGINES  # every file is needed, fetched as one group
+    names = weights.engine_weights(engine)
+    whole_set = weights.set_folder(engine) is not None  # every file is needed, fetched as one group
     files = (" and " if whole_set else " or ").join(f"`{weights.BY_NAME[n].filename}`" for n in names)
     dirs = ", ".join(str(d) for d in weights.search_dirs(settings.weights_dir))
-    setting = NEURAL_BY_NAME[engine].checkpoint_setting
+    setting = table.row(engine).checkpoint_setting
     own = f" or set {setting.upper()} to your own {'copy' if whole_set else 'checkpoint'}" if setting else ""
     fetch = weights.fetch_command([engine] if whole_set else names[:1], settings.weights_dir)
     return (
@@ -143,25 +112,30 @@ def present_weights(engine: str, settings: Settings) -> WeightsFound | None:
     return found if found is not None and found.path.is_file() else None
 
 
+def _serves(row: EngineRow, portrait: bool) -> bool:
+    """Whether ``row`` animates this request's input (one portrait image, or a stored avatar)."""
+    return row.input == "both" or row.input == ("portrait" if portrait else "avatar")
+
+
 def _auto_candidates(runtime: WorkerRuntime, portrait: bool = False) -> list[tuple[str, str]]:
     """(engine, reason) in the order auto tries them; the CPU engine always ends the list."""
     settings, failures = runtime.settings, runtime.engines.failures
     candidates, notes = [], []
-    for spec in NEURAL_ENGINES:
-        if spec.portrait_only and not portrait:
-            continue  # a stored avatar: not this engine's input
-        found = present_weights(spec.name, settings)
-        configured = find_weights(spec.name, settings) if found is None else None
+    for row in table.auto_order():
+        if row.kind != "neural" or not _serves(row, portrait):
+            continue  # the CPU engine ends the list; a stored avatar is not a portrait engine's input
+        found = present_weights(row.name, settings)
+        configured = find_weights(row.name, settings) if found is None else None
         if configured is not None:
             notes.append(f"{configured.origin} `{configured.path}` does not exist")
         elif found is None:
-            notes.append(f"no {spec.name} weights")
-        elif spec.needs_cuda and not cuda_available():  # torch imported only when weights exist
-            notes.append(f"{spec.name} weights found but no CUDA device")
+            notes.append(f"no {row.name} weights")
+        elif row.needs_cuda and not cuda_available():  # torch imported only when weights exist
+            notes.append(f"{row.name} weights found but no CUDA device")
         elif found.key in failures:
-            notes.append(f"{spec.name} failed to load ({failures[found.key].code})")
+            notes.append(f"{row.name} failed to load ({failures[found.key].code})")
         else:
-            candidates.append((spec.name, f"auto: {spec.name} weights found ({found.path})"))
+            candidates.append((row.name, f"auto: {row.name} weights found ({found.path})"))
     candidates.append((CPU_ENGINE, "auto: " + "; ".join(notes)))
     return candidates
 
@@ -172,37 +146,44 @@ def choose(requested: str, runtime: WorkerRuntime, portrait: bool = False) -> tu
         return _auto_candidates(runtime, portrait)[0]
     if requested == CPU_ENGINE:
         return CPU_ENGINE, "requested"
-    if requested in NEURAL_BY_NAME:
-        if NEURAL_BY_NAME[requested].portrait_only and not portrait:
-            message = f"Engine `{requested}` animates one portrait: give `image` instead of `avatar_id`."
-            raise TaskError("engine_unavailable", message)
-        if present_weights(requested, runtime.settings) is None:
-            missing = missing_message(requested, runtime.settings, find_weights(requested, runtime.settings))
-            raise TaskError("engine_unavailable", missing)
-        return requested, "requested"
-    allowed = ", ".join((AUTO, *NEURAL_BY_NAME, CPU_ENGINE))
-    raise TaskError("engine_unavailable", f"Unknown engine `{requested}`: use one of {allowed}.")
+    neural = {row.name: row for row in _neural_rows()}
+    if requested not in neural:
+        allowed = ", ".join((AUTO, *(row.name for row in table.rows() if row.kind != "hosted")))
+        raise TaskError("engine_unavailable", f"Unknown engine `{requested}`: use one of {allowed}.")
+    if not _serves(neural[requested], portrait):
+        wanted = (
+            "one portrait: give `image` instead of `avatar_id`" if not portrait else "stored avatars: give `avatar_id`"
+        )
+        raise TaskError("engine_unavailable", f"Engine `{requested}` animates {wanted}.")
+    if present_weights(requested, runtime.settings) is None:
+        missing = missing_message(requested, runtime.settings, find_weights(requested, runtime.settings))
+        raise TaskError("engine_unavailable", missing)
+    return requested, "requested"
+
+
+def _load(row: EngineRow, weights_path: Path | None, context: EngineContext) -> LipSyncEngine:
+    importlib.import_module(row.module)  # registers the engine class
+    return LIPSYNC_ENGINES[row.name].load(weights_path, context)
 
 
 def cpu_engine(runtime: WorkerRuntime) -> LipSyncEngine:
     """The CPU lip-sync engine (no weights), loaded once into the runtime."""
-    from engines.lipsync.viseme_warp import VisemeWarpEngine
+    engines, row = runtime.engines, table.row(CPU_ENGINE)
 
-    engines = runtime.engines
-    return engines.once(("lipsync", CPU_ENGINE), lambda: VisemeWarpEngine.load(engines.face_analyzer()))
+    def load() -> LipSyncEngine:
+        return _load(row, None, engine_context(row, runtime.settings, engines.face_analyzer()))
+
+    return engines.once(("lipsync", CPU_ENGINE), load)
 
 
 def _load_file(found: WeightsFound, settings: Settings) -> LipSyncEngine:
-    from engines.lipsync import LIPSYNC_ENGINES
-
-    spec = NEURAL_BY_NAME[found.engine]
+    row = table.row(found.engine)
     if found.entry is not None:
         weights.verify_engine_files(found.entry, found.path)
-    importlib.import_module(spec.module)
-    if spec.needs_cuda and not cuda_available():
-        log.warning("%s without CUDA: expect a few frames/s on CPU", spec.name)
-    options = {name.removeprefix(f"{spec.name}_"): getattr(settings, name) for name in spec.options}
-    return LIPSYNC_ENGINES[spec.name].load(found.path, precision=getattr(settings, spec.precision_setting), **options)
+    context = engine_context(row, settings)
+    if row.needs_cuda and context.device == "cpu":
+        log.warning("%s without CUDA: expect a few frames/s on CPU", row.name)
+    return _load(row, found.path, context)
 
 
 def neural_engine(engine: str, runtime: WorkerRuntime) -> tuple[LipSyncEngine, WeightsFound]:
@@ -282,16 +263,44 @@ def _weights_report(found: WeightsFound, runtime: WorkerRuntime) -> dict[str, An
     return report
 
 
+def _licence_notices(found_weights: list[dict[str, Any]]) -> str | None:
+    """What a product must know about the manifest weights present whose licence forbids commercial use."""
+    rows = {row.name: row for row in table.rows()}
+    notices = [
+        f"{w['engine']} weights present: {rows[w['engine']].licence}"
+        for w in found_weights
+        if w["commercial_use"] is False and rows[w["engine"]].commercial_use is False
+    ]
+    return " ".join(dict.fromkeys(notices)) or None
+
+
+def engines_table() -> dict[str, dict[str, Any]]:
+    """Every engine of the table as ``health`` reports it (what it animates, whether live sessions can use it)."""
+    return {
+        row.name: {
+            "kind": row.kind,
+            "input": row.input,
+            "auto": row.auto is not None,
+            "needs_cuda": row.needs_cuda,
+            "live": row.live,
+            "commercial_use": row.commercial_use,
+        }
+        for row in table.rows()
+    }
+
+
 def describe(runtime: WorkerRuntime) -> dict[str, Any]:
-    """For ``health``: the engine auto would use and why, and the weights found (cheap: no hashing)."""
+    """For ``health``: the engine auto would use and why, the weights found (cheap: no hashing) and the table."""
     name, reason = choose(AUTO, runtime)
     portrait_name, portrait_reason = choose(AUTO, runtime, portrait=True)
-    present = (present_weights(spec.name, runtime.settings) for spec in NEURAL_ENGINES)
+    present = (present_weights(row.name, runtime.settings) for row in _neural_rows())
     found_weights = [_weights_report(found, runtime) for found in present if found is not None]
     result: dict[str, Any] = {"engine": name, "reason": reason, "cuda": cuda_available(), "weights": found_weights}
     result["image_engine"] = {"engine": portrait_name, "reason": portrait_reason}  # image-driven requests
     # which engines' weights a product may use commercially (None: a user's own file, its owner's terms)
     result["commercial_use"] = {w["engine"]: w["commercial_use"] for w in found_weights}
-    if any(w["origin"] in ("wav2lip96", "wav2lip96_gan") for w in found_weights):
-        result["licence_notice"] = "Wav2Lip 96-px weights present: " + weights.NON_COMMERCIAL
+    notice = _licence_notices(found_weights)
+    if notice:
+        result["licence_notice"] = notice
+    result["engines"] = engines_table()
     return result

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 import storage
+from engines import table
 from engines.constants import SAMPLE_RATE
 from engines.errors import EngineError
 from engines.hosted.did import DidClient, Following, Talk
@@ -48,7 +49,7 @@ from storage.keys import video_key
 
 log = logging.getLogger(__name__)
 
-ENGINE = "d-id"
+ENGINE = table.row_of_module(DidClient.__module__).name  # its row in engines.table
 WEBHOOK_PATH = "/v1/webhooks/d-id/{nonce}"
 RENDEZVOUS_KEY = "webhooks/d-id/{nonce}.json"
 NONCE_PATTERN = r"^[0-9a-f]{32}$"

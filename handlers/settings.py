@@ -69,9 +69,12 @@ class Settings(BaseSettings):
     )
     # an int checked against the sizes (a Literal of ints would refuse "256" as the environment spells it)
     liveportrait_input_size: int = Field(256, validation_alias=AliasChoices("LIVEPORTRAIT_INPUT_SIZE"))
+    # torch.compile of the heaviest modules on CUDA (LivePortrait's W and G; MuseTalk's UNet and VAE decoder)
+    liveportrait_compile: bool = Field(False, validation_alias=AliasChoices("LIVEPORTRAIT_COMPILE"))
     musetalk_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", validation_alias=AliasChoices("MUSETALK_PRECISION")
     )
+    musetalk_compile: bool = Field(False, validation_alias=AliasChoices("MUSETALK_COMPILE"))
     # SadTalker: your own copy of the official layout (checkpoints/SadTalker_V0.0.2_256.safetensors and the two
     # mapping files); else WEIGHTS_DIR/sadtalker. Size 512 needs SadTalker_V0.0.2_512.safetensors too.
     sadtalker_dir: Path | None = Field(None, validation_alias=AliasChoices("SADTALKER_DIR"))

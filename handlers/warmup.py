@@ -15,30 +15,24 @@ from __future__ import annotations
 import importlib
 import logging
 
+from engines import table
 from handlers import engine_choice
 from handlers.runtime import WorkerRuntime
 from handlers.schemas import TaskName
 
 log = logging.getLogger(__name__)
 
+LIVEPORTRAIT_TALKING = "engines.liveportrait.talking"
 LIVEPORTRAIT_EXPRESSION = "engines.liveportrait.expression"
-
-
-def _neural_rows() -> list:
-    """The engine table's rows of engines with weights (name, module)."""
-    try:
-        from engines import table  # the engine table, once it lives in engines/ (the streaming seam)
-    except ImportError:
-        return list(engine_choice.NEURAL_ENGINES)
-    return [row for row in table.rows() if row.name != table.CPU_ENGINE]
 
 
 def _neural_modules(runtime: WorkerRuntime) -> list[str]:
     """The modules of the neural engines whose weights this worker has (imported, not loaded)."""
     settings = runtime.settings
-    present = [spec for spec in _neural_rows() if engine_choice.present_weights(spec.name, settings)]
-    modules = [spec.module for spec in present]
-    if any(spec.name == "liveportrait" for spec in present):
+    neural = [row for row in table.rows() if row.kind == "neural"]
+    present = [row for row in neural if engine_choice.present_weights(row.name, settings)]
+    modules = [row.module for row in present]
+    if any(row.module == LIVEPORTRAIT_TALKING for row in present):  # render_emotion's engine shares its model
         modules.append(LIVEPORTRAIT_EXPRESSION)
     return list(dict.fromkeys(modules))
 

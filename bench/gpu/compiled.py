@@ -1,15 +1,14 @@
 """``torch.compile`` where an engine offers it (MuseTalk: UNet + VAE decoder; LivePortrait: W + G).
 
-The engine as a worker loads it, then again with ``MUSETALK_COMPILE=1`` / ``LIVEPORTRAIT_COMPILE=1`` (the
-worker's own switches); the model cases of ``model_paths`` on both: the first compiled call's seconds
-(compilation included), then frames/s of both, timed round-robin, and the compiled frames' difference in
-8-bit levels. Compilation happens on CUDA only: on a CPU run the switch is a no-op and the section just
-keeps this code path working.
+The engine as a worker loads it, then again with its ``{engine}_compile`` setting on (``MUSETALK_COMPILE=1`` /
+``LIVEPORTRAIT_COMPILE=1``, the worker's own switches, options of the rows of ``engines.table``); the model
+cases of ``model_paths`` on both: the first compiled call's seconds (compilation included), then frames/s of
+both, timed round-robin, and the compiled frames' difference in 8-bit levels. Compilation happens on CUDA
+only: on a CPU run the switch is a no-op and the section just keeps this code path working.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -21,15 +20,21 @@ from bench.gpu.profiles import Profile
 from bench.gpu.worker import Work, device_name, fps, image_diff, sync
 from bench.timing import interleaved_medians
 
-OFFERED = {"musetalk": "MUSETALK_COMPILE", "liveportrait": "LIVEPORTRAIT_COMPILE"}
+
+def compile_setting(name: str) -> str | None:
+    """The settings field that switches ``torch.compile`` on for engine ``name``, if its row has one."""
+    from engines import table
+
+    setting = f"{name}_compile"
+    return setting if setting in table.row(name).options else None
 
 
 def run(name: str, work: Work, profile: Profile) -> dict[str, Any]:
-    if name not in OFFERED:
+    setting = compile_setting(name)
+    if setting is None:
         raise ValueError(f"{name} offers no torch.compile path")
     plain_engine, _, _ = load(name, work, profile)
-    os.environ[OFFERED[name]] = "1"  # this section's own process: read by the worker's settings / the engine
-    compiled_engine, _, load_s = load(name, work, profile)
+    compiled_engine, _, load_s = load(name, work, profile, **{setting: True})
     plain = model_paths.cases(name, plain_engine, profile)
     fast = model_paths.cases(name, compiled_engine, profile)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

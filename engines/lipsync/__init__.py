@@ -1,20 +1,22 @@
 """Lip-sync engines behind one interface: avatar frames + 16 kHz speech -> full frames at 25 fps.
 
-Registry: engine name -> class. ``viseme_warp`` is the CPU default (no weights); ``wav2lip96`` and
-``wav2lip256`` are the neural engines (``engines.lipsync.wav2lip``), ``musetalk`` MuseTalk 1.5
-(``engines.lipsync.musetalk``).
+Registry: engine name -> class, filled by ``@register`` in each engine's module; ``engines.table`` names the
+engines and the module of each. Every engine loads as ``load(weights, context)`` (``engines.context``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from engines.constants import FPS, SAMPLE_RATE
+from engines.context import EngineContext
 from engines.registry import registrar
+from engines.table import names
 from engines.tts import Phoneme
 
 
@@ -60,10 +62,23 @@ class LipSyncEngine(Protocol):
     name: str
     version: str
 
+    @classmethod
+    def load(cls, weights: Path | None, context: EngineContext) -> LipSyncEngine:
+        """The engine ready to render: ``weights`` as the caller found them (None for an engine without weights),
+        device, precision and options decided by the caller."""
+        ...
+
     def render(self, avatar: AvatarFrames, audio: DrivingAudio) -> Iterator[np.ndarray]:
         """Yield ``audio.num_frames`` full BGR frames, streamed (memory independent of length)."""
         ...
 
 
 LIPSYNC_ENGINES: dict[str, type] = {}
-register = registrar(LIPSYNC_ENGINES)
+_register = registrar(LIPSYNC_ENGINES)
+
+
+def register(name: str) -> Callable[[type], type]:
+    """``@register(name)`` for a lip-sync engine class; ``name`` must be a row of ``engines.table``."""
+    if name not in names():
+        raise ValueError(f"lip-sync engine {name!r} has no row in engines.table: add one there")
+    return _register(name)

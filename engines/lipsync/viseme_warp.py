@@ -20,9 +20,11 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 
+from engines.context import EngineContext
 from engines.errors import EngineError
 from engines.face import FaceAnalyzer, FaceBox
 from engines.lipsync import AvatarFrames, DrivingAudio, pingpong_index, register
@@ -100,11 +102,14 @@ class VisemeWarpEngine:
         self._donors_lock = threading.Lock()
 
     @classmethod
-    def load(cls, faces: FaceAnalyzer) -> VisemeWarpEngine:
-        """A ready engine; imports the triangulation code now so the first request does not pay for it."""
+    def load(cls, weights: Path | None, context: EngineContext) -> VisemeWarpEngine:
+        """A ready engine (no weights: ``weights`` is ignored) finding mouths with ``context.faces``; imports the
+        triangulation code now so the first request does not pay for it."""
         import scipy.spatial  # noqa: F401
 
-        return cls(faces)
+        if context.faces is None:
+            raise EngineError("invalid_arguments", "The viseme_warp engine needs a face analyzer (`context.faces`).")
+        return cls(context.faces)
 
     def render(self, avatar: AvatarFrames, audio: DrivingAudio) -> Iterator[np.ndarray]:
         if len(avatar) == 0 or len(avatar.frames) != len(avatar):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.context import EngineContext, required_weights
 from engines.errors import EngineError
 from engines.expression import check_render_args, register
 from engines.face import FaceAnalyzer, find_face
@@ -47,16 +48,12 @@ class LivePortraitExpressionEngine:
         self.gpu = lp.device.type == "cuda"
 
     @classmethod
-    def load(
-        cls,
-        path: str | Path,
-        faces: FaceAnalyzer,
-        precision: str | None = None,
-        device: str | None = None,
-        input_size: int = INPUT_SIZE,
-    ) -> LivePortraitExpressionEngine:
-        """From the weights root, or its ``base_models/warping_module.pth`` (the file that stands for the set)."""
-        return cls(load_liveportrait(weights_root(path), precision, device), faces, input_size)
+    def load(cls, weights: Path | None, context: EngineContext) -> LivePortraitExpressionEngine:
+        """From the weights root, or its ``base_models/warping_module.pth`` (the file that stands for the set);
+        ``context.faces`` finds the portrait's face; option ``input_size``."""
+        root = weights_root(required_weights(weights, "liveportrait"))
+        lp = load_liveportrait(root, context.precision, context.device)
+        return cls(lp, context.faces, context.option("input_size", INPUT_SIZE))
 
     @property
     def info(self) -> dict[str, object]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -26,8 +25,6 @@ from engines.precision import PRECISIONS, inference_dtype
 
 log = logging.getLogger(__name__)
 
-PRECISION_ENV = "LIVEPORTRAIT_PRECISION"
-COMPILE_ENV = "LIVEPORTRAIT_COMPILE"
 BATCH_SIZE = {"cpu": 2, "cuda": 16}
 POSE_BIN_DEGREES = 3.0
 POSE_OFFSET_DEGREES = 97.5
@@ -205,21 +202,21 @@ def prepare_for_inference(
 
 def load_liveportrait(
     root: str | Path,
-    precision: str | None = None,
+    precision: str = "auto",
     device: str | None = None,
     optimize: bool = True,
     batch_size: int | None = None,
-    compile_modules: bool | None = None,
+    compile_modules: bool = False,
 ) -> LivePortrait:
     """Load the official files under ``root`` strictly and prepare them for inference.
 
-    ``precision``: auto (default, env LIVEPORTRAIT_PRECISION) | fp32 | bf16 | fp16. ``optimize=False`` keeps
-    the plain float32 eval modules (the reference path). ``compile_modules`` (env LIVEPORTRAIT_COMPILE=1)
-    wraps W and G in ``torch.compile``, on CUDA only.
+    ``precision``: auto (default) | fp32 | bf16 | fp16. ``optimize=False`` keeps the plain float32 eval modules
+    (the reference path). ``compile_modules`` wraps W and G in ``torch.compile``, on CUDA only. ``device``
+    None: CUDA when there is one.
     """
-    precision = precision or os.environ.get(PRECISION_ENV, "auto")
     if precision not in PRECISIONS:
-        raise EngineError("invalid_precision", f"{PRECISION_ENV}={precision!r}: use one of {', '.join(PRECISIONS)}.")
+        allowed = ", ".join(PRECISIONS)
+        raise EngineError("invalid_precision", f"LivePortrait precision {precision!r}: use one of {allowed}.")
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     modules = load_parts(root)
     dtype = inference_dtype(target, precision) if optimize else torch.float32
@@ -227,8 +224,6 @@ def load_liveportrait(
         modules = prepare_for_inference(modules, target, dtype)
     else:
         modules = {k: m.to(target) for k, m in modules.items()}
-    if compile_modules is None:
-        compile_modules = os.environ.get(COMPILE_ENV, "0") == "1"
     lp = LivePortrait(modules, target, dtype, batch_size, compile_modules and target.type == "cuda")
     log.info("LivePortrait ready: %s", lp.info)
     return lp

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.context import EngineContext, required_weights
 from engines.errors import EngineError
 from engines.lipsync import FPS, AvatarFrames, DrivingAudio, register
 from engines.lipsync.portrait_avatar import blink_schedule
@@ -62,11 +63,13 @@ class LivePortraitLipSync:
         self.batch_frames = batch_frames or max(lp.batch_size, 8)
 
     @classmethod
-    def load(
-        cls, path: str | Path, precision: str | None = None, device: str | None = None, input_size: int = INPUT_SIZE
-    ) -> LivePortraitLipSync:
-        """From the weights root, or its ``base_models/warping_module.pth`` (the file that stands for the set)."""
-        engine = cls(load_liveportrait(weights_root(path), precision, device), input_size)
+    def load(cls, weights: Path | None, context: EngineContext) -> LivePortraitLipSync:
+        """From the weights root, or its ``base_models/warping_module.pth`` (the file that stands for the set);
+        options ``input_size``, ``compile`` (torch.compile on CUDA)."""
+        root = weights_root(required_weights(weights, "liveportrait"))
+        compile_modules = bool(context.option("compile", False))
+        lp = load_liveportrait(root, context.precision, context.device, compile_modules=compile_modules)
+        engine = cls(lp, context.option("input_size", INPUT_SIZE))
         log.info("liveportrait lip-sync ready: %s", engine.info)
         return engine
 

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from engines.context import EngineContext, required_weights
 from engines.errors import EngineError
 from engines.lipsync import AvatarFrames, DrivingAudio, register
 from engines.sadtalker.audio import SAMPLES_PER_FRAME, blink_ratios
@@ -49,29 +50,21 @@ class SadTalkerLipSync:
         self.expression_scale, self.blink = expression_scale, blink
 
     @classmethod
-    def load(
-        cls,
-        path: str | Path,
-        precision: str | None = None,
-        device: str | None = None,
-        size: int = 256,
-        preprocess: str = "crop",
-        still: bool = False,
-        pose_style: int = 0,
-        expression_scale: float = 1.0,
-        blink: bool = True,
-        render_size: int | None = None,
-    ) -> SadTalkerLipSync:
-        """From the weights root (``checkpoints/`` inside) or any file of it. ``size`` picks the weights (256 or
-        512); ``render_size`` renders at another multiple of 128 with them (128: about 4x cheaper, less detail)."""
-        model = load_sadtalker(checkpoints_dir(path), size, precision or "auto", device)
+    def load(cls, weights: Path | None, context: EngineContext) -> SadTalkerLipSync:
+        """From the weights root (``checkpoints/`` inside) or any file of it. Options: ``size`` picks the weights
+        (256 or 512); ``render_size`` renders at another multiple of 128 with them (128: about 4x cheaper, less
+        detail); ``preprocess``, ``still``, ``pose_style``, ``expression_scale``, ``blink`` as upstream's flags."""
+        root = checkpoints_dir(required_weights(weights, "sadtalker"))
+        model = load_sadtalker(root, context.option("size", 256), context.precision, context.device)
+        render_size = context.option("render_size")
         if render_size:
             if render_size % 128:
                 raise EngineError(
                     "invalid_input", f"SadTalker render size must be a multiple of 128, not {render_size}."
                 )
             model.size = render_size
-        engine = cls(model, preprocess, still, pose_style, expression_scale, blink)
+        flags = ("preprocess", "still", "pose_style", "expression_scale", "blink")
+        engine = cls(model, **{name: context.options[name] for name in flags if name in context.options})
         log.info("sadtalker lip-sync ready: %s", engine.info)
         return engine
 

@@ -40,6 +40,7 @@ from handlers.schemas.tasks import (  # noqa: F401
     HOSTED_ENGINES,
     ID_PATTERN,
     IMAGE_CONTENT_TYPES,
+    LIVE_ENGINES,
     MAX_TEXT_CHARS,
     REQUEST_MODELS,
     URI_SCHEMES,
@@ -60,6 +61,7 @@ from handlers.schemas.tasks import (  # noqa: F401
     VoiceProvider,
     _check_uri,
     _Strict,
+    lipsync_engine_enum,
     require_one_of,
 )
 
@@ -78,6 +80,8 @@ __all__ = [
     "Identifier",
     "ImageFormat",
     "LipSyncEngineName",
+    "LIVE_ENGINES",
+    "lipsync_engine_enum",
     "MAX_TEXT_CHARS",
     "PreprocessAvatarRequest",
     "RenderEmotionRequest",

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from handlers.schemas.tasks import (
-    HOSTED_ENGINES,
+    LIVE_ENGINES,
     MAX_TEXT_CHARS,
     REQUEST_MODELS,
     Identifier,
@@ -79,8 +79,8 @@ class LiveSessionRequest(TaskRequest):
     @model_validator(mode="after")
     def _one_source(self) -> "LiveSessionRequest":
         require_one_of(self, "avatar_id", "image")
-        if self.engine in HOSTED_ENGINES:
-            raise ValueError(f"`engine: {self.engine}` is a hosted service, not live-capable")
+        if self.engine not in LIVE_ENGINES:
+            raise ValueError(f"`engine: {self.engine}` is not live-capable: use one of {', '.join(LIVE_ENGINES)}")
         if self.image is not None:
             _check_uri(self.image)
         if self.offer.type != "offer":

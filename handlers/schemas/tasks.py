@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from engines import table
 from engines.constants import DEFAULT_VOICE_PROVIDER, EMOTIONS, IMAGE_CONTENT_TYPES, MAX_FACE_INDEX, VOICE_PROVIDERS
 from handlers.driving_options import DrivingVideoOptions, check_driven_request
 
@@ -49,18 +50,16 @@ class AvatarModel(str, Enum):
     musetalk = "musetalk"
 
 
-class LipSyncEngineName(str, Enum):
-    auto = "auto"
-    liveportrait = "liveportrait"
-    sadtalker = "sadtalker"
-    musetalk = "musetalk"
-    wav2lip96 = "wav2lip96"
-    wav2lip256 = "wav2lip256"
-    viseme_warp = "viseme_warp"
-    d_id = "d-id"  # hosted (D-ID's talks API): a portrait image only, not live-capable
+def lipsync_engine_enum() -> type[Enum]:
+    """``auto`` and every row of ``engines.table``, in its order, as the str Enum the schema, CLI and API share
+    (member names are the values with ``-`` as ``_``: ``LipSyncEngineName.d_id``)."""
+    members = [("auto", "auto"), *((name.replace("-", "_"), name) for name in table.names())]
+    return Enum("LipSyncEngineName", members, type=str, module=__name__)
 
 
-HOSTED_ENGINES = (LipSyncEngineName.d_id.value,)
+LipSyncEngineName = lipsync_engine_enum()
+HOSTED_ENGINES = table.names("hosted")  # a service renders the whole video: one portrait, not streamed
+LIVE_ENGINES = ("auto", *(row.name for row in table.rows() if row.live))
 
 
 class ExpressionEngineName(str, Enum):

@@ -326,7 +326,7 @@ def test_cuda_compiled_warp_and_decoder_give_the_same_frames(weights_root: Path)
 
 
 def test_manifest_lists_the_official_files_under_mit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    entries = [weights.BY_NAME[n] for n in weights.GROUPS["liveportrait"]]
+    entries = [weights.BY_NAME[n] for n in weights.fetch_groups()["liveportrait"]]
     assert sorted(e.filename for e in entries) == sorted(f"liveportrait/{f}" for f in FILES)
     assert all(e.commercial_use and e.licence.startswith("MIT") for e in entries)
     official = "https://huggingface.co/KwaiVGI/LivePortrait/resolve/main/liveportrait/"

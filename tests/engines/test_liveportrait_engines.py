@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from engines.constants import EMOTIONS
+from engines.context import EngineContext
 from engines.face import find_face, load_face_analyzer
 from engines.lipsync import DrivingAudio
 from engines.lipsync.portrait_avatar import build_portrait_avatar
@@ -27,6 +29,7 @@ from engines.liveportrait.editing import EMOTION_PRESETS, LINEAR_SLIDERS, emotio
 from engines.liveportrait.expression import LivePortraitExpressionEngine
 from engines.liveportrait.random_weights import write_random_weights
 from engines.liveportrait.talking import LivePortraitLipSync, idle_pose
+from handlers.engine_choice import device
 from tests.engines.test_expression import EXPECTED, INTENSITY, MIN_SHIFT_PX, features, landmarks
 from tests.media import astronaut_bgr, tone
 
@@ -181,7 +184,7 @@ REAL_WEIGHTS = os.environ.get("LIVEPORTRAIT_TEST_DIR")  # a copy of the official
 def real_engine() -> LivePortraitExpressionEngine:
     if not REAL_WEIGHTS:
         pytest.skip("set LIVEPORTRAIT_TEST_DIR to the official weights: random weights render noise")
-    return LivePortraitExpressionEngine.load(REAL_WEIGHTS, load_face_analyzer())
+    return LivePortraitExpressionEngine.load(Path(REAL_WEIGHTS), EngineContext(device(), faces=load_face_analyzer()))
 
 
 @pytest.mark.parametrize("emotion", list(EXPECTED))

@@ -71,7 +71,7 @@ def test_manifest_urls_map_to_cache_paths() -> None:
 
 
 def test_liveportrait_declared_as_the_endpoint_model_is_found_and_verified(hub: Path) -> None:
-    for repo, files in repository_files(weights.GROUPS["liveportrait"]).items():
+    for repo, files in repository_files(weights.fetch_groups()["liveportrait"]).items():
         cache_repo(hub, repo, files)
     root = weights.find_engine_root("liveportrait", None)
     assert root is not None and root.name == "liveportrait" and root.parent in weights.search_dirs(None)
@@ -82,7 +82,7 @@ def test_liveportrait_declared_as_the_endpoint_model_is_found_and_verified(hub: 
 
 
 def test_musetalk_from_three_cached_repositories_sits_in_one_folder(hub: Path) -> None:
-    names = weights.GROUPS["musetalk"][:-1]  # the face-parsing file comes from Google Drive
+    names = weights.fetch_groups()["musetalk"][:-1]  # the face-parsing file comes from Google Drive
     for repo, files in repository_files(names).items():
         cache_repo(hub, repo, files)
     assert {hub_file(weights.BY_NAME[n].url).repo for n in names} == {
@@ -132,7 +132,7 @@ def test_snapshot_without_refs_is_the_newest_and_a_dangling_ref_is_none(tmp_path
 
 
 def test_health_reports_the_cached_engine(hub: Path, runtime: WorkerRuntime) -> None:
-    for repo, files in repository_files(weights.GROUPS["liveportrait"]).items():
+    for repo, files in repository_files(weights.fetch_groups()["liveportrait"]).items():
         cache_repo(hub, repo, files)
     found = engine_choice.present_weights("liveportrait", runtime.settings)
     assert found is not None and found.origin == "liveportrait_warping"

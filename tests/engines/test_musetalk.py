@@ -210,9 +210,9 @@ def test_bf16_stays_close_to_fp32(models_root: Path, mt: MuseTalk, faces: np.nda
     assert diff.mean() < 6.0 and np.percentile(diff, 99) < 40
 
 
-def test_precision_from_the_environment(models_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MUSETALK_PRECISION", "bf16")
-    assert load_musetalk(models_root, device="cpu").dtype == torch.bfloat16
+def test_precision_is_the_callers_not_the_environments(models_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUSETALK_PRECISION", "bf16")  # read by the worker's settings only, never by the engine
+    assert load_musetalk(models_root, precision="fp32", device="cpu").dtype == torch.float32
     with pytest.raises(ValueError):
         load_musetalk(models_root, precision="int3", device="cpu")
 

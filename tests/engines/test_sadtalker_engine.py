@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engines.context import EngineContext
 from engines.face import load_face_analyzer
 from engines.lipsync import AvatarFrames, DrivingAudio
 from engines.sadtalker.engine import SadTalkerLipSync
@@ -90,7 +91,7 @@ def test_engine_renders_one_frame_per_audio_frame(
     sadtalker_root: Path, portrait: tuple[np.ndarray, np.ndarray]
 ) -> None:
     image, lm = portrait
-    engine = SadTalkerLipSync.load(sadtalker_root, precision="auto", device="cpu", render_size=128)
+    engine = SadTalkerLipSync.load(sadtalker_root, EngineContext("cpu", "auto", {"render_size": 128}))
     assert engine.info["size"] == 128 and engine.info["preprocess"] == "crop"
     avatar = AvatarFrames(frames=[image], coords=[(0, 384, 0, 384)], landmarks=lm[None].astype(np.float32))
     audio = DrivingAudio(tone(0.17))  # 2720 samples: 5 frames (ceil), padded with silence

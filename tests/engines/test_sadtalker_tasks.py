@@ -124,7 +124,7 @@ def test_health_lists_the_manifest_weights_with_their_licence(
     shutil.rmtree(target.parent)
     listing = weights.fetch_weights_cli(["--list"])
     assert listing == 0
-    assert weights.GROUPS["sadtalker"] == (
+    assert weights.fetch_groups()["sadtalker"] == (
         "sadtalker_256",
         "sadtalker_mapping_crop",
         "sadtalker_mapping_full",

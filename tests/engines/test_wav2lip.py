@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from engines.context import EngineContext
 from engines.errors import EngineError
 from engines.lipsync import LIPSYNC_ENGINES, DrivingAudio, pingpong_index
 from engines.lipsync.wav2lip import build_model, fold_batchnorm, load_wav2lip, mel_window_starts, melspectrogram
@@ -191,7 +192,7 @@ def test_blend_mask_is_feathered() -> None:
 
 @pytest.mark.parametrize("with_crops", [True, False])
 def test_wav2lip96_renders_speech_and_skips_silence(checkpoint96: Path, with_crops: bool) -> None:
-    engine = LIPSYNC_ENGINES["wav2lip96"].load(checkpoint96, device="cpu", batch_size=8)
+    engine = LIPSYNC_ENGINES["wav2lip96"].load(checkpoint96, EngineContext("cpu", options={"batch_size": 8}))
     avatar = small_avatar(frames=6, with_crops=with_crops, crop_size=256)  # 256-px crops for the 96 model
     audio = DrivingAudio(speech_like(0.6, silence_s=0.6))
     frames = list(engine.render(avatar, audio))
@@ -215,7 +216,7 @@ def test_wav2lip96_renders_speech_and_skips_silence(checkpoint96: Path, with_cro
 
 def test_wav2lip256_one_small_batch(tmp_path: Path) -> None:
     path = write_checkpoint(tmp_path / "wav2lip256.pth", "wav2lip256")
-    engine = LIPSYNC_ENGINES["wav2lip256"].load(path, device="cpu", batch_size=2)
+    engine = LIPSYNC_ENGINES["wav2lip256"].load(path, EngineContext("cpu", options={"batch_size": 2}))
     avatar = small_avatar(frames=2, crop_size=96)  # a 96-px avatar is resized up for the 256 model
     frames = list(engine.render(avatar, DrivingAudio(speech_like(0.08))))
     assert len(frames) == 2
@@ -224,7 +225,7 @@ def test_wav2lip256_one_small_batch(tmp_path: Path) -> None:
 
 def test_engine_refuses_the_other_variant(checkpoint96: Path) -> None:
     with pytest.raises(EngineError) as err:
-        LIPSYNC_ENGINES["wav2lip256"].load(checkpoint96, device="cpu")
+        LIPSYNC_ENGINES["wav2lip256"].load(checkpoint96, EngineContext("cpu"))
     assert err.value.code == "invalid_checkpoint"
 
 
@@ -233,8 +234,8 @@ def test_engine_refuses_the_other_variant(checkpoint96: Path) -> None:
 def test_cuda_fp16_matches_cpu_fp32(variant: str, tmp_path: Path) -> None:
     """auto on CUDA is fp16 (on a CPU, fp16 stays within 1 level of fp32 on these weights)."""
     path = write_checkpoint(tmp_path / f"{variant}.pth", variant)
-    fp16 = LIPSYNC_ENGINES[variant].load(path, device="cuda", precision="auto")
-    fp32 = LIPSYNC_ENGINES[variant].load(path, device="cpu", precision="fp32")
+    fp16 = LIPSYNC_ENGINES[variant].load(path, EngineContext("cuda", "auto"))
+    fp32 = LIPSYNC_ENGINES[variant].load(path, EngineContext("cpu", "fp32"))
     assert fp16.dtype == torch.float16 and fp16.device.type == "cuda" and fp16.batch_size == 64
     size = fp16.model.img_size
     rng = np.random.default_rng(0)
@@ -245,8 +246,8 @@ def test_cuda_fp16_matches_cpu_fp32(variant: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.cuda
-def test_cuda_is_the_default_device_and_renders(checkpoint96: Path) -> None:
-    engine = LIPSYNC_ENGINES["wav2lip96"].load(checkpoint96)  # no device: CUDA when there is one
+def test_cuda_auto_precision_is_fp16_and_renders(checkpoint96: Path) -> None:
+    engine = LIPSYNC_ENGINES["wav2lip96"].load(checkpoint96, EngineContext("cuda"))
     assert engine.device.type == "cuda" and engine.dtype == torch.float16
     avatar = small_avatar(frames=4, crop_size=256)
     frames = list(engine.render(avatar, DrivingAudio(speech_like(0.4))))
@@ -254,10 +255,10 @@ def test_cuda_is_the_default_device_and_renders(checkpoint96: Path) -> None:
 
 
 def test_cpu_auto_precision_stays_within_tolerance(checkpoint96: Path) -> None:
-    auto = LIPSYNC_ENGINES["wav2lip96"].load(checkpoint96, device="cpu", precision="auto")
+    auto = LIPSYNC_ENGINES["wav2lip96"].load(checkpoint96, EngineContext("cpu", "auto"))
     if auto.dtype == torch.float32:
         pytest.skip("this CPU has no native bf16: auto precision is fp32")
-    fp32 = LIPSYNC_ENGINES["wav2lip96"].load(checkpoint96, device="cpu", precision="fp32")
+    fp32 = LIPSYNC_ENGINES["wav2lip96"].load(checkpoint96, EngineContext("cpu", "fp32"))
     rng = np.random.default_rng(1)
     windows = rng.uniform(-4, 4, (8, 1, 80, 16)).astype(np.float32)
     faces = rng.integers(0, 256, (8, 96, 96, 6), dtype=np.uint8)

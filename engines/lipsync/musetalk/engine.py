@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines.context import EngineContext, required_weights
 from engines.errors import EngineError
 from engines.lipsync import FPS, AvatarFrames, DrivingAudio, pingpong_index, register
 from engines.lipsync.musetalk.avatar import (
@@ -93,17 +94,17 @@ class MuseTalkEngine:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(
-        cls, root: str | Path, device: str | None = None, precision: str | None = None, batch_size: int | None = None
-    ) -> MuseTalkEngine:
-        """``root``: upstream's ``models/`` folder, or its ``musetalkV15/unet.pth`` (as the weights resolver finds)."""
+    def load(cls, weights: Path | None, context: EngineContext) -> MuseTalkEngine:
+        """``weights``: upstream's ``models/`` folder, or its ``musetalkV15/unet.pth`` (as the weights resolver
+        finds); options ``batch_size``, ``compile`` (torch.compile on CUDA)."""
         from engines.lipsync.musetalk.face_parsing import load_face_parser
 
-        root = Path(root)
+        root = required_weights(weights, ENGINE_NAME)
         if root.is_file():
             root = root.parent.parent
-        model = load_musetalk(root, precision=precision, device=device)
-        engine = cls(model, batch_size=batch_size, parser=load_face_parser(Path(root), model.device), weights=str(root))
+        model = load_musetalk(root, context.precision, context.device, bool(context.option("compile", False)))
+        parser = load_face_parser(root, model.device)
+        engine = cls(model, batch_size=context.option("batch_size"), parser=parser, weights=str(root))
         log.info("musetalk ready: %s", engine.info)
         return engine
 

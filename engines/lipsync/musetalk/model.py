@@ -8,7 +8,6 @@ sample, so the same avatar always gives the same latents (a service must be dete
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +28,6 @@ log = logging.getLogger(__name__)
 
 FACE_SIZE = 256
 LATENT_CHANNELS = 4
-PRECISION_ENV = "MUSETALK_PRECISION"
-COMPILE_ENV = "MUSETALK_COMPILE"  # 1: torch.compile the UNet and VAE decoder (CUDA only)
 
 
 @dataclass
@@ -120,10 +117,6 @@ class MuseTalk:
         return self.decode(self.unet_step(latents, chunks))
 
 
-def resolve_precision(precision: str | None) -> str:
-    return precision or os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
-
-
 def _compile(model: MuseTalk) -> None:
     model.unet = torch.compile(model.unet, mode="max-autotune-no-cudagraphs", dynamic=False)
     model.vae.decoder = torch.compile(model.vae.decoder, dynamic=False)
@@ -131,22 +124,21 @@ def _compile(model: MuseTalk) -> None:
 
 
 def load_musetalk(
-    root: str | Path, precision: str | None = None, device: str | torch.device | None = None, compile: bool = False
+    root: str | Path, precision: str = "auto", device: str | torch.device | None = None, compile: bool = False
 ) -> MuseTalk:
     """Load MuseTalk 1.5 from ``root`` (upstream's ``models/`` layout) strictly, ready for inference.
 
     ``precision``: ``auto`` (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), ``fp32``, ``bf16``
-    or ``fp16``; ``None`` reads ``MUSETALK_PRECISION`` (default auto). ``compile`` (or
-    ``MUSETALK_COMPILE=1``) applies ``torch.compile`` on CUDA.
+    or ``fp16``. ``compile`` applies ``torch.compile`` on CUDA. ``device`` None: CUDA when there is one.
     """
     root = Path(root)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = inference_dtype(target, resolve_precision(precision))
+    dtype = inference_dtype(target, precision)
     modules = [load_unet(root), load_vae(root), load_whisper_encoder(root)]
     # torch.nn.Module.to: diffusers' own .to() warns about fp32-pinned modules MuseTalk does not have
     unet, vae, whisper = (torch.nn.Module.to(m, device=target, dtype=dtype) for m in modules)
     model = MuseTalk(unet, vae, whisper, load_feature_extractor(root), target, dtype, root)
-    if target.type == "cuda" and (compile or os.environ.get(COMPILE_ENV) == "1"):
+    if target.type == "cuda" and compile:
         _compile(model)
     log.info("MuseTalk 1.5 loaded from %s on %s (%s)", root, target.type, model.precision)
     return model

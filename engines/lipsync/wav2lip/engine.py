@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import torch
 
+from engines.context import EngineContext, required_weights
 from engines.errors import EngineError
 from engines.face.paste import paste
 from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames, DrivingAudio, pingpong_index, register
@@ -105,18 +106,14 @@ class Wav2LipEngine:
         self.weights = weights
 
     @classmethod
-    def load(
-        cls,
-        path: str | Path,
-        device: str | None = None,
-        precision: str = "auto",
-        batch_size: int | None = None,
-        silence_dbfs: float = SILENCE_DBFS,
-    ) -> Wav2LipEngine:
-        """Load the checkpoint at ``path`` for this variant and prepare it for inference."""
-        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = inference_dtype(target, precision)
+    def load(cls, weights: Path | None, context: EngineContext) -> Wav2LipEngine:
+        """Load the checkpoint ``weights`` for this variant on ``context.device``; options ``batch_size``,
+        ``silence_dbfs``."""
+        path = required_weights(weights, cls.variant)
+        target = torch.device(context.device)
+        dtype = inference_dtype(target, context.precision)
         model = load_wav2lip(path, cls.variant, target, optimize=True, dtype=dtype, channels_last=True)
+        batch_size, silence_dbfs = context.option("batch_size"), context.option("silence_dbfs", SILENCE_DBFS)
         engine = cls(model, batch_size=batch_size, silence_dbfs=silence_dbfs, weights=str(path))
         log.info("%s ready: %s", cls.variant, engine.info)
         return engine
