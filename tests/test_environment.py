@@ -138,6 +138,18 @@ VALUES = {
     "REALTIME_SESSION_MEMORY_MB": "2048",
     "ICE_SERVERS": '[{"urls": "stun:stun.example.com:3478"}]',
     "TURN_SECRET": "env-test-turn",
+    "LIVETALKING_ROUTES": "false",
+    "LIVETALKING_PREFIX": "/lt",
+    "LIVETALKING_USER_ID": "env-test-user",
+    "LIVETALKING_AVATAR_ID": "env-test-avatar",
+    "LIVETALKING_IMAGE": "https://example.com/portrait.png",
+    "LIVETALKING_WEB_DIR": "/tmp",
+    "LIVETALKING_CORS_ORIGINS": "https://example.com",
+    "LLM_API_KEY": "env-test-llm-key",
+    "LLM_BASE_URL": "https://llm.example.com/v1",
+    "LLM_MODEL": "env-test-model",
+    "LLM_SYSTEM_PROMPT": "Answer briefly.",
+    "LLM_TIMEOUT_S": "30",
 }
 
 
