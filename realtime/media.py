@@ -85,12 +85,15 @@ class LiveRenderer:
                 del self._rendered[old]
             if image is not None:
                 self._last = (n, image)
-            elif self._last is not None and n - self._last[0] <= REPEAT_FRAMES and self.timeline.first_scheduled(n) == n:
+            elif self._last is not None and n - self._last[0] <= REPEAT_FRAMES and self._speaking(n):
                 image = self._last[1]
                 self.frames_repeated += 1
         if image is None:
             image = self.avatar.frames[pingpong_index(n, len(self.avatar))]
         return image[: self.size[1], : self.size[0]]
+
+    def _speaking(self, n: int) -> bool:
+        return self.timeline.first_scheduled(n) == n
 
     # ---- on the scheduler's thread -------------------------------------------------------------
 
