@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames, pingpong_index
-from engines.lipsync.scheduler import StreamScheduler
+from engines.lipsync.scheduler import TARGET_PASS_S, StreamScheduler
 from engines.lipsync.stream import LipSyncStream, StreamingEngine
 from realtime.timeline import SAMPLES_PER_FRAME, SpeechTimeline
 
@@ -27,20 +27,21 @@ AUDIO_FRAME_SAMPLES = SAMPLE_RATE // 50  # 20 ms
 # A late frame is sent at once and the next ones catch up (a short CPU stall costs no frames); only this far
 # behind are frames skipped, so the picture never lags the sound by more than about half a second.
 MAX_BEHIND_FRAMES = 12
-SPEECH_LEAD_FRAMES = 2  # new speech starts this many frames after "now", plus the engine's measured latency
-INITIAL_LATENCY_S = 0.08  # the latency assumed before the first render was measured
-MAX_LATENCY_S = 1.0
+SPEECH_LEAD_FRAMES = 2  # new speech starts this many frames after "now", plus twice the engine's pass time
+MAX_PASS_S = 0.5  # at most this much of the pass time is waited for (a slower engine drops frames instead)
 RENDER_AHEAD_FRAMES = 50  # frames rendered ahead of "now" at most (memory: 2 s of frames)
 FLUSH_LEAD_FRAMES = 3  # an utterance with nothing after it is flushed this long before its last frames fall due
-REPEAT_FRAMES = 2  # a speaking frame not rendered in time repeats the previous one this long, then idles
+REPEAT_FRAMES = 12  # a speaking frame not rendered (in time) repeats the previous one this long, then idles
 
 
 class LiveRenderer:
     """Frame ``n`` of a session: the lip-sync stream's frame ``n`` when it was rendered in time, else the avatar's
-    own frame ``pingpong(n)`` (idle, or a late frame dropped; a late frame inside speech repeats the last one
-    for up to ``REPEAT_FRAMES``). The stream is fed from the session's timeline by the worker's scheduler
-    (``refill``, on its thread): scheduled speech is pushed as soon as it is known, a cut (interruption, new
-    utterance) resets the stream, and the utterance is flushed when its last frames fall due."""
+    own frame ``pingpong(n)`` (idle). An engine slower than real time renders the frames it can finish in
+    time (the stream skips ahead by the scheduler's pass time) and, inside speech, the frames between repeat
+    the last rendered one for up to ``REPEAT_FRAMES``: frames are dropped or repeated, never late. The stream
+    is fed from the session's timeline by the worker's scheduler (``refill``, on its thread): scheduled speech
+    is pushed as soon as it is known, a cut (interruption, new utterance) resets the stream, and the utterance
+    is flushed when its last frames fall due."""
 
     def __init__(
         self,
@@ -60,8 +61,6 @@ class LiveRenderer:
         self._last: tuple[int, np.ndarray] | None = None
         self._lock = threading.Lock()
         self._pushed = 0  # the timeline's frames given to the stream
-        self._pushed_at: float | None = None
-        self._latency_s = INITIAL_LATENCY_S
         self._scheduler = scheduler
         self._entry = scheduler.add(self.stream, self._deliver, self._refill, self._failed)
 
@@ -70,8 +69,13 @@ class LiveRenderer:
 
     @property
     def lead_frames(self) -> int:
-        """How far after "now" new speech starts so its first frames are rendered in time."""
-        return SPEECH_LEAD_FRAMES + math.ceil(self._latency_s * FPS)
+        """How far after "now" new speech starts so its first frames are rendered in time (a pass may be under
+        way when it comes, then its own)."""
+        return SPEECH_LEAD_FRAMES + math.ceil(2 * self._pass_s * FPS)
+
+    @property
+    def _pass_s(self) -> float:
+        return min(MAX_PASS_S, self._scheduler.pass_seconds(self.stream.engine))
 
     @property
     def mic_lead_frames(self) -> int:
@@ -106,7 +110,7 @@ class LiveRenderer:
                 for late in [k for k in self._rendered if k >= cut]:
                     del self._rendered[late]
             self._pushed = max(cut, now)
-        self.stream.skip_to(now)
+        self.stream.skip_to(now + math.ceil(self._pass_s * FPS))  # frames the next pass cannot finish in time
         self.stream.horizon = now + RENDER_AHEAD_FRAMES
         until = self.timeline.speaking_until()
         start = self.timeline.first_scheduled(max(self._pushed, now))
@@ -117,16 +121,12 @@ class LiveRenderer:
                 self.timeline.shapes(start, count),
                 at_frame=start,
             )
-            self._pushed, self._pushed_at = until, time.monotonic()
+            self._pushed = until
         elif self.stream.open and self.stream.end - self.stream.lookahead <= now + FLUSH_LEAD_FRAMES:
             self.stream.flush()  # nothing more came: the utterance's last frames render with silence after
 
     def _deliver(self, frames: list[tuple[int, np.ndarray]]) -> None:
         now = self.clock.frame_now()
-        if self._pushed_at is not None:
-            latency = time.monotonic() - self._pushed_at
-            self._latency_s = min(MAX_LATENCY_S, 0.8 * self._latency_s + 0.2 * latency)
-            self._pushed_at = None
         with self._lock:
             for n, image in frames:
                 if n < now:
@@ -142,7 +142,7 @@ def render_scheduler() -> StreamScheduler:
     """The worker process's scheduler (started on first use): every live session's engine steps go through it."""
     with _scheduler_lock:
         if not _scheduler:
-            _scheduler.append(StreamScheduler())
+            _scheduler.append(StreamScheduler(TARGET_PASS_S))
             _scheduler[0].start()
         return _scheduler[0]
 

@@ -2,11 +2,11 @@
 
 Each round, before the work is gathered, every stream's ``refill`` hook runs (the session gives its stream the
 audio scheduled since the last round). Then, per engine, the streams are visited in round-robin order, one
-frame each per turn, until the batch (the engine's ``batch_size`` speaking frames) is full or nobody has a
-ready frame: a session with much to render cannot starve another, and the engine runs one batched pass for all
-of them (``render_frames`` takes frames of several streams). The next round starts its turns one stream
-later. Silent frames cost no model work and do not count against the batch. Each stream gets its frames
-through its ``deliver`` callback, in order.
+frame each per turn, until the batch is full or nobody has a ready frame (a batch: the engine's ``batch_size``
+speaking frames, or, live, as many as it renders in ``TARGET_PASS_S`` by its measured speed): a session with
+much to render cannot starve another, and the engine runs one batched pass for all of them (``render_frames``
+takes frames of several streams). The next round starts its turns one stream later. Silent frames cost no
+model work and do not count against the batch. Each stream gets its frames through its ``deliver`` callback, in order.
 
 ``run_round`` does one round on the caller's thread (tests, benchmarks); ``start`` runs rounds on a thread of
 its own until ``stop``, sleeping while nobody has anything to render (``wake`` ends the sleep early).
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +27,8 @@ from engines.lipsync.stream import LipSyncStream, Pending
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.01  # a round found nothing to do: look again after this long (or on wake)
+TARGET_PASS_S = 0.2  # a pass is cut to about this long (measured per engine): live frames wait for no big batch
+SMOOTHING = 0.3  # weight of the newest pass in the per-engine averages
 MAX_SILENT_PER_TURN = 64  # silent frames one stream may pass through in one turn
 
 Deliver = Callable[[list[tuple[int, np.ndarray]]], None]
@@ -41,7 +44,10 @@ class Entry:
 
 
 class StreamScheduler:
-    def __init__(self) -> None:
+    """``target_pass_s``: cut passes to about this long (live); None: always the engine's full batch."""
+
+    def __init__(self, target_pass_s: float | None = None) -> None:
+        self.target_pass_s = target_pass_s
         self._entries: list[Entry] = []
         self._turn = 0
         self._lock = threading.Lock()
@@ -50,6 +56,7 @@ class StreamScheduler:
         self._stopping = False
         self.frames_rendered = 0
         self.passes = 0
+        self._frame_s: dict[int, float] = {}  # per engine: seconds per speaking frame (running average)
 
     def add(
         self,
@@ -90,20 +97,22 @@ class StreamScheduler:
     def _pass(self, entries: list[Entry]) -> int:
         """Fill one batch of the group's engine, turn by turn, render it and deliver the frames."""
         engine = entries[0].stream.engine
+        limit = self.batch_limit(engine)
         speaking, active = 0, list(entries)
-        while active and speaking < engine.batch_size:
+        while active and speaking < limit:
             for entry in list(active):
                 got = self._take_turn(entry)
                 speaking += got
                 if got == 0:
                     active.remove(entry)
-                if speaking >= engine.batch_size:
+                if speaking >= limit:
                     break
         jobs, owners = [], []
         for entry in entries:
             for job in entry.stream.jobs(entry.pending):
                 jobs.append(job)
                 owners.append(entry)
+        started = time.perf_counter()
         try:
             images = engine.render_frames(jobs) if jobs else []
         except Exception as exc:  # one pass failed: every stream in it is told, the worker carries on
@@ -114,7 +123,11 @@ class StreamScheduler:
                     self.remove(entry)
                     self._guarded(entry, entry.failed, exc)
             return 0
-        self.passes += bool(jobs)
+        if jobs:
+            self.passes += 1
+            per_frame = (time.perf_counter() - started) / len(jobs)
+            old = self._frame_s.get(id(engine), per_frame)
+            self._frame_s[id(engine)] = (1 - SMOOTHING) * old + SMOOTHING * per_frame
         delivered = 0
         for entry in entries:
             if not entry.pending:
@@ -126,6 +139,21 @@ class StreamScheduler:
             self._guarded(entry, entry.deliver, frames)
         self.frames_rendered += delivered
         return delivered
+
+    def batch_limit(self, engine: object) -> int:
+        """Speaking frames in the engine's next pass: its batch size, or fewer where a pass of that many would take
+        longer than ``target_pass_s`` (a slow engine renders a few frames in time rather than many late); 1 until
+        its speed is known."""
+        if self.target_pass_s is None:
+            return engine.batch_size
+        per_frame = self._frame_s.get(id(engine))
+        if per_frame is None:
+            return 1
+        return max(1, min(engine.batch_size, int(self.target_pass_s / max(per_frame, 1e-6))))
+
+    def pass_seconds(self, engine: object) -> float:
+        """How long the engine's next pass is expected to take (0 until its speed is known)."""
+        return self._frame_s.get(id(engine), 0.0) * self.batch_limit(engine)
 
     @staticmethod
     def _take_turn(entry: Entry) -> int:
