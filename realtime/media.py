@@ -96,6 +96,11 @@ class LiveRenderer:
             image = self.avatar.frames[pingpong_index(n, len(self.avatar))]
         return image[: self.size[1], : self.size[0]]
 
+    def rendered_frames(self) -> list[int]:
+        """The frames rendered and not shown yet."""
+        with self._lock:
+            return sorted(self._rendered)
+
     def _speaking(self, n: int) -> bool:
         return self.timeline.first_scheduled(n) == n
 
