@@ -3,8 +3,9 @@
 - offline seam cost: ``engine.render`` (the stream: push all, flush, drain; the silence gate and cross-fades)
   vs the same engine's ``render_frames`` called directly on batches of consecutive frames of one audio window
   (the old direct render: no gate), same clip, same process; median of ``--runs``, ratio seam / direct.
-- live fps per session: one stream fed 80-ms chunks as a microphone would, stepped after each chunk; frames
-  out per second of rendering (the engine's bound for one session, before encoding).
+- live fps per session: one stream (an utterance pushed whole, as `say` does) in a live worker's scheduler,
+  whose passes are cut to what the engine renders in 0.2 s; frames out per second of rendering (the engine's
+  bound for one session, before encoding).
 - sessions at >= 24 fps: 1, 2, ... streams of speech in the worker's scheduler at once (their frames batched
   together); each session's rate is the frames delivered per second / sessions.
 
@@ -23,7 +24,6 @@ from typing import Any
 import numpy as np
 
 MIN_SESSION_FPS = 24.0
-CHUNK_SAMPLES = 1280  # 80 ms
 SPEECH_SECONDS = 4.0
 
 
@@ -74,16 +74,19 @@ def median_seconds(fn: Any, runs: int) -> float:
 
 
 def live_fps(engine: Any, avatar: Any, samples: np.ndarray) -> float:
+    from engines.lipsync.scheduler import TARGET_PASS_S, StreamScheduler
     from engines.lipsync.stream import LipSyncStream
 
+    scheduler = StreamScheduler(TARGET_PASS_S)  # a live worker's: passes cut to what renders in 0.2 s
     stream = LipSyncStream(engine, avatar)
-    frames, started = 0, time.perf_counter()
-    for at in range(0, len(samples), CHUNK_SAMPLES):
-        stream.push(samples[at : at + CHUNK_SAMPLES])
-        frames += sum(len(stream.step()) for _ in range(2))
+    stream.push(samples)
     stream.flush()
-    frames += sum(1 for _ in stream.drain())
-    return frames / (time.perf_counter() - started)
+    scheduler.add(stream, lambda frames: None)
+    started = time.perf_counter()
+    delivered = 0
+    while got := scheduler.run_round():
+        delivered += got
+    return delivered / (time.perf_counter() - started)
 
 
 def scheduled_fps(engine: Any, avatar: Any, samples: np.ndarray, sessions: int) -> float:
@@ -118,7 +121,7 @@ def bench_seam(runs: int, max_sessions: int) -> None:
                 f"{name} {info}: offline seam {frames / seam:.1f} fps vs direct {frames / direct:.1f} fps,"
                 f" seam / direct time {seam / direct:.3f}"
             )
-            print(f"{name}: live fps per session (80-ms chunks) {live_fps(engine, avatar, samples):.1f}")
+            print(f"{name}: live fps per session (0.2-s passes) {live_fps(engine, avatar, samples):.1f}")
             held = 0
             for sessions in range(1, max_sessions + 1):
                 fps = scheduled_fps(engine, avatar, samples, sessions)

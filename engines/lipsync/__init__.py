@@ -2,7 +2,9 @@
 
 Registry: engine name -> class. ``viseme_warp`` is the CPU default (no weights); ``wav2lip96`` and
 ``wav2lip256`` are the neural engines (``engines.lipsync.wav2lip``), ``musetalk`` MuseTalk 1.5
-(``engines.lipsync.musetalk``).
+(``engines.lipsync.musetalk``). Every engine also implements the streaming interface of
+``engines.lipsync.stream`` (audio in chunks, frames out as soon as their audio context is there), and its
+``render`` goes through it, so offline and live sessions share one path and one silence rule.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Per output frame: the avatar frame (ping-pong), its face crop resized to the model's size with the
 lower half masked, stacked with the unmasked crop (6 channels, [0, 1]) and the frame's 16-column mel
-window. Batches run the audio encoder once per window, then the face pass; frames whose audio window
-is silent skip the model and show the original frame. The generated face is resized to the box and
+window (computed once per audio window of the stream, ``engines.lipsync.stream``). Batches run the audio
+encoder once per window, then the face pass; frames whose audio window is silent skip the model and show the
+original frame (the stream's silence gate decides before that). The generated face is resized to the box and
 blended into the frame with a feathered mask that keeps the upper face (eyes) original.
 """
 
