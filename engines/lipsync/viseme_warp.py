@@ -109,7 +109,7 @@ class VisemeWarpEngine:
 
     batch_size = 4
     lookahead_frames = 0
-    audio_span = (1, 1)  # the track is smoothed forward and backward: the mouth anticipates by about a frame
+    audio_span = (2, 2)  # the track anticipates sound: the fade-in is under way before the sound starts
     uses_mouth_shapes = True
 
     def render(self, avatar: AvatarFrames, audio: DrivingAudio) -> Iterator[np.ndarray]:
