@@ -23,8 +23,8 @@ import numpy as np
 from engines.constants import FPS, SAMPLE_RATE
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
-SPEECH_ON_DBFS = -45.0  # a frame at least this loud starts speech
-SPEECH_OFF_DBFS = -50.0  # speech ends after HOLD_FRAMES frames in a row below this
+SPEECH_ON_DBFS = -50.0  # a frame at least this loud starts speech (the CPU engine's own gate before)
+SPEECH_OFF_DBFS = -55.0  # speech ends after HOLD_FRAMES frames in a row below this
 HOLD_FRAMES = 4  # 160 ms: the pause between two words keeps the mouth live
 FADE_FRAMES = 3  # frames of cross-fade into and out of speech
 

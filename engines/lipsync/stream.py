@@ -30,7 +30,7 @@ import numpy as np
 
 from engines.errors import EngineError
 from engines.lipsync import SAMPLE_RATE, AvatarFrames, DrivingAudio, pingpong_index
-from engines.lipsync.silence import SAMPLES_PER_FRAME, SilenceGate, frame_dbfs
+from engines.lipsync.silence import FADE_FRAMES, SAMPLES_PER_FRAME, SilenceGate, frame_dbfs
 from engines.lipsync.visemes import mouth_track_from_audio, mouth_track_from_phonemes
 
 RETAIN_FRAMES = 500  # a live utterance keeps at most this much audio (20 s) ...
@@ -203,14 +203,21 @@ class LipSyncStream:
 
     def push(self, samples: np.ndarray, shapes: np.ndarray | None = None, at_frame: int | None = None) -> None:
         """Speech after what was pushed; ``at_frame`` later than that ends the current utterance and starts a new
-        one there. ``shapes``: (frames, 3) mouth shapes of the text, ``samples`` padded or cut to whole frames."""
+        one there (from up to ``FADE_FRAMES`` earlier, silent, where those frames are still to come: a sound at
+        its first frame is not met by a fade-in still under way). ``shapes``: (frames, 3) mouth shapes of the
+        text, ``samples`` padded or cut to whole frames."""
         samples = np.asarray(samples, np.float32).reshape(-1)
         if at_frame is not None and self._utterance is not None and at_frame > self.end:
             self.flush()
+        shapes = shapes if self.engine.uses_mouth_shapes else None
         if self._utterance is None:
-            start = self.end if at_frame is None else max(at_frame, self.end)
+            start = self.end if at_frame is None else max(at_frame - FADE_FRAMES, self.end)
             self._utterance = Utterance(start, self.engine.audio_span)
-        self._utterance.push(samples, shapes if self.engine.uses_mouth_shapes else None)
+            if at_frame is not None and at_frame > start:  # silence before: the fade-in can be over at the sound
+                lead = at_frame - start
+                silence = np.zeros((lead, 3), np.float32) if shapes is not None else None
+                self._utterance.push(np.zeros(lead * SAMPLES_PER_FRAME, np.float32), silence)
+        self._utterance.push(samples, shapes)
 
     def flush(self) -> None:
         """End the utterance: its last frames render with silence after them."""

@@ -109,7 +109,7 @@ class VisemeWarpEngine:
 
     batch_size = 4
     lookahead_frames = 0
-    audio_span = (2, 2)  # the track anticipates sound: the fade-in is under way before the sound starts
+    audio_span = (3, 3)  # the text track anticipates the sound: its fade-in is over when the sound starts
     uses_mouth_shapes = True
 
     def render(self, avatar: AvatarFrames, audio: DrivingAudio) -> Iterator[np.ndarray]:

@@ -75,7 +75,7 @@ class LivePortraitLipSync:
         return self.animator.lp.info
 
     lookahead_frames = 0
-    audio_span = (2, 2)  # as viseme_warp: the fade-in is under way before the sound starts
+    audio_span = (3, 3)  # as viseme_warp: the fade-in is over when the sound starts
     uses_mouth_shapes = True
 
     @property

@@ -163,10 +163,11 @@ def test_frames_come_out_once_the_engine_has_its_lookahead(tmp_path: Path) -> No
     assert ready and ready[0] == 100 and ready[-1] < 110 - stream.lookahead + 1
     stream.flush()
     assert [n for n, _ in stream.drain()] == list(range(ready[-1] + 1, 110))
-    # a new utterance later: the frames in between are idle (not returned)
+    # a new utterance later: the frames in between are idle (not returned), but for FADE_FRAMES of silence before
+    # it (the fade-in is over when the sound starts)
     stream.push(speech_like(0.2), at_frame=130)
     stream.flush()
-    assert [n for n, _ in stream.drain()] == list(range(130, 135))
+    assert [n for n, _ in stream.drain()] == list(range(130 - FADE_FRAMES, 135))
 
 
 def test_reset_drops_speech_not_yet_rendered(tmp_path: Path) -> None:

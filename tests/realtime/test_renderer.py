@@ -45,8 +45,8 @@ def test_speech_frames_come_at_their_numbers_and_idle_frames_are_the_avatars(eng
     timeline.interrupt_with(speech_block(10, samples, open_mouths(25)))
     while scheduler.run_round():
         pass
-    alone = LipSyncStream(engine, avatar, first_frame=10)
-    alone.push(np.pad(samples, (0, 25 * SAMPLES_PER_FRAME - len(samples))), open_mouths(25))
+    alone = LipSyncStream(engine, avatar)
+    alone.push(np.pad(samples, (0, 25 * SAMPLES_PER_FRAME - len(samples))), open_mouths(25), at_frame=10)
     alone.flush()
     expected = dict(alone.drain())
     for n in range(0, 45):
