@@ -27,7 +27,7 @@ AUDIO_FRAME_SAMPLES = SAMPLE_RATE // 50  # 20 ms
 # A late frame is sent at once and the next ones catch up (a short CPU stall costs no frames); only this far
 # behind are frames skipped, so the picture never lags the sound by more than about half a second.
 MAX_BEHIND_FRAMES = 12
-SPEECH_LEAD_FRAMES = 2  # new speech starts this many frames after "now", plus the engine's pass time
+SPEECH_LEAD_FRAMES = 3  # new speech starts this many frames after "now" (a 3-frame fade-in before it), plus a pass
 MAX_PASS_S = 0.5  # at most this much of the pass time is waited for (a slower engine drops frames instead)
 RENDER_AHEAD_FRAMES = 50  # frames rendered ahead of "now" at most (memory: 2 s of frames)
 FLUSH_LEAD_FRAMES = 3  # an utterance with nothing after it is flushed this long before its last frames fall due
