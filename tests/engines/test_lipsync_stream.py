@@ -11,7 +11,7 @@ import pytest
 from engines.face import find_face, load_face_analyzer
 from engines.lipsync import LIPSYNC_ENGINES, AvatarFrames, DrivingAudio, pingpong_index
 from engines.lipsync.silence import FADE_FRAMES, HOLD_FRAMES, SPEECH_OFF_DBFS, SilenceGate
-from engines.lipsync.stream import LipSyncStream
+from engines.lipsync.stream import RETAIN_FRAMES, TRIM_STEP, LipSyncStream
 from tests.engines.wav2lip_fixtures import small_avatar, speech_like, write_checkpoint
 from tests.media import astronaut_bgr
 
@@ -182,3 +182,21 @@ def test_reset_drops_speech_not_yet_rendered(tmp_path: Path) -> None:
     stream.push(speech_like(0.2))
     stream.flush()
     assert [n for n, _ in stream.drain()] == [10, 11, 12, 13, 14]
+
+
+def test_a_long_live_utterance_keeps_a_bounded_window(tmp_path: Path) -> None:
+    engine, avatar = make_engine("viseme_warp", tmp_path)
+    stream = LipSyncStream(engine, avatar)
+    second = speech_like(1.0)
+    numbers: list[int] = []
+    windows = set()
+    for _ in range(30):  # a microphone speaking for 30 s, one second at a time
+        stream.push(second)
+        for pending in stream.take(1000):
+            numbers.append(pending.index)
+            windows.add((pending.window.first, len(pending.window.samples)))
+    stream.flush()
+    numbers += [p.index for p in stream.take(1000)]
+    assert numbers == list(range(750))  # every frame once, in order
+    assert max(length for _, length in windows) <= (RETAIN_FRAMES + 25) * 640
+    assert max(first for first, _ in windows) > 0 and all(first % TRIM_STEP == 0 for first, _ in windows)
