@@ -4,8 +4,8 @@
   vs the same engine's ``render_frames`` called directly on batches of consecutive frames of one audio window
   (the old direct render: no gate), same clip, same process; median of ``--runs``, ratio seam / direct.
 - live fps per session: one stream (an utterance pushed whole, as `say` does) in a live worker's scheduler,
-  whose passes are cut to what the engine renders in 0.2 s; frames out per second of rendering (the engine's
-  bound for one session, before encoding).
+  whose passes are cut to what the engine renders in ``TARGET_PASS_S``; frames out per second of rendering
+  (the engine's bound for one session, before encoding).
 - sessions at >= 24 fps: 1, 2, ... streams of speech in the worker's scheduler at once (their frames batched
   together); each session's rate is the frames delivered per second / sessions.
 
@@ -77,7 +77,7 @@ def live_fps(engine: Any, avatar: Any, samples: np.ndarray) -> float:
     from engines.lipsync.scheduler import TARGET_PASS_S, StreamScheduler
     from engines.lipsync.stream import LipSyncStream
 
-    scheduler = StreamScheduler(TARGET_PASS_S)  # a live worker's: passes cut to what renders in 0.2 s
+    scheduler = StreamScheduler(TARGET_PASS_S)  # a live worker's: passes cut to TARGET_PASS_S
     stream = LipSyncStream(engine, avatar)
     stream.push(samples)
     stream.flush()
@@ -121,7 +121,7 @@ def bench_seam(runs: int, max_sessions: int) -> None:
                 f"{name} {info}: offline seam {frames / seam:.1f} fps vs direct {frames / direct:.1f} fps,"
                 f" seam / direct time {seam / direct:.3f}"
             )
-            print(f"{name}: live fps per session (0.2-s passes) {live_fps(engine, avatar, samples):.1f}")
+            print(f"{name}: live fps per session (live passes) {live_fps(engine, avatar, samples):.1f}")
             held = 0
             for sessions in range(1, max_sessions + 1):
                 fps = scheduled_fps(engine, avatar, samples, sessions)

@@ -99,7 +99,7 @@ def scheduled_sessions(engine: Any, avatar: Any, profile: Profile, deadline: flo
     for count in profile.live_streams:
         if time.monotonic() > deadline:
             break
-        scheduler = StreamScheduler(TARGET_PASS_S)  # a live worker's: passes cut to what renders in 0.2 s
+        scheduler = StreamScheduler(TARGET_PASS_S)  # a live worker's: passes cut to TARGET_PASS_S
         rendered: list[set[int]] = [set() for _ in range(count)]
         shares: list[float] = []
         for done in rendered:

@@ -27,7 +27,7 @@ from engines.lipsync.stream import LipSyncStream, Pending
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.01  # a round found nothing to do: look again after this long (or on wake)
-TARGET_PASS_S = 0.2  # a pass is cut to about this long (measured per engine): live frames wait for no big batch
+TARGET_PASS_S = 0.12  # a pass is cut to about this long (measured per engine): live frames wait for no big batch
 SMOOTHING = 0.3  # weight of the newest pass in the per-engine averages
 MAX_SILENT_PER_TURN = 64  # silent frames one stream may pass through in one turn
 
