@@ -24,13 +24,16 @@ its own) runs the ``live_session`` task and dials out to a control peer in this 
 routes); say -> mouth is timed from queuing the `say` command (which the worker's long-poll takes) to the
 first received frame whose mouth moved (median of ``--says``); target <= 300 ms.
 
+The lip-sync seam in this process (``bench/seam.py``): offline seam vs direct render (ratio), wav2lip96 / viseme_warp
+live fps per session, sessions one scheduler holds at >= 24 fps (render only).
+
 Through the orchestrator and ONE RunPod worker process (``bench/realtime_worker.py``): say -> mouth and fps,
 direct vs TURN; the A/V offset at the receiver over 60 s; sessions one worker process holds at >= 24 fps, per
 engine (viseme_warp, wav2lip96 on random weights).
 
     python bench/realtime.py [--runs 3] [--seconds 10] [--side 512] [--says 5] [--max-sessions 12]
                              [--engines viseme_warp,wav2lip96] [--av-seconds 60] [--worker-sessions 6]
-                             [--skip-streaming] [--worker-only] [--worker-path-only]
+                             [--skip-streaming] [--worker-only] [--worker-path-only] [--seam-only]
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench.options import add_clip_options  # noqa: E402  (after the path insert)
 from bench.realtime_worker import bench_worker_path  # noqa: E402
+from bench.seam import bench_seam  # noqa: E402
 
 TARGET_FIRST_SEGMENT_MS = 300.0
 TARGET_SAY_TO_MOUTH_MS = 300.0
@@ -292,9 +296,15 @@ def main() -> None:
     parser.add_argument("--av-seconds", type=float, default=60.0, help="length of the A/V offset run")
     parser.add_argument("--worker-sessions", type=int, default=6, help="most sessions tried on one worker process")
     parser.add_argument("--worker-path-only", action="store_true", help="only the sessions through a RunPod worker")
+    parser.add_argument("--seam-only", action="store_true", help="only the lip-sync seam's figures (bench/seam.py)")
     args = parser.parse_args()
+    if args.seam_only:
+        bench_seam(args.runs, args.max_sessions)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-realtime-") as tmp:
         quick = args.worker_only or args.worker_path_only
+        if not quick:
+            bench_seam(args.runs, args.max_sessions)
         if not args.skip_streaming and not quick:
             bench_streaming(Path(tmp), args.runs, args.seconds, args.side)
         if not quick:

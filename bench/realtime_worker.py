@@ -10,7 +10,8 @@ shares the CPU with the worker: figures are a floor on this 2-core machine).
   jitter buffer adds (a browser's player aligns the two by their RTCP timestamps instead); median, worst, and
   drift (the last third's mean minus the first third's);
 - sessions one worker process holds at >= 24 fps, per engine (``--engines``; wav2lip96 on random weights in the
-  official layout): 1, 2, ... sessions at once, all speaking, until one peer receives under 24 fps.
+  official layout): 1, 2, ... sessions at once, all speaking, until one peer receives under 24 fps or one
+  session's engine renders under 24 fps (the worker repeats the frames it could not render in time).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def deployment(work: Path, portrait_store: Path, max_sessions: int, engine: str)
 
     os.environ["AVATAR_STORE_URI"] = portrait_store.as_uri()  # the API's and the worker's store
     env = {**os.environ, "WORKER_TASKS": "live_session", "REALTIME_ALLOW_PRIVATE_CANDIDATES": "1"}
+    env["REALTIME_HEARTBEAT_S"] = "1"  # the sessions' statistics once a second
     env["REALTIME_MAX_SESSIONS"] = str(max_sessions)
     if engine == "wav2lip96":
         from bench.wav2lip import random_checkpoint
@@ -187,7 +189,9 @@ async def av_offsets(url: str, portrait: str, engine: str, relay: bool, seconds:
     return offsets
 
 
-async def speaking_fps(url: str, portrait: str, engine: str, sessions: int) -> list[float]:
+async def speaking_fps(url: str, portrait: str, engine: str, sessions: int) -> tuple[list[float], list[float]]:
+    """Per session, all speaking: frames received per second, and frames the engine rendered per second (25 less
+    the frames the worker repeated because the engine had not rendered them in time, from its heartbeats)."""
     import httpx
 
     from realtime.client import steady_fps
@@ -201,10 +205,18 @@ async def speaking_fps(url: str, portrait: str, engine: str, sessions: int) -> l
         for peer in peers:
             (await peer.say(LONG_TEXT)).raise_for_status()
         marks = [len(times) for times in arrivals]
-        await asyncio.sleep(6.0)
+        await asyncio.sleep(1.5)  # speaking, and a heartbeat since
+        before = [(await http.get(f"/v1/sessions/{peer.session_id}")).json()["stats"] for peer in peers]
+        await asyncio.sleep(4.5)
+        after = [(await http.get(f"/v1/sessions/{peer.session_id}")).json()["stats"] for peer in peers]
         for peer in peers:
             await peer.close()
-    return [steady_fps(times[mark:], skip_s=0.5) for times, mark in zip(arrivals, marks, strict=True)]
+    received = [steady_fps(times[mark:], skip_s=0.5) for times, mark in zip(arrivals, marks, strict=True)]
+    rendered = [
+        25.0 - (a["frames_repeated"] - b["frames_repeated"]) / max(a["seconds"] - b["seconds"], 1e-3)
+        for b, a in zip(before, after, strict=True)
+    ]
+    return received, rendered
 
 
 def bench_worker_path(work: Path, engines: list[str], says: int, av_seconds: float, max_sessions: int) -> None:
@@ -245,9 +257,9 @@ def worker_figures(
         )
     held = 0
     for sessions in range(1, max_sessions + 1):
-        fps = asyncio.run(speaking_fps(url, portrait, engine, sessions))
-        print(f"{f'{sessions} speaking session(s): min fps':34}{min(fps):>10.1f}")
-        if min(fps) < MIN_WORKER_FPS:
+        received, rendered = asyncio.run(speaking_fps(url, portrait, engine, sessions))
+        print(f"{f'{sessions} speaking session(s): min fps':34}{min(received):>10.1f}   rendered {min(rendered):.1f}")
+        if min(received) < MIN_WORKER_FPS or min(rendered) < MIN_WORKER_FPS:
             break
         held = sessions
     print(f"sessions one worker process holds at >= {MIN_WORKER_FPS:g} fps ({engine}): {held}")

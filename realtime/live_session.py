@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from handlers import Progress
-from handlers.engine_choice import CPU_ENGINE
+from handlers.engine_choice import AUTO, choose
 from handlers.runtime import WorkerRuntime
 from handlers.schemas import LiveSessionRequest, LiveSessionResult
 from realtime.manager import process_host
@@ -20,14 +20,17 @@ from realtime.worker import live_engine
 def load(runtime: WorkerRuntime) -> None:
     import aiortc  # noqa: F401  (a broken install fails here, at start, not in the first session)
 
-    live_engine(CPU_ENGINE, runtime)
+    live_engine(AUTO, runtime)
 
 
 def describe(runtime: WorkerRuntime) -> dict[str, Any]:
     host = process_host()
     limits = host.limits
+    name, reason = choose(AUTO, runtime)
+    image_name, image_reason = choose(AUTO, runtime, portrait=True)
     return {
-        "engine": {"name": CPU_ENGINE, "reason": "the live engine of this worker"},
+        "engine": {"name": name, "reason": reason},  # what `auto` renders a stored avatar with
+        "image_engine": {"name": image_name, "reason": image_reason},  # ... and a portrait image
         "max_sessions": limits.max_sessions,
         "sessions": host.count,
         "max_duration_s": limits.max_duration_s,

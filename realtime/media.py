@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import math
+import threading
 import time
 from typing import Any
 
 import numpy as np
 
 from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames, pingpong_index
-from engines.lipsync.viseme_warp import VisemeWarpEngine, avatar_key
+from engines.lipsync.scheduler import TARGET_PASS_S, StreamScheduler
+from engines.lipsync.stream import LipSyncStream, StreamingEngine
 from realtime.timeline import SAMPLES_PER_FRAME, SpeechTimeline
 
 VIDEO_CLOCK_RATE = 90000
@@ -24,21 +27,133 @@ AUDIO_FRAME_SAMPLES = SAMPLE_RATE // 50  # 20 ms
 # A late frame is sent at once and the next ones catch up (a short CPU stall costs no frames); only this far
 # behind are frames skipped, so the picture never lags the sound by more than about half a second.
 MAX_BEHIND_FRAMES = 12
+SPEECH_LEAD_FRAMES = 3  # new speech starts this many frames after "now" (a 3-frame fade-in before it), plus a pass
+MAX_PASS_S = 0.5  # at most this much of the pass time is waited for (a slower engine drops frames instead)
+RENDER_AHEAD_FRAMES = 50  # frames rendered ahead of "now" at most (memory: 2 s of frames)
+FLUSH_LEAD_FRAMES = 3  # an utterance with nothing after it is flushed this long before its last frames fall due
+REPEAT_FRAMES = 12  # a speaking frame not rendered (in time) repeats the previous one this long, then idles
 
 
 class LiveRenderer:
-    """Frame ``n`` of a session: avatar frame ``pingpong(n)`` with the timeline's mouth shape at ``n``."""
+    """Frame ``n`` of a session: the lip-sync stream's frame ``n`` when it was rendered in time, else the avatar's
+    own frame ``pingpong(n)`` (idle). An engine slower than real time renders the frames it can finish in
+    time (the stream skips ahead by the scheduler's pass time) and, inside speech, the frames between repeat
+    the last rendered one for up to ``REPEAT_FRAMES``: frames are dropped or repeated, never late. The stream
+    is fed from the session's timeline by the worker's scheduler (``refill``, on its thread): scheduled speech
+    is pushed as soon as it is known, a cut (interruption, new utterance) resets the stream, and the utterance
+    is flushed when its last frames fall due."""
 
-    def __init__(self, avatar: AvatarFrames, engine: VisemeWarpEngine, timeline: SpeechTimeline) -> None:
-        self.avatar, self.engine, self.timeline = avatar, engine, timeline
-        self._key = avatar_key(avatar, avatar.landmarks)
+    def __init__(
+        self,
+        avatar: AvatarFrames,
+        engine: StreamingEngine,
+        timeline: SpeechTimeline,
+        clock: SessionClock,
+        scheduler: StreamScheduler,
+    ) -> None:
+        self.avatar, self.timeline, self.clock = avatar, timeline, clock
+        self.stream = LipSyncStream(engine, avatar)
         height, width = avatar.frames[0].shape[:2]
         self.size = (width - width % 2, height - height % 2)  # the video encoders want even sizes
+        self.frames_late = self.frames_repeated = 0
+        self.error: BaseException | None = None
+        self._rendered: dict[int, np.ndarray] = {}
+        self._last: tuple[int, np.ndarray] | None = None
+        self._lock = threading.Lock()
+        self._pushed = 0  # the timeline's frames given to the stream
+        self._scheduler = scheduler
+        self._entry = scheduler.add(self.stream, self._deliver, self._refill, self._failed)
+
+    def close(self) -> None:
+        self._scheduler.remove(self._entry)
+
+    @property
+    def lead_frames(self) -> int:
+        """How far after "now" new speech starts so its first frames are rendered in time: one pass (where another
+        session's pass is under way, the first frames are late: skipped, not waited for)."""
+        return SPEECH_LEAD_FRAMES + math.ceil(self._pass_s * FPS)
+
+    @property
+    def _pass_s(self) -> float:
+        return min(MAX_PASS_S, self._scheduler.pass_seconds(self.stream.engine))
+
+    @property
+    def mic_lead_frames(self) -> int:
+        """The same for live audio, which also waits for the engine's audio look-ahead."""
+        return self.lead_frames + self.stream.lookahead
 
     def frame(self, n: int) -> np.ndarray:
-        index = pingpong_index(n, len(self.avatar))
-        image = self.engine.render_frame(self.avatar, index, self.timeline.shape(n), self._key)
+        with self._lock:
+            image = self._rendered.pop(n, None)
+            for old in [k for k in self._rendered if k < n]:
+                del self._rendered[old]
+            if image is not None:
+                self._last = (n, image)
+            elif self._last is not None and n - self._last[0] <= REPEAT_FRAMES and self._speaking(n):
+                image = self._last[1]
+                self.frames_repeated += 1
+        if image is None:
+            image = self.avatar.frames[pingpong_index(n, len(self.avatar))]
         return image[: self.size[1], : self.size[0]]
+
+    def rendered_frames(self) -> list[int]:
+        """The frames rendered and not shown yet."""
+        with self._lock:
+            return sorted(self._rendered)
+
+    def _speaking(self, n: int) -> bool:
+        return self.timeline.first_scheduled(n) == n
+
+    # ---- on the scheduler's thread -------------------------------------------------------------
+
+    def _refill(self) -> None:
+        now = self.clock.frame_now()
+        cut = self.timeline.take_cut()
+        if cut is not None and cut < max(self._pushed, self.stream.end):
+            self.stream.reset(at_frame=max(cut, now))
+            with self._lock:
+                for late in [k for k in self._rendered if k >= cut]:
+                    del self._rendered[late]
+            self._pushed = max(cut, now)
+        self.stream.skip_to(now + math.ceil(self._pass_s * FPS))  # frames the next pass cannot finish in time
+        self.stream.horizon = now + RENDER_AHEAD_FRAMES
+        until = self.timeline.speaking_until()
+        start = self.timeline.first_scheduled(max(self._pushed, now))
+        if start is not None and until > start:
+            count = until - start
+            self.stream.push(
+                self.timeline.audio(start * SAMPLES_PER_FRAME, count * SAMPLES_PER_FRAME),
+                self.timeline.shapes(start, count),
+                at_frame=start,
+            )
+            self._pushed = until
+        elif self.stream.open and self.stream.end - self.stream.lookahead <= now + FLUSH_LEAD_FRAMES:
+            self.stream.flush()  # nothing more came: the utterance's last frames render with silence after
+
+    def _deliver(self, frames: list[tuple[int, np.ndarray]]) -> None:
+        now = self.clock.frame_now()
+        with self._lock:
+            for n, image in frames:
+                if n < now:
+                    self.frames_late += 1
+                else:
+                    self._rendered[n] = image
+
+    def _failed(self, exc: BaseException) -> None:
+        self.error = exc  # the session ends itself when it sees this (its next frame)
+
+
+def render_scheduler() -> StreamScheduler:
+    """The worker process's scheduler (started on first use): every live session's engine steps go through it."""
+    with _scheduler_lock:
+        if not _scheduler:
+            _scheduler.append(StreamScheduler(TARGET_PASS_S))
+            _scheduler[0].start()
+        return _scheduler[0]
+
+
+_scheduler: list[StreamScheduler] = []
+_scheduler_lock = threading.Lock()
 
 
 class SessionClock:
@@ -116,4 +231,4 @@ def session_tracks() -> tuple[type, type]:
     return AvatarVideoTrack, AvatarAudioTrack
 
 
-__all__ = ["AUDIO_FRAME_SAMPLES", "LiveRenderer", "SessionClock", "session_tracks"]
+__all__ = ["AUDIO_FRAME_SAMPLES", "LiveRenderer", "SessionClock", "render_scheduler", "session_tracks"]

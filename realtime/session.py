@@ -2,14 +2,15 @@
 
 One ``LiveSession`` per peer: its media (``realtime.media``: a 25 fps video track and an Opus audio
 track reading one ``SpeechTimeline`` on one clock) and its inputs. Input: ``say`` (text -> eSpeak, a
-piece at a time -> viseme mouth shapes; from the control channel or a data-channel message), ``play``
-(a speech file from the store, mouth shapes from its sound; from the control channel) and the
-peer's own audio track (lip-sync from the audio alone, 80 ms at a time). Between utterances the
-avatar's frames keep playing (a portrait's built-in blinks and sway, a recorded avatar's own motion)
-with the mouth closed: never a frozen or black frame.
+piece at a time, with the text's mouth shapes; from the control channel or a data-channel message), ``play``
+(a speech file from the store, mouth shapes from its sound; from the control channel) and the peer's own audio
+track (80 ms at a time). The timeline's speech goes into the session's lip-sync stream of the engine the request
+named (``engines.lipsync.stream``), rendered by the worker's scheduler ahead of playback. Between utterances,
+and in silence, the avatar's own frames keep playing (a portrait's built-in blinks and sway, a recorded
+avatar's own motion): never a frozen or black frame.
 
-Rendering runs on the session's own worker thread and speech on a second one, so a slow session never
-blocks the event loop or another session, and speech never delays a frame. A session ends (``end``,
+Frames are picked up on the session's own worker thread and speech is made on a second one, so a slow
+session never blocks the event loop or another session, and speech never delays a frame. A session ends (``end``,
 once, with a reason) when asked (``stopped``), when the peer's connection closes (``closed``) or fails
 (``peer_failed``), after ``idle_timeout_s`` without input (``idle``), or on an error; ending stops its
 tracks and tasks, shuts its threads down and releases its avatar.
@@ -29,18 +30,19 @@ import numpy as np
 
 from engines.errors import EngineError
 from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames
-from engines.lipsync.viseme_warp import VisemeWarpEngine, mouth_track
+from engines.lipsync.scheduler import StreamScheduler
+from engines.lipsync.stream import StreamingEngine
+from engines.lipsync.viseme_warp import mouth_track
 from handlers.errors import TaskError
 from handlers.schemas import IceServer, LiveSessionStats, Voice
 from realtime.inputs import MessageRate, error_reply, say_message, speech_pieces
 from realtime.limits import RealtimeSettings
-from realtime.media import LiveRenderer, SessionClock, session_tracks
+from realtime.media import LiveRenderer, SessionClock, render_scheduler, session_tracks
 from realtime.sdp import InvalidSdp
 from realtime.timeline import LiveLipSync, SpeechTimeline, speech_block
 
 log = logging.getLogger(__name__)
 
-SPEECH_LEAD_FRAMES = 2  # new speech starts this many frames after "now", so its first frame is rendered in time
 IDLE_CHECK_S = 1.0
 NOTHING_TO_SAY = frozenset({"empty_text", "empty_speech"})  # a piece of punctuation only: skipped
 
@@ -58,20 +60,21 @@ class LiveSession:
         session_id: str,
         avatar: AvatarFrames,
         holds: ExitStack,
-        engine: VisemeWarpEngine,
+        engine: StreamingEngine,
         executor: ThreadPoolExecutor,
         speak: Any,
         limits: RealtimeSettings,
         idle_timeout_s: float,
         engine_name: str = "viseme_warp",
         read_audio: Any = None,
+        scheduler: StreamScheduler | None = None,
     ) -> None:
         self.id = session_id
         self.user_id: str | None = None  # whose session it is (the API checks a token may act for them)
         self.limits, self.idle_timeout_s, self.engine_name = limits, idle_timeout_s, engine_name
         self.timeline = SpeechTimeline()
-        self.renderer = LiveRenderer(avatar, engine, self.timeline)
         self.clock = SessionClock()
+        self.renderer = LiveRenderer(avatar, engine, self.timeline, self.clock, scheduler or render_scheduler())
         self.frames_sent = 0
         self.utterances = 0
         self.started = self.last_input = time.monotonic()
@@ -154,7 +157,7 @@ class LiveSession:
             raise SpeechInterrupted()
 
     def _schedule(self, samples: Any, shapes: Any, cut: bool) -> None:
-        start = self.clock.frame_now() + SPEECH_LEAD_FRAMES
+        start = self.clock.frame_now() + self.renderer.lead_frames
         if cut:
             self.timeline.interrupt_with(speech_block(start, samples, shapes))
         else:
@@ -211,6 +214,7 @@ class LiveSession:
             seconds=round(seconds, 3),
             frames_sent=self.frames_sent,
             frames_dropped=max(0, due - self.frames_sent),
+            frames_repeated=self.renderer.frames_repeated,
             utterances=self.utterances,
             engine=self.engine_name,
         )
@@ -239,6 +243,7 @@ class LiveSession:
         await asyncio.shield(self._closing)
 
     async def _shutdown(self, caller: asyncio.Task | None) -> None:
+        self.renderer.close()
         for task in [t for t in self._tasks if t is not caller]:
             task.cancel()
         for track in self._tracks:
@@ -289,7 +294,7 @@ class LiveSession:
                 samples = out.to_ndarray().reshape(-1)
                 if np.abs(samples).max(initial=0.0) > 0.01:
                     self.last_input = time.monotonic()
-                self._lipsync.feed(samples, now + SPEECH_LEAD_FRAMES)
+                self._lipsync.feed(samples, now + self.renderer.mic_lead_frames)
 
     def _on_datachannel(self, channel: Any) -> None:
         @channel.on("message")
@@ -333,6 +338,12 @@ class LiveSession:
     async def _watch_idle(self) -> None:
         while not self.closed:
             await asyncio.sleep(IDLE_CHECK_S)
+            if self.renderer.error is not None and not self.closed:
+                error = self.renderer.error
+                code = getattr(error, "code", "render_failed")
+                message = getattr(error, "message", f"Rendering failed ({type(error).__name__}); see the worker logs.")
+                await self.end("error", TaskError(code, message))
+                return
             if time.monotonic() - self.last_input > self.idle_timeout_s and not self.closed:
                 log.info("session %s: no input for %.0f s, ending", self.id, self.idle_timeout_s)
                 await self.end("idle")

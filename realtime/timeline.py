@@ -63,6 +63,7 @@ class SpeechTimeline:
     def __init__(self) -> None:
         self._blocks: list[SpeechBlock] = []
         self._lock = threading.Lock()
+        self._cut_at: int | None = None  # the earliest frame changed by a cut since ``take_cut``
 
     def interrupt_with(self, block: SpeechBlock) -> None:
         """Play ``block`` from its start frame: what was scheduled from then on is dropped (or cut)."""
@@ -76,6 +77,7 @@ class SpeechTimeline:
             self._cut(frame)
 
     def _cut(self, frame: int) -> None:
+        self._cut_at = frame if self._cut_at is None else min(self._cut_at, frame)
         kept = [b if b.end_frame <= frame else b.cut(frame) for b in self._blocks]
         self._blocks = [b for b in kept if b.start_frame < frame and len(b.shapes)]
 
@@ -106,6 +108,29 @@ class SpeechTimeline:
                 if lo < hi:
                     out[lo - start_sample : hi - start_sample] = block.samples[lo - first : hi - first]
         return out
+
+    def shapes(self, start: int, count: int) -> np.ndarray:
+        """(count, 3) mouth shapes of frames ``[start, start + count)``: the scheduled ones, closed elsewhere."""
+        out = np.zeros((count, 3), dtype=np.float32)
+        with self._lock:
+            for block in self._blocks:
+                lo, hi = max(start, block.start_frame), min(start + count, block.end_frame)
+                if lo < hi:
+                    out[lo - start : hi - start] = block.shapes[lo - block.start_frame : hi - block.start_frame]
+        return out
+
+    def first_scheduled(self, frame: int) -> int | None:
+        """The first frame at or after ``frame`` with speech scheduled (None: nothing is)."""
+        with self._lock:
+            starts = [max(frame, b.start_frame) for b in self._blocks if b.end_frame > frame]
+        return min(starts, default=None)
+
+    def take_cut(self) -> int | None:
+        """The earliest frame whose speech changed by a cut (an interruption, a new utterance) since the last
+        call; None when nothing was cut."""
+        with self._lock:
+            frame, self._cut_at = self._cut_at, None
+            return frame
 
     def forget_before(self, frame: int) -> None:
         """Drop blocks that ended before ``frame`` (both tracks are past them)."""

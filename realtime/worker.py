@@ -3,7 +3,8 @@
 ``serve_session`` is the ``live_session`` task once a slot is held (``realtime.manager``):
 
 1. the offer is checked (size, media sections, candidates, syntax) before any work (``realtime.sdp``);
-2. the avatar is built through the handlers' helpers under the job's input policy, the engine chosen,
+2. the engine is chosen and loaded like a job's (``handlers.engine_choice``), the avatar built through the
+   handlers' helpers under the job's input policy,
    the peer connection set up with the task's ICE servers, the answer made and checked (size);
 3. the answer is posted to ``{control}/answer``; only then is the session running. A failure in 1-3
    tears down whatever was made (peer connection, threads, avatar holds), posts ``/end`` with
@@ -26,7 +27,7 @@ from typing import Any
 
 from engines.errors import EngineError
 from engines.lipsync import DrivingAudio
-from handlers.engine_choice import AUTO, CPU_ENGINE, cpu_engine
+from handlers.engine_choice import lipsync_engine
 from handlers.errors import TaskError
 from handlers.generate_video import avatar_frames, speak
 from handlers.outputs import resolve_store
@@ -92,11 +93,13 @@ async def open_session(
     """A session answering the request's offer: (session, checked SDP answer, engine info). Nothing of it
     is left behind when this raises (or is cancelled)."""
     offer = checked_offer(request.offer.sdp, limits)
-    engine, engine_info = live_engine(request.engine, runtime)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"live-{request.session_id[:8]}")
     holds = ExitStack()
     session: LiveSession | None = None
     try:
+        portrait = request.image is not None
+        choice = (request.engine, runtime, portrait)
+        engine, engine_info = await asyncio.get_running_loop().run_in_executor(executor, live_engine, *choice)
         build = (request.user_id, request.avatar_id, request.image, request.store, runtime, limits, holds)
         avatar = await asyncio.get_running_loop().run_in_executor(executor, build_avatar, *build)
         speak_with = _speaker(runtime)
@@ -130,15 +133,10 @@ def release(executor: ThreadPoolExecutor, holds: ExitStack) -> None:
     holds.close()
 
 
-def live_engine(requested: str, runtime: WorkerRuntime) -> tuple[Any, dict[str, Any]]:
-    """The engine a session renders with and its info (the CPU engine until the streaming seam serves more)."""
-    if requested not in (AUTO, CPU_ENGINE):
-        raise TaskError(
-            "engine_unavailable", f"Live sessions render with `{CPU_ENGINE}` on this worker; `{requested}` is not live."
-        )
-    engine = cpu_engine(runtime)
-    reason = "requested" if requested == CPU_ENGINE else "the live engine of this worker"
-    return engine, {"name": engine.name, "version": engine.version, "reason": reason}
+def live_engine(requested: str, runtime: WorkerRuntime, portrait: bool = False) -> tuple[Any, dict[str, Any]]:
+    """The engine a session renders with and its info: chosen like a job's (``auto`` by device and weights;
+    every lip-sync engine streams)."""
+    return lipsync_engine(requested, runtime, portrait)
 
 
 def build_avatar(

@@ -78,12 +78,12 @@ def live_sessions(engine: Any, avatar: Any, profile: Profile, deadline: float) -
     return scheduled_sessions(engine, avatar, profile, deadline)
 
 
-def _paced_consumer(stream: Any, frames: int, start: float, out: list[float]) -> None:
-    """A session's clock: frame ``n`` is taken at ``start + n / 25``; the share found rendered in time."""
+def _paced_consumer(rendered: set[int], frames: int, start: float, out: list[float]) -> None:
+    """A session's clock: frame ``n`` is due at ``start + n / 25``; the share found rendered by then."""
     on_time = 0
     for n in range(frames):
         time.sleep(max(0.0, start + n / LIVE_FPS - time.monotonic()))
-        on_time += stream.take(n) is not None
+        on_time += n in rendered
     out.append(on_time / frames)
 
 
@@ -91,7 +91,7 @@ def scheduled_sessions(engine: Any, avatar: Any, profile: Profile, deadline: flo
     """N live streams on one scheduler (one batched engine call for all of them), each pushed its utterance at
     once and taken at 25 fps after ``LIVE_DELAY_S``: the most N whose every stream has >= 95 % of its frames
     rendered when its clock takes them (no transport: WebRTC encoding is CPU work, measured elsewhere)."""
-    from engines.lipsync.scheduler import LipSyncScheduler
+    from engines.lipsync.scheduler import TARGET_PASS_S, StreamScheduler
     from engines.lipsync.stream import LipSyncStream
 
     audio = speech(profile.live_seconds)
@@ -99,26 +99,26 @@ def scheduled_sessions(engine: Any, avatar: Any, profile: Profile, deadline: flo
     for count in profile.live_streams:
         if time.monotonic() > deadline:
             break
-        scheduler = LipSyncScheduler(engine).start()
-        streams = [LipSyncStream(engine, avatar, scheduler=scheduler, live=True) for _ in range(count)]
+        scheduler = StreamScheduler(TARGET_PASS_S)  # a live worker's: passes cut to TARGET_PASS_S
+        rendered: list[set[int]] = [set() for _ in range(count)]
         shares: list[float] = []
+        for done in rendered:
+            stream = LipSyncStream(engine, avatar)
+            stream.push(audio.samples)
+            stream.flush()
+            scheduler.add(stream, lambda frames, done=done: done.update(n for n, _ in frames))
         try:
             start = time.monotonic() + LIVE_DELAY_S
-            for stream in streams:
-                stream.start(0)
-                stream.push(audio.samples)
-                stream.flush()
-            args = [(stream, audio.num_frames, start, shares) for stream in streams]
+            scheduler.start()
+            args = [(done, audio.num_frames, start, shares) for done in rendered]
             threads = [threading.Thread(target=_paced_consumer, args=a) for a in args]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
         finally:
-            for stream in streams:
-                stream.close()
             scheduler.stop()
-        tried.append({"streams": count, "min_on_time": round(min(shares), 3), "batches": scheduler.batches})
+        tried.append({"streams": count, "min_on_time": round(min(shares), 3), "batches": scheduler.passes})
         if min(shares) < ON_TIME_SHARE:
             break
         best = count

@@ -2,6 +2,9 @@
 
 Registry: engine name -> class, filled by ``@register`` in each engine's module; ``engines.table`` names the
 engines and the module of each. Every engine loads as ``load(weights, context)`` (``engines.context``).
+Every engine also implements the streaming interface of ``engines.lipsync.stream`` (audio in chunks, frames out
+as soon as their audio context is there), and its ``render`` goes through it, so offline and live sessions share
+one path and one silence rule.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,9 @@ import numpy as np
 from engines.context import EngineContext
 from engines.errors import EngineError
 from engines.face import FaceAnalyzer, FaceBox
-from engines.lipsync import AvatarFrames, DrivingAudio, pingpong_index, register
+from engines.lipsync import AvatarFrames, DrivingAudio, register
 from engines.lipsync.mouth import MouthDonor, make_donor, most_open_frame
+from engines.lipsync.stream import FrameJob, mouth_shapes, render_offline
 from engines.lipsync.visemes import mouth_track_from_audio, mouth_track_from_phonemes
 from engines.lipsync.warp import MouthWarp, face_axes, prepare_mouth_warp, render_mouth
 
@@ -111,16 +112,29 @@ class VisemeWarpEngine:
             raise EngineError("invalid_arguments", "The viseme_warp engine needs a face analyzer (`context.faces`).")
         return cls(context.faces)
 
+    batch_size = 4
+    lookahead_frames = 0
+    audio_span = (3, 3)  # the text track anticipates the sound: its fade-in is over when the sound starts
+    uses_mouth_shapes = True
+
     def render(self, avatar: AvatarFrames, audio: DrivingAudio) -> Iterator[np.ndarray]:
+        return render_offline(self, avatar, audio)
+
+    def stream_state(self, avatar: AvatarFrames) -> str:
+        """The avatar's key in the warp cache (after checking its frames and landmarks)."""
         if len(avatar) == 0 or len(avatar.frames) != len(avatar):
             raise EngineError("invalid_avatar", f"the avatar has {len(avatar.frames)} frames for {len(avatar)} boxes")
         if avatar.landmarks is not None and avatar.landmarks.shape != (len(avatar), 68, 2):
             shape = avatar.landmarks.shape
             raise EngineError("invalid_avatar", f"landmarks of shape {shape} do not fit {len(avatar)} frames")
-        track = mouth_track(audio)
-        frame_key = avatar_key(avatar, avatar.landmarks)
-        for i, shape in enumerate(track):
-            yield self.render_frame(avatar, pingpong_index(i, len(avatar)), shape, frame_key)
+        return avatar_key(avatar, avatar.landmarks)
+
+    def render_frames(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
+        """Each job's frame with the mouth shape of its audio frame: the text's shapes, else the audio's."""
+        return [
+            self.render_frame(job.avatar, job.source, mouth_shapes(job.window)[job.audio_frame], job.state)
+            for job in jobs
+        ]
 
     def render_frame(
         self, avatar: AvatarFrames, index: int, shape: np.ndarray, frame_key: str | None = None

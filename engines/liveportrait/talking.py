@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,8 @@ from engines.context import EngineContext, required_weights
 from engines.errors import EngineError
 from engines.lipsync import FPS, AvatarFrames, DrivingAudio, register
 from engines.lipsync.portrait_avatar import blink_schedule
-from engines.lipsync.visemes import mouth_track_from_audio, mouth_track_from_phonemes
-from engines.liveportrait.animate import FrameEdits, PortraitAnimator
+from engines.lipsync.stream import FrameJob, mouth_shapes, render_offline
+from engines.liveportrait.animate import FrameEdits, PortraitAnimator, PortraitSource
 from engines.liveportrait.crop import INPUT_SIZE
 from engines.liveportrait.editing import mouth_edit
 from engines.liveportrait.loader import weights_root
@@ -77,21 +77,47 @@ class LivePortraitLipSync:
     def info(self) -> dict[str, object]:
         return self.animator.lp.info
 
+    lookahead_frames = 0
+    audio_span = (3, 3)  # as viseme_warp: the fade-in is over when the sound starts
+    uses_mouth_shapes = True
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_frames
+
     def render(self, avatar: AvatarFrames, audio: DrivingAudio) -> Iterator[np.ndarray]:
         """Yield ``audio.num_frames`` frames of the avatar's first frame (the portrait) speaking."""
+        return render_offline(self, avatar, audio)
+
+    def stream_state(self, avatar: AvatarFrames) -> tuple[PortraitSource, float]:
+        """The portrait prepared once per stream, and its eyes' open ratio (blinks close it)."""
         if len(avatar) == 0:
             raise EngineError("invalid_avatar", "The avatar has no frames.")
         if avatar.landmarks is None:
             raise EngineError("invalid_avatar", "The liveportrait engine needs the portrait's landmarks.")
         src = self.animator.prepare(avatar.frames[0], avatar.landmarks[0])
-        n = audio.num_frames
-        if audio.phonemes:
-            track = mouth_track_from_phonemes(audio.phonemes, audio.samples, n)
+        return src, float(np.mean(src.eye_ratios))
+
+    def render_frames(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
+        """Runs of consecutive frames of one stream go through W and G together."""
+        out: list[np.ndarray] = []
+        for run in consecutive_runs(jobs):
+            src, eye_open = run[0].state
+            first, window = run[0].index, run[0].window
+            track = mouth_shapes(window)[[job.audio_frame for job in run]]
+            closure = blink_schedule(first + len(run))[first:]
+            edits = speech_edits(track, closure, eye_open, first)
+            out += self.animator.render(src, self.animator.drive(src, edits))
+        return out
+
+
+def consecutive_runs(jobs: Sequence[FrameJob]) -> list[list[FrameJob]]:
+    """``jobs`` cut where the stream, the audio window or the frame sequence changes."""
+    runs: list[list[FrameJob]] = []
+    for job in jobs:
+        last = runs[-1][-1] if runs else None
+        if last is not None and last.state is job.state and last.window is job.window and last.index + 1 == job.index:
+            runs[-1].append(job)
         else:
-            track = mouth_track_from_audio(audio.samples, n)
-        closure = blink_schedule(n)
-        eye_open = float(np.mean(src.eye_ratios))
-        for first in range(0, n, self.batch_frames):
-            part = slice(first, min(n, first + self.batch_frames))
-            edits = speech_edits(track[part], closure[part], eye_open, first)
-            yield from self.animator.render(src, self.animator.drive(src, edits))
+            runs.append([job])
+    return runs

@@ -9,7 +9,8 @@ batches and pasted back into the portrait (feathered, colour-matched; see ``Past
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -19,6 +20,7 @@ import torch
 from engines.context import EngineContext, required_weights
 from engines.errors import EngineError
 from engines.lipsync import AvatarFrames, DrivingAudio, register
+from engines.lipsync.stream import FrameJob, render_offline
 from engines.sadtalker.audio import SAMPLES_PER_FRAME, blink_ratios
 from engines.sadtalker.loader import checkpoints_dir
 from engines.sadtalker.model import SadTalker, load_sadtalker
@@ -85,8 +87,20 @@ class SadTalkerLipSync:
         pose = self.model.audio_to_pose(windows, ref_t, self.pose_style, noise)
         return torch.cat((exp[0], pose[0]), dim=1)
 
+    lookahead_frames = 15  # a frame's mapping window reaches 13 frames ahead, its mel window 2 more
+    audio_span = (2, 2)
+    uses_mouth_shapes = False
+
+    @property
+    def batch_size(self) -> int:
+        return self.model.batch_size
+
     def render(self, avatar: AvatarFrames, audio: DrivingAudio) -> Iterator[np.ndarray]:
         """Yield ``audio.num_frames`` frames of the avatar's first frame (the portrait) speaking."""
+        return render_offline(self, avatar, audio)
+
+    def stream_state(self, avatar: AvatarFrames) -> PortraitState:
+        """The portrait's crop, its coefficients and paste-back, once per stream."""
         if len(avatar) == 0:
             raise EngineError("invalid_avatar", "The avatar has no frames.")
         if avatar.landmarks is None:
@@ -101,14 +115,43 @@ class SadTalkerLipSync:
         aligned, params = align_224(square, crop_landmarks(landmarks, box, size))
         raw = self.model.face_coeffs(torch.from_numpy(aligned).permute(2, 0, 1)[None].float() / 255.0)
         coeffs = coeffs_73(raw.cpu().numpy(), params)[0]
-        rows = self.coefficients(np.asarray(audio.samples, np.float32), audio.num_frames, coeffs)
         source = torch.from_numpy(square).permute(2, 0, 1)[None].float() / 255.0
         columns = 73 if "full" in self.preprocess else 70
-        paste = PasteBack(portrait, box)
-        batches = self.model.render_batches(
-            source, torch.from_numpy(coeffs[None, :columns]), rows, self.still, self.expression_scale
-        )
-        for batch in batches:
+        return PortraitState(coeffs, source, torch.from_numpy(coeffs[None, :columns]), PasteBack(portrait, box))
+
+    def render_frames(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
+        """Frames of one stream and window go through the face renderer together."""
+        out: list[np.ndarray] = []
+        for group in same_source(jobs):
+            state, window = group[0].state, group[0].window
+            key = ("sadtalker", id(state))
+            rows = window.cache.get(key)
+            if rows is None:
+                samples = np.asarray(window.samples, np.float32)
+                rows = window.cache[key] = self.coefficients(samples, window.num_frames, state.coeffs)
+            frames = [job.audio_frame for job in group]
+            batch = self.model.render_frames(
+                state.source, state.source_coeffs, rows, frames, self.still, self.expression_scale
+            )
             faces = batch.mul(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            for face in faces:
-                yield paste(cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+            out += [state.paste(cv2.cvtColor(face, cv2.COLOR_RGB2BGR)) for face in faces]
+        return out
+
+
+@dataclass(eq=False)
+class PortraitState:
+    coeffs: np.ndarray  # the portrait's 73 coefficients
+    source: torch.Tensor  # (1, 3, size, size) RGB crop in [0, 1]
+    source_coeffs: torch.Tensor  # (1, 70 or 73): what the renderer's mapping reads of the source
+    paste: PasteBack
+
+
+def same_source(jobs: Sequence[FrameJob]) -> list[list[FrameJob]]:
+    """``jobs`` cut where the stream or its audio window changes."""
+    groups: list[list[FrameJob]] = []
+    for job in jobs:
+        if groups and groups[-1][0].state is job.state and groups[-1][0].window is job.window:
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups

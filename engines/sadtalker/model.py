@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,7 @@ def transform_keypoints(kp_canonical: torch.Tensor, he: dict[str, torch.Tensor])
     return posed + shift + he["exp"].reshape(posed.shape[0], NUM_KP, 3)
 
 
-def coefficient_windows(rows: torch.Tensor, frames: range) -> torch.Tensor:
+def coefficient_windows(rows: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
     """(len(frames), C, 27): rows i-13 .. i+13 of (T, C) ``rows``, clamped to [0, T-1], for each frame i."""
     radius = WINDOW // 2
     index = torch.tensor([list(range(i - radius, i + radius + 1)) for i in frames], device=rows.device)
@@ -217,20 +217,30 @@ class SadTalker:
         expression_scale: float = 1.0,
     ) -> Iterator[torch.Tensor]:
         """``render`` batch by batch (``batch_size`` frames each): memory independent of length."""
+        for first in range(0, coeff_seq.shape[0], self.batch_size):
+            chunk = range(first, min(coeff_seq.shape[0], first + self.batch_size))
+            yield self.render_frames(source_img, source_coeffs, coeff_seq, chunk, still, expression_scale)
+
+    def render_frames(
+        self,
+        source_img: torch.Tensor,
+        source_coeffs: torch.Tensor,
+        coeff_seq: torch.Tensor,
+        frames: Sequence[int],
+        still: bool = False,
+        expression_scale: float = 1.0,
+    ) -> torch.Tensor:
+        """Frames ``frames`` of the (T, 70) coefficient sequence, as one batch (a stream's frames)."""
         source, src_coeffs = self._in(source_img), self._in(source_coeffs)
         rows = driving_rows(src_coeffs, self._in(coeff_seq), still, expression_scale)
         with torch.inference_mode():
             kp_canonical, feature, src = self._source_state(source, src_coeffs)
-            for first in range(0, rows.shape[0], self.batch_size):
-                chunk = range(first, min(rows.shape[0], first + self.batch_size))
-                he = self.mappings[rows.shape[1]](coefficient_windows(rows, chunk))
-                n = len(chunk)
-                kp_driving = transform_keypoints(kp_canonical.expand(n, -1, -1), he)
-                part = SourceMotion(
-                    *(t.expand(n, *t.shape[1:]) for t in (src.compressed, src.kp_source, src.heat_source))
-                )
-                out = self.generator.render(feature.expand(n, *feature.shape[1:]), part, kp_driving)
-                yield out.float().clamp_(0.0, 1.0)
+            he = self.mappings[rows.shape[1]](coefficient_windows(rows, frames))
+            n = len(frames)
+            kp_driving = transform_keypoints(kp_canonical.expand(n, -1, -1), he)
+            part = SourceMotion(*(t.expand(n, *t.shape[1:]) for t in (src.compressed, src.kp_source, src.heat_source)))
+            out = self.generator.render(feature.expand(n, *feature.shape[1:]), part, kp_driving)
+            return out.float().clamp_(0.0, 1.0)
 
     def _source_state(
         self, source: torch.Tensor, coeffs: torch.Tensor

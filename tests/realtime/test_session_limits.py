@@ -346,7 +346,8 @@ def test_dispatch_without_aiortc_answers_task_not_served(
 
 def test_health_names_the_live_engine_and_the_session_limit(live_worker: LiveWorker) -> None:
     health = handlers.dispatch({"task": "health"}, live_worker.runtime)["tasks"]["live_session"]
-    assert health["status"] == "ok" and health["engine"]["name"] == "viseme_warp"
+    assert health["status"] == "ok" and health["engine"]["name"] == "viseme_warp"  # no weights on this worker
+    assert health["image_engine"]["name"] == "viseme_warp" and "no wav2lip96 weights" in health["engine"]["reason"]
     assert health["max_sessions"] == live_worker.host.limits.max_sessions and health["sessions"] == 0
     not_served = live_worker.runtime.with_settings(live_worker.runtime.settings.model_copy(update={"worker_tasks": ""}))
     assert handlers.dispatch({"task": "health"}, not_served)["tasks"]["live_session"] == {"status": "not_served"}

@@ -21,7 +21,7 @@ import torch
 
 from engines.context import EngineContext, required_weights
 from engines.errors import EngineError
-from engines.lipsync import FPS, AvatarFrames, DrivingAudio, pingpong_index, register
+from engines.lipsync import FPS, AvatarFrames, DrivingAudio, register
 from engines.lipsync.musetalk.avatar import (
     MuseTalkMaterial,
     blend_mask,
@@ -30,6 +30,7 @@ from engines.lipsync.musetalk.avatar import (
     paste_face,
 )
 from engines.lipsync.musetalk.model import MuseTalk, load_musetalk
+from engines.lipsync.stream import AudioWindow, FrameJob, render_offline
 
 log = logging.getLogger(__name__)
 
@@ -152,18 +153,36 @@ class MuseTalkEngine:
         )
         return material
 
+    lookahead_frames = 2  # frame k's whisper window: audio frames k-2..k+2
+    audio_span = (2, 2)
+    uses_mouth_shapes = False
+
     def render(self, avatar: AvatarFrames, audio: DrivingAudio) -> Iterator[np.ndarray]:
         """Yield ``audio.num_frames`` full BGR frames, one batch of model work at a time."""
+        return render_offline(self, avatar, audio)
+
+    def stream_state(self, avatar: AvatarFrames) -> MuseTalkMaterial:
         if len(avatar) == 0:
             raise EngineError("invalid_avatar", "The avatar has no frames.")
-        if audio.samples.ndim != 1 or audio.samples.size == 0:
-            raise EngineError("invalid_audio", "Driving audio must be non-empty mono 16 kHz samples.")
-        material = self.material(avatar)
-        num_frames = audio.num_frames
-        chunks = self.model.audio_chunks(audio.samples, fps=FPS, num_frames=num_frames)
-        for first in range(0, num_frames, self.batch_size):
-            indices = range(first, min(num_frames, first + self.batch_size))
-            sources = [pingpong_index(i, len(avatar)) for i in indices]
-            faces = self.model.generate(material.latents[sources], chunks[first : indices.stop])
-            for face, j in zip(faces, sources, strict=True):
-                yield paste_face(avatar.frames[j], face, material.boxes[j], material.masks[j], material.crop_boxes[j])
+        return self.material(avatar)
+
+    def _chunks(self, window: AudioWindow) -> torch.Tensor:
+        """(frames, 50, 384) whisper windows of the audio window's frames, computed once per window."""
+        found = window.cache.get(ENGINE_NAME)
+        if found is None:
+            found = window.cache[ENGINE_NAME] = self.model.audio_chunks(
+                window.samples, fps=FPS, num_frames=window.num_frames
+            )
+        return found
+
+    def render_frames(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
+        latents = torch.cat([job.state.latents[[job.source]] for job in jobs])
+        chunks = torch.stack([self._chunks(job.window)[job.audio_frame] for job in jobs])
+        faces = self.model.generate(latents, chunks)
+        out = []
+        for face, job in zip(faces, jobs, strict=True):
+            material, j = job.state, job.source
+            out.append(
+                paste_face(job.avatar.frames[j], face, material.boxes[j], material.masks[j], material.crop_boxes[j])
+            )
+        return out

@@ -2,10 +2,11 @@
 
 Per output frame: the avatar frame (ping-pong), its face crop resized to the model's size with the
 lower half masked, stacked with the unmasked crop (6 channels, [0, 1]) and the frame's 16-column mel
-window. Batches run the audio encoder once per window, then the face pass; frames whose audio window
-is silent skip the model and show the original frame. The generated face is resized to the box and
-blended into the frame with a feathered mask that keeps the upper face (eyes) original, colour-matched
-to the frame at the mask's rim (``engines.face.paste``).
+window (computed once per audio window of the stream, ``engines.lipsync.stream``). Batches run the audio
+encoder once per window, then the face pass; frames whose audio window is silent skip the model and show the
+original frame (the stream's silence gate decides before that). The generated face is resized to the box and
+blended into the frame with a feathered mask that keeps the upper face (eyes) original, colour-matched to the
+frame at the mask's rim (``engines.face.paste``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 from engines.context import EngineContext, required_weights
 from engines.errors import EngineError
 from engines.face.paste import paste
-from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames, DrivingAudio, pingpong_index, register
+from engines.lipsync import FPS, AvatarFrames, DrivingAudio, register
+from engines.lipsync.stream import AudioWindow, FrameJob, render_offline
 from engines.lipsync.wav2lip.audio import mel_window_starts, mel_windows, melspectrogram, window_rms
 from engines.lipsync.wav2lip.loader import load_wav2lip
 from engines.lipsync.wav2lip.model import WAV2LIP96, WAV2LIP256, Wav2Lip
@@ -123,35 +125,43 @@ class Wav2LipEngine:
         precision = str(self.dtype).removeprefix("torch.")
         return {"device": self.device.type, "precision": precision, "batch_size": self.batch_size}
 
+    lookahead_frames = 5  # frame k's mel window: audio frames k..k+4, and half an STFT window past them
+    audio_span = (0, 4)
+    uses_mouth_shapes = False
+
     def render(self, avatar: AvatarFrames, audio: DrivingAudio) -> Iterator[np.ndarray]:
         """Yield ``audio.num_frames`` full BGR frames, one batch of model work at a time."""
+        return render_offline(self, avatar, audio)
+
+    def stream_state(self, avatar: AvatarFrames) -> None:
         if len(avatar) == 0:
             raise EngineError("invalid_avatar", "The avatar has no frames.")
-        if audio.samples.ndim != 1 or audio.samples.size == 0:
-            raise EngineError("invalid_audio", f"Driving audio must be non-empty mono {SAMPLE_RATE} Hz samples.")
-        num_frames = audio.num_frames
-        mel = melspectrogram(audio.samples)
-        starts = mel_window_starts(mel.shape[1], FPS, num_frames)
-        speaking = window_rms(audio.samples, starts) >= self.silence_rms
-        for first in range(0, num_frames, self.batch_size):
-            indices = range(first, min(num_frames, first + self.batch_size))
-            yield from self._render_batch(avatar, mel, starts, speaking, indices)
 
-    def _render_batch(
-        self, avatar: AvatarFrames, mel: np.ndarray, starts: list[int], speaking: np.ndarray, indices: range
-    ) -> Iterator[np.ndarray]:
-        sources = [pingpong_index(i, len(avatar)) for i in indices]
-        frames = [avatar.frames[j] for j in sources]
-        boxes = [clamp_box(avatar.coords[j], *frame.shape[:2]) for j, frame in zip(sources, frames, strict=True)]
-        active = [k for k, i in enumerate(indices) if speaking[i] and boxes[k] is not None]
+    def _features(self, window: AudioWindow) -> tuple[np.ndarray, list[int], np.ndarray]:
+        """The window's mel spectrogram, each frame's first mel column, and whether its mel window is heard."""
+        found = window.cache.get("wav2lip")
+        if found is None:
+            mel = melspectrogram(window.samples)
+            starts = mel_window_starts(mel.shape[1], FPS, window.num_frames)
+            found = window.cache["wav2lip"] = (mel, starts, window_rms(window.samples, starts) >= self.silence_rms)
+        return found
+
+    def render_frames(self, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
+        frames = [job.avatar.frames[job.source] for job in jobs]
+        boxes = [
+            clamp_box(job.avatar.coords[job.source], *frame.shape[:2]) for job, frame in zip(jobs, frames, strict=True)
+        ]
+        features = [self._features(job.window) for job in jobs]
+        active = [k for k, job in enumerate(jobs) if features[k][2][job.audio_frame] and boxes[k] is not None]
         faces = {}
         if active:
-            crops = [self._crop(avatar, sources[k], frames[k], boxes[k]) for k in active]
-            windows = mel_windows(mel, [starts[indices[k]] for k in active])
+            crops = [self._crop(jobs[k].avatar, jobs[k].source, frames[k], boxes[k]) for k in active]
+            windows = np.concatenate(
+                [mel_windows(features[k][0], [features[k][1][jobs[k].audio_frame]]) for k in active]
+            )
             generated = self.generate(windows, np.stack([model_input(c, self.model.img_size) for c in crops]))
             faces = dict(zip(active, generated, strict=True))
-        for k, frame in enumerate(frames):
-            yield paste_face(frame, faces[k], boxes[k]) if k in faces else frame.copy()
+        return [paste_face(frame, faces[k], boxes[k]) if k in faces else frame.copy() for k, frame in enumerate(frames)]
 
     @staticmethod
     def _crop(avatar: AvatarFrames, index: int, frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
