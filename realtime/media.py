@@ -20,6 +20,7 @@ import numpy as np
 from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames, pingpong_index
 from engines.lipsync.scheduler import TARGET_PASS_S, StreamScheduler
 from engines.lipsync.stream import LipSyncStream, StreamingEngine
+from engines.quality.report import QualityMeter
 from realtime.timeline import SAMPLES_PER_FRAME, SpeechTimeline
 
 VIDEO_CLOCK_RATE = 90000
@@ -50,8 +51,10 @@ class LiveRenderer:
         timeline: SpeechTimeline,
         clock: SessionClock,
         scheduler: StreamScheduler,
+        meter: QualityMeter | None = None,
     ) -> None:
         self.avatar, self.timeline, self.clock = avatar, timeline, clock
+        self.meter = meter  # the session's quality report, fed each frame shown (its budget: 5% of the frame clock)
         self.stream = LipSyncStream(engine, avatar)
         height, width = avatar.frames[0].shape[:2]
         self.size = (width - width % 2, height - height % 2)  # the video encoders want even sizes
@@ -92,9 +95,17 @@ class LiveRenderer:
             elif self._last is not None and n - self._last[0] <= REPEAT_FRAMES and self._speaking(n):
                 image = self._last[1]
                 self.frames_repeated += 1
+        source = pingpong_index(n, len(self.avatar))
         if image is None:
-            image = self.avatar.frames[pingpong_index(n, len(self.avatar))]
+            image = self.avatar.frames[source]
+        if self.meter is not None:
+            self._measure(n, image, source)
         return image[: self.size[1], : self.size[0]]
+
+    def _measure(self, n: int, image: np.ndarray, source: int) -> None:
+        samples = self.timeline.audio(n * SAMPLES_PER_FRAME, SAMPLES_PER_FRAME)
+        rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+        self.meter.add(image, rms, source, render_s=1.0 / FPS)  # live: the frame clock is the render time
 
     def rendered_frames(self) -> list[int]:
         """The frames rendered and not shown yet."""

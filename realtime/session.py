@@ -33,6 +33,7 @@ from engines.lipsync import FPS, SAMPLE_RATE, AvatarFrames
 from engines.lipsync.scheduler import StreamScheduler
 from engines.lipsync.stream import StreamingEngine
 from engines.lipsync.viseme_warp import mouth_track
+from engines.quality.report import QualityMeter
 from handlers.errors import TaskError
 from handlers.schemas import IceServer, LiveSessionStats, Voice
 from realtime.inputs import MessageRate, error_reply, say_message, speech_pieces
@@ -68,13 +69,14 @@ class LiveSession:
         engine_name: str = "viseme_warp",
         read_audio: Any = None,
         scheduler: StreamScheduler | None = None,
+        meter: QualityMeter | None = None,
     ) -> None:
         self.id = session_id
         self.user_id: str | None = None  # whose session it is (the API checks a token may act for them)
         self.limits, self.idle_timeout_s, self.engine_name = limits, idle_timeout_s, engine_name
         self.timeline = SpeechTimeline()
         self.clock = SessionClock()
-        self.renderer = LiveRenderer(avatar, engine, self.timeline, self.clock, scheduler or render_scheduler())
+        self.renderer = LiveRenderer(avatar, engine, self.timeline, self.clock, scheduler or render_scheduler(), meter)
         self.frames_sent = 0
         self.utterances = 0
         self.started = self.last_input = time.monotonic()
@@ -217,6 +219,7 @@ class LiveSession:
             frames_repeated=self.renderer.frames_repeated,
             utterances=self.utterances,
             engine=self.engine_name,
+            quality=self.renderer.meter.report().as_dict() if self.renderer.meter is not None else None,
         )
 
     async def wait_closed(self) -> str:

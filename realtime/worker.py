@@ -27,6 +27,7 @@ from typing import Any
 
 from engines.errors import EngineError
 from engines.lipsync import DrivingAudio
+from engines.quality.report import QualityMeter
 from handlers.engine_choice import lipsync_engine
 from handlers.errors import TaskError
 from handlers.generate_video import avatar_frames, speak
@@ -115,6 +116,7 @@ async def open_session(
             idle,
             engine_info["name"],
             read_audio=_audio_reader(runtime),
+            meter=QualityMeter(runtime.engines.face_analyzer(), avatar),
         )
         session.user_id = request.user_id
         answer = checked_answer(await session.answer(offer, request.ice_servers))

@@ -113,6 +113,10 @@ def test_a_worker_session_answers_speaks_is_interrupted_stays_still_in_silence_a
     assert seen["said"]["kind"] == "said" and seen["said"]["duration_s"] > 4.0  # the whole text, not its first piece
     assert seen["end"]["reason"] == "stopped" and seen["end"]["stats"]["utterances"] == 1
     assert result["reason"] == "stopped" and result["stats"]["frames_sent"] > 100
+    quality = result["stats"]["quality"]  # measured on the frames shown, within 5% of the frame clock
+    assert quality["frames"] >= 100 and 0 < quality["frames_measured"] <= quality["frames"]
+    assert quality["lip_sync"] > 0.3 and quality["frames_face_lost"] == 0, quality
+    assert quality["silent_held_still"] > 0.8 and quality["cost_share"] < 0.25, quality
     heartbeats = control.events("a" * 32, "heartbeat")
     assert len(heartbeats) >= 3 and heartbeats[-1]["stats"]["frames_sent"] > 0
 
