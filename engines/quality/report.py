@@ -36,19 +36,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from engines.face import FaceAnalyzer, FaceBox
-from engines.face.tracker import FaceTracker, box_from_landmarks
+from engines.face import FaceAnalyzer
+from engines.face.tracker import FaceTracker
 from engines.lipsync import AvatarFrames
-from engines.quality.lip_sync import MIN_FACE_SHARE, RIGID_POINTS, best_lag_correlation, face_size, mouth_opening
+from engines.quality.lip_sync import MIN_FACE_SHARE, best_lag_correlation, mouth_opening
+from engines.quality.mouth_pixels import MouthRegion
 
 BUDGET = 0.05  # the meter's time, as a share of the engine's render time
 SILENCE_DBFS = -50.0  # frame RMS below this is silence (the Wav2Lip engines' gate)
 SILENCE_MARGIN = 2  # frames either side that must be silent too (crossfades into speech are not "still")
 STILL_LEVEL = 1.0  # mean absolute difference (grey levels) of the face box at most this: the avatar's own frame
-LOST_SHIFT = 0.35  # RMS shift of eyes and nose from the avatar frame's, in face sizes: the face was lost
 MIN_MEASURED = 24  # with the clip's length known, at least this many frames are measured, evenly spread
 MIN_MOTION = 0.03  # std of the opening's change from the avatar frame's (face sizes): a still render is ~0.014
-FIT_MARGIN = 0.5  # the landmark fit sees the face box grown by this much on each side
 
 
 @dataclass(frozen=True)
@@ -75,15 +74,6 @@ class QualityReport:
         return out
 
 
-def _fit_box(landmarks: np.ndarray, height: int, width: int) -> tuple[tuple[int, int, int, int], FaceBox]:
-    """(region y1, y2, x1, x2 around the face, the face's detector-style box inside that region)."""
-    box = box_from_landmarks(landmarks)
-    grow = FIT_MARGIN * max(box.x2 - box.x1, box.y2 - box.y1)
-    y1, y2 = max(0, int(box.y1 - grow)), min(height, int(box.y2 + grow))
-    x1, x2 = max(0, int(box.x1 - grow)), min(width, int(box.x2 + grow))
-    return (y1, y2, x1, x2), FaceBox(box.x1 - x1, box.y1 - y1, box.x2 - x1, box.y2 - y1)
-
-
 class QualityMeter:
     """Feed every output frame in order (``add``), then ``report``. Memory: a few numbers per frame."""
 
@@ -102,6 +92,7 @@ class QualityMeter:
         self._silent: list[bool] = []
         self._still: list[bool | None] = []  # at silent frames whose avatar frame is known
         self._changes: list[float] = []  # output opening minus the avatar frame's, at measured frames
+        self._mouths: dict[int, MouthRegion] = {}  # per avatar frame
         self._lost = 0
         self._measured = 0
         self.cost_s = 0.0
@@ -126,24 +117,21 @@ class QualityMeter:
 
     def _measure(self, frame: np.ndarray, source: int | None) -> float:
         self._measured += 1
-        reference = None if source is None or self.avatar is None else self.avatar.landmarks
-        if reference is None:
+        if source is None or self.avatar is None or self.avatar.landmarks is None:
             landmarks = self._tracker.update(frame).landmarks
-        else:
-            landmarks = self._fit(frame, np.asarray(reference[source], np.float64))
-        if landmarks is None:
+            if landmarks is None:
+                self._lost += 1
+                return math.nan
+            return mouth_opening(landmarks)
+        mouth = self._mouths.get(source)
+        if mouth is None:
+            mouth = self._mouths[source] = MouthRegion(self.avatar.frames[source], self.avatar.landmarks[source])
+        if mouth.face_lost(frame):
             self._lost += 1
             return math.nan
-        opening = mouth_opening(landmarks)
-        if reference is not None:
-            self._changes.append(opening - mouth_opening(reference[source]))
+        opening = mouth.opening(frame)
+        self._changes.append(opening - mouth.avatar_opening)
         return opening
-
-    def _fit(self, frame: np.ndarray, reference: np.ndarray) -> np.ndarray | None:
-        (y1, y2, x1, x2), box = _fit_box(reference, *frame.shape[:2])
-        landmarks = self.analyzer.landmarks(frame[y1:y2, x1:x2], box).astype(np.float64) + (x1, y1)
-        shift = np.sqrt(np.mean(np.sum((landmarks[RIGID_POINTS] - reference[RIGID_POINTS]) ** 2, axis=1)))
-        return None if shift > LOST_SHIFT * face_size(reference) else landmarks
 
     def _held_still(self, frame: np.ndarray, source: int | None) -> bool | None:
         if source is None or self.avatar is None:
