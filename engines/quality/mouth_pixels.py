@@ -20,6 +20,7 @@ avatar frame).
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 JAW_DROP = 0.6  # the region reaches this many face sizes below the avatar's lower lip
@@ -55,16 +56,17 @@ class MouthRegion:
         self.nose = _box(nx1, ny1, nx2, ny2, height, width)
         y1, y2, x1, x2 = self.mouth
         lips = avatar_frame[y1:y2, x1:x2, 1].ravel()
-        self.brightness = max(float(np.partition(lips, lips.size // 2)[lips.size // 2]), 1.0)  # the median
-        self._scale = (y2 - y1) / max(size, 1e-6) / self.brightness
+        brightness = max(int(np.partition(lips, lips.size // 2)[lips.size // 2]), 1)  # the median
+        self._lips = np.full((y2 - y1, x2 - x1, 3), brightness, np.uint8)
+        self._scale = (y2 - y1) / max(size, 1e-6) / brightness
         ny1, ny2, nx1, nx2 = self.nose
         self._nose = _centred(avatar_frame[ny1:ny2, nx1:nx2, 1])
         self.avatar_opening = self.opening(avatar_frame)
 
     def opening(self, frame: np.ndarray) -> float:
         y1, y2, x1, x2 = self.mouth
-        green = frame[y1:y2, x1:x2, 1].astype(np.float32)
-        return float(np.mean(np.maximum(self.brightness - green, 0.0))) * self._scale
+        darkness = cv2.subtract(self._lips, frame[y1:y2, x1:x2])  # saturates at 0: brighter than the lips
+        return cv2.mean(darkness)[1] * self._scale
 
     def face_lost(self, frame: np.ndarray) -> bool:
         y1, y2, x1, x2 = self.nose

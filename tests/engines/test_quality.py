@@ -202,7 +202,7 @@ def test_the_meter_keeps_to_its_budget_and_measures_every_frame_of_a_slow_engine
         slow.add(frame, energy[i], pingpong_index(i, len(avatar)), render_s=1.0)
     assert slow.report().frames_measured == len(rendered)
     fast = QualityMeter(analyzer, avatar)
-    render_s = 0.0005  # an engine far faster than any we ship: the budget leaves most frames out
+    render_s = 0.0002  # an engine far faster than any we ship: the budget leaves most frames out
     for i, frame in enumerate(rendered):
         fast.add(frame, energy[i], pingpong_index(i, len(avatar)), render_s)
     measured = fast.report()
