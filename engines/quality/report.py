@@ -8,7 +8,7 @@ reports, at the end:
   frame's landmarks known (the usual case) the opening is read from the output's pixels inside the mouth
   region those landmarks give, with no landmark fit (``engines.quality.mouth_pixels.MouthRegion``: the dark
   interior's darkness below the lips' median brightness over the central half of the mouth, down to
-  ``mouth_pixels.JAW_DROP`` face sizes under the lower lip, in face sizes; about 0.02 ms a 256-px frame, plus 0.05 ms
+  ``mouth_pixels.JAW_DROP`` face sizes under the lower lip, in face sizes; about 0.006 ms a 256-px frame, plus 0.05 ms
   once per avatar frame), so every frame of every engine is measured (viseme_warp at ~1.5 ms a frame: ~3 %).
   Without them the 68 landmarks are fitted (``FaceTracker``, a detection every 10 measured frames) and the
   opening is ``lip_sync.mouth_opening``. Either way a frame is measured only while the meter's time so far
