@@ -31,39 +31,46 @@ NOSE_POINTS = slice(29, 36)
 RIGID = slice(27, 48)  # lip_sync.RIGID_POINTS
 
 
-def _box(x1: float, y1: float, x2: float, y2: float, height: int, width: int) -> tuple[int, int, int, int]:
-    return max(0, int(y1)), min(height, int(y2) + 2), max(0, int(x1)), min(width, int(x2) + 2)
+def _spread(patch: np.ndarray) -> tuple[np.ndarray, float]:
+    """Each channel's mean, and the norm of the patch less those means."""
+    mean, std = cv2.meanStdDev(patch)
+    return mean.ravel(), math.sqrt(patch.shape[0] * patch.shape[1] * sum(v * v for v in std.ravel().tolist()))
 
 
-def _centred(patch: np.ndarray) -> np.ndarray:
-    """The patch less each channel's mean, over its norm (float32): its dot with a patch is their correlation."""
-    values = patch.astype(np.float32)
-    values -= values.reshape(-1, values.shape[-1]).mean(axis=0)
-    norm = float(np.sqrt(np.vdot(values, values)))
-    return values / norm if norm > 0 else values
+def mouth_and_nose_boxes(landmarks: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, 4) mouth boxes and (N, 4) nose boxes (y1, y2, x1, x2) and (N,) face sizes of N frames' 68 landmarks."""
+    lm = np.asarray(landmarks, np.float64)
+    sizes = np.sqrt(lm[:, RIGID].var(axis=1).sum(axis=1))  # lip_sync.face_size: RMS distance from the centroid
+    left, right = lm[:, 48, 0], lm[:, 54, 0]
+    quarter = 0.25 * (right - left)
+    top, bottom = lm[:, 50:53, 1].min(axis=1), lm[:, 56:59, 1].max(axis=1) + JAW_DROP * sizes
+    nose_min, nose_max = lm[:, NOSE_POINTS].min(axis=1), lm[:, NOSE_POINTS].max(axis=1)
+    limits = np.array([height, height, width, width])
+
+    def boxes(y1: np.ndarray, y2: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
+        corners = np.stack([np.floor(y1), np.floor(y2) + 2, np.floor(x1), np.floor(x2) + 2], axis=1)
+        return np.clip(corners, 0, limits).astype(int)
+
+    mouths = boxes(top, bottom, left + quarter, right - quarter)
+    noses = boxes(nose_min[:, 1], nose_max[:, 1], nose_min[:, 0], nose_max[:, 0])
+    return mouths, noses, sizes
 
 
 class MouthRegion:
     """One avatar frame's mouth and nose boxes; ``opening`` and ``face_lost`` of an output frame made from it."""
 
-    def __init__(self, avatar_frame: np.ndarray, landmarks: np.ndarray) -> None:
-        lm = np.asarray(landmarks, np.float64)
-        height, width = avatar_frame.shape[:2]
-        rigid = lm[RIGID]
-        size = float(np.sqrt(np.mean(np.sum((rigid - rigid.mean(axis=0)) ** 2, axis=1))))  # lip_sync.face_size
-        (left, _), (right, _) = lm[48], lm[54]
-        quarter = 0.25 * (right - left)
-        top, bottom = min(lm[50, 1], lm[51, 1], lm[52, 1]), max(lm[56, 1], lm[57, 1], lm[58, 1]) + JAW_DROP * size
-        self.mouth = _box(left + quarter, top, right - quarter, bottom, height, width)
-        (nx1, ny1), (nx2, ny2) = lm[NOSE_POINTS].min(axis=0), lm[NOSE_POINTS].max(axis=0)
-        self.nose = _box(nx1, ny1, nx2, ny2, height, width)
+    def __init__(self, avatar_frame: np.ndarray, mouth: np.ndarray, nose: np.ndarray, size: float) -> None:
+        """``mouth``, ``nose``, ``size``: this frame's row of ``mouth_and_nose_boxes``."""
+        self.mouth, self.nose = tuple(mouth.tolist()), tuple(nose.tolist())
         y1, y2, x1, x2 = self.mouth
-        lips = avatar_frame[y1:y2, x1:x2, 1].ravel()
-        brightness = max(int(np.partition(lips, lips.size // 2)[lips.size // 2]), 1)  # the median
+        half = (y2 - y1) * (x2 - x1) // 2
+        brightness = max(int(np.partition(avatar_frame[y1:y2, x1:x2, 1], half, axis=None)[half]), 1)  # the median
         self._lips = np.full((y2 - y1, x2 - x1, 3), brightness, np.uint8)
         self._scale = (y2 - y1) / max(size, 1e-6) / brightness
         ny1, ny2, nx1, nx2 = self.nose
-        self._nose = _centred(avatar_frame[ny1:ny2, nx1:nx2])
+        nose = avatar_frame[ny1:ny2, nx1:nx2]
+        self._nose = nose.astype(np.float32)
+        self._nose_mean, self._nose_norm = _spread(nose)
         self.avatar_opening = self.opening(avatar_frame)
 
     def opening(self, frame: np.ndarray) -> float:
@@ -74,6 +81,10 @@ class MouthRegion:
     def face_lost(self, frame: np.ndarray) -> bool:
         y1, y2, x1, x2 = self.nose
         nose = frame[y1:y2, x1:x2]
-        _, std = cv2.meanStdDev(nose)  # per channel: the output's norm less its means, without a copy
-        norm = math.sqrt(nose.shape[0] * nose.shape[1] * sum(v * v for v in std.ravel().tolist()))
-        return norm == 0.0 or float(np.vdot(nose.astype(np.float32), self._nose)) / norm < LOST_NCC
+        mean, norm = _spread(nose)
+        if norm == 0.0 or self._nose_norm == 0.0:
+            return True
+        centred_dot = float(np.vdot(nose.astype(np.float32), self._nose)) - nose.shape[0] * nose.shape[1] * float(
+            mean @ self._nose_mean
+        )
+        return centred_dot / (norm * self._nose_norm) < LOST_NCC

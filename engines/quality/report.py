@@ -42,7 +42,7 @@ from engines.face import FaceAnalyzer
 from engines.face.tracker import FaceTracker
 from engines.lipsync import AvatarFrames
 from engines.quality.lip_sync import MIN_FACE_SHARE, best_lag_correlation, mouth_opening
-from engines.quality.mouth_pixels import MouthRegion
+from engines.quality.mouth_pixels import MouthRegion, mouth_and_nose_boxes
 
 BUDGET = 0.05  # the meter's time, as a share of the engine's render time
 SILENCE_DBFS = -50.0  # frame RMS below this is silence (the Wav2Lip engines' gate)
@@ -95,6 +95,7 @@ class QualityMeter:
         self._still: list[bool | None] = []  # at silent frames whose avatar frame is known
         self._changes: list[float] = []  # output opening minus the avatar frame's, at measured frames
         self._mouths: dict[int, MouthRegion] = {}  # per avatar frame
+        self._boxes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # of every avatar frame
         self._lost = 0
         self._measured = 0
         self.cost_s = 0.0
@@ -127,7 +128,11 @@ class QualityMeter:
             return mouth_opening(landmarks)
         mouth = self._mouths.get(source)
         if mouth is None:
-            mouth = self._mouths[source] = MouthRegion(self.avatar.frames[source], self.avatar.landmarks[source])
+            if self._boxes is None:
+                self._boxes = mouth_and_nose_boxes(self.avatar.landmarks, *frame.shape[:2])
+            mouths, noses, sizes = self._boxes
+            mouth = MouthRegion(self.avatar.frames[source], mouths[source], noses[source], float(sizes[source]))
+            self._mouths[source] = mouth
         if mouth.face_lost(frame):
             self._lost += 1
             return math.nan
