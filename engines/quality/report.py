@@ -3,29 +3,30 @@
 ``QualityMeter`` gets each output frame with its audio energy (and which avatar frame it was made from) and
 reports, at the end:
 
-- **lip sync**: ``engines.quality.lip_sync``'s measure (mouth opening from the 68 landmarks vs the frame's
-  audio RMS, Pearson at the best lag within +-2 frames, and that lag) on the frames it measured. Cheap by
-  construction: the landmarks are fitted once from the box the avatar frame's own landmarks give (no
-  detection; a crop around the face only), and a frame is measured only while the meter's time so far is
-  within ``budget`` (5 %) of the engine's render time so far, so a fast engine gets every k-th frame and a
-  slow one every frame; with the clip's length known, at least ``MIN_MEASURED`` frames evenly spread (a
-  short clip from a fast engine may then cost more than the budget: ``cost_share`` says). Unmeasured
-  frames are left out of the correlation; the lag keeps full 25-fps resolution because the energy is
-  known for every frame.
+- **lip sync**: mouth opening vs the frame's audio RMS, Pearson at the best lag within +-2 frames, and that
+  lag (``engines.quality.lip_sync.best_lag_correlation``), on the frames it measured. With the avatar
+  frame's landmarks known (the usual case) the opening is read from the output's pixels inside the mouth
+  region those landmarks give, with no landmark fit (``engines.quality.mouth_pixels.MouthRegion``: the dark
+  interior's darkness below the lips' median brightness over the central half of the mouth, down to
+  ``mouth_pixels.JAW_DROP`` face sizes under the lower lip, in face sizes; about 0.006 ms a 256-px frame, plus 0.05 ms
+  once per avatar frame), so every frame of every engine is measured (viseme_warp at ~1.5 ms a frame: ~3 %).
+  Without them the 68 landmarks are fitted (``FaceTracker``, a detection every 10 measured frames) and the
+  opening is ``lip_sync.mouth_opening``. Either way a frame is measured only while the meter's time so far
+  is within ``budget`` (5 %) of the engine's render time so far, and, with the clip's length known, at least
+  ``MIN_MEASURED`` frames evenly spread. Unmeasured frames are left out of the correlation; the lag keeps
+  full 25-fps resolution because the energy is known for every frame.
 - **a mouth the engine did not move scores 0**: with the avatar's landmarks known, ``mouth_motion`` is the
-  standard deviation of (output opening - avatar frame's opening) over the measured frames; under
-  ``MIN_MOTION`` the render left the avatar's mouth as it was (head motion and landmark noise alone can
-  correlate with speech by chance on a few dozen frames) and the lip-sync score is 0.
-- **face lost**: measured frames where the fit's eyes and nose are more than ``LOST_SHIFT`` of the face size
-  away from the avatar frame's (engines only move the mouth or the head a little: a larger shift is a face
-  the render destroyed). Over half the measured frames lost: the lip-sync score is 0.
+  standard deviation of (output opening - avatar frame's opening, both read the same way) over the measured
+  frames; under ``MIN_MOTION`` the render left the avatar's mouth as it was (the avatar's own mouth and head
+  motion can correlate with speech by chance) and the lip-sync score is 0.
+- **face lost**: with the avatar's landmarks, measured frames whose nose box (points 29-35, inside every
+  engine's lower-face paste) correlates with the avatar frame's under ``mouth_pixels.LOST_NCC`` (normalised
+  cross-correlation, green channel: real-like renders >= 0.98, random weights' smear 0.4-0.7); without them,
+  frames where the tracker finds no face. Over half the measured frames lost: the lip-sync score is 0.
 - **silence held still**: among the frames deep in silence (the frame and ``SILENCE_MARGIN`` frames either
   side below ``SILENCE_DBFS``, so the crossfade in and out of speech does not count), the share whose face
   box equals the avatar frame's (mean absolute difference at most ``STILL_LEVEL`` grey levels).
 - the **A/V offset** of the muxed file, when the caller gives it (``engines.codecs.video_in.av_offset_ms``).
-
-Without the avatar's landmarks (an avatar stored without them) the meter follows the face with
-``FaceTracker`` (a detection every 10 measured frames).
 """
 
 from __future__ import annotations
@@ -34,21 +35,21 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
+import cv2
 import numpy as np
 
-from engines.face import FaceAnalyzer, FaceBox
-from engines.face.tracker import FaceTracker, box_from_landmarks
+from engines.face import FaceAnalyzer
+from engines.face.tracker import FaceTracker
 from engines.lipsync import AvatarFrames
-from engines.quality.lip_sync import MIN_FACE_SHARE, RIGID_POINTS, best_lag_correlation, face_size, mouth_opening
+from engines.quality.lip_sync import MIN_FACE_SHARE, best_lag_correlation, mouth_opening
+from engines.quality.mouth_pixels import MouthRegion, mouth_and_nose_boxes
 
 BUDGET = 0.05  # the meter's time, as a share of the engine's render time
 SILENCE_DBFS = -50.0  # frame RMS below this is silence (the Wav2Lip engines' gate)
 SILENCE_MARGIN = 2  # frames either side that must be silent too (crossfades into speech are not "still")
 STILL_LEVEL = 1.0  # mean absolute difference (grey levels) of the face box at most this: the avatar's own frame
-LOST_SHIFT = 0.35  # RMS shift of eyes and nose from the avatar frame's, in face sizes: the face was lost
 MIN_MEASURED = 24  # with the clip's length known, at least this many frames are measured, evenly spread
-MIN_MOTION = 0.03  # std of the opening's change from the avatar frame's (face sizes): a still render is ~0.014
-FIT_MARGIN = 0.5  # the landmark fit sees the face box grown by this much on each side
+MIN_MOTION = 0.03  # std of the opening's change from the avatar frame's (face sizes): viseme_warp ~0.1, still 0
 
 
 @dataclass(frozen=True)
@@ -75,15 +76,6 @@ class QualityReport:
         return out
 
 
-def _fit_box(landmarks: np.ndarray, height: int, width: int) -> tuple[tuple[int, int, int, int], FaceBox]:
-    """(region y1, y2, x1, x2 around the face, the face's detector-style box inside that region)."""
-    box = box_from_landmarks(landmarks)
-    grow = FIT_MARGIN * max(box.x2 - box.x1, box.y2 - box.y1)
-    y1, y2 = max(0, int(box.y1 - grow)), min(height, int(box.y2 + grow))
-    x1, x2 = max(0, int(box.x1 - grow)), min(width, int(box.x2 + grow))
-    return (y1, y2, x1, x2), FaceBox(box.x1 - x1, box.y1 - y1, box.x2 - x1, box.y2 - y1)
-
-
 class QualityMeter:
     """Feed every output frame in order (``add``), then ``report``. Memory: a few numbers per frame."""
 
@@ -102,6 +94,8 @@ class QualityMeter:
         self._silent: list[bool] = []
         self._still: list[bool | None] = []  # at silent frames whose avatar frame is known
         self._changes: list[float] = []  # output opening minus the avatar frame's, at measured frames
+        self._mouths: dict[int, MouthRegion] = {}  # per avatar frame
+        self._boxes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # of every avatar frame
         self._lost = 0
         self._measured = 0
         self.cost_s = 0.0
@@ -126,31 +120,32 @@ class QualityMeter:
 
     def _measure(self, frame: np.ndarray, source: int | None) -> float:
         self._measured += 1
-        reference = None if source is None or self.avatar is None else self.avatar.landmarks
-        if reference is None:
+        if source is None or self.avatar is None or self.avatar.landmarks is None:
             landmarks = self._tracker.update(frame).landmarks
-        else:
-            landmarks = self._fit(frame, np.asarray(reference[source], np.float64))
-        if landmarks is None:
+            if landmarks is None:
+                self._lost += 1
+                return math.nan
+            return mouth_opening(landmarks)
+        mouth = self._mouths.get(source)
+        if mouth is None:
+            if self._boxes is None:
+                self._boxes = mouth_and_nose_boxes(self.avatar.landmarks, *frame.shape[:2])
+            mouths, noses, sizes = self._boxes
+            mouth = MouthRegion(self.avatar.frames[source], mouths[source], noses[source], float(sizes[source]))
+            self._mouths[source] = mouth
+        if mouth.face_lost(frame):
             self._lost += 1
             return math.nan
-        opening = mouth_opening(landmarks)
-        if reference is not None:
-            self._changes.append(opening - mouth_opening(reference[source]))
+        opening = mouth.opening(frame)
+        self._changes.append(opening - mouth.avatar_opening)
         return opening
-
-    def _fit(self, frame: np.ndarray, reference: np.ndarray) -> np.ndarray | None:
-        (y1, y2, x1, x2), box = _fit_box(reference, *frame.shape[:2])
-        landmarks = self.analyzer.landmarks(frame[y1:y2, x1:x2], box).astype(np.float64) + (x1, y1)
-        shift = np.sqrt(np.mean(np.sum((landmarks[RIGID_POINTS] - reference[RIGID_POINTS]) ** 2, axis=1)))
-        return None if shift > LOST_SHIFT * face_size(reference) else landmarks
 
     def _held_still(self, frame: np.ndarray, source: int | None) -> bool | None:
         if source is None or self.avatar is None:
             return None
         y1, y2, x1, x2 = self.avatar.coords[source]
-        original = self.avatar.frames[source][y1:y2:2, x1:x2:2]
-        return float(np.mean(np.abs(frame[y1:y2:2, x1:x2:2].astype(np.int16) - original))) <= STILL_LEVEL
+        difference = cv2.norm(frame[y1:y2, x1:x2], self.avatar.frames[source][y1:y2, x1:x2], cv2.NORM_L1)
+        return difference / ((y2 - y1) * (x2 - x1) * frame.shape[2]) <= STILL_LEVEL
 
     def report(self, av_offset_ms: float | None = None) -> QualityReport:
         opening, energy = np.array(self._openings), np.array(self._energy)

@@ -7,6 +7,8 @@ scores low.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -200,13 +202,28 @@ def test_the_meter_keeps_to_its_budget_and_measures_every_frame_of_a_slow_engine
         slow.add(frame, energy[i], pingpong_index(i, len(avatar)), render_s=1.0)
     assert slow.report().frames_measured == len(rendered)
     fast = QualityMeter(analyzer, avatar)
-    render_s = 0.002
+    render_s = 0.0002  # an engine far faster than any we ship: the budget leaves most frames out
     for i, frame in enumerate(rendered):
         fast.add(frame, energy[i], pingpong_index(i, len(avatar)), render_s)
     measured = fast.report()
-    assert 1 <= measured.frames_measured < len(rendered) / 4
-    one_fit = measured.cost_ms / measured.frames_measured / 1000
-    assert measured.cost_share <= BUDGET + one_fit / (render_s * len(rendered))  # over by one fit at most
+    assert 1 <= measured.frames_measured < len(rendered) / 2
+    assert measured.cost_share <= BUDGET + 0.02  # over by the last measurement and the skipped frames' bookkeeping
+
+
+def test_the_meter_measures_every_frame_of_the_cpu_engine_within_five_percent_of_its_render_time(
+    analyzer: FaceAnalyzer, avatar: AvatarFrames, speech: DrivingAudio
+) -> None:
+    energy = audio_energy(speech.samples, speech.num_frames)
+    meter = QualityMeter(analyzer, avatar, expected_frames=speech.num_frames)
+    frames = VisemeWarpEngine(analyzer).render(avatar, speech)
+    for i in range(speech.num_frames):
+        started = time.perf_counter()
+        frame = next(frames)
+        meter.add(frame, energy[i], pingpong_index(i, len(avatar)), time.perf_counter() - started)
+    scored = meter.report()
+    assert scored.cost_share <= BUDGET, scored
+    assert scored.frames_measured >= 0.9 * scored.frames, scored  # cheap enough to measure (nearly) every frame
+    assert scored.lip_sync >= 0.65 and scored.frames_face_lost == 0, scored
 
 
 def test_silence_held_still_and_a_lost_face_are_reported(
