@@ -55,6 +55,7 @@ class LiveRenderer:
     ) -> None:
         self.avatar, self.timeline, self.clock = avatar, timeline, clock
         self.meter = meter  # the session's quality report, fed each frame shown (its budget: 5% of the frame clock)
+        self._meter_lock = threading.Lock()  # frames feed it on the render thread, stats read it on the event loop
         self.stream = LipSyncStream(engine, avatar)
         height, width = avatar.frames[0].shape[:2]
         self.size = (width - width % 2, height - height % 2)  # the video encoders want even sizes
@@ -105,7 +106,15 @@ class LiveRenderer:
     def _measure(self, n: int, image: np.ndarray, source: int) -> None:
         samples = self.timeline.audio(n * SAMPLES_PER_FRAME, SAMPLES_PER_FRAME)
         rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
-        self.meter.add(image, rms, source, render_s=1.0 / FPS)  # live: the frame clock is the render time
+        with self._meter_lock:
+            self.meter.add(image, rms, source, render_s=1.0 / FPS)  # live: the frame clock is the render time
+
+    def quality(self) -> dict[str, Any] | None:
+        """The quality report of the frames shown so far (None without a meter)."""
+        if self.meter is None:
+            return None
+        with self._meter_lock:
+            return self.meter.report().as_dict()
 
     def rendered_frames(self) -> list[int]:
         """The frames rendered and not shown yet."""

@@ -219,7 +219,7 @@ class LiveSession:
             frames_repeated=self.renderer.frames_repeated,
             utterances=self.utterances,
             engine=self.engine_name,
-            quality=self.renderer.meter.report().as_dict() if self.renderer.meter is not None else None,
+            quality=self.renderer.quality(),
         )
 
     async def wait_closed(self) -> str:
