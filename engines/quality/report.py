@@ -41,11 +41,12 @@ import numpy as np
 from engines.face import FaceAnalyzer
 from engines.face.tracker import FaceTracker
 from engines.lipsync import AvatarFrames
+from engines.lipsync.silence import SPEECH_ON_DBFS
 from engines.quality.lip_sync import MIN_FACE_SHARE, best_lag_correlation, mouth_opening
 from engines.quality.mouth_pixels import MouthRegion, mouth_and_nose_boxes
 
 BUDGET = 0.05  # the meter's time, as a share of the engine's render time
-SILENCE_DBFS = -50.0  # frame RMS below this is silence (the Wav2Lip engines' gate)
+SILENCE_DBFS = SPEECH_ON_DBFS  # frame RMS below this is silence: the seam's gate (engines.lipsync.silence)
 SILENCE_MARGIN = 2  # frames either side that must be silent too (crossfades into speech are not "still")
 STILL_LEVEL = 1.0  # mean absolute difference (grey levels) of the face box at most this: the avatar's own frame
 MIN_MEASURED = 24  # with the clip's length known, at least this many frames are measured, evenly spread
