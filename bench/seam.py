@@ -74,27 +74,14 @@ def median_seconds(fn: Any, runs: int) -> float:
     return statistics.median(times)
 
 
-def live_fps(engine: Any, avatar: Any, samples: np.ndarray) -> float:
-    from engines.lipsync.scheduler import TARGET_PASS_S, StreamScheduler
-    from engines.lipsync.stream import LipSyncStream
-
-    scheduler = StreamScheduler(TARGET_PASS_S)  # a live worker's: passes cut to TARGET_PASS_S
-    stream = LipSyncStream(engine, avatar)
-    stream.push(samples)
-    stream.flush()
-    scheduler.add(stream, lambda frames: None)
-    started = time.perf_counter()
-    delivered = 0
-    while got := scheduler.run_round():
-        delivered += got
-    return delivered / (time.perf_counter() - started)
-
-
-def scheduled_fps(engine: Any, avatar: Any, samples: np.ndarray, sessions: int) -> float:
+def scheduled_fps(
+    engine: Any, avatar: Any, samples: np.ndarray, sessions: int, target_pass_s: float | None = None
+) -> float:
+    """Frames/s per session of ``sessions`` streams in one scheduler (``target_pass_s``: a live worker's passes)."""
     from engines.lipsync.scheduler import StreamScheduler
     from engines.lipsync.stream import LipSyncStream
 
-    scheduler = StreamScheduler()
+    scheduler = StreamScheduler(target_pass_s)
     for _ in range(sessions):
         stream = LipSyncStream(engine, avatar)
         stream.push(samples)
@@ -108,6 +95,7 @@ def scheduled_fps(engine: Any, avatar: Any, samples: np.ndarray, sessions: int) 
 
 
 def bench_seam(runs: int, max_sessions: int) -> None:
+    from engines.lipsync.scheduler import TARGET_PASS_S
     from tests.engines.wav2lip_fixtures import speech_like
 
     samples = speech_like(SPEECH_SECONDS)
@@ -122,7 +110,8 @@ def bench_seam(runs: int, max_sessions: int) -> None:
                 f"{name} {info}: offline seam {frames / seam:.1f} fps vs direct {frames / direct:.1f} fps,"
                 f" seam / direct time {seam / direct:.3f}"
             )
-            print(f"{name}: live fps per session (live passes) {live_fps(engine, avatar, samples):.1f}")
+            live = scheduled_fps(engine, avatar, samples, 1, TARGET_PASS_S)
+            print(f"{name}: live fps per session (live passes) {live:.1f}")
             held = 0
             for sessions in range(1, max_sessions + 1):
                 fps = scheduled_fps(engine, avatar, samples, sessions)
