@@ -234,3 +234,18 @@ def turn_server(tmp_path: Path) -> Iterator[TurnServer]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def ports_checked(sockets: list[Any], seconds: float) -> set[int]:
+    """Which of these non-blocking UDP sockets received anything (an ICE connectivity check) within ``seconds``."""
+    hit: set[int] = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for k, sock in enumerate(sockets):
+            try:
+                while sock.recv(2048):
+                    hit.add(k)
+            except BlockingIOError:
+                pass
+        time.sleep(0.05)
+    return hit

@@ -38,7 +38,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from tests.conftest import free_port
 from tests.entrypoints.test_runpod_handler import wait_until_serving
-from tests.realtime.conftest import client_offer
+from tests.realtime.conftest import client_offer, ports_checked
 from tests.realtime.control_peer import ControlPeer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -135,16 +135,7 @@ def candidate_flood(worker: Worker, control: Any, real: str) -> str:
     results: list[dict] = []
     runner = _background(lambda: results.append(worker.run(task)))
     answered = control.answer(task["session_id"], 60.0) is not None
-    hit: set[int] = set()
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline:
-        for k, sock in enumerate(sockets):
-            try:
-                while sock.recv(2048):
-                    hit.add(k)
-            except BlockingIOError:
-                pass
-        time.sleep(0.05)
+    hit = ports_checked(sockets, 5.0)
     control.command(task["session_id"], "stop")
     runner.join(60)
     for sock in sockets:

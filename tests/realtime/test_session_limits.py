@@ -21,7 +21,7 @@ from handlers.settings import Settings  # noqa: E402
 from realtime import sdp as session_sdp  # noqa: E402
 from realtime.limits import RealtimeSettings  # noqa: E402
 from storage import open_store  # noqa: E402
-from tests.realtime.conftest import LiveWorker, client_offer  # noqa: E402
+from tests.realtime.conftest import LiveWorker, client_offer, ports_checked  # noqa: E402
 from tests.storage.test_avatar_cache import upload_avatar  # noqa: E402
 
 
@@ -173,16 +173,7 @@ def probed_ports(live_worker: LiveWorker, candidates: int, listen_s: float = 4.0
     sdp = real.replace(marker, fake + marker)  # the candidates of every media section, before its credentials
     task = live_worker.start(live_worker.payload({"sdp": sdp, "type": "offer"}))
     answer = live_worker.control.answer(task.session_id, 60.0)
-    deadline = time.monotonic() + listen_s
-    hit: set[int] = set()
-    while time.monotonic() < deadline:
-        for k, sock in enumerate(sockets):
-            try:
-                while sock.recv(2048):
-                    hit.add(k)
-            except BlockingIOError:
-                pass
-        time.sleep(0.05)
+    hit = ports_checked(sockets, listen_s)
     live_worker.control.command(task.session_id, "stop")
     task.result()
     for sock in sockets:
